@@ -1,0 +1,100 @@
+use serde::{Deserialize, Serialize};
+
+use crate::bindings::log::{Host, Level};
+use crate::state::SkillState;
+
+/// Longest single message kept; longer ones are cut and marked.
+const MAX_MESSAGE_BYTES: usize = 4096;
+/// Most lines kept per invocation.
+const MAX_ENTRIES: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub level: String,
+    pub message: String,
+}
+
+/// Log lines of one invocation: at most `MAX_ENTRIES` lines and `capacity` bytes in all.
+#[derive(Debug)]
+pub struct LogBuffer {
+    entries: Vec<LogEntry>,
+    bytes: usize,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl LogBuffer {
+    pub fn new(capacity: usize) -> Self {
+        LogBuffer {
+            entries: Vec::new(),
+            bytes: 0,
+            capacity,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, level: &str, message: &str) {
+        let mut message = message.to_string();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut cut = MAX_MESSAGE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" [truncated]");
+        }
+        if self.entries.len() >= MAX_ENTRIES || self.bytes + message.len() > self.capacity {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += message.len();
+        self.entries.push(LogEntry {
+            level: level.to_string(),
+            message,
+        });
+    }
+
+    /// The lines kept and how many were dropped.
+    pub fn take(&mut self) -> (Vec<LogEntry>, u64) {
+        (std::mem::take(&mut self.entries), self.dropped)
+    }
+}
+
+impl Host for SkillState {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        tracing::debug!(target: "tend::skill", level, "{message}");
+        self.log.push(level, &message);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_in_lines_and_bytes() {
+        let mut b = LogBuffer::new(100);
+        for _ in 0..20 {
+            b.push("info", "0123456789");
+        }
+        let (entries, dropped) = b.take();
+        assert_eq!(entries.len(), 10);
+        assert_eq!(dropped, 10);
+    }
+
+    #[test]
+    fn long_message_is_cut_on_a_char_boundary() {
+        let mut b = LogBuffer::new(1 << 20);
+        b.push("warn", &"é".repeat(5000));
+        let (entries, _) = b.take();
+        assert!(entries[0].message.ends_with(" [truncated]"));
+        assert!(entries[0].message.len() <= MAX_MESSAGE_BYTES + 12);
+    }
+}

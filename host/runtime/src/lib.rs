@@ -1,0 +1,27 @@
+//! # tend-runtime — the sandbox stage
+//!
+//! Takes a component's bytes and its manifest, checks that the component targets a
+//! `tend:skill@0.1.0` world, compiles it once (or loads it from the on-disk precompile cache)
+//! and links it into an `InstancePre`; then, per invocation, takes JSON input and returns an
+//! [`ExecutionReport`] from a fresh `Store` that has fuel, an epoch deadline, a memory limiter,
+//! bounded output and exactly the capabilities the manifest grants — nothing else.
+//!
+//! Stages: [`Runtime::load`] (bytes → [`LoadedSkill`]) → [`Runtime::invoke`] (input →
+//! [`ExecutionReport`]). Signature verification happens before `load`, in the registry stage.
+
+mod bindings;
+pub mod cache;
+pub mod capabilities;
+pub mod engine;
+pub mod inspect;
+pub mod limits;
+pub mod manifest;
+pub mod output;
+pub mod report;
+mod runtime;
+mod state;
+
+pub use limits::{HOST_MAXIMA, LimitOverrides, Limits};
+pub use manifest::{Manifest, ManifestError, SkillKind};
+pub use report::{ExecutionReport, Export, Outcome, ReportError};
+pub use runtime::{InvokeError, LoadError, LoadedSkill, Runtime, RuntimeConfig, RuntimeStats};

@@ -1,0 +1,380 @@
+//! `skill.toml`: what a skill is, the limits it asks for and the capabilities it may use.
+//!
+//! Every table is `deny_unknown_fields`: a typo is an error that names the file, line and key,
+//! never a silently ignored grant. Nothing is granted that is not listed under `[capabilities]`.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A parsed and validated skill manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub skill: SkillMeta,
+    #[serde(default)]
+    pub limits: ManifestLimits,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkillMeta {
+    /// `[a-z0-9-]+`, at most 64 characters.
+    pub name: String,
+    /// Semantic version (`MAJOR.MINOR.PATCH` with optional pre-release).
+    pub version: String,
+    pub kind: SkillKind,
+    /// Declared zero-trust level, 0 (observe) to 3 (critical).
+    #[serde(default)]
+    pub level: u8,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The world a skill targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkillKind {
+    Diagnose,
+    Repair,
+}
+
+impl fmt::Display for SkillKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkillKind::Diagnose => "diagnose",
+            SkillKind::Repair => "repair",
+        })
+    }
+}
+
+/// Ceilings the skill asks for. The host clamps each to its own maxima.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLimits {
+    pub fuel: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub output_kib: Option<u64>,
+}
+
+/// Everything a skill may touch. Empty means nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Host directories the skill may read. Each is preopened read-only at the same path.
+    #[serde(default)]
+    pub fs_read: Vec<String>,
+    /// Host directories the skill may read and write (implies level 3 unless under scratch).
+    #[serde(default)]
+    pub fs_write: Vec<String>,
+    /// Programs the skill may run through `tend:skill/exec`, with argument patterns.
+    #[serde(default)]
+    pub exec: Vec<ExecGrant>,
+    /// Units the skill may act on through the (future) `service` interface.
+    #[serde(default)]
+    pub services: ServiceGrants,
+    /// Origins (`scheme://host[:port]`) the skill may send HTTP requests to.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// `host:port` addresses the skill may open TCP connections to.
+    #[serde(default)]
+    pub tcp: Vec<String>,
+}
+
+/// One allowlisted program. `args` are matched one to one: a literal must be equal,
+/// `{name}` matches exactly one argument that does not start with `-` and holds only
+/// `[A-Za-z0-9._@:/+=,-]`, and a final `{name...}` matches any number of such arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecGrant {
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceGrants {
+    #[serde(default)]
+    pub restart: Vec<String>,
+    #[serde(default)]
+    pub reload: Vec<String>,
+}
+
+/// A manifest that could not be read, parsed or validated. The message names the file,
+/// the line when known, and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl Manifest {
+    /// Read and validate a manifest file.
+    pub fn from_file(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate manifest text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(1);
+            // toml's message starts with its own position banner; keep only the explanation.
+            let message = e.message().trim().to_string();
+            ManifestError::Parse {
+                path: origin.to_string(),
+                line,
+                message,
+            }
+        })?;
+        manifest.validate(origin)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ManifestError> {
+        let invalid = |key: &str, message: String| ManifestError::Invalid {
+            path: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let s = &self.skill;
+        if s.name.is_empty()
+            || s.name.len() > 64
+            || !s
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || s.name.starts_with('-')
+        {
+            return Err(invalid(
+                "skill.name",
+                format!(
+                    "{:?} is not a valid name: use 1-64 characters of [a-z0-9-], not starting with '-'",
+                    s.name
+                ),
+            ));
+        }
+        if !is_semver(&s.version) {
+            return Err(invalid(
+                "skill.version",
+                format!(
+                    "{:?} is not a semantic version like 1.2.3",
+                    s.version
+                ),
+            ));
+        }
+        if s.level > 3 {
+            return Err(invalid(
+                "skill.level",
+                format!("{} is out of range: levels are 0 (observe) to 3 (critical)", s.level),
+            ));
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.fuel", l.fuel),
+            ("limits.memory_mib", l.memory_mib),
+            ("limits.timeout_ms", l.timeout_ms),
+            ("limits.output_kib", l.output_kib),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        let c = &self.capabilities;
+        for (key, paths) in [
+            ("capabilities.fs_read", &c.fs_read),
+            ("capabilities.fs_write", &c.fs_write),
+        ] {
+            for p in paths {
+                if !p.starts_with('/') || p.split('/').any(|part| part == "..") {
+                    return Err(invalid(
+                        key,
+                        format!("{p:?} must be an absolute path without '..'"),
+                    ));
+                }
+            }
+        }
+        if self.skill.kind == SkillKind::Diagnose
+            && (!c.exec.is_empty()
+                || !c.fs_write.is_empty()
+                || !c.services.restart.is_empty()
+                || !c.services.reload.is_empty())
+        {
+            return Err(invalid(
+                "capabilities",
+                "a diagnose skill may not be granted exec, fs_write or services; declare kind = \"repair\""
+                    .into(),
+            ));
+        }
+        for (i, grant) in c.exec.iter().enumerate() {
+            if !grant.program.starts_with('/') {
+                return Err(invalid(
+                    &format!("capabilities.exec[{i}].program"),
+                    format!("{:?} must be an absolute path (no PATH lookup)", grant.program),
+                ));
+            }
+            for (j, arg) in grant.args.iter().enumerate() {
+                if let Err(message) = crate::capabilities::exec::ArgPattern::parse(arg) {
+                    return Err(invalid(
+                        &format!("capabilities.exec[{i}].args[{j}]"),
+                        message,
+                    ));
+                }
+                let is_rest = arg.ends_with("...}");
+                if is_rest && j + 1 != grant.args.len() {
+                    return Err(invalid(
+                        &format!("capabilities.exec[{i}].args[{j}]"),
+                        "a '{name...}' pattern must be the last argument".into(),
+                    ));
+                }
+            }
+        }
+        for (i, origin_url) in c.http.iter().enumerate() {
+            if let Err(message) = crate::capabilities::http::HttpGrant::parse(origin_url) {
+                return Err(invalid(&format!("capabilities.http[{i}]"), message));
+            }
+        }
+        for (i, addr) in c.tcp.iter().enumerate() {
+            if let Err(message) = crate::capabilities::net::TcpGrant::parse(addr) {
+                return Err(invalid(&format!("capabilities.tcp[{i}]"), message));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_semver(v: &str) -> bool {
+    let (core, _rest) = match v.find(['-', '+']) {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, ""),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p.len() == 1 || !p.starts_with('0'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[skill]
+name = "service-restart"
+version = "1.0.0"
+kind = "repair"
+level = 2
+description = "Restart a unit"
+
+[limits]
+fuel = 2_000_000_000
+memory_mib = 64
+timeout_ms = 10_000
+output_kib = 256
+
+[capabilities]
+fs_read = ["/proc", "/var/log"]
+exec = [{ program = "/usr/bin/systemctl", args = ["restart", "{unit}"] }]
+services = { restart = ["nginx.service"] }
+http = ["https://status.example.com"]
+tcp = ["127.0.0.1:5432"]
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let m = Manifest::parse(GOOD, "skill.toml").expect("valid");
+        assert_eq!(m.skill.name, "service-restart");
+        assert_eq!(m.skill.kind, SkillKind::Repair);
+        assert_eq!(m.limits.memory_mib, Some(64));
+        assert_eq!(m.capabilities.exec[0].args, ["restart", "{unit}"]);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = GOOD.replace("output_kib = 256", "output_kib = 256\nnetwork = true");
+        let err = Manifest::parse(&text, "skill.toml").unwrap_err().to_string();
+        assert!(err.starts_with("skill.toml:14:"), "{err}");
+        assert!(err.contains("unknown field `network`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let text = GOOD.replace("memory_mib = 64", "memory_mib = \"lots\"");
+        let err = Manifest::parse(&text, "skill.toml").unwrap_err().to_string();
+        assert!(err.starts_with("skill.toml:11:"), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (from, to, key) in [
+            ("name = \"service-restart\"", "name = \"Service Restart\"", "skill.name"),
+            ("version = \"1.0.0\"", "version = \"1.0\"", "skill.version"),
+            ("level = 2", "level = 7", "skill.level"),
+            ("fuel = 2_000_000_000", "fuel = 0", "limits.fuel"),
+            ("\"/var/log\"", "\"var/log\"", "capabilities.fs_read"),
+            ("\"/proc\"", "\"/proc/../etc\"", "capabilities.fs_read"),
+            (
+                "program = \"/usr/bin/systemctl\"",
+                "program = \"systemctl\"",
+                "capabilities.exec[0].program",
+            ),
+            ("\"{unit}\"", "\"{unit\"", "capabilities.exec[0].args[1]"),
+            ("https://status.example.com", "ftp://x", "capabilities.http[0]"),
+            ("127.0.0.1:5432", "127.0.0.1", "capabilities.tcp[0]"),
+        ] {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "replacement {from} did not apply");
+            let err = Manifest::parse(&text, "m.toml").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("m.toml: {key}:")), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn diagnose_skill_cannot_hold_exec() {
+        let text = GOOD.replace("kind = \"repair\"", "kind = \"diagnose\"");
+        let err = Manifest::parse(&text, "m.toml").unwrap_err().to_string();
+        assert!(err.contains("diagnose skill may not be granted exec"), "{err}");
+    }
+
+    #[test]
+    fn minimal_manifest_grants_nothing() {
+        let m = Manifest::parse(
+            "[skill]\nname = \"x\"\nversion = \"0.1.0\"\nkind = \"diagnose\"\n",
+            "m",
+        )
+        .expect("valid");
+        assert_eq!(m.capabilities, Capabilities::default());
+        assert_eq!(m.skill.level, 0);
+    }
+}

@@ -1,0 +1,592 @@
+//! `Runtime`: load (check, compile or fetch from cache) and invoke skills.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use crate::bindings::SkillError;
+use crate::bindings::diagnose::DiagnosePre;
+use crate::bindings::repair::RepairPre;
+use crate::cache::{self, CacheError, ComponentCache};
+use crate::capabilities::{self, exec::ExecPolicy, log::LogBuffer};
+use crate::engine::{self, EpochTicker};
+use crate::limits::{HOST_MAXIMA, LimitOverrides, Limits, StoreLimiter};
+use crate::manifest::{Manifest, SkillKind};
+use crate::report::{ExecutionReport, Export, Outcome, ReportError};
+use crate::state::SkillState;
+
+/// How to build a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where precompiled components are kept; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling allocator (falls back to on-demand if it cannot reserve memory).
+    pub pooling: bool,
+    /// The host's ceilings; manifests and flags are clamped to these.
+    pub maxima: Limits,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: Some(cache::default_dir()),
+            pooling: true,
+            maxima: HOST_MAXIMA,
+        }
+    }
+}
+
+/// A component that could not be loaded. Nothing is written to the cache when loading fails.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly file (no \\0asm header)")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error("not a Tend skill: {0}")]
+    WrongWorld(String),
+    #[error("the manifest declares kind = \"{manifest}\" but the component targets the {component} world")]
+    KindMismatch {
+        manifest: SkillKind,
+        component: SkillKind,
+    },
+    #[error("component needs imports this host does not provide: {0}")]
+    MissingImport(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// The host failed (as opposed to the skill).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("`plan` exists only for repair skills; this is a diagnose skill")]
+    NoPlan,
+    #[error("host at capacity: {0}")]
+    Busy(String),
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+/// Counters that show where components came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RuntimeStats {
+    /// Components compiled by Cranelift in this process.
+    pub compiles: u64,
+    /// Components loaded from the on-disk precompile cache.
+    pub disk_cache_hits: u64,
+    /// Components already in memory (same digest loaded before).
+    pub memory_cache_hits: u64,
+    pub instantiations: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    compiles: AtomicU64,
+    disk_cache_hits: AtomicU64,
+    memory_cache_hits: AtomicU64,
+    instantiations: AtomicU64,
+}
+
+enum SkillPre {
+    Diagnose(DiagnosePre<SkillState>),
+    Repair(RepairPre<SkillState>),
+}
+
+/// A verified, compiled, linked skill, ready to instantiate (`InstancePre` inside).
+pub struct LoadedSkill {
+    digest: String,
+    kind: SkillKind,
+    manifest: Option<Arc<Manifest>>,
+    pre: SkillPre,
+    exec: ExecPolicy,
+}
+
+impl std::fmt::Debug for LoadedSkill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedSkill")
+            .field("digest", &self.digest)
+            .field("kind", &self.kind)
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedSkill {
+    /// `sha256:<hex>` of the component bytes.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", self.digest)
+    }
+    pub fn kind(&self) -> SkillKind {
+        self.kind
+    }
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_deref()
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<SkillState>,
+    cache: Option<ComponentCache>,
+    maxima: Limits,
+    pooling: bool,
+    ticker: EpochTicker,
+    components: Mutex<HashMap<String, Component>>,
+    counters: Counters,
+}
+
+/// The sandbox host. Cheap to clone; one per process is enough.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("pooling", &self.inner.pooling)
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the bytes are a component, a core module, or not wasm at all.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Err(LoadError::CoreModule),
+        [_, _, 1, 0] => Ok(()),
+        _ => Err(LoadError::Invalid("unknown WebAssembly version/layer".into())),
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, LoadError> {
+        let (engine, pooling) =
+            engine::build(config.pooling).map_err(|e| LoadError::Invalid(e.to_string()))?;
+        let linker =
+            capabilities::linker(&engine).map_err(|e| LoadError::Invalid(e.to_string()))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ComponentCache::open(dir, &engine)?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(&engine).map_err(|e| {
+            LoadError::Cache(CacheError::Io {
+                path: PathBuf::from("<epoch thread>"),
+                source: e,
+            })
+        })?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                maxima: config.maxima,
+                pooling,
+                ticker,
+                components: Mutex::default(),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.inner.pooling
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn stats(&self) -> RuntimeStats {
+        let c = &self.inner.counters;
+        RuntimeStats {
+            compiles: c.compiles.load(Ordering::Relaxed),
+            disk_cache_hits: c.disk_cache_hits.load(Ordering::Relaxed),
+            memory_cache_hits: c.memory_cache_hits.load(Ordering::Relaxed),
+            instantiations: c.instantiations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Compile (or fetch) a component without checking its world, for inspection.
+    pub(crate) fn compile_unchecked(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        check_header(bytes)?;
+        let digest = cache::sha256_hex(bytes);
+        Ok(self.component_for(&digest, bytes)?.0)
+    }
+
+    /// Check, compile (or load precompiled) and link a component. CPU-heavy on a cold cache:
+    /// call it at publish, pull or start-up, never per request. With no manifest the skill gets
+    /// no capabilities at all.
+    pub fn load(&self, bytes: &[u8], manifest: Option<Manifest>) -> Result<LoadedSkill, LoadError> {
+        let _span = tracing::info_span!("load").entered();
+        check_header(bytes)?;
+        let digest = cache::sha256_hex(bytes);
+        let (component, fresh) = self.component_for(&digest, bytes)?;
+        let (kind, pre) = self.check_world(&component, manifest.as_ref())?;
+        if let Some(cwasm) = fresh {
+            if let Some(cache) = &self.inner.cache {
+                cache.put(&digest, &cwasm)?;
+            }
+        }
+        self.inner
+            .components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest.clone(), component);
+        let exec = ExecPolicy::new(
+            manifest
+                .as_ref()
+                .map(|m| m.capabilities.exec.as_slice())
+                .unwrap_or_default(),
+        );
+        tracing::info!(digest, %kind, "skill loaded");
+        Ok(LoadedSkill {
+            digest,
+            kind,
+            manifest: manifest.map(Arc::new),
+            pre,
+            exec,
+        })
+    }
+
+    /// The component for `digest`: from memory, else from the disk cache, else compiled (the
+    /// returned bytes are the precompiled form, to be cached once the world checks out).
+    fn component_for(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, Option<Vec<u8>>), LoadError> {
+        let inner = &self.inner;
+        if let Some(c) = inner
+            .components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
+            inner.counters.memory_cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((c.clone(), None));
+        }
+        if let Some(c) = inner.cache.as_ref().and_then(|c| c.get(&inner.engine, digest)) {
+            inner.counters.disk_cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((c, None));
+        }
+        let started = Instant::now();
+        let cwasm = inner
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        inner.counters.compiles.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(digest, ms = started.elapsed().as_millis() as u64, "compiled component");
+        let component = cache::deserialize_fresh(&inner.engine, &cwasm)
+            .map_err(|e| LoadError::Invalid(e.to_string()))?;
+        Ok((component, Some(cwasm)))
+    }
+
+    fn check_world(
+        &self,
+        component: &Component,
+        manifest: Option<&Manifest>,
+    ) -> Result<(SkillKind, SkillPre), LoadError> {
+        let engine = &self.inner.engine;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        let kind = match (has("run"), has("plan")) {
+            (true, true) => SkillKind::Repair,
+            (true, false) => SkillKind::Diagnose,
+            _ => {
+                return Err(LoadError::WrongWorld(format!(
+                    "it exports [{}], but a skill exports `run` (world tend:skill/diagnose@0.1.0) and, to repair, also `plan` (world tend:skill/repair@0.1.0)",
+                    exports.join(", ")
+                )));
+            }
+        };
+        if let Some(m) = manifest {
+            if m.skill.kind != kind {
+                return Err(LoadError::KindMismatch {
+                    manifest: m.skill.kind,
+                    component: kind,
+                });
+            }
+        }
+        if kind == SkillKind::Diagnose {
+            if let Some(i) = imports.iter().find(|i| i.starts_with("tend:skill/exec")) {
+                return Err(LoadError::WrongWorld(format!(
+                    "a diagnose skill may not import {i}; declare it a repair skill"
+                )));
+            }
+        }
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::MissingImport(format!("{e:#}")))?;
+        let pre = match kind {
+            SkillKind::Diagnose => SkillPre::Diagnose(DiagnosePre::new(instance_pre).map_err(|e| {
+                LoadError::WrongWorld(format!(
+                    "its exports do not match tend:skill/diagnose@0.1.0: {e:#}"
+                ))
+            })?),
+            SkillKind::Repair => SkillPre::Repair(RepairPre::new(instance_pre).map_err(|e| {
+                LoadError::WrongWorld(format!(
+                    "its exports do not match tend:skill/repair@0.1.0: {e:#}"
+                ))
+            })?),
+        };
+        Ok((kind, pre))
+    }
+
+    /// Run one export of a loaded skill on `input` (JSON text) in a fresh Store.
+    pub async fn invoke(
+        &self,
+        skill: &LoadedSkill,
+        export: Export,
+        input: &str,
+        overrides: &LimitOverrides,
+    ) -> Result<ExecutionReport, InvokeError> {
+        let span = tracing::info_span!("invoke", digest = %skill.digest, %export);
+        let _enter = span.enter();
+        if export == Export::Plan && skill.kind == SkillKind::Diagnose {
+            return Err(InvokeError::NoPlan);
+        }
+        let started = Instant::now();
+        let manifest = skill.manifest.as_deref();
+        let (limits, clamped) = Limits::resolve(
+            &manifest.map(|m| m.limits.clone()).unwrap_or_default(),
+            overrides,
+            &self.inner.maxima,
+        );
+        let mut notes: Vec<String> = clamped
+            .iter()
+            .map(|name| format!("limit {name} clamped to this host's maximum"))
+            .collect();
+        let mut report = ExecutionReport {
+            outcome: Outcome::Ok,
+            output: None,
+            error: None,
+            digest: skill.digest(),
+            skill: manifest.map(|m| m.skill.name.clone()),
+            version: manifest.map(|m| m.skill.version.clone()),
+            export,
+            fuel_consumed: 0,
+            peak_memory_bytes: 0,
+            duration_us: 0,
+            limits,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            stdout: String::new(),
+            stdout_dropped_bytes: 0,
+            stderr: String::new(),
+            stderr_dropped_bytes: 0,
+            exec: Vec::new(),
+            notes: Vec::new(),
+        };
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(input) {
+            report.outcome = Outcome::InvalidInput;
+            report.error = Some(ReportError {
+                code: "invalid-input".into(),
+                message: format!("input is not JSON: {e}"),
+            });
+            report.notes = notes;
+            return Ok(report);
+        }
+
+        let output_cap = limits.output_bytes();
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        let caps = manifest.map(|m| m.capabilities.clone()).unwrap_or_default();
+        let http_notes = Arc::new(Mutex::new(Vec::new()));
+        let setup = capabilities::wasi_for(&caps, output_cap, &mut notes, http_notes.clone()).await;
+        let mut builder = setup.builder;
+        let state = SkillState {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            http_policy: setup.http,
+            limiter: StoreLimiter::new(&limits),
+            log: LogBuffer::new(output_cap),
+            exec: skill.exec.clone(),
+            exec_records: Vec::new(),
+            deadline: Instant::now() + timeout,
+            output_cap,
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| InvokeError::Host(e.to_string()))?;
+        store.set_epoch_deadline(engine::deadline_ticks(timeout));
+        store.epoch_deadline_trap();
+        let _ticking = self.inner.ticker.enter();
+        self.inner
+            .counters
+            .instantiations
+            .fetch_add(1, Ordering::Relaxed);
+
+        let call = async {
+            match &skill.pre {
+                SkillPre::Diagnose(pre) => {
+                    let skill = pre.instantiate_async(&mut store).await?;
+                    skill.call_run(&mut store, input).await
+                }
+                SkillPre::Repair(pre) => {
+                    let skill = pre.instantiate_async(&mut store).await?;
+                    match export {
+                        Export::Run => skill.call_run(&mut store, input).await,
+                        Export::Plan => skill.call_plan(&mut store, input).await,
+                    }
+                }
+            }
+        };
+        let result = tokio::time::timeout(timeout, call).await;
+
+        let (outcome, output, error) = match result {
+            Err(_elapsed) => (
+                Outcome::Timeout,
+                None,
+                Some(limit_error(
+                    "timeout",
+                    format!("did not finish within {} ms", limits.timeout_ms),
+                )),
+            ),
+            Ok(Ok(Ok(text))) => classify_output(text, output_cap),
+            Ok(Ok(Err(SkillError { code, message }))) => (
+                Outcome::SkillError,
+                None,
+                Some(ReportError { code, message }),
+            ),
+            Ok(Err(e)) => {
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                    return Err(InvokeError::Busy(e.to_string()));
+                }
+                classify_trap(&e, store.data().limiter.memory_limit_hit, &limits)
+            }
+        };
+
+        report.outcome = outcome;
+        report.output = output;
+        report.error = error;
+        report.fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let state = store.data_mut();
+        report.peak_memory_bytes = state.limiter.peak_memory() as u64;
+        let (logs, dropped) = state.log.take();
+        report.logs = logs;
+        report.logs_dropped = dropped;
+        report.exec = std::mem::take(&mut state.exec_records);
+        let out = setup.stdout.captured();
+        let err = setup.stderr.captured();
+        report.stdout = String::from_utf8_lossy(&out.bytes).into_owned();
+        report.stdout_dropped_bytes = out.dropped;
+        report.stderr = String::from_utf8_lossy(&err.bytes).into_owned();
+        report.stderr_dropped_bytes = err.dropped;
+        notes.extend(http_notes.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+        if out.dropped > 0 {
+            notes.push(format!("stdout truncated: {} bytes dropped", out.dropped));
+        }
+        if err.dropped > 0 {
+            notes.push(format!("stderr truncated: {} bytes dropped", err.dropped));
+        }
+        report.notes = notes;
+        report.duration_us = started.elapsed().as_micros() as u64;
+        tracing::info!(outcome = %report.outcome, fuel = report.fuel_consumed, us = report.duration_us, "invocation finished");
+        Ok(report)
+    }
+}
+
+fn limit_error(code: &str, message: String) -> ReportError {
+    ReportError {
+        code: code.into(),
+        message,
+    }
+}
+
+fn classify_output(
+    text: String,
+    cap: usize,
+) -> (Outcome, Option<serde_json::Value>, Option<ReportError>) {
+    if text.len() > cap {
+        return (
+            Outcome::OutputLimit,
+            None,
+            Some(limit_error(
+                "output-limit",
+                format!(
+                    "returned {} bytes of output; the limit is {} bytes",
+                    text.len(),
+                    cap
+                ),
+            )),
+        );
+    }
+    match serde_json::from_str(&text) {
+        Ok(v) => (Outcome::Ok, Some(v), None),
+        Err(e) => (
+            Outcome::SkillError,
+            None,
+            Some(limit_error(
+                "invalid-output",
+                format!("the skill returned text that is not JSON: {e}"),
+            )),
+        ),
+    }
+}
+
+fn classify_trap(
+    e: &wasmtime::Error,
+    memory_limit_hit: bool,
+    limits: &Limits,
+) -> (Outcome, Option<serde_json::Value>, Option<ReportError>) {
+    let (outcome, code, message) = match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => (
+            Outcome::OutOfFuel,
+            "out-of-fuel",
+            format!("used all {} units of fuel", limits.fuel),
+        ),
+        Some(Trap::Interrupt) => (
+            Outcome::Timeout,
+            "timeout",
+            format!("did not finish within {} ms", limits.timeout_ms),
+        ),
+        _ if memory_limit_hit => (
+            Outcome::MemoryLimit,
+            "memory-limit",
+            format!(
+                "tried to grow memory beyond {} MiB and then failed: {}",
+                limits.memory_mib,
+                first_line(e)
+            ),
+        ),
+        _ => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => (
+                Outcome::Trap,
+                "exit",
+                format!("called exit({}) instead of returning", exit.0),
+            ),
+            None => (Outcome::Trap, "trap", first_line(e)),
+        },
+    };
+    (outcome, None, Some(limit_error(code, message)))
+}
+
+/// A trap's message without the wasm backtrace that follows it.
+fn first_line(e: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.dedup();
+    let text = parts.join(": ");
+    text.lines().next().unwrap_or_default().to_string()
+}
