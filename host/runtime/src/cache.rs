@@ -138,7 +138,8 @@ impl ComponentCache {
     }
 
     fn check(&self, cwasm: &Path, meta_text: &str, digest: &str) -> Result<(), String> {
-        let meta: Meta = serde_json::from_str(meta_text).map_err(|e| format!("bad sidecar: {e}"))?;
+        let meta: Meta =
+            serde_json::from_str(meta_text).map_err(|e| format!("bad sidecar: {e}"))?;
         if meta.component_sha256 != digest {
             return Err(format!(
                 "made from {}, not from {digest}",

@@ -39,7 +39,9 @@ fn pooling_config() -> PoolingAllocationConfig {
         .max_memories_per_module(1)
         .max_tables_per_module(4)
         .table_elements(100_000)
-        .max_memory_size(usize::try_from(HOST_MAXIMA.memory_mib * 1024 * 1024).unwrap_or(usize::MAX))
+        .max_memory_size(
+            usize::try_from(HOST_MAXIMA.memory_mib * 1024 * 1024).unwrap_or(usize::MAX),
+        )
         .max_core_instance_size(4 << 20)
         .max_component_instance_size(1 << 20)
         // Keep a few slots of each kind warm; zero them on reuse (always, for isolation).

@@ -42,11 +42,17 @@ pub fn inspect(runtime: &Runtime, bytes: &[u8]) -> Result<ComponentWorld, LoadEr
     let ty = component.component_type();
     let imports: Vec<Item> = ty
         .imports(engine)
-        .map(|(n, e)| Item { name: n.to_string(), kind: kind(&e.ty) })
+        .map(|(n, e)| Item {
+            name: n.to_string(),
+            kind: kind(&e.ty),
+        })
         .collect();
     let exports: Vec<Item> = ty
         .exports(engine)
-        .map(|(n, e)| Item { name: n.to_string(), kind: kind(&e.ty) })
+        .map(|(n, e)| Item {
+            name: n.to_string(),
+            kind: kind(&e.ty),
+        })
         .collect();
     let has = |n: &str| exports.iter().any(|e| e.name == n && e.kind == "func");
     let skill_kind = match (has("run"), has("plan")) {

@@ -55,7 +55,13 @@ impl Limits {
             }
         };
         let limits = Limits {
-            fuel: pick("fuel", overrides.fuel, manifest.fuel, Self::DEFAULT.fuel, max.fuel),
+            fuel: pick(
+                "fuel",
+                overrides.fuel,
+                manifest.fuel,
+                Self::DEFAULT.fuel,
+                max.fuel,
+            ),
             memory_mib: pick(
                 "memory_mib",
                 overrides.memory_mib,
@@ -204,7 +210,10 @@ mod tests {
         assert!(lim.memory_growing(0, 512 * 1024, None).expect("ok"));
         assert!(lim.memory_growing(0, 512 * 1024, None).expect("ok"));
         assert!(!lim.memory_limit_hit);
-        assert!(!lim.memory_growing(512 * 1024, 512 * 1024 + 65536, None).expect("ok"));
+        assert!(
+            !lim.memory_growing(512 * 1024, 512 * 1024 + 65536, None)
+                .expect("ok")
+        );
         assert!(lim.memory_limit_hit);
         assert_eq!(lim.peak_memory(), 1024 * 1024);
     }

@@ -144,7 +144,13 @@ impl Manifest {
         let manifest: Manifest = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .map(|span| {
+                    text.as_bytes()[..span.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                })
                 .unwrap_or(1);
             // toml's message starts with its own position banner; keep only the explanation.
             let message = e.message().trim().to_string();
@@ -184,16 +190,16 @@ impl Manifest {
         if !is_semver(&s.version) {
             return Err(invalid(
                 "skill.version",
-                format!(
-                    "{:?} is not a semantic version like 1.2.3",
-                    s.version
-                ),
+                format!("{:?} is not a semantic version like 1.2.3", s.version),
             ));
         }
         if s.level > 3 {
             return Err(invalid(
                 "skill.level",
-                format!("{} is out of range: levels are 0 (observe) to 3 (critical)", s.level),
+                format!(
+                    "{} is out of range: levels are 0 (observe) to 3 (critical)",
+                    s.level
+                ),
             ));
         }
         let l = &self.limits;
@@ -237,7 +243,10 @@ impl Manifest {
             if !grant.program.starts_with('/') {
                 return Err(invalid(
                     &format!("capabilities.exec[{i}].program"),
-                    format!("{:?} must be an absolute path (no PATH lookup)", grant.program),
+                    format!(
+                        "{:?} must be an absolute path (no PATH lookup)",
+                        grant.program
+                    ),
                 ));
             }
             for (j, arg) in grant.args.iter().enumerate() {
@@ -322,7 +331,9 @@ tcp = ["127.0.0.1:5432"]
     #[test]
     fn unknown_key_names_line_and_key() {
         let text = GOOD.replace("output_kib = 256", "output_kib = 256\nnetwork = true");
-        let err = Manifest::parse(&text, "skill.toml").unwrap_err().to_string();
+        let err = Manifest::parse(&text, "skill.toml")
+            .expect_err("must be refused")
+            .to_string();
         assert!(err.starts_with("skill.toml:14:"), "{err}");
         assert!(err.contains("unknown field `network`"), "{err}");
     }
@@ -330,7 +341,9 @@ tcp = ["127.0.0.1:5432"]
     #[test]
     fn wrong_type_names_line() {
         let text = GOOD.replace("memory_mib = 64", "memory_mib = \"lots\"");
-        let err = Manifest::parse(&text, "skill.toml").unwrap_err().to_string();
+        let err = Manifest::parse(&text, "skill.toml")
+            .expect_err("must be refused")
+            .to_string();
         assert!(err.starts_with("skill.toml:11:"), "{err}");
         assert!(err.contains("invalid type"), "{err}");
     }
@@ -338,7 +351,11 @@ tcp = ["127.0.0.1:5432"]
     #[test]
     fn invalid_values_name_the_key() {
         for (from, to, key) in [
-            ("name = \"service-restart\"", "name = \"Service Restart\"", "skill.name"),
+            (
+                "name = \"service-restart\"",
+                "name = \"Service Restart\"",
+                "skill.name",
+            ),
             ("version = \"1.0.0\"", "version = \"1.0\"", "skill.version"),
             ("level = 2", "level = 7", "skill.level"),
             ("fuel = 2_000_000_000", "fuel = 0", "limits.fuel"),
@@ -350,12 +367,18 @@ tcp = ["127.0.0.1:5432"]
                 "capabilities.exec[0].program",
             ),
             ("\"{unit}\"", "\"{unit\"", "capabilities.exec[0].args[1]"),
-            ("https://status.example.com", "ftp://x", "capabilities.http[0]"),
+            (
+                "https://status.example.com",
+                "ftp://x",
+                "capabilities.http[0]",
+            ),
             ("127.0.0.1:5432", "127.0.0.1", "capabilities.tcp[0]"),
         ] {
             let text = GOOD.replace(from, to);
             assert_ne!(text, GOOD, "replacement {from} did not apply");
-            let err = Manifest::parse(&text, "m.toml").unwrap_err().to_string();
+            let err = Manifest::parse(&text, "m.toml")
+                .expect_err("must be refused")
+                .to_string();
             assert!(err.starts_with(&format!("m.toml: {key}:")), "{key}: {err}");
         }
     }
@@ -363,8 +386,13 @@ tcp = ["127.0.0.1:5432"]
     #[test]
     fn diagnose_skill_cannot_hold_exec() {
         let text = GOOD.replace("kind = \"repair\"", "kind = \"diagnose\"");
-        let err = Manifest::parse(&text, "m.toml").unwrap_err().to_string();
-        assert!(err.contains("diagnose skill may not be granted exec"), "{err}");
+        let err = Manifest::parse(&text, "m.toml")
+            .expect_err("must be refused")
+            .to_string();
+        assert!(
+            err.contains("diagnose skill may not be granted exec"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub enum LoadError {
     Invalid(String),
     #[error("not a Tend skill: {0}")]
     WrongWorld(String),
-    #[error("the manifest declares kind = \"{manifest}\" but the component targets the {component} world")]
+    #[error(
+        "the manifest declares kind = \"{manifest}\" but the component targets the {component} world"
+    )]
     KindMismatch {
         manifest: SkillKind,
         component: SkillKind,
@@ -169,7 +171,9 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     match bytes[4..8] {
         [1, 0, 0, 0] => Err(LoadError::CoreModule),
         [_, _, 1, 0] => Ok(()),
-        _ => Err(LoadError::Invalid("unknown WebAssembly version/layer".into())),
+        _ => Err(LoadError::Invalid(
+            "unknown WebAssembly version/layer".into(),
+        )),
     }
 }
 
@@ -238,10 +242,8 @@ impl Runtime {
         let digest = cache::sha256_hex(bytes);
         let (component, fresh) = self.component_for(&digest, bytes)?;
         let (kind, pre) = self.check_world(&component, manifest.as_ref())?;
-        if let Some(cwasm) = fresh {
-            if let Some(cache) = &self.inner.cache {
-                cache.put(&digest, &cwasm)?;
-            }
+        if let (Some(cwasm), Some(cache)) = (fresh, &self.inner.cache) {
+            cache.put(&digest, &cwasm)?;
         }
         self.inner
             .components
@@ -278,11 +280,21 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .get(digest)
         {
-            inner.counters.memory_cache_hits.fetch_add(1, Ordering::Relaxed);
+            inner
+                .counters
+                .memory_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
             return Ok((c.clone(), None));
         }
-        if let Some(c) = inner.cache.as_ref().and_then(|c| c.get(&inner.engine, digest)) {
-            inner.counters.disk_cache_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&inner.engine, digest))
+        {
+            inner
+                .counters
+                .disk_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
             return Ok((c, None));
         }
         let started = Instant::now();
@@ -291,7 +303,11 @@ impl Runtime {
             .precompile_component(bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         inner.counters.compiles.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(digest, ms = started.elapsed().as_millis() as u64, "compiled component");
+        tracing::info!(
+            digest,
+            ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
         let component = cache::deserialize_fresh(&inner.engine, &cwasm)
             .map_err(|e| LoadError::Invalid(e.to_string()))?;
         Ok((component, Some(cwasm)))
@@ -317,20 +333,20 @@ impl Runtime {
                 )));
             }
         };
-        if let Some(m) = manifest {
-            if m.skill.kind != kind {
-                return Err(LoadError::KindMismatch {
-                    manifest: m.skill.kind,
-                    component: kind,
-                });
-            }
+        if let Some(m) = manifest
+            && m.skill.kind != kind
+        {
+            return Err(LoadError::KindMismatch {
+                manifest: m.skill.kind,
+                component: kind,
+            });
         }
-        if kind == SkillKind::Diagnose {
-            if let Some(i) = imports.iter().find(|i| i.starts_with("tend:skill/exec")) {
-                return Err(LoadError::WrongWorld(format!(
-                    "a diagnose skill may not import {i}; declare it a repair skill"
-                )));
-            }
+        if kind == SkillKind::Diagnose
+            && let Some(i) = imports.iter().find(|i| i.starts_with("tend:skill/exec"))
+        {
+            return Err(LoadError::WrongWorld(format!(
+                "a diagnose skill may not import {i}; declare it a repair skill"
+            )));
         }
         let instance_pre = self
             .inner
@@ -338,11 +354,13 @@ impl Runtime {
             .instantiate_pre(component)
             .map_err(|e| LoadError::MissingImport(format!("{e:#}")))?;
         let pre = match kind {
-            SkillKind::Diagnose => SkillPre::Diagnose(DiagnosePre::new(instance_pre).map_err(|e| {
-                LoadError::WrongWorld(format!(
-                    "its exports do not match tend:skill/diagnose@0.1.0: {e:#}"
-                ))
-            })?),
+            SkillKind::Diagnose => {
+                SkillPre::Diagnose(DiagnosePre::new(instance_pre).map_err(|e| {
+                    LoadError::WrongWorld(format!(
+                        "its exports do not match tend:skill/diagnose@0.1.0: {e:#}"
+                    ))
+                })?)
+            }
             SkillKind::Repair => SkillPre::Repair(RepairPre::new(instance_pre).map_err(|e| {
                 LoadError::WrongWorld(format!(
                     "its exports do not match tend:skill/repair@0.1.0: {e:#}"
@@ -350,6 +368,54 @@ impl Runtime {
             })?),
         };
         Ok((kind, pre))
+    }
+
+    /// Forget the in-memory copy of a component: the next `load` of it comes from the disk
+    /// cache (or compiles). Loaded skills that still hold it keep working.
+    pub fn unload(&self, digest: &str) {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.inner
+            .components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hex);
+    }
+
+    /// Instantiate a skill in a fresh limited Store and drop it, without calling it; returns
+    /// how long instantiation took. For `tend bench`.
+    #[doc(hidden)]
+    pub async fn instantiate_only(&self, skill: &LoadedSkill) -> Result<Duration, InvokeError> {
+        let limits = Limits::DEFAULT;
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        let state = SkillState {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            http_policy: capabilities::http::HttpPolicy::new(&[], Arc::default()),
+            limiter: StoreLimiter::new(&limits),
+            log: LogBuffer::new(limits.output_bytes()),
+            exec: ExecPolicy::default(),
+            exec_records: Vec::new(),
+            deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
+            output_cap: limits.output_bytes(),
+        };
+        let started = Instant::now();
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| InvokeError::Host(e.to_string()))?;
+        store.set_epoch_deadline(engine::deadline_ticks(Duration::from_millis(
+            limits.timeout_ms,
+        )));
+        store.epoch_deadline_trap();
+        let result = match &skill.pre {
+            SkillPre::Diagnose(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            SkillPre::Repair(pre) => pre.instantiate_async(&mut store).await.map(drop),
+        };
+        let took = started.elapsed();
+        result.map_err(|e| InvokeError::Host(e.to_string()))?;
+        Ok(took)
     }
 
     /// Run one export of a loaded skill on `input` (JSON text) in a fresh Store.
@@ -471,7 +537,9 @@ impl Runtime {
                 Some(ReportError { code, message }),
             ),
             Ok(Err(e)) => {
-                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                {
                     return Err(InvokeError::Busy(e.to_string()));
                 }
                 classify_trap(&e, store.data().limiter.memory_limit_hit, &limits)
@@ -494,7 +562,12 @@ impl Runtime {
         report.stdout_dropped_bytes = out.dropped;
         report.stderr = String::from_utf8_lossy(&err.bytes).into_owned();
         report.stderr_dropped_bytes = err.dropped;
-        notes.extend(http_notes.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+        notes.extend(
+            http_notes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..),
+        );
         if out.dropped > 0 {
             notes.push(format!("stdout truncated: {} bytes dropped", out.dropped));
         }
@@ -583,10 +656,11 @@ fn classify_trap(
     (outcome, None, Some(limit_error(code, message)))
 }
 
-/// A trap's message without the wasm backtrace that follows it.
+/// A trap's message without the wasm backtrace that wasmtime attaches as context.
 fn first_line(e: &wasmtime::Error) -> String {
-    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    parts.dedup();
-    let text = parts.join(": ");
-    text.lines().next().unwrap_or_default().to_string()
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return format!("wasm trap: {trap}");
+    }
+    let root = e.root_cause().to_string();
+    root.lines().next().unwrap_or_default().to_string()
 }

@@ -20,11 +20,15 @@ pub fn preopen(
         .chain(write.iter().map(|p| (p, FsPerms::ReadWrite)));
     for (path, perms) in grants {
         if !Path::new(path).is_dir() {
-            notes.push(format!("fs grant {path} is not a directory on this host; not mounted"));
+            notes.push(format!(
+                "fs grant {path} is not a directory on this host; not mounted"
+            ));
             continue;
         }
         if let Err(e) = builder.preopened_dir(path, path, perms) {
-            notes.push(format!("fs grant {path} could not be opened: {e}; not mounted"));
+            notes.push(format!(
+                "fs grant {path} could not be opened: {e}; not mounted"
+            ));
         }
     }
 }

@@ -66,15 +66,23 @@ pub struct HttpPolicy {
 impl HttpPolicy {
     pub fn new(grants: &[String], notes: Arc<Mutex<Vec<String>>>) -> Self {
         HttpPolicy {
-            grants: Arc::new(grants.iter().filter_map(|g| HttpGrant::parse(g).ok()).collect()),
+            grants: Arc::new(
+                grants
+                    .iter()
+                    .filter_map(|g| HttpGrant::parse(g).ok())
+                    .collect(),
+            ),
             notes,
         }
     }
 }
 
 fn note(notes: &Arc<Mutex<Vec<String>>>, message: String) {
-    tracing::warn!("{message}");
-    notes.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+    tracing::info!("{message}");
+    notes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(message);
 }
 
 type SendResult = Result<
@@ -98,11 +106,22 @@ impl WasiHttpHooks for HttpPolicy {
         Box::new(async move {
             let uri = request.uri().clone();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let origin = format!("{}://{}:{port}", if https { "https" } else { "http" }, host);
-            if !grants.iter().any(|g| g.https == https && g.host == host && g.port == port) {
-                note(&notes, format!("http request to {origin} denied: origin not granted"));
+            if !grants
+                .iter()
+                .any(|g| g.https == https && g.host == host && g.port == port)
+            {
+                note(
+                    &notes,
+                    format!("http request to {origin} denied: origin not granted"),
+                );
                 return Err(HttpError::HttpRequestDenied);
             }
             let (addrs, refused) = resolve_guarded(&host, port).await;
@@ -141,13 +160,24 @@ mod tests {
     fn origins() {
         assert_eq!(
             HttpGrant::parse("https://Status.Example.com"),
-            Ok(HttpGrant { https: true, host: "status.example.com".into(), port: 443 })
+            Ok(HttpGrant {
+                https: true,
+                host: "status.example.com".into(),
+                port: 443
+            })
         );
         assert_eq!(
             HttpGrant::parse("http://127.0.0.1:8080/"),
-            Ok(HttpGrant { https: false, host: "127.0.0.1".into(), port: 8080 })
+            Ok(HttpGrant {
+                https: false,
+                host: "127.0.0.1".into(),
+                port: 8080
+            })
         );
-        assert_eq!(HttpGrant::parse("http://[::1]:81").map(|g| g.host), Ok("::1".into()));
+        assert_eq!(
+            HttpGrant::parse("http://[::1]:81").map(|g| g.host),
+            Ok("::1".into())
+        );
         assert!(HttpGrant::parse("ftp://x").is_err());
         assert!(HttpGrant::parse("https://x/path").is_err());
         assert!(HttpGrant::parse("https://user@x").is_err());

@@ -61,9 +61,17 @@ pub async fn wasi_for(
     builder.allow_udp(false);
     let allowed = Arc::new(tcp.allowed);
     builder.socket_addr_check(move |addr, use_| {
-        let ok = matches!(use_, SocketAddrUse::TcpConnect) && allowed.contains(&addr);
+        let ok = match use_ {
+            SocketAddrUse::TcpConnect => allowed.contains(&addr),
+            // The implicit bind before a connect (any address, ephemeral port). Harmless on its
+            // own: listening is a separate use (`TcpListen`) and is always refused.
+            SocketAddrUse::TcpBind => {
+                !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
+            }
+            _ => false,
+        };
         if !ok {
-            tracing::warn!(%addr, ?use_, "socket use denied: not granted");
+            tracing::info!(%addr, ?use_, "socket use denied: not granted");
         }
         Box::pin(async move { ok })
     });

@@ -47,7 +47,10 @@ pub fn classify(ip: IpAddr) -> AddressClass {
                 AddressClass::Metadata
             } else if v6.is_loopback() {
                 AddressClass::Loopback
-            } else if v6.is_unspecified() || v6.is_multicast() || seg[0] == 0x2001 && seg[1] == 0xdb8 {
+            } else if v6.is_unspecified()
+                || v6.is_multicast()
+                || seg[0] == 0x2001 && seg[1] == 0xdb8
+            {
                 AddressClass::Reserved
             } else if seg[0] & 0xffc0 == 0xfe80 {
                 AddressClass::LinkLocal
@@ -158,7 +161,9 @@ impl TcpPolicy {
     pub async fn resolve(grants: &[String], notes: &mut Vec<String>) -> TcpPolicy {
         let mut policy = TcpPolicy::default();
         for g in grants {
-            let Ok(grant) = TcpGrant::parse(g) else { continue };
+            let Ok(grant) = TcpGrant::parse(g) else {
+                continue;
+            };
             if grant.host.parse::<IpAddr>().is_err() {
                 policy.uses_names = true;
             }
@@ -200,9 +205,15 @@ mod tests {
     fn grant_syntax() {
         assert_eq!(
             TcpGrant::parse("DB.example:5432"),
-            Ok(TcpGrant { host: "db.example".into(), port: 5432 })
+            Ok(TcpGrant {
+                host: "db.example".into(),
+                port: 5432
+            })
         );
-        assert_eq!(TcpGrant::parse("[::1]:80").map(|g| g.host), Ok("::1".into()));
+        assert_eq!(
+            TcpGrant::parse("[::1]:80").map(|g| g.host),
+            Ok("::1".into())
+        );
         assert!(TcpGrant::parse("db.example").is_err());
         assert!(TcpGrant::parse("db:0").is_err());
         assert!(TcpGrant::parse(":80").is_err());
@@ -218,6 +229,11 @@ mod tests {
         // `ip6-localhost` resolves to ::1 through /etc/hosts on Debian; a name, not a literal.
         let (ok, notes) = resolve_guarded("ip6-localhost", 80).await;
         assert!(ok.is_empty());
-        assert!(notes.iter().all(|n| n.contains("refused") || n.contains("did not resolve")), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .all(|n| n.contains("refused") || n.contains("did not resolve")),
+            "{notes:?}"
+        );
     }
 }

@@ -62,7 +62,7 @@ impl Host for SkillState {
             duration_ms: 0,
         };
         if let Err(reason) = self.exec.check(&program, &args) {
-            tracing::warn!(%program, ?args, "{reason}");
+            tracing::info!(%program, ?args, "{reason}");
             record.denied = Some(reason.clone());
             self.exec_records.push(record);
             return Ok(Err(SkillError {

@@ -15,7 +15,9 @@ impl ArgPattern {
     pub fn parse(text: &str) -> Result<ArgPattern, String> {
         if let Some(inner) = text.strip_prefix('{') {
             let Some(inner) = inner.strip_suffix('}') else {
-                return Err(format!("{text:?}: a placeholder must look like {{name}} or {{name...}}"));
+                return Err(format!(
+                    "{text:?}: a placeholder must look like {{name}} or {{name...}}"
+                ));
             };
             let (name, rest) = match inner.strip_suffix("...") {
                 Some(n) => (n, true),
@@ -139,8 +141,14 @@ mod tests {
     #[test]
     fn allows_exactly_the_pattern() {
         let p = policy();
-        assert!(p.check("/usr/bin/systemctl", &s(&["restart", "nginx.service"])).is_ok());
-        assert!(p.check("/usr/bin/journalctl", &s(&["-u", "nginx", "today"])).is_ok());
+        assert!(
+            p.check("/usr/bin/systemctl", &s(&["restart", "nginx.service"]))
+                .is_ok()
+        );
+        assert!(
+            p.check("/usr/bin/journalctl", &s(&["-u", "nginx", "today"]))
+                .is_ok()
+        );
         assert!(p.check("/usr/bin/journalctl", &s(&["-u", "nginx"])).is_ok());
     }
 
@@ -157,14 +165,23 @@ mod tests {
             ("/usr/bin/systemctl", s(&["restart"])),
             ("/usr/bin/journalctl", s(&["-u", "nginx", "--rotate"])),
         ] {
-            assert!(p.check(prog, &args).is_err(), "{prog} {args:?} should be refused");
+            assert!(
+                p.check(prog, &args).is_err(),
+                "{prog} {args:?} should be refused"
+            );
         }
     }
 
     #[test]
     fn pattern_syntax() {
-        assert_eq!(ArgPattern::parse("{unit}"), Ok(ArgPattern::One("unit".into())));
-        assert_eq!(ArgPattern::parse("{a...}"), Ok(ArgPattern::Rest("a".into())));
+        assert_eq!(
+            ArgPattern::parse("{unit}"),
+            Ok(ArgPattern::One("unit".into()))
+        );
+        assert_eq!(
+            ArgPattern::parse("{a...}"),
+            Ok(ArgPattern::Rest("a".into()))
+        );
         assert!(ArgPattern::parse("{Unit}").is_err());
         assert!(ArgPattern::parse("x{unit}").is_err());
         assert!(ArgPattern::parse("{unit").is_err());

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bindings::host::{
-    Filesystem, LoadInfo, MemoryInfo, Pressure, PressureResource, Process, ProcessSort,
-    SystemInfo, UnitInfo,
+    Filesystem, LoadInfo, MemoryInfo, Pressure, PressureResource, Process, ProcessSort, SystemInfo,
+    UnitInfo,
 };
 
 fn read(path: impl AsRef<Path>) -> Option<String> {
@@ -93,7 +93,12 @@ pub fn pressure(resource: PressureResource) -> Option<Pressure> {
 pub fn parse_pressure(text: &str) -> Option<Pressure> {
     let line = |kind: &str| -> Option<HashMap<&str, &str>> {
         let l = text.lines().find(|l| l.starts_with(kind))?;
-        Some(l.split_whitespace().skip(1).filter_map(|kv| kv.split_once('=')).collect())
+        Some(
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|kv| kv.split_once('='))
+                .collect(),
+        )
     };
     let f = |m: &HashMap<&str, &str>, k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok());
     let u = |m: &HashMap<&str, &str>, k: &str| m.get(k).and_then(|v| v.parse::<u64>().ok());
@@ -147,9 +152,26 @@ pub fn parse_meminfo(text: &str) -> MemoryInfo {
 
 /// Filesystem types that describe no storage and are skipped.
 const PSEUDO_FS: &[&str] = &[
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs",
-    "securityfs", "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "autofs", "binfmt_misc",
-    "rpc_pipefs", "nsfs", "efivarfs", "selinuxfs",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "autofs",
+    "binfmt_misc",
+    "rpc_pipefs",
+    "nsfs",
+    "efivarfs",
+    "selinuxfs",
 ];
 
 pub fn filesystems() -> Vec<Filesystem> {
@@ -163,7 +185,11 @@ pub fn filesystems() -> Vec<Filesystem> {
         let Ok(st) = rustix::fs::statvfs(mount_point.as_str()) else {
             continue;
         };
-        let frsize = if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize };
+        let frsize = if st.f_frsize > 0 {
+            st.f_frsize
+        } else {
+            st.f_bsize
+        };
         let total = st.f_blocks.saturating_mul(frsize);
         if total == 0 {
             continue;
@@ -174,7 +200,10 @@ pub fn filesystems() -> Vec<Filesystem> {
             fs_type,
             read_only,
             total_bytes: total,
-            used_bytes: st.f_blocks.saturating_sub(st.f_bfree).saturating_mul(frsize),
+            used_bytes: st
+                .f_blocks
+                .saturating_sub(st.f_bfree)
+                .saturating_mul(frsize),
             available_bytes: st.f_bavail.saturating_mul(frsize),
             inodes_total: st.f_files,
             inodes_used: st.f_files.saturating_sub(st.f_ffree),
@@ -203,7 +232,10 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -271,7 +303,11 @@ pub fn processes(sort: ProcessSort, limit: u32) -> Vec<Process> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Some(stat) = read(entry.path().join("stat")).and_then(|s| parse_proc_stat(&s)) else {
@@ -279,8 +315,13 @@ pub fn processes(sort: ProcessSort, limit: u32) -> Vec<Process> {
         };
         let uid = read(entry.path().join("status"))
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+                s.lines().find_map(|l| {
+                    l.strip_prefix("Uid:")?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
             })
             .unwrap_or(u32::MAX);
         let cpu_secs = (stat.utime_ticks + stat.stime_ticks) as f64 / TICKS;
@@ -302,7 +343,7 @@ pub fn processes(sort: ProcessSort, limit: u32) -> Vec<Process> {
     }
     match sort {
         ProcessSort::Cpu => out.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent)),
-        ProcessSort::Rss => out.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes)),
+        ProcessSort::Rss => out.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes)),
     }
     out.truncate(limit.min(200) as usize);
     out
@@ -371,7 +412,8 @@ mod tests {
 
     #[test]
     fn meminfo_in_bytes() {
-        let m = parse_meminfo("MemTotal:       16384 kB\nMemAvailable:    8192 kB\nSwapTotal: 0 kB\n");
+        let m =
+            parse_meminfo("MemTotal:       16384 kB\nMemAvailable:    8192 kB\nSwapTotal: 0 kB\n");
         assert_eq!(m.total_bytes, 16384 * 1024);
         assert_eq!(m.available_bytes, 8192 * 1024);
         assert_eq!(m.swap_total_bytes, 0);

@@ -31,7 +31,10 @@ impl Host for SkillState {
         Ok(facts::processes(sort, limit))
     }
 
-    async fn unit_status(&mut self, unit: String) -> wasmtime::Result<Result<UnitInfo, SkillError>> {
+    async fn unit_status(
+        &mut self,
+        unit: String,
+    ) -> wasmtime::Result<Result<UnitInfo, SkillError>> {
         if !facts::valid_unit_name(&unit) {
             return Ok(Err(SkillError {
                 code: "invalid-input".into(),

@@ -1,0 +1,409 @@
+//! `tend bench`: invoke latency of a skill — cold (compile), warm (disk cache), hot
+//! (InstancePre + pooling) — printed beside process sandboxes, plus resident memory with ten
+//! skills loaded. Numbers, not assertions: `docs/benchmarks.md` records what this machine gave.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tend_runtime::{Export, LimitOverrides, Manifest, Runtime, RuntimeConfig};
+
+use crate::{Failure, read_component};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The skill component to measure (a trivial one shows the sandbox's own cost)
+    pub component: PathBuf,
+    /// Its manifest, if it needs grants
+    #[arg(long, short = 'm')]
+    pub manifest: Option<PathBuf>,
+    /// Input JSON for each call
+    #[arg(long, default_value = "{}")]
+    pub input: String,
+    /// Hot-path iterations
+    #[arg(long, default_value_t = 2000)]
+    pub iterations: usize,
+    /// Cold (compile) iterations
+    #[arg(long, default_value_t = 5)]
+    pub cold: usize,
+    /// Warm (disk cache) iterations
+    #[arg(long, default_value_t = 50)]
+    pub warm: usize,
+    /// Process-sandbox iterations (fork/exec, bwrap, runsc)
+    #[arg(long, default_value_t = 100)]
+    pub process: usize,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: load the given components from --rss-cache and print resident memory
+    #[arg(long, hide = true, num_args = 1.., value_name = "WASM")]
+    pub rss_probe: Vec<PathBuf>,
+    #[arg(long, hide = true)]
+    pub rss_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    runs: usize,
+    p50_us: f64,
+    p99_us: f64,
+    note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    component: String,
+    size_bytes: usize,
+    pooling: bool,
+    cpus: usize,
+    rows: Vec<Row>,
+    rss_10_skills_mib: Option<f64>,
+    rss_baseline_mib: Option<f64>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1e6
+}
+
+fn row(name: &str, mut samples: Vec<Duration>) -> Row {
+    samples.sort();
+    Row {
+        name: name.to_string(),
+        runs: samples.len(),
+        p50_us: percentile(&samples, 0.50),
+        p99_us: percentile(&samples, 0.99),
+        note: None,
+    }
+}
+
+fn skipped(name: &str, why: &str) -> Row {
+    Row {
+        name: name.to_string(),
+        runs: 0,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        note: Some(why.to_string()),
+    }
+}
+
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+fn time_process(program: &Path, args: &[&str], runs: usize) -> Result<Vec<Duration>, String> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let status = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())?;
+        samples.push(t.elapsed());
+        if !status.success() {
+            return Err(format!("exited with {status}"));
+        }
+    }
+    Ok(samples)
+}
+
+/// A copy of a component with a custom section appended: same code, different digest.
+fn variant(bytes: &[u8], i: usize) -> Vec<u8> {
+    let name = format!("tend-bench-variant-{i}");
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    let mut len = payload.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+async fn rss_probe(args: &BenchArgs) -> Result<u8, Failure> {
+    let baseline = rss_mib().unwrap_or(0.0);
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: args.rss_cache.clone(),
+        ..RuntimeConfig::default()
+    })?;
+    let mut skills = Vec::new();
+    for path in &args.rss_probe {
+        let bytes = read_component(path)?;
+        skills.push(runtime.load(&bytes, None)?);
+    }
+    for skill in &skills {
+        runtime
+            .invoke(skill, Export::Run, &args.input, &LimitOverrides::default())
+            .await
+            .map_err(Failure::host)?;
+    }
+    crate::out(&format!(
+        "{} {} {}",
+        baseline,
+        rss_mib().unwrap_or(0.0),
+        runtime.stats().compiles
+    ));
+    Ok(0)
+}
+
+pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
+    if !args.rss_probe.is_empty() {
+        return rss_probe(&args).await;
+    }
+    let bytes = read_component(&args.component)?;
+    let manifest = match &args.manifest {
+        Some(p) => Some(Manifest::from_file(p).map_err(Failure::bad_input)?),
+        None => None,
+    };
+    let overrides = LimitOverrides::default();
+    let scratch = tempdir()?;
+    let mut rows = Vec::new();
+    let progress = |msg: &str| {
+        if !args.json {
+            eprintln!("bench: {msg}");
+        }
+    };
+
+    // Cold: compile on every load (no disk cache, memory copy forgotten).
+    progress("cold (compile + instantiate + call)");
+    let cold_rt = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })?;
+    let mut samples = Vec::new();
+    for _ in 0..args.cold.max(1) {
+        let t = Instant::now();
+        let skill = cold_rt.load(&bytes, manifest.clone())?;
+        let report = cold_rt
+            .invoke(&skill, Export::Run, &args.input, &overrides)
+            .await
+            .map_err(Failure::host)?;
+        samples.push(t.elapsed());
+        cold_rt.unload(&skill.digest());
+        if report.outcome != tend_runtime::Outcome::Ok {
+            return Err(Failure::bad_input(format!(
+                "the skill did not succeed ({}): {:?}; benchmark a skill that returns ok",
+                report.outcome, report.error
+            )));
+        }
+    }
+    rows.push(row("cold: compile + instantiate + call", samples));
+    drop(cold_rt);
+
+    // Warm: load from the disk cache, then instantiate + call.
+    progress("warm (disk cache + instantiate + call)");
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(scratch.join("cache")),
+        ..RuntimeConfig::default()
+    })?;
+    let skill = rt.load(&bytes, manifest.clone())?;
+    rt.unload(&skill.digest());
+    drop(skill);
+    let mut samples = Vec::new();
+    for _ in 0..args.warm.max(1) {
+        let t = Instant::now();
+        let skill = rt.load(&bytes, manifest.clone())?;
+        rt.invoke(&skill, Export::Run, &args.input, &overrides)
+            .await
+            .map_err(Failure::host)?;
+        samples.push(t.elapsed());
+        rt.unload(&skill.digest());
+    }
+    rows.push(row("warm: disk cache + instantiate + call", samples));
+
+    // Hot: InstancePre kept, pooling allocator.
+    progress("hot (InstancePre + pooling)");
+    let skill = rt.load(&bytes, manifest.clone())?;
+    for _ in 0..50 {
+        rt.instantiate_only(&skill).await.map_err(Failure::host)?;
+    }
+    let mut samples = Vec::with_capacity(args.iterations);
+    for _ in 0..args.iterations.max(1) {
+        samples.push(rt.instantiate_only(&skill).await.map_err(Failure::host)?);
+    }
+    rows.push(row("hot: instantiate only", samples));
+    let mut samples = Vec::with_capacity(args.iterations);
+    for _ in 0..args.iterations.max(1) {
+        let t = Instant::now();
+        rt.invoke(&skill, Export::Run, &args.input, &overrides)
+            .await
+            .map_err(Failure::host)?;
+        samples.push(t.elapsed());
+    }
+    rows.push(row("hot: instantiate + call", samples));
+    let pooling = rt.pooling();
+    drop(skill);
+    drop(rt);
+
+    // Process sandboxes, side by side.
+    progress("process sandboxes");
+    let n = args.process.max(1);
+    match time_process(Path::new("/bin/true"), &[], n) {
+        Ok(s) => rows.push(row("fork/exec /bin/true", s)),
+        Err(e) => rows.push(skipped("fork/exec /bin/true", &e)),
+    }
+    let bwrap_name = "bwrap --ro-bind / / --unshare-all /bin/true";
+    match on_path("bwrap") {
+        Some(p) => match time_process(
+            &p,
+            &["--ro-bind", "/", "/", "--unshare-all", "/bin/true"],
+            n,
+        ) {
+            Ok(s) => rows.push(row(bwrap_name, s)),
+            Err(e) => rows.push(skipped(bwrap_name, &format!("failed here: {e}"))),
+        },
+        None => rows.push(skipped(
+            bwrap_name,
+            "bwrap not installed (apt-get install bubblewrap)",
+        )),
+    }
+    let runsc_name = "runsc --rootless --network=none do /bin/true";
+    match on_path("runsc") {
+        Some(p) => match time_process(
+            &p,
+            &["--rootless", "--network=none", "do", "/bin/true"],
+            n.min(20),
+        ) {
+            Ok(s) => rows.push(row(runsc_name, s)),
+            Err(e) => rows.push(skipped(runsc_name, &format!("failed here: {e}"))),
+        },
+        None => rows.push(skipped(runsc_name, "runsc (gVisor) not on PATH")),
+    }
+
+    // Resident memory with ten skills loaded, in a fresh process.
+    progress("resident memory with 10 skills loaded");
+    let cache = scratch.join("rss-cache");
+    let mut paths = Vec::new();
+    {
+        let rt = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            ..RuntimeConfig::default()
+        })?;
+        for i in 0..10 {
+            let v = variant(&bytes, i);
+            let path = scratch.join(format!("variant-{i}.wasm"));
+            std::fs::write(&path, &v).map_err(Failure::host)?;
+            rt.load(&v, None)?;
+            paths.push(path);
+        }
+    }
+    let (rss_baseline, rss_10) = match std::env::current_exe() {
+        Ok(exe) => {
+            let out = Command::new(exe)
+                .arg("bench")
+                .arg(&args.component)
+                .arg("--input")
+                .arg(&args.input)
+                .arg("--rss-cache")
+                .arg(&cache)
+                .arg("--rss-probe")
+                .args(&paths)
+                .output()
+                .map_err(Failure::host)?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let nums: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            (nums.first().copied(), nums.get(1).copied())
+        }
+        Err(_) => (None, None),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let results = Results {
+        component: args.component.display().to_string(),
+        size_bytes: bytes.len(),
+        pooling,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        rows,
+        rss_10_skills_mib: rss_10,
+        rss_baseline_mib: rss_baseline,
+    };
+    if args.json {
+        crate::out(&serde_json::to_string_pretty(&results).map_err(Failure::host)?);
+    } else {
+        print_table(&results);
+    }
+    Ok(0)
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.1} µs")
+    }
+}
+
+fn print_table(r: &Results) {
+    crate::out(&format!(
+        "tend bench: {} ({:.1} KiB), pooling allocator: {}, {} CPUs",
+        r.component,
+        r.size_bytes as f64 / 1024.0,
+        if r.pooling { "on" } else { "off" },
+        r.cpus
+    ));
+    crate::out(&format!(
+        "{:<50} {:>6} {:>12} {:>12}",
+        "path", "runs", "p50", "p99"
+    ));
+    for row in &r.rows {
+        match &row.note {
+            Some(note) => crate::out(&format!("{:<50} {:>6} {}", row.name, "-", note)),
+            None => crate::out(&format!(
+                "{:<50} {:>6} {:>12} {:>12}",
+                row.name,
+                row.runs,
+                fmt_us(row.p50_us),
+                fmt_us(row.p99_us)
+            )),
+        }
+    }
+    match (r.rss_10_skills_mib, r.rss_baseline_mib) {
+        (Some(rss), Some(base)) => crate::out(&format!(
+            "resident memory with 10 skills loaded and run once: {rss:.1} MiB (process before the runtime: {base:.1} MiB)"
+        )),
+        _ => crate::out("resident memory: could not be measured"),
+    }
+}
+
+fn tempdir() -> Result<PathBuf, Failure> {
+    let dir = std::env::temp_dir().join(format!("tend-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(Failure::host)?;
+    Ok(dir)
+}

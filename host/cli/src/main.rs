@@ -1,0 +1,153 @@
+//! `tend` — the command-line surface of Tend.
+//!
+//! Takes a user's intent (a component, a manifest, input JSON, limits) and hands it to the
+//! stages below it: today the sandbox (`tend-runtime`); later the registry, orchestrator and
+//! agent. Exit status: 0 ok, 1 the skill reported an error, 2 bad usage or input, 3 the sandbox
+//! stopped the skill (a limit or a trap), 4 the host itself failed.
+
+mod bench;
+mod run;
+mod skill;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit statuses, documented in `--help` and the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const SKILL_ERROR: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const LIMIT_OR_TRAP: u8 = 3;
+    pub const HOST_FAILURE: u8 = 4;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tend",
+    version,
+    about = "Run diagnostic and repair skills (WebAssembly components) under strict limits",
+    after_help = "Exit status: 0 ok, 1 skill error, 2 bad usage or input, 3 limit or trap, 4 host failure.\n\
+                  Logs: set RUST_LOG=debug (or TEND_LOG) for more detail on stderr."
+)]
+struct Cli {
+    #[command(flatten)]
+    cache: CacheArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CacheArgs {
+    /// Directory for precompiled components [default: $TEND_CACHE_DIR, else ~/.cache/tend/components]
+    #[arg(long, env = "TEND_CACHE_DIR", value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the precompile cache (every load compiles)
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    pub fn runtime_config(&self) -> tend_runtime::RuntimeConfig {
+        let mut config = tend_runtime::RuntimeConfig::default();
+        if self.no_cache {
+            config.cache_dir = None;
+        } else if let Some(dir) = &self.cache_dir {
+            config.cache_dir = Some(dir.clone());
+        }
+        config
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a skill component once and print its result
+    Run(run::RunArgs),
+    /// Work with skill components
+    #[command(subcommand)]
+    Skill(skill::SkillCommand),
+    /// Measure invoke latency (cold, warm, hot) beside process sandboxes
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let filter = std::env::var("TEND_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::HOST_FAILURE);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args, &cli.cache).await,
+            Command::Skill(cmd) => skill::run(cmd, &cli.cache).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match code {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// An error that ends the command with a given exit status.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn bad_input(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: exit::BAD_INPUT,
+            message: message.to_string(),
+        }
+    }
+    pub fn host(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: exit::HOST_FAILURE,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<tend_runtime::LoadError> for Failure {
+    fn from(e: tend_runtime::LoadError) -> Self {
+        match e {
+            tend_runtime::LoadError::Cache(_) => Failure::host(e),
+            _ => Failure::bad_input(e),
+        }
+    }
+}
+
+/// Print a line on stdout; a closed pipe (`tend ... | head`) is not an error worth a panic.
+pub fn out(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+}
+
+/// Read a component file, naming it in the error.
+pub fn read_component(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path)
+        .map_err(|e| Failure::bad_input(format!("cannot read {}: {e}", path.display())))
+}

@@ -1,0 +1,167 @@
+//! `tend run`: one invocation of a local component, in-process.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use tend_runtime::{ExecutionReport, Export, LimitOverrides, Manifest, Outcome, Runtime};
+
+use crate::{CacheArgs, Failure, exit, read_component};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    tend run dist/disk-usage-0.1.0.wasm --manifest skills/disk-usage/skill.toml\n  \
+    tend run skill.wasm --input '{\"threshold\": 90}' --json\n  \
+    echo '{}' | tend run skill.wasm --input - --timeout-ms 2000\n\n\
+    Without --manifest the component gets no capabilities at all: no files, no network, no exec.")]
+pub struct RunArgs {
+    /// The skill component (.wasm)
+    pub component: PathBuf,
+    /// The skill's manifest (skill.toml): its limits and the capabilities it is granted
+    #[arg(long, short = 'm', value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Input JSON: inline text, @FILE to read a file, or - for stdin [default: {}]
+    #[arg(long, short = 'i', value_name = "JSON|@FILE|-")]
+    pub input: Option<String>,
+    /// Call `plan` (what a repair skill would do) instead of `run`
+    #[arg(long)]
+    pub plan: bool,
+    /// Fuel (instruction budget); clamped to the host maximum
+    #[arg(long, value_name = "N")]
+    pub fuel: Option<u64>,
+    /// Linear memory limit in MiB; clamped to the host maximum
+    #[arg(long, value_name = "N")]
+    pub memory_mib: Option<u64>,
+    /// Wall-clock limit in milliseconds; clamped to the host maximum
+    #[arg(long, value_name = "N")]
+    pub timeout_ms: Option<u64>,
+    /// Output limit in KiB (return value, and stdout/stderr/log each)
+    #[arg(long, value_name = "N")]
+    pub output_kib: Option<u64>,
+    /// Print the whole ExecutionReport as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_input(arg: Option<&str>) -> Result<String, Failure> {
+    let text = match arg {
+        None => return Ok("{}".into()),
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| Failure::bad_input(format!("cannot read input from stdin: {e}")))?;
+            (s, "stdin".to_string())
+        }
+        Some(a) if a.starts_with('@') => {
+            let path = &a[1..];
+            let s = std::fs::read_to_string(path)
+                .map_err(|e| Failure::bad_input(format!("cannot read input file {path}: {e}")))?;
+            (s, path.to_string())
+        }
+        Some(a) => (a.to_string(), "--input".to_string()),
+    };
+    let (text, origin) = text;
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
+        return Err(Failure::bad_input(format!(
+            "{origin}: input is not JSON: {e}"
+        )));
+    }
+    Ok(text)
+}
+
+pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
+    // Everything a user typed is checked before anything is compiled or cached.
+    let manifest = match &args.manifest {
+        Some(path) => Some(Manifest::from_file(path).map_err(Failure::bad_input)?),
+        None => None,
+    };
+    let input = read_input(args.input.as_deref())?;
+    let bytes = read_component(&args.component)?;
+
+    let runtime = Runtime::new(cache.runtime_config())?;
+    let skill = runtime.load(&bytes, manifest).map_err(|e| match e {
+        tend_runtime::LoadError::Cache(_) => Failure::host(e),
+        e => Failure::bad_input(format!("{}: {e}", args.component.display())),
+    })?;
+    let export = if args.plan { Export::Plan } else { Export::Run };
+    let overrides = LimitOverrides {
+        fuel: args.fuel,
+        memory_mib: args.memory_mib,
+        timeout_ms: args.timeout_ms,
+        output_kib: args.output_kib,
+    };
+    let report = runtime
+        .invoke(&skill, export, &input, &overrides)
+        .await
+        .map_err(|e| match e {
+            tend_runtime::InvokeError::NoPlan => Failure::bad_input(e),
+            e => Failure::host(e),
+        })?;
+
+    if args.json {
+        let text = serde_json::to_string(&report).map_err(Failure::host)?;
+        crate::out(&text);
+    } else {
+        print_human(&report);
+    }
+    Ok(exit_code(report.outcome))
+}
+
+pub fn exit_code(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Ok => exit::OK,
+        Outcome::SkillError => exit::SKILL_ERROR,
+        Outcome::InvalidInput => exit::BAD_INPUT,
+        _ => exit::LIMIT_OR_TRAP,
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+fn print_human(r: &ExecutionReport) {
+    for l in &r.logs {
+        eprintln!("[{}] {}", l.level, l.message);
+    }
+    if !r.stderr.is_empty() {
+        eprintln!("--- stderr ---\n{}", r.stderr.trim_end());
+    }
+    if !r.stdout.is_empty() {
+        eprintln!("--- stdout ---\n{}", r.stdout.trim_end());
+    }
+    for e in &r.exec {
+        match &e.denied {
+            Some(why) => eprintln!("exec refused: {why}"),
+            None => eprintln!(
+                "exec: {} {} -> {}",
+                e.program,
+                e.args.join(" "),
+                e.status
+                    .map_or("killed".to_string(), |s| format!("exit {s}"))
+            ),
+        }
+    }
+    for n in &r.notes {
+        eprintln!("note: {n}");
+    }
+    match (&r.output, &r.error) {
+        (Some(out), _) => {
+            crate::out(&serde_json::to_string_pretty(out).unwrap_or_else(|_| out.to_string()))
+        }
+        (None, Some(err)) => eprintln!("error: {} ({}): {}", r.outcome, err.code, err.message),
+        (None, None) => {}
+    }
+    eprintln!(
+        "{}: {} in {:.2} ms, fuel {}, peak memory {}",
+        r.skill.as_deref().unwrap_or("skill"),
+        r.outcome,
+        r.duration_us as f64 / 1000.0,
+        r.fuel_consumed,
+        human_bytes(r.peak_memory_bytes)
+    );
+}

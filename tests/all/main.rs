@@ -1,0 +1,9 @@
+//! Tend's integration tests: one binary (linked once), one module per area. Hostile guests
+//! come first: every limit and every capability is tested by a guest that tries to break it.
+
+mod cache;
+mod capabilities;
+mod cli;
+mod facts;
+mod hostile;
+mod support;

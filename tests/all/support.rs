@@ -1,0 +1,163 @@
+//! Shared helpers: fixture guests (built once per run), WAT skills, runtimes, the CLI binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use tend_runtime::{
+    ExecutionReport, Export, LimitOverrides, LoadedSkill, Manifest, Runtime, RuntimeConfig,
+};
+
+/// The target directory this test binary was built into (`<target>/debug/deps/all-…`).
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Path of a fixture guest component, building the fixture workspace once if needed
+/// (`scripts/test` builds it before the tests; cargo's lock serialises parallel builders).
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let path = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    BUILT.get_or_init(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(repo_root().join("tests/guests/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", target_dir())
+            .status()
+            .expect("run cargo to build fixture guests");
+        assert!(status.success(), "building fixture guests failed");
+    });
+    assert!(path.exists(), "fixture guest {} missing", path.display());
+    path
+}
+
+pub fn guest_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(guest(name)).expect("read guest")
+}
+
+/// Wrap a core module (WAT) that implements the canonical ABI of `run` into a component
+/// targeting `tend:skill/diagnose@0.1.0`. The module must export `memory`, `cabi_realloc`
+/// and `run: (i32 i32) -> i32`.
+pub fn wat_skill(core_wat: &str) -> Vec<u8> {
+    let mut module = wat::parse_str(core_wat).expect("valid WAT");
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve
+        .push_dir(repo_root().join("wit/skill"))
+        .expect("parse wit/skill");
+    let world = resolve
+        .select_world(&[pkg], Some("diagnose"))
+        .expect("diagnose world");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .expect("embed metadata");
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)
+        .expect("encoder accepts module")
+        .encode()
+        .expect("encode component")
+}
+
+/// A core module skeleton: a bump allocator and a `run` whose body is `body`. Helpers
+/// `$ok` (ptr len -> retptr) build an `ok(string)` result in the return area at 512.
+pub fn wat_module(extra: &str, body: &str) -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (local.get $p))
+  (func $ok (param $ptr i32) (param $len i32) (result i32)
+    (i32.store8 (i32.const 512) (i32.const 0))
+    (i32.store (i32.const 516) (local.get $ptr))
+    (i32.store (i32.const 520) (local.get $len))
+    (i32.const 512))
+  {extra}
+  (func (export "run") (param $in i32) (param $in_len i32) (result i32)
+    {body})
+)"#
+    )
+}
+
+/// A runtime with its own cache directory (kept alive by the returned guard).
+pub fn runtime() -> (Runtime, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    (rt, dir)
+}
+
+pub fn manifest(text: &str) -> Manifest {
+    Manifest::parse(text, "test skill.toml").expect("valid manifest")
+}
+
+/// A diagnose manifest granting `caps` (TOML lines under `[capabilities]`).
+pub fn diagnose_manifest(caps: &str) -> Manifest {
+    manifest(&format!(
+        "[skill]\nname = \"test\"\nversion = \"0.1.0\"\nkind = \"diagnose\"\n[capabilities]\n{caps}\n"
+    ))
+}
+
+pub fn repair_manifest(caps: &str) -> Manifest {
+    manifest(&format!(
+        "[skill]\nname = \"test-repair\"\nversion = \"0.1.0\"\nkind = \"repair\"\nlevel = 2\n[capabilities]\n{caps}\n"
+    ))
+}
+
+pub async fn call(rt: &Runtime, skill: &LoadedSkill, input: &str) -> ExecutionReport {
+    call_with(rt, skill, input, LimitOverrides::default()).await
+}
+
+pub async fn call_with(
+    rt: &Runtime,
+    skill: &LoadedSkill,
+    input: &str,
+    overrides: LimitOverrides,
+) -> ExecutionReport {
+    rt.invoke(skill, Export::Run, input, &overrides)
+        .await
+        .expect("the host itself does not fail")
+}
+
+/// The `tend` binary of this build.
+pub fn tend() -> Command {
+    let path = target_dir().join("debug/tend");
+    assert!(
+        path.exists(),
+        "{} missing: build it first with `cargo build -p tend-cli`",
+        path.display()
+    );
+    let mut cmd = Command::new(path);
+    cmd.env_remove("TEND_CACHE_DIR").env("TEND_LOG", "error");
+    cmd
+}

@@ -1,0 +1,1 @@
+//! Integration tests for Tend live in `all/`; this library is empty.
