@@ -237,3 +237,75 @@ async fn manifest_kind_must_match_the_component_world() {
     let entries = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     assert_eq!(entries, 0, "nothing cached for a refused component");
 }
+
+/// A tiny HTTP server on loopback that answers every request with 200; returns its port.
+fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+async fn http_get(
+    rt: &tend_runtime::Runtime,
+    caps: &str,
+    authority: &str,
+) -> (serde_json::Value, Vec<String>) {
+    let skill = rt
+        .load(&guest_bytes("hostile"), Some(diagnose_manifest(caps)))
+        .expect("load");
+    let r = call(
+        rt,
+        &skill,
+        &json!({"do":"http","addr":authority}).to_string(),
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Ok, "{:?} {}", r.error, r.stderr);
+    (r.output.expect("output"), r.notes)
+}
+
+#[tokio::test]
+async fn http_only_to_granted_origins() {
+    let (rt, _dir) = runtime();
+    let port = http_server();
+    let authority = format!("127.0.0.1:{port}");
+
+    // Positive control: the granted origin answers.
+    let (out, _) = http_get(&rt, &format!("http = [\"http://{authority}\"]"), &authority).await;
+    assert_eq!(out, json!({"ok": true, "status": 200}));
+
+    // Not granted at all; granted another port; granted https only; and the metadata service.
+    for (caps, target) in [
+        (String::new(), authority.clone()),
+        (
+            format!("http = [\"http://127.0.0.1:{}\"]", port.wrapping_add(1)),
+            authority.clone(),
+        ),
+        (
+            format!("http = [\"https://{authority}\"]"),
+            authority.clone(),
+        ),
+        (
+            format!("http = [\"http://{authority}\"]"),
+            "169.254.169.254".to_string(),
+        ),
+    ] {
+        let (out, notes) = http_get(&rt, &caps, &target).await;
+        assert_eq!(out["ok"], false, "{caps} -> {target}: {out}");
+        assert!(
+            out["error"]
+                .as_str()
+                .expect("error")
+                .contains("HttpRequestDenied"),
+            "{out}"
+        );
+        assert!(notes.iter().any(|n| n.contains("denied")), "{notes:?}");
+    }
+}

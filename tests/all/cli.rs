@@ -219,3 +219,29 @@ fn help_explains_exit_status() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("no capabilities at all"), "{text}");
 }
+
+#[test]
+fn without_room_for_the_pool_it_warns_and_still_runs() {
+    // 16 GB of address space: too little for the pooling allocator's reservation, plenty for
+    // on-demand allocation.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = guest("trivial");
+    let exe = target_dir().join("debug/tend");
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"ulimit -v 16000000 && exec "$0" --cache-dir "$1" run "$2" --json"#)
+        .arg(&exe)
+        .arg(dir.path())
+        .arg(&wasm)
+        .env("TEND_LOG", "warn")
+        .output()
+        .expect("run tend under ulimit");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("falling back to on-demand allocation"),
+        "{err}"
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(report["outcome"], "ok");
+}

@@ -24,6 +24,26 @@ struct Input {
     bytes: usize,
 }
 
+/// GET http://<authority>/ through wasi:http; reports the status or the error code.
+fn http_get(authority: &str) -> Value {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some("/"));
+    let future = match outgoing_handler::handle(request, None) {
+        Ok(f) => f,
+        Err(code) => return json!({ "ok": false, "error": format!("{code:?}") }),
+    };
+    future.subscribe().block();
+    match future.get() {
+        Some(Ok(Ok(response))) => json!({ "ok": true, "status": response.status() }),
+        Some(Ok(Err(code))) => json!({ "ok": false, "error": format!("{code:?}") }),
+        other => json!({ "ok": false, "error": format!("{other:?}") }),
+    }
+}
+
 struct Hostile;
 
 impl Diagnose for Hostile {
@@ -89,6 +109,7 @@ impl Diagnose for Hostile {
                 }
                 Err(e) => Ok(json!({ "connected": false, "error": e.to_string() })),
             },
+            "http" => Ok(http_get(&input.addr)),
             "calls" => Ok(json!({ "calls": calls })),
             "panic" => panic!("hostile guest panics on purpose after {calls} calls"),
             "facts" => {
