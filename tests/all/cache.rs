@@ -131,7 +131,14 @@ async fn refused_components_leave_nothing_in_the_cache() {
 
 /// A valid component of some other world: exports `hello: func() -> string`.
 pub fn other_world_component() -> Vec<u8> {
-    let mut module = wat::parse_str(
+    let mut resolve = wit_parser::Resolve::default();
+    let pkg = resolve
+        .push_str(
+            "other.wit",
+            "package test:other; world other { export hello: func() -> string; }",
+        )
+        .expect("wit");
+    componentize(
         r#"(module
             (memory (export "memory") 1)
             (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
@@ -140,26 +147,8 @@ pub fn other_world_component() -> Vec<u8> {
               (i32.store (i32.const 512) (i32.const 16))
               (i32.store (i32.const 516) (i32.const 2))
               (i32.const 512)))"#,
-    )
-    .expect("wat");
-    let mut resolve = wit_parser::Resolve::default();
-    let pkg = resolve
-        .push_str(
-            "other.wit",
-            "package test:other; world other { export hello: func() -> string; }",
-        )
-        .expect("wit");
-    let world = resolve.select_world(&[pkg], Some("other")).expect("world");
-    wit_component::embed_component_metadata(
-        &mut module,
         &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
+        pkg,
+        "other",
     )
-    .expect("embed");
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .expect("module")
-        .encode()
-        .expect("encode")
 }

@@ -4,15 +4,19 @@ use tend_runtime::{LimitOverrides, Outcome};
 
 use crate::support::*;
 
+/// A skill whose `run` never returns.
+fn looping_skill(rt: &tend_runtime::Runtime) -> tend_runtime::LoadedSkill {
+    rt.load(
+        &wat_skill(&wat_module("", "(loop $l (br $l)) (unreachable)")),
+        None,
+    )
+    .expect("load")
+}
+
 #[tokio::test]
 async fn infinite_loop_runs_out_of_fuel() {
     let (rt, _dir) = runtime();
-    let skill = rt
-        .load(
-            &wat_skill(&wat_module("", "(loop $l (br $l)) (unreachable)")),
-            None,
-        )
-        .expect("load");
+    let skill = looping_skill(&rt);
     let r = call_with(
         &rt,
         &skill,
@@ -31,12 +35,7 @@ async fn infinite_loop_runs_out_of_fuel() {
 #[tokio::test]
 async fn spinning_with_ample_fuel_times_out() {
     let (rt, _dir) = runtime();
-    let skill = rt
-        .load(
-            &wat_skill(&wat_module("", "(loop $l (br $l)) (unreachable)")),
-            None,
-        )
-        .expect("load");
+    let skill = looping_skill(&rt);
     let r = call_with(
         &rt,
         &skill,

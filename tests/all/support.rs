@@ -59,17 +59,25 @@ pub fn guest_bytes(name: &str) -> Vec<u8> {
 /// targeting `tend:skill/diagnose@0.1.0`. The module must export `memory`, `cabi_realloc`
 /// and `run: (i32 i32) -> i32`.
 pub fn wat_skill(core_wat: &str) -> Vec<u8> {
-    let mut module = wat::parse_str(core_wat).expect("valid WAT");
     let mut resolve = wit_parser::Resolve::default();
     let (pkg, _) = resolve
         .push_dir(repo_root().join("wit/skill"))
         .expect("parse wit/skill");
-    let world = resolve
-        .select_world(&[pkg], Some("diagnose"))
-        .expect("diagnose world");
+    componentize(core_wat, &resolve, pkg, "diagnose")
+}
+
+/// Encode a core module (WAT) as a component of `world` in package `pkg`.
+pub fn componentize(
+    core_wat: &str,
+    resolve: &wit_parser::Resolve,
+    pkg: wit_parser::PackageId,
+    world: &str,
+) -> Vec<u8> {
+    let mut module = wat::parse_str(core_wat).expect("valid WAT");
+    let world = resolve.select_world(&[pkg], Some(world)).expect("world");
     wit_component::embed_component_metadata(
         &mut module,
-        &resolve,
+        resolve,
         world,
         wit_component::StringEncoding::UTF8,
     )

@@ -370,6 +370,25 @@ impl Runtime {
         Ok((kind, pre))
     }
 
+    /// The only way a Store is made: fuel, an epoch deadline that traps, and the memory
+    /// limiter are set before anything can run in it.
+    fn limited_store(
+        &self,
+        state: SkillState,
+        limits: &Limits,
+    ) -> Result<Store<SkillState>, InvokeError> {
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| InvokeError::Host(e.to_string()))?;
+        store.set_epoch_deadline(engine::deadline_ticks(Duration::from_millis(
+            limits.timeout_ms,
+        )));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
     /// Forget the in-memory copy of a component: the next `load` of it comes from the disk
     /// cache (or compiles). Loaded skills that still hold it keep working.
     pub fn unload(&self, digest: &str) {
@@ -400,15 +419,7 @@ impl Runtime {
             output_cap: limits.output_bytes(),
         };
         let started = Instant::now();
-        let mut store = Store::new(&self.inner.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| InvokeError::Host(e.to_string()))?;
-        store.set_epoch_deadline(engine::deadline_ticks(Duration::from_millis(
-            limits.timeout_ms,
-        )));
-        store.epoch_deadline_trap();
+        let mut store = self.limited_store(state, &limits)?;
         let result = match &skill.pre {
             SkillPre::Diagnose(pre) => pre.instantiate_async(&mut store).await.map(drop),
             SkillPre::Repair(pre) => pre.instantiate_async(&mut store).await.map(drop),
@@ -491,13 +502,7 @@ impl Runtime {
             deadline: Instant::now() + timeout,
             output_cap,
         };
-        let mut store = Store::new(&self.inner.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| InvokeError::Host(e.to_string()))?;
-        store.set_epoch_deadline(engine::deadline_ticks(timeout));
-        store.epoch_deadline_trap();
+        let mut store = self.limited_store(state, &limits)?;
         let _ticking = self.inner.ticker.enter();
         self.inner
             .counters
