@@ -3,6 +3,7 @@
 
 mod cache;
 mod capabilities;
+mod catalog;
 mod cli;
 mod facts;
 mod hostile;

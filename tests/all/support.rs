@@ -169,3 +169,69 @@ pub fn tend() -> Command {
     cmd.env_remove("TEND_CACHE_DIR").env("TEND_LOG", "error");
     cmd
 }
+
+/// A catalog skill: its component (from `skills/<name>/dist/`, written by `tend skill build`;
+/// for a Rust skill not built that way yet, the skills workspace is built once) and its real
+/// manifest.
+pub fn catalog_skill(name: &str) -> (Vec<u8>, Manifest) {
+    let dir = repo_root().join("skills").join(name);
+    let manifest = Manifest::from_file(&dir.join("skill.toml")).expect("catalog manifest");
+    let dist = dir
+        .join("dist")
+        .join(format!("{name}-{}.wasm", manifest.skill.version));
+    if let Ok(bytes) = std::fs::read(&dist) {
+        return (bytes, manifest);
+    }
+    assert!(
+        dir.join("Cargo.toml").exists(),
+        "{} missing: build it with `tend skill build skills/{name}` (./scripts/test does)",
+        dist.display()
+    );
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(repo_root().join("skills/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", target_dir())
+            .status()
+            .expect("run cargo to build the catalog");
+        assert!(status.success(), "building the catalog failed");
+    });
+    let wasm = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    (std::fs::read(&wasm).expect("catalog component"), manifest)
+}
+
+/// Load a catalog skill with its own manifest, or with `manifest` in its place (tests that
+/// point a grant at a temp dir or a stand-in program).
+pub fn load_catalog(rt: &Runtime, name: &str, manifest: Option<Manifest>) -> LoadedSkill {
+    let (bytes, own) = catalog_skill(name);
+    rt.load(&bytes, Some(manifest.unwrap_or(own)))
+        .unwrap_or_else(|e| panic!("load {name}: {e}"))
+}
+
+/// Check a value against the `[output.schema]` of a catalog skill's manifest.
+pub fn assert_output_schema(name: &str, output: &serde_json::Value) {
+    let (_, manifest) = catalog_skill(name);
+    let schema = &manifest
+        .output
+        .unwrap_or_else(|| panic!("{name} declares no [output.schema]"))
+        .schema;
+    let validator = jsonschema::validator_for(schema).expect("valid schema");
+    let errors: Vec<String> = validator
+        .iter_errors(output)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} output breaks its schema: {errors:?}\n{output:#}"
+    );
+}

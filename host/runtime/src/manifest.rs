@@ -17,6 +17,20 @@ pub struct Manifest {
     pub limits: ManifestLimits,
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// JSON Schema the input must satisfy, checked before the skill runs.
+    #[serde(default)]
+    pub input: Option<SchemaSection>,
+    /// JSON Schema the skill promises its output satisfies (a mismatch is noted in the report).
+    #[serde(default)]
+    pub output: Option<SchemaSection>,
+}
+
+/// `[input]` / `[output]`: a JSON Schema written as TOML (`[input.schema]` with `type = "object"`,
+/// `[input.schema.properties.x]`, ...). TOML tables are JSON objects, so any schema can be written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSection {
+    pub schema: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +284,16 @@ impl Manifest {
                 return Err(invalid(&format!("capabilities.http[{i}]"), message));
             }
         }
+        for (key, section) in [
+            ("input.schema", &self.input),
+            ("output.schema", &self.output),
+        ] {
+            if let Some(section) = section
+                && let Err(e) = jsonschema::validator_for(&section.schema)
+            {
+                return Err(invalid(key, format!("not a valid JSON Schema: {e}")));
+            }
+        }
         for (i, addr) in c.tcp.iter().enumerate() {
             if let Err(message) = crate::capabilities::net::TcpGrant::parse(addr) {
                 return Err(invalid(&format!("capabilities.tcp[{i}]"), message));
@@ -381,6 +405,24 @@ tcp = ["127.0.0.1:5432"]
                 .to_string();
             assert!(err.starts_with(&format!("m.toml: {key}:")), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn schemas_are_toml_tables_and_are_checked() {
+        let text = format!(
+            "{GOOD}\n[input.schema]\ntype = \"object\"\nrequired = [\"unit\"]\n[input.schema.properties.unit]\ntype = \"string\"\n"
+        );
+        let m = Manifest::parse(&text, "m.toml").expect("valid");
+        let schema = &m.input.expect("input").schema;
+        assert_eq!(schema["properties"]["unit"]["type"], "string");
+        let bad = format!("{GOOD}\n[input.schema]\ntype = 12\n");
+        let err = Manifest::parse(&bad, "m.toml")
+            .expect_err("must be refused")
+            .to_string();
+        assert!(
+            err.starts_with("m.toml: input.schema: not a valid JSON Schema"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -112,6 +112,30 @@ pub struct LoadedSkill {
     manifest: Option<Arc<Manifest>>,
     pre: SkillPre,
     exec: ExecPolicy,
+    input_schema: Option<Arc<jsonschema::Validator>>,
+    output_schema: Option<Arc<jsonschema::Validator>>,
+}
+
+/// Compile the schema of a manifest section (already checked when the manifest was parsed).
+fn schema_validator(
+    section: Option<&crate::manifest::SchemaSection>,
+) -> Option<Arc<jsonschema::Validator>> {
+    section
+        .and_then(|s| jsonschema::validator_for(&s.schema).ok())
+        .map(Arc::new)
+}
+
+/// Up to three schema violations, each with the JSON pointer where it was found.
+fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -> Option<String> {
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .take(3)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("at {}: {e}", if at.is_empty() { "/" } else { at.as_str() })
+        })
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
 }
 
 impl std::fmt::Debug for LoadedSkill {
@@ -257,12 +281,16 @@ impl Runtime {
                 .unwrap_or_default(),
         );
         tracing::info!(digest, %kind, "skill loaded");
+        let input_schema = schema_validator(manifest.as_ref().and_then(|m| m.input.as_ref()));
+        let output_schema = schema_validator(manifest.as_ref().and_then(|m| m.output.as_ref()));
         Ok(LoadedSkill {
             digest,
             kind,
             manifest: manifest.map(Arc::new),
             pre,
             exec,
+            input_schema,
+            output_schema,
         })
     }
 
@@ -474,11 +502,19 @@ impl Runtime {
             exec: Vec::new(),
             notes: Vec::new(),
         };
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(input) {
+        let refused = match serde_json::from_str::<serde_json::Value>(input) {
+            Err(e) => Some(format!("input is not JSON: {e}")),
+            Ok(value) => skill
+                .input_schema
+                .as_deref()
+                .and_then(|v| schema_errors(v, &value))
+                .map(|e| format!("input does not match the skill's input schema: {e}")),
+        };
+        if let Some(message) = refused {
             report.outcome = Outcome::InvalidInput;
             report.error = Some(ReportError {
                 code: "invalid-input".into(),
-                message: format!("input is not JSON: {e}"),
+                message,
             });
             report.notes = notes;
             return Ok(report);
@@ -551,6 +587,13 @@ impl Runtime {
             }
         };
 
+        if let (Some(validator), Some(value)) = (skill.output_schema.as_deref(), &output)
+            && let Some(e) = schema_errors(validator, value)
+        {
+            notes.push(format!(
+                "output does not match the skill's output schema: {e}"
+            ));
+        }
         report.outcome = outcome;
         report.output = output;
         report.error = error;

@@ -292,28 +292,30 @@ fn users() -> HashMap<u32, String> {
         .collect()
 }
 
-pub fn processes(sort: ProcessSort, limit: u32) -> Vec<Process> {
-    const TICKS: f64 = 100.0; // USER_HZ is 100 on every Linux ABI Tend supports.
-    let page = rustix::param::page_size() as u64;
-    let uptime = uptime_seconds();
-    let boot = now_unix() - uptime;
-    let users = users();
-    let mut out = Vec::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some(stat) = read(entry.path().join("stat")).and_then(|s| parse_proc_stat(&s)) else {
-            continue; // exited meanwhile
-        };
-        let uid = read(entry.path().join("status"))
+/// What every process reading needs once: page size, uptime, boot time and user names.
+struct ProcContext {
+    page: u64,
+    uptime: f64,
+    boot: f64,
+    users: HashMap<u32, String>,
+}
+
+impl ProcContext {
+    fn new() -> Self {
+        let uptime = uptime_seconds();
+        ProcContext {
+            page: rustix::param::page_size() as u64,
+            uptime,
+            boot: now_unix() - uptime,
+            users: users(),
+        }
+    }
+
+    fn read(&self, pid: u32) -> Option<Process> {
+        const TICKS: f64 = 100.0; // USER_HZ is 100 on every Linux ABI Tend supports.
+        let dir = Path::new("/proc").join(pid.to_string());
+        let stat = parse_proc_stat(&read(dir.join("stat"))?)?;
+        let uid = read(dir.join("status"))
             .and_then(|s| {
                 s.lines().find_map(|l| {
                     l.strip_prefix("Uid:")?
@@ -326,21 +328,37 @@ pub fn processes(sort: ProcessSort, limit: u32) -> Vec<Process> {
             .unwrap_or(u32::MAX);
         let cpu_secs = (stat.utime_ticks + stat.stime_ticks) as f64 / TICKS;
         let started_secs = stat.start_ticks as f64 / TICKS;
-        let alive = (uptime - started_secs).max(0.01);
-        out.push(Process {
+        let alive = (self.uptime - started_secs).max(0.01);
+        Some(Process {
             pid,
             ppid: stat.ppid,
             name: stat.name,
             uid,
-            user: users.get(&uid).cloned(),
+            user: self.users.get(&uid).cloned(),
             state: stat.state,
             cpu_percent: (cpu_secs / alive * 100.0 * 100.0).round() / 100.0,
             cpu_time_ms: (cpu_secs * 1000.0) as u64,
-            rss_bytes: stat.rss_pages * page,
+            rss_bytes: stat.rss_pages * self.page,
             threads: stat.threads,
-            start_time: (boot + started_secs).max(0.0) as u64,
-        });
+            start_time: (self.boot + started_secs).max(0.0) as u64,
+        })
     }
+}
+
+pub fn process(pid: u32) -> Option<Process> {
+    ProcContext::new().read(pid)
+}
+
+pub fn processes(sort: ProcessSort, limit: u32) -> Vec<Process> {
+    let ctx = ProcContext::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<Process> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| ctx.read(pid)) // a process that exited meanwhile is skipped
+        .collect();
     match sort {
         ProcessSort::Cpu => out.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent)),
         ProcessSort::Rss => out.sort_by_key(|p| std::cmp::Reverse(p.rss_bytes)),
@@ -464,6 +482,10 @@ mod tests {
         assert!(load().cpu_count >= 1);
         assert!(!system().hostname.is_empty());
         assert!(filesystems().iter().any(|f| f.mount_point == "/"));
+        let me = process(std::process::id()).expect("this process");
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.rss_bytes > 0);
+        assert!(process(u32::MAX).is_none());
         let p = processes(ProcessSort::Rss, 5);
         assert!(!p.is_empty() && p.len() <= 5);
         assert!(p.windows(2).all(|w| w[0].rss_bytes >= w[1].rss_bytes));

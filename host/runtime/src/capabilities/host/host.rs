@@ -31,6 +31,10 @@ impl Host for SkillState {
         Ok(facts::processes(sort, limit))
     }
 
+    fn process_by_pid(&mut self, pid: u32) -> wasmtime::Result<Option<Process>> {
+        Ok(facts::process(pid))
+    }
+
     async fn unit_status(
         &mut self,
         unit: String,

@@ -1,0 +1,18 @@
+//! clean-old-logs: not written yet.
+use tend_sdk::{Repair, SkillError, serde_json::Value};
+
+struct Skill;
+
+impl Repair for Skill {
+    type Input = Value;
+    type Output = Value;
+    type Plan = Value;
+    fn plan(_input: Value) -> Result<Value, SkillError> {
+        Err(SkillError::new("not-implemented", "clean-old-logs is not written yet"))
+    }
+    fn run(_input: Value) -> Result<Value, SkillError> {
+        Err(SkillError::new("not-implemented", "clean-old-logs is not written yet"))
+    }
+}
+
+tend_sdk::export_repair!(Skill);

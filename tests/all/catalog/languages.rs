@@ -1,0 +1,1 @@
+//! Catalog skills written in Python and JavaScript, tested like the rest.

@@ -1,0 +1,1 @@
+//! Catalog repair skills (Rust): service-restart, clean-old-logs, kill-runaway-process.
