@@ -13,7 +13,32 @@ ensure_wasm_target() {
     fi
 }
 
+COMPONENTIZE_PY_VERSION=0.25.1
+
+# Python skills: componentize-py from PyPI, pinned.
+ensure_python_sdk() {
+    if ! componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+        step "installing componentize-py $COMPONENTIZE_PY_VERSION"
+        python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+    fi
+}
+
+# JavaScript skills: componentize-js and rolldown from npm, as locked in sdk/js.
+ensure_js_sdk() {
+    local marker="$ROOT/sdk/js/node_modules/.package-lock.json"
+    if [ ! -f "$marker" ] || [ "$ROOT/sdk/js/package-lock.json" -nt "$marker" ]; then
+        step "installing the JavaScript SDK's packages (npm ci in sdk/js)"
+        npm ci --prefix "$ROOT/sdk/js" --no-audit --no-fund --loglevel=error
+    fi
+}
+
+# Build every catalog skill with `tend skill build` (each into skills/<name>/dist/, checked
+# against its manifest and precompiled). $1: the tend binary.
 build_catalog() {
-    step "building the skill catalog (skills/) for wasm32-wasip2"
-    cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/skills/Cargo.toml"
+    local tend="$1"
+    step "building the skill catalog (skills/*) with tend skill build"
+    for dir in "$ROOT"/skills/*/; do
+        [ -f "$dir/skill.toml" ] || continue
+        "$tend" skill build "$dir"
+    done
 }

@@ -82,7 +82,8 @@ pub struct Capabilities {
     /// Host directories the skill may read. Each is preopened read-only at the same path.
     #[serde(default)]
     pub fs_read: Vec<String>,
-    /// Host directories the skill may read and write (implies level 3 unless under scratch).
+    /// Host directories the skill may read and write (repair skills only; the level this
+    /// implies is decided by the policy stage).
     #[serde(default)]
     pub fs_write: Vec<String>,
     /// Programs the skill may run through `tend:skill/exec`, with argument patterns.

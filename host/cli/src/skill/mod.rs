@@ -1,13 +1,49 @@
-//! `tend skill ...`: work with skill components.
+//! `tend skill ...`: scaffold, build and inspect skills.
+
+mod build;
+mod new;
 
 use std::path::PathBuf;
+
+pub use build::Lang;
 
 use tend_runtime::{Runtime, inspect};
 
 use crate::{CacheArgs, Failure, read_component};
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    Diagnose,
+    Repair,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum SkillCommand {
+    /// Create a skill folder (skill.toml, source, example input) that builds and runs unchanged
+    #[command(
+        after_help = "Example:\n  tend skill new disk-report --lang python --kind diagnose\n  tend skill build disk-report\n  tend run disk-report/dist/disk-report-0.1.0.wasm --manifest disk-report/skill.toml --input @disk-report/input.example.json"
+    )]
+    New {
+        /// Skill name: [a-z0-9-], also the folder name
+        name: String,
+        /// Language of the skill
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// `diagnose` reads and reports; `repair` may also run allowlisted programs
+        #[arg(long, value_enum, default_value = "diagnose")]
+        kind: Kind,
+        /// Folder to create the skill in
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build a skill folder into dist/<name>-<version>.wasm, check it against its manifest and precompile it
+    Build {
+        /// The skill folder (with skill.toml and Cargo.toml, app.py or app.js)
+        dir: PathBuf,
+        /// Print the build report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a component's world: what it imports and exports, and whether it is a Tend skill
     Inspect {
         /// The component (.wasm)
@@ -20,6 +56,19 @@ pub enum SkillCommand {
 
 pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
     match cmd {
+        SkillCommand::New {
+            name,
+            lang,
+            kind,
+            dir,
+        } => {
+            let kind = match kind {
+                Kind::Diagnose => tend_runtime::SkillKind::Diagnose,
+                Kind::Repair => tend_runtime::SkillKind::Repair,
+            };
+            new::new(&name, lang, kind, &dir)
+        }
+        SkillCommand::Build { dir, json } => build::build(&dir, json, cache),
         SkillCommand::Inspect { component, json } => {
             let bytes = read_component(&component)?;
             let runtime = Runtime::new(cache.runtime_config())?;
