@@ -36,6 +36,12 @@ pub struct BenchArgs {
     /// Print the results as JSON
     #[arg(long)]
     pub json: bool,
+    /// Skip the process-sandbox comparison
+    #[arg(long)]
+    pub skip_process: bool,
+    /// Skip the resident-memory measurement (it compiles ten copies of the component)
+    #[arg(long)]
+    pub skip_rss: bool,
     /// Internal: load the given components from --rss-cache and print resident memory
     #[arg(long, hide = true, num_args = 1.., value_name = "WASM")]
     pub rss_probe: Vec<PathBuf>,
@@ -267,9 +273,39 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
     drop(skill);
     drop(rt);
 
-    // Process sandboxes, side by side.
-    progress("process sandboxes");
-    let n = args.process.max(1);
+    if !args.skip_process {
+        process_rows(&mut rows, args.process.max(1));
+    }
+
+    let (rss_baseline, rss_10) = if args.skip_rss {
+        (None, None)
+    } else {
+        progress("resident memory with 10 skills loaded");
+        rss_with_ten(&args, &bytes, &scratch)?
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let results = Results {
+        component: args.component.display().to_string(),
+        size_bytes: bytes.len(),
+        pooling,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        rows,
+        rss_10_skills_mib: rss_10,
+        rss_baseline_mib: rss_baseline,
+    };
+    if args.json {
+        crate::out(&serde_json::to_string_pretty(&results).map_err(Failure::host)?);
+    } else {
+        print_table(&results);
+    }
+    Ok(0)
+}
+
+/// fork/exec, bwrap and runsc, each where installed.
+fn process_rows(rows: &mut Vec<Row>, n: usize) {
     match time_process(Path::new("/bin/true"), &[], n) {
         Ok(s) => rows.push(row("fork/exec /bin/true", s)),
         Err(e) => rows.push(skipped("fork/exec /bin/true", &e)),
@@ -301,9 +337,15 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
         },
         None => rows.push(skipped(runsc_name, "runsc (gVisor) not on PATH")),
     }
+}
 
+/// Resident memory of a fresh process that loads ten distinct copies of the component.
+fn rss_with_ten(
+    args: &BenchArgs,
+    bytes: &[u8],
+    scratch: &Path,
+) -> Result<(Option<f64>, Option<f64>), Failure> {
     // Resident memory with ten skills loaded, in a fresh process.
-    progress("resident memory with 10 skills loaded");
     let cache = scratch.join("rss-cache");
     let mut paths = Vec::new();
     {
@@ -312,14 +354,14 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
             ..RuntimeConfig::default()
         })?;
         for i in 0..10 {
-            let v = variant(&bytes, i);
+            let v = variant(bytes, i);
             let path = scratch.join(format!("variant-{i}.wasm"));
             std::fs::write(&path, &v).map_err(Failure::host)?;
             rt.load(&v, None)?;
             paths.push(path);
         }
     }
-    let (rss_baseline, rss_10) = match std::env::current_exe() {
+    let measured = match std::env::current_exe() {
         Ok(exe) => {
             let out = Command::new(exe)
                 .arg("bench")
@@ -341,25 +383,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
         }
         Err(_) => (None, None),
     };
-    let _ = std::fs::remove_dir_all(&scratch);
-
-    let results = Results {
-        component: args.component.display().to_string(),
-        size_bytes: bytes.len(),
-        pooling,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        rows,
-        rss_10_skills_mib: rss_10,
-        rss_baseline_mib: rss_baseline,
-    };
-    if args.json {
-        crate::out(&serde_json::to_string_pretty(&results).map_err(Failure::host)?);
-    } else {
-        print_table(&results);
-    }
-    Ok(0)
+    Ok(measured)
 }
 
 fn fmt_us(us: f64) -> String {
