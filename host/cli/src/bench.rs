@@ -422,7 +422,7 @@ fn print_table(r: &Results) {
         (Some(rss), Some(base)) => crate::out(&format!(
             "resident memory with 10 skills loaded and run once: {rss:.1} MiB (process before the runtime: {base:.1} MiB)"
         )),
-        _ => crate::out("resident memory: could not be measured"),
+        _ => crate::out("resident memory: not measured"),
     }
 }
 
