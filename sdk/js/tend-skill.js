@@ -34,6 +34,11 @@ function asSkillError(e) {
   if (e instanceof SkillFailure) {
     return { code: e.code, message: e.message };
   }
+  // A failed host call (e.g. exec `denied`) carries the host's skill-error as its payload.
+  const p = e && e.payload;
+  if (p && typeof p.code === 'string' && typeof p.message === 'string') {
+    return { code: p.code, message: p.message };
+  }
   const name = e && e.name ? e.name : 'Error';
   const message = e && e.message ? e.message : String(e);
   return { code: 'internal', message: `${name}: ${message}` };
@@ -47,13 +52,14 @@ function wrap(method) {
     } catch (e) {
       throw { code: 'invalid-input', message: `input is not JSON: ${e.message}` };
     }
-    let output;
     try {
-      output = await method(input);
+      const output = await method(input);
+      // u64 host fields arrive as BigInt, which JSON cannot carry: numbers when exact, else text.
+      return JSON.stringify(output, (_k, v) =>
+        typeof v === 'bigint' ? (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()) : v);
     } catch (e) {
       throw asSkillError(e);
     }
-    return JSON.stringify(output);
   };
 }
 

@@ -42,12 +42,20 @@ class Skill:
         raise SkillFailure("not-implemented", "this skill does not implement plan")
 
 
+def debug(message: str) -> None:
+    log.log(log.Level.DEBUG, message)
+
+
 def info(message: str) -> None:
     log.log(log.Level.INFO, message)
 
 
 def warn(message: str) -> None:
     log.log(log.Level.WARN, message)
+
+
+def error(message: str) -> None:
+    log.log(log.Level.ERROR, message)
 
 
 def _call(method, text: str) -> str:
@@ -59,6 +67,10 @@ def _call(method, text: str) -> str:
         out = method(data)
     except SkillFailure as f:
         raise Err(SkillError(f.code, f.message))
+    except Err as e:  # a host call failed (e.g. exec `denied`): keep the host's code
+        if isinstance(e.value, SkillError):
+            raise Err(e.value)
+        raise Err(SkillError("internal", f"host call failed: {e.value!r}"))
     except Exception as e:  # a bug in the skill: report it as data, with the last frame
         frame = traceback.extract_tb(e.__traceback__)[-1]
         raise Err(SkillError("internal", f"{type(e).__name__}: {e} ({frame.filename}:{frame.lineno})"))

@@ -89,6 +89,37 @@ fn scaffold_build_run(lang: &str, kind: &str) {
             assert_eq!(report["exec"][0]["program"], "/bin/true");
         }
     }
+
+    if kind == "repair" {
+        // Without its exec grant the host refuses the program, and the SDK passes the host's
+        // error code through (not a generic `internal`).
+        let own =
+            std::fs::read_to_string(dir.path().join(&name).join("skill.toml")).expect("manifest");
+        let stripped: String = own
+            .lines()
+            .filter(|l| !l.starts_with("exec ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(stripped, own, "the scaffold grants exec");
+        std::fs::write(dir.path().join("nogrant.toml"), stripped).expect("write");
+        let input = format!("@{name}/input.example.json");
+        let o = tend_in(
+            dir.path(),
+            &[
+                "run",
+                wasm.to_str().expect("p"),
+                "--manifest",
+                "nogrant.toml",
+                "--input",
+                &input,
+                "--json",
+            ],
+        );
+        let report: Value = serde_json::from_slice(&o.stdout).expect("report");
+        assert_eq!(o.status.code(), Some(1), "{report}");
+        assert_eq!(report["error"]["code"], "denied", "{lang}: {report}");
+        assert!(report["exec"][0]["denied"].is_string(), "{report}");
+    }
 }
 
 #[test]

@@ -128,6 +128,9 @@ fn print_human(r: &ExecutionReport) {
     for l in &r.logs {
         eprintln!("[{}] {}", l.level, l.message);
     }
+    if r.logs_dropped > 0 {
+        eprintln!("[log] {} more lines dropped (log limit)", r.logs_dropped);
+    }
     if !r.stderr.is_empty() {
         eprintln!("--- stderr ---\n{}", r.stderr.trim_end());
     }
@@ -135,9 +138,10 @@ fn print_human(r: &ExecutionReport) {
         eprintln!("--- stdout ---\n{}", r.stdout.trim_end());
     }
     for e in &r.exec {
-        match &e.denied {
-            Some(why) => eprintln!("exec refused: {why}"),
-            None => eprintln!(
+        match (&e.denied, &e.start_error) {
+            (Some(why), _) => eprintln!("exec refused: {why}"),
+            (None, Some(why)) => eprintln!("exec failed: {why}"),
+            (None, None) => eprintln!(
                 "exec: {} {} -> {}",
                 e.program,
                 e.args.join(" "),

@@ -193,11 +193,12 @@ impl Manifest {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             || s.name.starts_with('-')
+            || s.name.ends_with('-')
         {
             return Err(invalid(
                 "skill.name",
                 format!(
-                    "{:?} is not a valid name: use 1-64 characters of [a-z0-9-], not starting with '-'",
+                    "{:?} is not a valid name: use 1-64 characters of [a-z0-9-], not starting or ending with '-'",
                     s.name
                 ),
             ));
@@ -305,9 +306,20 @@ impl Manifest {
 }
 
 fn is_semver(v: &str) -> bool {
-    let (core, _rest) = match v.find(['-', '+']) {
-        Some(i) => (&v[..i], &v[i..]),
-        None => (v, ""),
+    let (rest, build) = match v.split_once('+') {
+        Some((r, b)) => (r, Some(b)),
+        None => (v, None),
+    };
+    let (core, pre) = match rest.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (rest, None),
+    };
+    let idents_ok = |s: Option<&str>| {
+        s.is_none_or(|s| {
+            s.split('.').all(|id| {
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+        })
     };
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() == 3
@@ -316,6 +328,8 @@ fn is_semver(v: &str) -> bool {
                 && p.bytes().all(|b| b.is_ascii_digit())
                 && (p.len() == 1 || !p.starts_with('0'))
         })
+        && idents_ok(pre)
+        && idents_ok(build)
 }
 
 #[cfg(test)]
@@ -436,6 +450,24 @@ tcp = ["127.0.0.1:5432"]
             err.contains("diagnose skill may not be granted exec"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn semantic_versions() {
+        for good in ["0.1.0", "1.2.3-rc.1", "1.2.3+build.5", "1.2.3-alpha-2+x"] {
+            assert!(is_semver(good), "{good}");
+        }
+        for bad in [
+            "1.0",
+            "01.0.0",
+            "1.0.0-",
+            "1.0.0+",
+            "1.0.0-a..b",
+            "1.0.0-a b",
+            "v1.0.0",
+        ] {
+            assert!(!is_semver(bad), "{bad}");
+        }
     }
 
     #[test]

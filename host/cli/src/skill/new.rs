@@ -303,7 +303,11 @@ pub fn new(name: &str, lang: Lang, kind: SkillKind, parent: &Path) -> Result<u8,
     // anything is written.
     Manifest::parse(&manifest, &format!("{name}/skill.toml")).map_err(Failure::bad_input)?;
 
-    let home = tend_home(parent)?;
+    // Only a Rust skill refers to Tend's files (the SDK by path); find them before writing.
+    let home = match lang {
+        Lang::Rust => Some(tend_home(parent)?),
+        Lang::Python | Lang::Js => None,
+    };
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::host(format!("cannot create {}: {e}", dir.display())))?;
     write(&dir.join("skill.toml"), &manifest)?;
@@ -311,6 +315,7 @@ pub fn new(name: &str, lang: Lang, kind: SkillKind, parent: &Path) -> Result<u8,
     let vars = [("name", name)];
     match lang {
         Lang::Rust => {
+            let home = home.unwrap_or_default();
             let sdk = home
                 .join("sdk/rust")
                 .canonicalize()

@@ -19,8 +19,10 @@ const MAX_EXEC_OUTPUT: usize = 1024 * 1024;
 pub struct ExecRecord {
     pub program: String,
     pub args: Vec<String>,
-    /// Why it was refused; `None` if it ran.
+    /// Why it was refused by the allowlist; `None` if it was allowed.
     pub denied: Option<String>,
+    /// Why an allowed program could not be started; `None` if it started.
+    pub start_error: Option<String>,
     pub status: Option<i32>,
     pub timed_out: bool,
     pub duration_ms: u64,
@@ -57,6 +59,7 @@ impl Host for SkillState {
             program: program.clone(),
             args: args.clone(),
             denied: None,
+            start_error: None,
             status: None,
             timed_out: false,
             duration_ms: 0,
@@ -92,7 +95,7 @@ impl Host for SkillState {
             Ok(c) => c,
             Err(e) => {
                 let message = format!("cannot start {program}: {e}");
-                record.denied = Some(message.clone());
+                record.start_error = Some(message.clone());
                 self.exec_records.push(record);
                 return Ok(Err(SkillError {
                     code: "exec-failed".into(),
