@@ -8,4 +8,5 @@ mod catalog;
 mod cli;
 mod facts;
 mod hostile;
+mod signing;
 mod support;

@@ -6,6 +6,7 @@
 //! stopped the skill (a limit or a trap), 4 the host itself failed.
 
 mod bench;
+mod key;
 mod run;
 mod skill;
 
@@ -69,6 +70,9 @@ enum Command {
     Skill(skill::SkillCommand),
     /// Measure invoke latency (cold, warm, hot) beside process sandboxes
     Bench(bench::BenchArgs),
+    /// Publisher keys for signing skills
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args, &cli.cache).await,
             Command::Skill(cmd) => skill::run(cmd, &cli.cache).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Key(cmd) => key::run(cmd),
         }
     });
     match code {

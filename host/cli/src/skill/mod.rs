@@ -2,6 +2,7 @@
 
 mod build;
 mod new;
+mod sign;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,38 @@ pub enum SkillCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Sign a component and its manifest with a publisher key (writes <component>.sig)
+    Sign {
+        /// The component (.wasm)
+        component: PathBuf,
+        /// Its manifest (skill.toml), signed byte for byte
+        #[arg(long, short = 'm')]
+        manifest: PathBuf,
+        /// The publisher's private key (from `tend key gen`)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where to write the signature envelope [default: <component>.sig]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check a component's signature against a trust policy: who signed what, and why it is
+    /// (or is not) trusted
+    Verify {
+        /// The component (.wasm)
+        component: PathBuf,
+        /// The trust policy
+        #[arg(long, value_name = "FILE")]
+        trust: PathBuf,
+        /// The signature envelope [default: <component>.sig]
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        /// Accept a version older than the highest seen (logged)
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Print as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a skill folder into dist/<name>-<version>.wasm, check it against its manifest and precompile it
     Build {
         /// The skill folder (with skill.toml and Cargo.toml, app.py or app.js)
@@ -69,6 +102,19 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             new::new(&name, lang, kind, &dir)
         }
         SkillCommand::Build { dir, json } => build::build(&dir, json, cache),
+        SkillCommand::Sign {
+            component,
+            manifest,
+            key,
+            out,
+        } => sign::sign(&component, &manifest, &key, out),
+        SkillCommand::Verify {
+            component,
+            trust,
+            signature,
+            allow_downgrade,
+            json,
+        } => sign::verify(&component, &trust, signature, allow_downgrade, json),
         SkillCommand::Inspect { component, json } => {
             let bytes = read_component(&component)?;
             let runtime = Runtime::new(cache.runtime_config())?;
