@@ -135,18 +135,6 @@ pub struct VerifyOptions {
     pub allow_downgrade: bool,
 }
 
-fn toml_line(text: &str, err: &toml::de::Error) -> usize {
-    err.span()
-        .map(|s| {
-            text.as_bytes()[..s.start.min(text.len())]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                + 1
-        })
-        .unwrap_or(1)
-}
-
 impl TrustPolicy {
     pub fn from_file(path: &Path) -> Result<TrustPolicy, TrustError> {
         let p = path.display().to_string();
@@ -160,7 +148,7 @@ impl TrustPolicy {
     pub fn parse(text: &str, origin: &str) -> Result<TrustPolicy, TrustError> {
         let policy: TrustPolicy = toml::from_str(text).map_err(|e| TrustError::Parse {
             path: origin.to_string(),
-            line: toml_line(text, &e),
+            line: tend_runtime::manifest::toml_error_line(text, &e),
             message: e.message().trim().to_string(),
         })?;
         let invalid = |key: String, message: String| TrustError::Invalid {

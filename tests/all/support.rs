@@ -31,24 +31,28 @@ pub fn guest(name: &str) -> PathBuf {
     let path = target_dir()
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", name.replace('-', "_")));
-    BUILT.get_or_init(|| {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(repo_root().join("tests/guests/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", target_dir())
-            .status()
-            .expect("run cargo to build fixture guests");
-        assert!(status.success(), "building fixture guests failed");
-    });
+    BUILT.get_or_init(|| build_wasm_workspace("tests/guests/Cargo.toml"));
     assert!(path.exists(), "fixture guest {} missing", path.display());
     path
+}
+
+/// Build a workspace of guests (`manifest`, relative to the repo) for wasm32-wasip2 into the
+/// shared target dir; cargo's own lock serialises parallel test processes.
+fn build_wasm_workspace(manifest: &str) {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(repo_root().join(manifest))
+        .env("CARGO_TARGET_DIR", target_dir())
+        .status()
+        .expect("run cargo to build guests");
+    assert!(status.success(), "building {manifest} failed");
 }
 
 pub fn guest_bytes(name: &str) -> Vec<u8> {
@@ -188,22 +192,7 @@ pub fn catalog_skill(name: &str) -> (Vec<u8>, Manifest) {
         dist.display()
     );
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(repo_root().join("skills/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", target_dir())
-            .status()
-            .expect("run cargo to build the catalog");
-        assert!(status.success(), "building the catalog failed");
-    });
+    BUILT.get_or_init(|| build_wasm_workspace("skills/Cargo.toml"));
     let wasm = target_dir()
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", name.replace('-', "_")));

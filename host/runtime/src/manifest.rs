@@ -157,16 +157,7 @@ impl Manifest {
     /// Parse and validate manifest text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| {
-                    text.as_bytes()[..span.start.min(text.len())]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(1);
+            let line = toml_error_line(text, &e);
             // toml's message starts with its own position banner; keep only the explanation.
             let message = e.message().trim().to_string();
             ManifestError::Parse {
@@ -303,6 +294,19 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// The 1-based line of `text` a TOML error points at (1 when it points nowhere).
+pub fn toml_error_line(text: &str, err: &toml::de::Error) -> usize {
+    err.span()
+        .map(|span| {
+            text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        })
+        .unwrap_or(1)
 }
 
 fn is_semver(v: &str) -> bool {

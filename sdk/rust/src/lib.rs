@@ -85,6 +85,42 @@ pub mod log {
     }
 }
 
+/// Words an operator can act on for a failed file access inside the sandbox.
+pub mod files {
+    use std::io;
+    use std::path::Path;
+
+    /// What went wrong opening a path.
+    pub fn explain(e: &io::Error) -> String {
+        // The sandbox refuses `..` or a symlink that leaves a granted directory with EPERM
+        // (WASI errno 63).
+        if e.raw_os_error() == Some(63) {
+            return "refused by the sandbox: it leads outside the granted directories (capabilities.fs_read)".into();
+        }
+        match e.kind() {
+            io::ErrorKind::NotFound => "does not exist".into(),
+            io::ErrorKind::PermissionDenied => format!("permission denied: {e}"),
+            _ => e.to_string(),
+        }
+    }
+
+    /// Why a path given in the input cannot be opened. A path under no granted directory
+    /// looks missing from inside the sandbox; it is told apart by none of its ancestors being
+    /// visible.
+    pub fn explain_input(path: &Path, e: &io::Error) -> String {
+        if e.kind() == io::ErrorKind::NotFound
+            && !path
+                .ancestors()
+                .skip(1)
+                .filter(|a| a.as_os_str().len() > 1)
+                .any(|a| std::fs::metadata(a).is_ok())
+        {
+            return "not under a directory this skill is granted (capabilities.fs_read); the sandbox cannot see it".into();
+        }
+        explain(e)
+    }
+}
+
 /// A skill that reads and reports.
 pub trait Diagnose {
     type Input: DeserializeOwned;

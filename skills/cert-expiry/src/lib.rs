@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -130,34 +130,7 @@ fn rfc3339(ts: i64) -> String {
     )
 }
 
-/// What went wrong opening a path, in words an operator can act on.
-fn explain(e: &io::Error) -> String {
-    // The sandbox refuses `..` or a symlink that leaves a granted directory with EPERM
-    // (WASI errno 63).
-    if e.raw_os_error() == Some(63) {
-        return "refused by the sandbox: it leads outside the granted directories (capabilities.fs_read)".into();
-    }
-    match e.kind() {
-        io::ErrorKind::NotFound => "does not exist".into(),
-        io::ErrorKind::PermissionDenied => format!("permission denied: {e}"),
-        _ => e.to_string(),
-    }
-}
-
-/// Why a path given in the input cannot be opened. A path under no granted directory looks
-/// missing from inside the sandbox; it is told apart by none of its ancestors being visible.
-fn explain_input(path: &Path, e: &io::Error) -> String {
-    if e.kind() == io::ErrorKind::NotFound
-        && !path
-            .ancestors()
-            .skip(1)
-            .filter(|a| a.as_os_str().len() > 1)
-            .any(|a| fs::metadata(a).is_ok())
-    {
-        return "not under a directory this skill is granted (capabilities.fs_read); the sandbox cannot see it".into();
-    }
-    explain(e)
-}
+use tend_sdk::files::{explain, explain_input};
 
 fn is_cert_name(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
