@@ -175,7 +175,6 @@ async fn tcp_only_to_granted_addresses() {
             format!("tcp = [\"{target}\"]"),
             "169.254.169.254:80".to_string(),
         ),
-        (String::new(), "10.0.0.1:80".to_string()),
     ] {
         let out = connect(&rt, &caps, &addr).await;
         assert_eq!(out["connected"], false, "{caps} -> {addr}: {out}");
