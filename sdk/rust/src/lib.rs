@@ -119,6 +119,37 @@ pub mod files {
         }
         explain(e)
     }
+
+    /// Check the `paths` of an input: 1 to `max` absolute paths, else an `invalid-input` error.
+    pub fn check_input_paths(paths: &[String], max: usize) -> Result<(), crate::SkillError> {
+        if paths.is_empty() || paths.len() > max {
+            return Err(crate::SkillError::new(
+                "invalid-input",
+                format!("give 1 to {max} paths"),
+            ));
+        }
+        if let Some(p) = paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(crate::SkillError::new(
+                "invalid-input",
+                format!("{p:?} is not an absolute path"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Cut `s` to at most `max_bytes` (on a character boundary) and mark the cut with `...`, so
+/// output taken from programs or files stays bounded.
+pub fn clip(mut s: String, max_bytes: usize) -> String {
+    if s.len() > max_bytes {
+        let mut end = max_bytes;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
 }
 
 /// A skill that reads and reports.

@@ -357,18 +357,7 @@ impl Diagnose for CertExpiry {
                 format!("thresholds must satisfy 0 <= critical_days <= warn_days <= {MAX_DAYS}"),
             ));
         }
-        if input.paths.is_empty() || input.paths.len() > MAX_PATHS {
-            return Err(SkillError::new(
-                "invalid-input",
-                format!("give 1 to {MAX_PATHS} paths"),
-            ));
-        }
-        if let Some(p) = input.paths.iter().find(|p| !p.starts_with('/')) {
-            return Err(SkillError::new(
-                "invalid-input",
-                format!("{p:?} is not an absolute path"),
-            ));
-        }
+        tend_sdk::files::check_input_paths(&input.paths, MAX_PATHS)?;
         let now = match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
             Ok(d) => d.as_secs() as i64,
             Err(_) => {

@@ -293,16 +293,8 @@ fn make_plan(input: &Input) -> Result<Plan, SkillError> {
     })
 }
 
-fn clip(mut s: String) -> String {
-    if s.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
+fn clip(s: String) -> String {
+    tend_sdk::clip(s, MAX_TEXT)
 }
 
 pub struct KillRunaway;

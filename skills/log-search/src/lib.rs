@@ -357,18 +357,7 @@ impl Diagnose for LogSearch {
                 format!("context must be between 0 and {MAX_CONTEXT}"),
             ));
         }
-        if input.paths.is_empty() || input.paths.len() > MAX_PATHS {
-            return Err(SkillError::new(
-                "invalid-input",
-                format!("give 1 to {MAX_PATHS} paths"),
-            ));
-        }
-        if let Some(p) = input.paths.iter().find(|p| !p.starts_with('/')) {
-            return Err(SkillError::new(
-                "invalid-input",
-                format!("{p:?} is not an absolute path"),
-            ));
-        }
+        tend_sdk::files::check_input_paths(&input.paths, MAX_PATHS)?;
         let re = RegexBuilder::new(&input.pattern)
             .case_insensitive(input.ignore_case)
             .size_limit(4 << 20)

@@ -171,16 +171,8 @@ fn unit_state(unit: &str) -> Result<UnitState, String> {
         .map_err(|e| format!("{}: {}", e.code, e.message))
 }
 
-fn clip(mut s: String) -> String {
-    if s.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
+fn clip(s: String) -> String {
+    tend_sdk::clip(s, MAX_TEXT)
 }
 
 fn argv(program: &str, args: &[&str]) -> Vec<String> {
