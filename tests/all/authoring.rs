@@ -57,6 +57,7 @@ fn scaffold_build_run(lang: &str, kind: &str) {
         let input = format!("@{name}/input.example.json");
         let mut args = vec![
             "run",
+            "--insecure-unsigned",
             wasm.to_str().expect("p"),
             "--manifest",
             &manifest,
@@ -107,6 +108,7 @@ fn scaffold_build_run(lang: &str, kind: &str) {
             dir.path(),
             &[
                 "run",
+                "--insecure-unsigned",
                 wasm.to_str().expect("p"),
                 "--manifest",
                 "nogrant.toml",

@@ -26,6 +26,7 @@ fn run_json_prints_the_report_and_exits_zero() {
     let o = run(
         &[
             "run",
+            "--insecure-unsigned",
             wasm.to_str().expect("path"),
             "--input",
             r#"{"x":1}"#,
@@ -51,6 +52,7 @@ fn input_from_file_and_stdin() {
     let o = run(
         &[
             "run",
+            "--insecure-unsigned",
             wasm.to_str().expect("p"),
             "--input",
             &format!("@{}", input.display()),
@@ -65,7 +67,14 @@ fn input_from_file_and_stdin() {
     let mut child = tend()
         .arg("--cache-dir")
         .arg(dir.path())
-        .args(["run", wasm.to_str().expect("p"), "--input", "-", "--json"])
+        .args([
+            "run",
+            "--insecure-unsigned",
+            wasm.to_str().expect("p"),
+            "--input",
+            "-",
+            "--json",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -89,6 +98,7 @@ fn exit_status_tells_what_happened() {
     let o = run(
         &[
             "run",
+            "--insecure-unsigned",
             trivial.to_str().expect("p"),
             "--input",
             r#"{"fail":1}"#,
@@ -100,6 +110,7 @@ fn exit_status_tells_what_happened() {
     let o = run(
         &[
             "run",
+            "--insecure-unsigned",
             hostile.to_str().expect("p"),
             "--input",
             r#"{"do":"spin"}"#,
@@ -113,6 +124,7 @@ fn exit_status_tells_what_happened() {
     let o = run(
         &[
             "run",
+            "--insecure-unsigned",
             hostile.to_str().expect("p"),
             "--input",
             r#"{"do":"panic"}"#,
@@ -145,27 +157,27 @@ fn bad_input_is_one_clear_line_exit_two_and_nothing_cached() {
     let t = typed.display().to_string();
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
-            vec!["run", w, "--input", "{oops"],
+            vec!["run", "--insecure-unsigned", w, "--input", "{oops"],
             "--input: input is not JSON".into(),
         ),
         (
-            vec!["run", w, "--manifest", &m],
+            vec!["run", "--insecure-unsigned", w, "--manifest", &m],
             format!("{m}:5: unknown field `network`"),
         ),
         (
-            vec!["run", w, "--manifest", &t],
+            vec!["run", "--insecure-unsigned", w, "--manifest", &t],
             format!("{t}:6: invalid type"),
         ),
         (
-            vec!["run", not_wasm.to_str().expect("p")],
+            vec!["run", "--insecure-unsigned", not_wasm.to_str().expect("p")],
             "not a WebAssembly file".into(),
         ),
         (
-            vec!["run", other.to_str().expect("p")],
+            vec!["run", "--insecure-unsigned", other.to_str().expect("p")],
             "not a Tend skill".into(),
         ),
         (
-            vec!["run", "/no/such/file.wasm"],
+            vec!["run", "--insecure-unsigned", "/no/such/file.wasm"],
             "cannot read /no/such/file.wasm".into(),
         ),
     ];
@@ -229,7 +241,7 @@ fn without_room_for_the_pool_it_warns_and_still_runs() {
     let exe = target_dir().join("debug/tend");
     let o = std::process::Command::new("bash")
         .arg("-c")
-        .arg(r#"ulimit -v 16000000 && exec "$0" --cache-dir "$1" run "$2" --json"#)
+        .arg(r#"ulimit -v 16000000 && exec "$0" --cache-dir "$1" run --insecure-unsigned "$2" --json"#)
         .arg(&exe)
         .arg(dir.path())
         .arg(&wasm)

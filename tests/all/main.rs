@@ -8,5 +8,7 @@ mod catalog;
 mod cli;
 mod facts;
 mod hostile;
+mod oci;
+mod registry;
 mod signing;
 mod support;

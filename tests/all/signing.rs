@@ -187,3 +187,104 @@ fn a_signature_by_an_unknown_key_is_refused() {
         err(&o)
     );
 }
+
+/// `tend run` with the setup's trust policy.
+fn run_trusted(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "skill.wasm", "--trust", "trust.toml", "--json"];
+    args.extend_from_slice(extra);
+    tend_at(dir, &args)
+}
+
+#[test]
+fn run_verifies_before_it_compiles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    signed_setup(d, "acme-");
+    let cache = d.join("cache");
+    let cache_arg = cache.to_str().expect("p");
+
+    // Signed and trusted: runs with its signed manifest, provenance in the report.
+    let o = run_trusted(d, &["--cache-dir", cache_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("report");
+    assert_eq!(report["skill"], "acme-echo");
+    assert_eq!(report["provenance"]["trust"], "signed");
+
+    // A --manifest that is not the signed one is refused (it could add capabilities).
+    std::fs::write(
+        d.join("more.toml"),
+        "[skill]\nname = \"acme-echo\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n[capabilities]\nfs_read = [\"/etc\"]\n",
+    )
+    .expect("manifest");
+    let o = run_trusted(d, &["--manifest", "more.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("differs from the manifest signed"),
+        "{}",
+        err(&o)
+    );
+
+    // One flipped byte: refused, and nothing compiled into the cache.
+    std::fs::remove_dir_all(&cache).expect("clear cache");
+    let original = std::fs::read(d.join("skill.wasm")).expect("wasm");
+    let mut flipped = original.clone();
+    flipped[200] ^= 0x01;
+    std::fs::write(d.join("skill.wasm"), &flipped).expect("write");
+    let o = run_trusted(d, &["--cache-dir", cache_arg]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("not trusted") && err(&o).contains("changed after signing"),
+        "{}",
+        err(&o)
+    );
+    let cached = std::fs::read_dir(&cache).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(
+        cached, 0,
+        "an unverified component was compiled into the cache"
+    );
+    std::fs::write(d.join("skill.wasm"), &original).expect("restore");
+
+    // A revoked key.
+    let trust = std::fs::read_to_string(d.join("trust.toml")).expect("trust");
+    let shown = tend_at(d, &["key", "show", "publisher.key", "--json"]);
+    let key: Value = serde_json::from_slice(&shown.stdout).expect("json");
+    std::fs::write(
+        d.join("revoked.toml"),
+        format!(
+            "{trust}[revoked]\nkeys = [\"{}\"]\n",
+            key["key_id"].as_str().expect("id")
+        ),
+    )
+    .expect("write");
+    let o = tend_at(d, &["run", "skill.wasm", "--trust", "revoked.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("is revoked"), "{}", err(&o));
+
+    // No trust policy at all: named, with how to make one.
+    let o = tend_at(d, &["run", "skill.wasm", "--trust", "missing.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("no trust policy at missing.toml"),
+        "{}",
+        err(&o)
+    );
+
+    // Unsigned: refused unless the operator says --insecure-unsigned, which is loud.
+    std::fs::remove_file(d.join("skill.wasm.sig")).expect("unsign");
+    let o = run_trusted(d, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("refusing to run unsigned") && err(&o).contains("--insecure-unsigned"),
+        "{}",
+        err(&o)
+    );
+    let o = run_trusted(d, &["--insecure-unsigned"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains("runs without signature verification"),
+        "{}",
+        err(&o)
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).expect("report");
+    assert_eq!(report["provenance"]["trust"], "insecure_unsigned");
+}

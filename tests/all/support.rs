@@ -169,8 +169,16 @@ pub fn tend() -> Command {
         "{} missing: build it first with `cargo build -p tend-cli`",
         path.display()
     );
+    // Never the user's own trust policy, pulled skills or registry.
+    static ISOLATED: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let home = ISOLATED.get_or_init(|| tempfile::tempdir().expect("tempdir"));
     let mut cmd = Command::new(path);
-    cmd.env_remove("TEND_CACHE_DIR").env("TEND_LOG", "error");
+    cmd.env_remove("TEND_CACHE_DIR")
+        .env_remove("TEND_REGISTRY")
+        .env_remove("TEND_REGISTRY_TOKEN")
+        .env("TEND_TRUST", home.path().join("no-trust.toml"))
+        .env("TEND_DATA_DIR", home.path().join("data"))
+        .env("TEND_LOG", "error");
     cmd
 }
 

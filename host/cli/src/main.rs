@@ -1,12 +1,15 @@
 //! `tend` — the command-line surface of Tend.
 //!
 //! Takes a user's intent (a component, a manifest, input JSON, limits) and hands it to the
-//! stages below it: today the sandbox (`tend-runtime`); later the registry, orchestrator and
-//! agent. Exit status: 0 ok, 1 the skill reported an error, 2 bad usage or input, 3 the sandbox
-//! stopped the skill (a limit or a trap), 4 the host itself failed.
+//! stages below it: the trust stage and registry (`tend-registry`) and the sandbox
+//! (`tend-runtime`); later the orchestrator and agent. Exit status: 0 ok, 1 the skill reported
+//! an error, 2 bad usage or input, 3 the sandbox stopped the skill (a limit or a trap), 4 the
+//! host itself failed.
 
+mod admit;
 mod bench;
 mod key;
+mod registry;
 mod run;
 mod skill;
 
@@ -73,6 +76,9 @@ enum Command {
     /// Publisher keys for signing skills
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Run a skill registry (signed skills, tokens, a hash-chained publication log)
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +109,7 @@ fn main() -> ExitCode {
             Command::Skill(cmd) => skill::run(cmd, &cli.cache).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Key(cmd) => key::run(cmd),
+            Command::Registry(cmd) => registry::run(cmd).await,
         }
     });
     match code {
@@ -142,6 +149,28 @@ impl From<tend_runtime::LoadError> for Failure {
             tend_runtime::LoadError::Cache(_) => Failure::host(e),
             _ => Failure::bad_input(e),
         }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C: servers stop accepting and finish what is in flight.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
     }
 }
 

@@ -3,22 +3,35 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use tend_runtime::{ExecutionReport, Export, LimitOverrides, Manifest, Outcome, Runtime};
+use tend_runtime::{ExecutionReport, Export, LimitOverrides, Outcome, Provenance, Runtime};
 
 use crate::{CacheArgs, Failure, exit, read_component};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
-    tend run dist/disk-usage-0.1.0.wasm --manifest skills/disk-usage/skill.toml\n  \
-    tend run skill.wasm --input '{\"threshold\": 90}' --json\n  \
-    echo '{}' | tend run skill.wasm --input - --timeout-ms 2000\n\n\
-    Without --manifest the component gets no capabilities at all: no files, no network, no exec.")]
+    tend run disk-usage --input '{\"threshold\": 90}'     (a pulled skill, latest version)\n  \
+    tend run disk-usage@0.1.0 --json\n  \
+    tend run dist/disk-usage-0.1.0.wasm                 (verified with dist/disk-usage-0.1.0.wasm.sig)\n  \
+    tend run skill.wasm --manifest skill.toml --insecure-unsigned   (local development)\n  \
+    echo '{}' | tend run disk-usage --input - --timeout-ms 2000\n\n\
+    Verify before compile: a component runs only if its signature envelope verifies against the\n\
+    trust policy, and then with the manifest that was signed. An unsigned component without\n\
+    --manifest gets no capabilities at all: no files, no network, no exec.")]
 pub struct RunArgs {
-    /// The skill component (.wasm)
+    /// A component file (.wasm, signed in <file>.sig), or a pulled skill as NAME[@VERSION]
     pub component: PathBuf,
-    /// The skill's manifest (skill.toml): its limits and the capabilities it is granted
+    /// The skill's manifest (skill.toml) for an unsigned component; a signed one runs with its
+    /// signed manifest (if given, this must match it byte for byte)
     #[arg(long, short = 'm', value_name = "FILE")]
     pub manifest: Option<PathBuf>,
+    /// The signature envelope [default: <component>.sig]
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
+    /// Run without verifying a signature (local development only; says so loudly)
+    #[arg(long)]
+    pub insecure_unsigned: bool,
+    #[command(flatten)]
+    pub trust: crate::admit::TrustArgs,
     /// Input JSON: inline text, @FILE to read a file, or - for stdin [default: {}]
     #[arg(long, short = 'i', value_name = "JSON|@FILE|-")]
     pub input: Option<String>,
@@ -69,20 +82,67 @@ fn read_input(arg: Option<&str>) -> Result<String, Failure> {
     Ok(text)
 }
 
-pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
-    // Everything a user typed is checked before anything is compiled or cached.
-    let manifest = match &args.manifest {
-        Some(path) => Some(Manifest::from_file(path).map_err(Failure::bad_input)?),
-        None => None,
+/// `NAME[@VERSION]` of a pulled skill, when `arg` is not a file.
+fn pulled_skill(arg: &std::path::Path) -> Result<Option<(PathBuf, PathBuf)>, Failure> {
+    if arg.exists() {
+        return Ok(None);
+    }
+    let Some(text) = arg.to_str() else {
+        return Ok(None);
     };
+    let (name, version) = match text.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (text, None),
+    };
+    let is_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !is_name || version.is_some_and(|v| semver::Version::parse(v).is_err() && v != "latest") {
+        return Ok(None);
+    }
+    let version = version.filter(|v| *v != "latest");
+    let store = crate::admit::local_store()?;
+    match store.find(name, version) {
+        Some(found) => Ok(Some((found.component, found.signature))),
+        None => Err(Failure::bad_input(format!(
+            "no file {text} and no pulled skill {text} in {} (pull it with `tend skill pull {text} --registry URL`)",
+            store.root().display()
+        ))),
+    }
+}
+
+pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
+    // Everything a user typed is checked, and the artifact verified, before anything is
+    // compiled or cached.
     let input = read_input(args.input.as_deref())?;
-    let bytes = read_component(&args.component)?;
+    let (component, signature) = match pulled_skill(&args.component)? {
+        Some((component, sig)) => (component, Some(sig)),
+        None => (args.component.clone(), args.signature.clone()),
+    };
+    let bytes = read_component(&component)?;
+    let admitted = crate::admit::admit(
+        &component,
+        &bytes,
+        signature.as_deref(),
+        args.manifest.as_deref(),
+        &args.trust,
+        args.insecure_unsigned,
+    )?;
 
     let runtime = Runtime::new(cache.runtime_config())?;
-    let skill = runtime.load(&bytes, manifest).map_err(|e| match e {
-        tend_runtime::LoadError::Cache(_) => Failure::host(e),
-        e => Failure::bad_input(format!("{}: {e}", args.component.display())),
-    })?;
+    let skill = runtime
+        .load_admitted(&bytes, admitted.manifest, admitted.provenance)
+        .map_err(|e| match e {
+            tend_runtime::LoadError::Cache(_) => Failure::host(e),
+            e => Failure::bad_input(format!("{}: {e}", args.component.display())),
+        })?;
+    if skill.provenance() == Some(&Provenance::InsecureUnsigned) {
+        eprintln!(
+            "warning: {} runs without signature verification (--insecure-unsigned): for local development only",
+            component.display()
+        );
+    }
     let export = if args.plan { Export::Plan } else { Export::Run };
     let overrides = LimitOverrides {
         fuel: args.fuel,
@@ -152,6 +212,12 @@ fn print_human(r: &ExecutionReport) {
     }
     for n in &r.notes {
         eprintln!("note: {n}");
+    }
+    if let Some(Provenance::Signed {
+        publisher, key_id, ..
+    }) = &r.provenance
+    {
+        eprintln!("signed by {publisher} (key {key_id}), verified before compile");
     }
     match (&r.output, &r.error) {
         (Some(out), _) => {

@@ -7,7 +7,9 @@
 //! bounded output and exactly the capabilities the manifest grants — nothing else.
 //!
 //! Stages: [`Runtime::load`] (bytes → [`LoadedSkill`]) → [`Runtime::invoke`] (input →
-//! [`ExecutionReport`]). Signature verification happens before `load`, in the registry stage.
+//! [`ExecutionReport`]). Signature verification happens before, in the registry stage, which
+//! hands on a [`Provenance`] for [`Runtime::load_admitted`]; the runtime re-checks that the
+//! bytes it compiles are the bytes that were verified.
 
 mod bindings;
 pub mod cache;
@@ -24,4 +26,6 @@ mod state;
 pub use limits::{HOST_MAXIMA, LimitOverrides, Limits};
 pub use manifest::{Manifest, ManifestError, SkillKind};
 pub use report::{ExecutionReport, Export, Outcome, ReportError};
-pub use runtime::{InvokeError, LoadError, LoadedSkill, Runtime, RuntimeConfig, RuntimeStats};
+pub use runtime::{
+    InvokeError, LoadError, LoadedSkill, Provenance, Runtime, RuntimeConfig, RuntimeStats,
+};

@@ -116,4 +116,8 @@ pub struct ExecutionReport {
     /// What the host did on the skill's behalf that an operator should know: limits clamped,
     /// grants skipped, requests refused.
     pub notes: Vec<String>,
+    /// Who signed the component (or that it ran unsigned by explicit choice); absent for
+    /// harness loads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::runtime::Provenance>,
 }

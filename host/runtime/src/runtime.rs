@@ -65,8 +65,29 @@ pub enum LoadError {
     },
     #[error("component needs imports this host does not provide: {0}")]
     MissingImport(String),
+    #[error(
+        "the component's digest sha256:{actual} is not the sha256:{verified} that was verified: refusing to compile bytes that were not checked"
+    )]
+    NotVerified { verified: String, actual: String },
     #[error(transparent)]
     Cache(#[from] CacheError),
+}
+
+/// Where a component came from, as the trust stage (tend-registry) established it. Recorded in
+/// every [`ExecutionReport`]; for a signed artifact the runtime also checks that the bytes it
+/// compiles are the very bytes whose digest was verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "trust", rename_all = "snake_case")]
+pub enum Provenance {
+    /// The signature verified against the trust policy.
+    Signed {
+        publisher: String,
+        key_id: String,
+        /// `sha256:<hex>` that was verified.
+        digest: String,
+    },
+    /// The operator explicitly ran an unsigned component (`--insecure-unsigned`).
+    InsecureUnsigned,
 }
 
 /// The host failed (as opposed to the skill).
@@ -114,6 +135,7 @@ pub struct LoadedSkill {
     exec: ExecPolicy,
     input_schema: Option<Arc<jsonschema::Validator>>,
     output_schema: Option<Arc<jsonschema::Validator>>,
+    provenance: Option<Provenance>,
 }
 
 /// Compile the schema of a manifest section (already checked when the manifest was parsed).
@@ -149,6 +171,11 @@ impl std::fmt::Debug for LoadedSkill {
 }
 
 impl LoadedSkill {
+    /// Where the component came from (`None` for a harness load).
+    pub fn provenance(&self) -> Option<&Provenance> {
+        self.provenance.as_ref()
+    }
+
     /// `sha256:<hex>` of the component bytes.
     pub fn digest(&self) -> String {
         format!("sha256:{}", self.digest)
@@ -260,10 +287,44 @@ impl Runtime {
     /// Check, compile (or load precompiled) and link a component. CPU-heavy on a cold cache:
     /// call it at publish, pull or start-up, never per request. With no manifest the skill gets
     /// no capabilities at all.
+    ///
+    /// This is the harness entry point (tests, benchmarks): operator paths go through
+    /// [`Runtime::load_admitted`] with the artifact's [`Provenance`].
     pub fn load(&self, bytes: &[u8], manifest: Option<Manifest>) -> Result<LoadedSkill, LoadError> {
+        self.load_inner(bytes, manifest, None)
+    }
+
+    /// [`Runtime::load`] for an artifact that passed the trust stage (or that the operator
+    /// explicitly chose to run unsigned). A signed artifact whose bytes are not the verified
+    /// ones is refused before anything is compiled.
+    pub fn load_admitted(
+        &self,
+        bytes: &[u8],
+        manifest: Option<Manifest>,
+        provenance: Provenance,
+    ) -> Result<LoadedSkill, LoadError> {
+        self.load_inner(bytes, manifest, Some(provenance))
+    }
+
+    fn load_inner(
+        &self,
+        bytes: &[u8],
+        manifest: Option<Manifest>,
+        provenance: Option<Provenance>,
+    ) -> Result<LoadedSkill, LoadError> {
         let _span = tracing::info_span!("load").entered();
         check_header(bytes)?;
         let digest = cache::sha256_hex(bytes);
+        if let Some(Provenance::Signed {
+            digest: verified, ..
+        }) = &provenance
+            && verified.trim_start_matches("sha256:") != digest
+        {
+            return Err(LoadError::NotVerified {
+                verified: verified.trim_start_matches("sha256:").to_string(),
+                actual: digest,
+            });
+        }
         let (component, fresh) = self.component_for(&digest, bytes)?;
         let (kind, pre) = self.check_world(&component, manifest.as_ref())?;
         if let (Some(cwasm), Some(cache)) = (fresh, &self.inner.cache) {
@@ -291,6 +352,7 @@ impl Runtime {
             exec,
             input_schema,
             output_schema,
+            provenance,
         })
     }
 
@@ -501,6 +563,7 @@ impl Runtime {
             stderr_dropped_bytes: 0,
             exec: Vec::new(),
             notes: Vec::new(),
+            provenance: skill.provenance.clone(),
         };
         let refused = match serde_json::from_str::<serde_json::Value>(input) {
             Err(e) => Some(format!("input is not JSON: {e}")),

@@ -1,12 +1,14 @@
-//! `tend skill ...`: scaffold, build and inspect skills.
+//! `tend skill ...`: scaffold, build, sign, inspect, publish and pull skills.
 
 mod build;
 mod new;
+mod remote;
 mod sign;
 
 use std::path::PathBuf;
 
 pub use build::Lang;
+pub use sign::default_signature_path;
 
 use tend_runtime::{Runtime, inspect};
 
@@ -69,6 +71,68 @@ pub enum SkillCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a signed component to a Tend registry (needs a publisher token)
+    #[command(
+        after_help = "Example:\n  tend skill publish dist/disk-usage-0.1.0.wasm --registry http://127.0.0.1:7070 --token $TOKEN\n\nThe registry verifies the signature against its own trust policy before it stores anything;\na published version is immutable."
+    )]
+    Publish {
+        /// The component (.wasm), signed in <component>.sig
+        component: PathBuf,
+        /// The signature envelope [default: <component>.sig]
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        registry: remote::RegistryArgs,
+        /// Print the registry entry as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a skill, verify it against the local trust policy, store it and precompile it
+    #[command(
+        after_help = "Examples:\n  tend skill pull disk-usage@latest --registry http://127.0.0.1:7070\n  tend skill pull disk-usage@0.1.0\n  tend skill pull oci://127.0.0.1:5000/tend/disk-usage:0.1.0\n\nChecks the registry's publication log (and that it still holds what this host saw before),\nthe blob's digest, the signature, revocations and rollback (the highest version pulled so\nfar is recorded). Pulled skills run with `tend run NAME[@VERSION]`."
+    )]
+    Pull {
+        /// NAME@VERSION, NAME@latest (or NAME), or oci://host[:port]/repo:tag
+        what: String,
+        #[command(flatten)]
+        registry: remote::RegistryArgs,
+        #[command(flatten)]
+        trust: crate::admit::TrustArgs,
+        /// Print what was pulled, why it is trusted and the timings as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push a signed component to an OCI registry (component and envelope as two layers)
+    #[command(
+        after_help = "Example:\n  tend skill push oci://127.0.0.1:5000/tend/disk-usage:0.1.0 dist/disk-usage-0.1.0.wasm\n\nLoopback registries are spoken to over HTTP, others over HTTPS; set TEND_OCI_USERNAME and\nTEND_OCI_PASSWORD for basic auth. Layout: docs/artifact-format.md."
+    )]
+    Push {
+        /// oci://host[:port]/repo:tag
+        reference: String,
+        /// The component (.wasm), signed in <component>.sig
+        component: PathBuf,
+        /// The signature envelope [default: <component>.sig]
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+    },
+    /// List the skills in a registry (latest version of each)
+    List {
+        #[command(flatten)]
+        registry: remote::RegistryArgs,
+        /// Print as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search a registry's skills by name or description
+    Search {
+        /// Words to look for in names and descriptions
+        query: String,
+        #[command(flatten)]
+        registry: remote::RegistryArgs,
+        /// Print as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a skill folder into dist/<name>-<version>.wasm, check it against its manifest and precompile it
     Build {
         /// The skill folder (with skill.toml and Cargo.toml, app.py or app.js)
@@ -115,6 +179,29 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             allow_downgrade,
             json,
         } => sign::verify(&component, &trust, signature, allow_downgrade, json),
+        SkillCommand::Publish {
+            component,
+            signature,
+            registry,
+            json,
+        } => remote::publish(&component, signature, &registry, json).await,
+        SkillCommand::Pull {
+            what,
+            registry,
+            trust,
+            json,
+        } => remote::pull(&what, &registry, &trust, cache, json).await,
+        SkillCommand::Push {
+            reference,
+            component,
+            signature,
+        } => remote::push(&reference, &component, signature).await,
+        SkillCommand::List { registry, json } => remote::list(None, &registry, json).await,
+        SkillCommand::Search {
+            query,
+            registry,
+            json,
+        } => remote::list(Some(&query), &registry, json).await,
         SkillCommand::Inspect { component, json } => {
             let bytes = read_component(&component)?;
             let runtime = Runtime::new(cache.runtime_config())?;

@@ -1,0 +1,287 @@
+//! `tend skill publish | pull | push | list | search`: moving signed skills between this host,
+//! a Tend registry and OCI registries. Pull trusts nothing it is served: the local trust policy
+//! decides, and the pulled skill is precompiled so that it is ready to run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tend_registry::client::{ClientError, RegistryClient};
+use tend_registry::envelope::{Envelope, sha256_hex};
+use tend_registry::oci;
+use tend_registry::store::Entry;
+use tend_registry::trust::Verified;
+use tend_runtime::{Provenance, Runtime};
+
+use crate::admit::{TrustArgs, local_store};
+use crate::{CacheArgs, Failure, read_component};
+
+/// Which Tend registry, and as whom.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// The registry's base URL
+    #[arg(
+        long,
+        env = "TEND_REGISTRY",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub registry: String,
+    /// A registry token (publishing needs the publisher role)
+    #[arg(
+        long,
+        env = "TEND_REGISTRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl RegistryArgs {
+    fn client(&self) -> Result<RegistryClient, Failure> {
+        RegistryClient::new(&self.registry, self.token.clone()).map_err(Failure::host)
+    }
+}
+
+fn client_failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::Unreachable { .. } => Failure::host(e),
+        e => Failure::bad_input(e),
+    }
+}
+
+/// Read a component and its envelope, and check that they belong together.
+fn signed_artifact(
+    component: &Path,
+    signature: Option<PathBuf>,
+) -> Result<(Vec<u8>, Envelope), Failure> {
+    let bytes = read_component(component)?;
+    let sig_path = signature.unwrap_or_else(|| super::default_signature_path(component));
+    let sig = std::fs::read(&sig_path).map_err(|e| {
+        Failure::bad_input(format!(
+            "{}: no signature envelope at {} ({e}); sign it first with `tend skill sign`",
+            component.display(),
+            sig_path.display()
+        ))
+    })?;
+    let envelope = Envelope::parse(&sig)
+        .map_err(|e| Failure::bad_input(format!("{}: {e}", sig_path.display())))?;
+    let digest = sha256_hex(&bytes);
+    if digest != envelope.component_sha256 {
+        return Err(Failure::bad_input(format!(
+            "{} (sha256:{digest}) is not the component {} signs (sha256:{})",
+            component.display(),
+            sig_path.display(),
+            envelope.component_sha256
+        )));
+    }
+    Ok((bytes, envelope))
+}
+
+fn name_version(envelope: &Envelope) -> Result<(String, String), Failure> {
+    let m = tend_runtime::Manifest::parse(&envelope.manifest, "signed manifest")
+        .map_err(Failure::bad_input)?;
+    Ok((m.skill.name, m.skill.version))
+}
+
+pub async fn publish(
+    component: &Path,
+    signature: Option<PathBuf>,
+    registry: &RegistryArgs,
+    json: bool,
+) -> Result<u8, Failure> {
+    let (bytes, envelope) = signed_artifact(component, signature)?;
+    let (name, version) = name_version(&envelope)?;
+    let (entry, created) = registry
+        .client()?
+        .publish(bytes, &envelope, &name, &version)
+        .await
+        .map_err(client_failure)?;
+    if json {
+        crate::out(&serde_json::to_string_pretty(&entry).map_err(Failure::host)?);
+    } else if created {
+        crate::out(&format!(
+            "published {} {} ({}) to {} — publication log entry {}",
+            entry.name, entry.version, entry.digest, registry.registry, entry.log_index
+        ));
+    } else {
+        crate::out(&format!(
+            "{} {} ({}) was already published to {} with these bytes; nothing changed",
+            entry.name, entry.version, entry.digest, registry.registry
+        ));
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Serialize)]
+struct PullReport<'a> {
+    name: &'a str,
+    version: &'a str,
+    digest: &'a str,
+    publisher: &'a str,
+    key_id: &'a str,
+    component: String,
+    reasons: &'a [String],
+    fetch_ms: f64,
+    ready_ms: f64,
+    total_ms: f64,
+}
+
+/// Store, precompile and report a verified pull.
+fn finish_pull(
+    verified: &Verified,
+    component: &[u8],
+    started: Instant,
+    fetched: Instant,
+    cache: &CacheArgs,
+    json: bool,
+) -> Result<u8, Failure> {
+    let store = local_store()?;
+    let m = &verified.manifest.skill;
+    let installed = store
+        .find(&m.name, Some(&m.version))
+        .ok_or_else(|| Failure::host("the pulled skill vanished from the local store"))?;
+    // Precompile now (into the disk cache) so the first run compiles nothing.
+    let runtime = Runtime::new(cache.runtime_config())?;
+    runtime.load_admitted(
+        component,
+        Some(verified.manifest.clone()),
+        Provenance::Signed {
+            publisher: verified.publisher.clone(),
+            key_id: verified.key_id.clone(),
+            digest: verified.digest.clone(),
+        },
+    )?;
+    let done = Instant::now();
+    let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1000.0;
+    let report = PullReport {
+        name: &m.name,
+        version: &m.version,
+        digest: &verified.digest,
+        publisher: &verified.publisher,
+        key_id: &verified.key_id,
+        component: installed.component.display().to_string(),
+        reasons: &verified.reasons,
+        fetch_ms: ms(started, fetched),
+        ready_ms: ms(fetched, done),
+        total_ms: ms(started, done),
+    };
+    if json {
+        crate::out(&serde_json::to_string_pretty(&report).map_err(Failure::host)?);
+    } else {
+        crate::out(&format!(
+            "pulled {} {} ({}) signed by {} (key {})",
+            m.name, m.version, verified.digest, verified.publisher, verified.key_id
+        ));
+        for r in &verified.reasons {
+            crate::out(&format!("  - {r}"));
+        }
+        crate::out(&format!(
+            "ready to run in {:.1} ms (fetch and verify {:.1} ms, precompile {:.1} ms): tend run {}@{}",
+            report.total_ms, report.fetch_ms, report.ready_ms, m.name, m.version
+        ));
+    }
+    Ok(0)
+}
+
+pub async fn pull(
+    what: &str,
+    registry: &RegistryArgs,
+    trust: &TrustArgs,
+    cache: &CacheArgs,
+    json: bool,
+) -> Result<u8, Failure> {
+    let policy = trust.policy()?;
+    let store = local_store()?;
+    let started = Instant::now();
+    if what.starts_with("oci://") {
+        let reference = oci::parse_reference(what).map_err(Failure::bad_input)?;
+        let (component, envelope) = oci::pull(&reference).await.map_err(Failure::bad_input)?;
+        let verified = store
+            .with_seen_floors(&policy)
+            .map_err(Failure::bad_input)?
+            .verify(&component, &envelope, trust.options())
+            .map_err(|e| Failure::bad_input(format!("not trusted: {what}: {e}")))?;
+        store
+            .install(&component, &envelope, &verified)
+            .map_err(Failure::host)?;
+        return finish_pull(&verified, &component, started, Instant::now(), cache, json);
+    }
+    let (name, version) = what.split_once('@').unwrap_or((what, "latest"));
+    let version_ok = version == "latest" || semver::Version::parse(version).is_ok();
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok || !version_ok {
+        return Err(Failure::bad_input(format!(
+            "{what:?} is not NAME@VERSION, NAME@latest or oci://host/repo:tag"
+        )));
+    }
+    let pulled = registry
+        .client()?
+        .pull(name, version, &policy, &store, trust.options())
+        .await
+        .map_err(|e| match e {
+            ClientError::Untrusted(e) => {
+                Failure::bad_input(format!("not trusted: {name}@{version}: {e}"))
+            }
+            e => client_failure(e),
+        })?;
+    finish_pull(
+        &pulled.verified,
+        &pulled.component,
+        started,
+        Instant::now(),
+        cache,
+        json,
+    )
+}
+
+pub async fn push(
+    reference: &str,
+    component: &Path,
+    signature: Option<PathBuf>,
+) -> Result<u8, Failure> {
+    let parsed = oci::parse_reference(reference).map_err(Failure::bad_input)?;
+    let (bytes, envelope) = signed_artifact(component, signature)?;
+    let (name, version) = name_version(&envelope)?;
+    let digest = sha256_hex(&bytes);
+    let url = oci::push(&parsed, bytes, &envelope)
+        .await
+        .map_err(Failure::host)?;
+    crate::out(&format!(
+        "pushed {name} {version} (sha256:{digest}) with its signature to {reference}\nmanifest: {url}"
+    ));
+    Ok(0)
+}
+
+pub async fn list(query: Option<&str>, registry: &RegistryArgs, json: bool) -> Result<u8, Failure> {
+    let skills: Vec<Entry> = registry
+        .client()?
+        .list(query)
+        .await
+        .map_err(client_failure)?;
+    if json {
+        crate::out(&serde_json::to_string_pretty(&skills).map_err(Failure::host)?);
+        return Ok(0);
+    }
+    if skills.is_empty() {
+        crate::out(match query {
+            Some(_) => "no skill matches",
+            None => "the registry has no skills yet",
+        });
+        return Ok(0);
+    }
+    crate::out(&format!(
+        "{:<24} {:<10} {:<9} {:<3} {:<18} DESCRIPTION",
+        "NAME", "VERSION", "KIND", "LVL", "PUBLISHER"
+    ));
+    for s in &skills {
+        crate::out(&format!(
+            "{:<24} {:<10} {:<9} L{:<2} {:<18} {}",
+            s.name, s.version, s.kind, s.level, s.publisher, s.description
+        ));
+    }
+    Ok(0)
+}

@@ -1,0 +1,210 @@
+//! The local skill store: what this host has pulled, and what it has seen.
+//!
+//! ```text
+//! <data>/skills/<name>/<version>/component.wasm       the verified component
+//! <data>/skills/<name>/<version>/component.wasm.sig   its signature envelope
+//! <data>/seen.toml                                    highest version seen per skill, and the
+//!                                                     last publication-log head per registry
+//! ```
+//!
+//! The versions in `seen.toml` act as rollback floors on top of the trust policy's own
+//! `[versions]`: once this host has pulled 1.2.0, pulling 1.1.0 needs `--allow-downgrade`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+use crate::publog::Checkpoint;
+use crate::trust::{TrustPolicy, Verified};
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Seen {
+    #[serde(default)]
+    versions: BTreeMap<String, String>,
+    #[serde(default)]
+    registries: BTreeMap<String, Checkpoint>,
+}
+
+/// A pulled skill on disk.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub name: String,
+    pub version: String,
+    pub component: PathBuf,
+    pub signature: PathBuf,
+}
+
+fn higher(a: &str, b: &str) -> bool {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => false,
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| format!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+impl LocalStore {
+    /// `$TEND_DATA_DIR`, else `~/.local/share/tend`.
+    pub fn default_root() -> PathBuf {
+        if let Some(d) = std::env::var_os("TEND_DATA_DIR") {
+            return PathBuf::from(d);
+        }
+        let home = std::env::var_os("HOME").map_or(PathBuf::from("."), PathBuf::from);
+        home.join(".local/share/tend")
+    }
+
+    pub fn open(root: &Path) -> Result<LocalStore, String> {
+        let skills = root.join("skills");
+        std::fs::create_dir_all(&skills)
+            .map_err(|e| format!("cannot create {}: {e}", skills.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+        }
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn seen_path(&self) -> PathBuf {
+        self.root.join("seen.toml")
+    }
+
+    fn seen(&self) -> Result<Seen, String> {
+        let path = self.seen_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                format!(
+                    "{}:{}: {}",
+                    path.display(),
+                    tend_runtime::manifest::toml_error_line(&text, &e),
+                    e.message().trim()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Seen::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    fn save_seen(&self, seen: &Seen) -> Result<(), String> {
+        let text = toml::to_string(seen).map_err(|e| e.to_string())?;
+        write_atomic(
+            &self.seen_path(),
+            format!("# Written by tend: the highest version seen per skill, and the last\n# publication-log head seen per registry. Rollback protection reads it.\n{text}").as_bytes(),
+        )
+    }
+
+    /// The highest version of `name` this host has pulled.
+    pub fn seen_version(&self, name: &str) -> Result<Option<String>, String> {
+        Ok(self.seen()?.versions.get(name).cloned())
+    }
+
+    /// The trust policy with this host's seen versions added as rollback floors.
+    pub fn with_seen_floors(&self, trust: &TrustPolicy) -> Result<TrustPolicy, String> {
+        let mut policy = trust.clone();
+        for (name, v) in self.seen()?.versions {
+            let floor = policy.versions.entry(name).or_insert_with(|| v.clone());
+            if higher(&v, floor) {
+                *floor = v;
+            }
+        }
+        Ok(policy)
+    }
+
+    pub fn checkpoint(&self, registry: &str) -> Result<Option<Checkpoint>, String> {
+        Ok(self.seen()?.registries.get(registry).cloned())
+    }
+
+    pub fn set_checkpoint(&self, registry: &str, head: &Checkpoint) -> Result<(), String> {
+        let mut seen = self.seen()?;
+        seen.registries.insert(registry.to_string(), head.clone());
+        self.save_seen(&seen)
+    }
+
+    /// Store a verified component and its envelope, and record its version as seen.
+    pub fn install(
+        &self,
+        component: &[u8],
+        envelope: &Envelope,
+        verified: &Verified,
+    ) -> Result<Installed, String> {
+        let name = &verified.manifest.skill.name;
+        let version = &verified.manifest.skill.version;
+        let parent = self.root.join("skills").join(name);
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let staging = tempfile::TempDir::new_in(&parent)
+            .map_err(|e| format!("cannot write in {}: {e}", parent.display()))?;
+        write_atomic(&staging.path().join("component.wasm"), component)?;
+        write_atomic(
+            &staging.path().join("component.wasm.sig"),
+            envelope.to_json().as_bytes(),
+        )?;
+        let dest = parent.join(version);
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest)
+                .map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
+        }
+        std::fs::rename(staging.keep(), &dest)
+            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        let mut seen = self.seen()?;
+        let record = seen
+            .versions
+            .get(name)
+            .is_none_or(|old| higher(version, old));
+        if record {
+            seen.versions.insert(name.clone(), version.clone());
+            self.save_seen(&seen)?;
+        }
+        Ok(self.installed(name, version))
+    }
+
+    fn installed(&self, name: &str, version: &str) -> Installed {
+        let dir = self.root.join("skills").join(name).join(version);
+        Installed {
+            name: name.to_string(),
+            version: version.to_string(),
+            component: dir.join("component.wasm"),
+            signature: dir.join("component.wasm.sig"),
+        }
+    }
+
+    /// A pulled skill: that version, or the highest one on disk.
+    pub fn find(&self, name: &str, version: Option<&str>) -> Option<Installed> {
+        let dir = self.root.join("skills").join(name);
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => std::fs::read_dir(&dir)
+                .ok()?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|v| semver::Version::parse(&v).ok())
+                .max()?
+                .to_string(),
+        };
+        let found = self.installed(name, &version);
+        found.component.is_file().then_some(found)
+    }
+}

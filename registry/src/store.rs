@@ -1,0 +1,461 @@
+//! The registry's storage: an SQLite index (sqlx) beside content-addressed blobs.
+//!
+//! ```text
+//! <data>/index.db                 skills, tokens, publication log (WAL)
+//! <data>/blobs/sha256/<hex>       component bytes, written via temp file + rename
+//! ```
+//!
+//! Publications are serialised by one lock so the log's chain has a single writer. A version
+//! once published is immutable.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio::sync::Mutex;
+
+use crate::envelope::sha256_hex;
+use crate::publog::{GENESIS, LogEntry};
+use crate::trust::Verified;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("registry data directory {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("registry index: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(
+        "{name} {version} is already published with digest {existing}; a published version is immutable (publish a new version)"
+    )]
+    Conflict {
+        name: String,
+        version: String,
+        existing: String,
+    },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Who may do what with a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May read (needed only on a `--private` registry).
+    Viewer,
+    /// May read and publish.
+    Publisher,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Publisher => "publisher",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "publisher" => Ok(Role::Publisher),
+            other => Err(format!(
+                "unknown role {other:?} (expected viewer or publisher)"
+            )),
+        }
+    }
+}
+
+/// The caller a token identifies.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// One published version, as the index and the API show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub level: u8,
+    pub description: String,
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    pub size: u64,
+    pub key_id: String,
+    pub publisher: String,
+    pub published_by: String,
+    pub published_at: String,
+    pub log_index: u64,
+    /// The signature envelope (JSON text) exactly as published.
+    pub envelope: String,
+}
+
+/// The outcome of a publish: a new entry, or the same bytes published again (a no-op).
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub entry: Entry,
+    pub created: bool,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    blobs: PathBuf,
+    publish_lock: Mutex<()>,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tokens (
+        prefix TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'publisher')),
+        created_at TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS skills (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        description TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        publisher TEXT NOT NULL,
+        published_by TEXT NOT NULL,
+        published_at TEXT NOT NULL,
+        log_index INTEGER NOT NULL,
+        envelope TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    )",
+    "CREATE TABLE IF NOT EXISTS publication_log (
+        idx INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        published_at TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )",
+];
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+impl Store {
+    /// Open (creating if needed, mode 0700) a registry data directory.
+    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        let blobs = dir.join("blobs").join("sha256");
+        std::fs::create_dir_all(&blobs).map_err(|e| io(&blobs, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io(dir, e))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join("index.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool: SqlitePool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        Ok(Store {
+            pool,
+            blobs,
+            publish_lock: Mutex::new(()),
+        })
+    }
+
+    /// Create a token; returns the secret, shown once. Only its sha256 is stored.
+    pub async fn create_token(&self, name: &str, role: Role) -> Result<String, StoreError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| io(&self.blobs, e))?;
+        let mut prefix = [0u8; 6];
+        getrandom::fill(&mut prefix).map_err(|e| io(&self.blobs, e))?;
+        let prefix = hex::encode(prefix);
+        let token = format!("tendreg_{prefix}_{}", B64URL.encode(secret));
+        sqlx::query(
+            "INSERT INTO tokens (prefix, hash, name, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&prefix)
+        .bind(sha256_hex(token.as_bytes()))
+        .bind(name)
+        .bind(role.as_str())
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// The caller a bearer token identifies, if it is one of ours.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, StoreError> {
+        let Some(prefix) = token
+            .strip_prefix("tendreg_")
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(p, _)| p)
+        else {
+            return Ok(None);
+        };
+        let row = sqlx::query("SELECT hash, name, role FROM tokens WHERE prefix = ?")
+            .bind(prefix)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stored: String = row.get("hash");
+        if !constant_time_eq(stored.as_bytes(), sha256_hex(token.as_bytes()).as_bytes()) {
+            return Ok(None);
+        }
+        let role: String = row.get("role");
+        Ok(Some(Caller {
+            name: row.get("name"),
+            role: role.parse().unwrap_or(Role::Viewer),
+        }))
+    }
+
+    pub fn blob_path(&self, digest_hex: &str) -> Option<PathBuf> {
+        (digest_hex.len() == 64 && digest_hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.blobs.join(digest_hex.to_ascii_lowercase()))
+    }
+
+    /// Store a verified component: blob first (content-addressed, temp + rename), then the
+    /// index row and the log entry in one transaction.
+    pub async fn publish(
+        &self,
+        verified: &Verified,
+        envelope_json: &str,
+        component: &[u8],
+        by: &str,
+    ) -> Result<Published, StoreError> {
+        let _guard = self.publish_lock.lock().await;
+        let name = &verified.manifest.skill.name;
+        let version = &verified.manifest.skill.version;
+        if let Some(existing) = self.resolve(name, Some(version)).await? {
+            if existing.digest == verified.digest {
+                return Ok(Published {
+                    entry: existing,
+                    created: false,
+                });
+            }
+            return Err(StoreError::Conflict {
+                name: name.clone(),
+                version: version.clone(),
+                existing: existing.digest,
+            });
+        }
+        let hex = verified.digest.trim_start_matches("sha256:");
+        let path = self.blobs.join(hex);
+        if !path.exists() {
+            let mut tmp =
+                tempfile::NamedTempFile::new_in(&self.blobs).map_err(|e| io(&self.blobs, e))?;
+            std::io::Write::write_all(&mut tmp, component).map_err(|e| io(&path, e))?;
+            tmp.as_file().sync_all().map_err(|e| io(&path, e))?;
+            tmp.persist(&path).map_err(|e| io(&path, e.error))?;
+        }
+
+        let mut tx = self.pool.begin().await?;
+        let last = sqlx::query("SELECT idx, hash FROM publication_log ORDER BY idx DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (index, prev) = match last {
+            Some(row) => (
+                row.get::<i64, _>("idx") as u64 + 1,
+                row.get::<String, _>("hash"),
+            ),
+            None => (1, GENESIS.to_string()),
+        };
+        let published_at = now_rfc3339();
+        let log = LogEntry::next(
+            index,
+            &prev,
+            name,
+            version,
+            &verified.digest,
+            &verified.key_id,
+            &published_at,
+        );
+        sqlx::query(
+            "INSERT INTO publication_log (idx, name, version, digest, key_id, published_at, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(index as i64)
+        .bind(name)
+        .bind(version)
+        .bind(&verified.digest)
+        .bind(&verified.key_id)
+        .bind(&published_at)
+        .bind(&log.prev_hash)
+        .bind(&log.hash)
+        .execute(&mut *tx)
+        .await?;
+        let m = &verified.manifest.skill;
+        let entry = Entry {
+            name: name.clone(),
+            version: version.clone(),
+            kind: m.kind.to_string(),
+            level: m.level,
+            description: m.description.clone(),
+            digest: verified.digest.clone(),
+            size: component.len() as u64,
+            key_id: verified.key_id.clone(),
+            publisher: verified.publisher.clone(),
+            published_by: by.to_string(),
+            published_at,
+            log_index: index,
+            envelope: envelope_json.to_string(),
+        };
+        sqlx::query(
+            "INSERT INTO skills (name, version, kind, level, description, digest, size, key_id, publisher, published_by, published_at, log_index, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&entry.name)
+        .bind(&entry.version)
+        .bind(&entry.kind)
+        .bind(entry.level as i64)
+        .bind(&entry.description)
+        .bind(&entry.digest)
+        .bind(entry.size as i64)
+        .bind(&entry.key_id)
+        .bind(&entry.publisher)
+        .bind(&entry.published_by)
+        .bind(&entry.published_at)
+        .bind(entry.log_index as i64)
+        .bind(&entry.envelope)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Published {
+            entry,
+            created: true,
+        })
+    }
+
+    /// One version of a skill; `None` as the version means the highest release (or the highest
+    /// pre-release when there is no release).
+    pub async fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Entry>, StoreError> {
+        let rows = match version {
+            Some(v) => {
+                sqlx::query("SELECT * FROM skills WHERE name = ? AND version = ?")
+                    .bind(name)
+                    .bind(v)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM skills WHERE name = ?")
+                    .bind(name)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(latest(rows.iter().map(entry_from_row).collect()))
+    }
+
+    /// Every version of a skill, newest first.
+    pub async fn versions(&self, name: &str) -> Result<Vec<Entry>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM skills WHERE name = ?")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut all: Vec<Entry> = rows.iter().map(entry_from_row).collect();
+        all.sort_by_key(|e| std::cmp::Reverse(sort_key(&e.version)));
+        Ok(all)
+    }
+
+    /// The latest version of every skill whose name or description contains `query`.
+    pub async fn list(&self, query: Option<&str>) -> Result<Vec<Entry>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM skills ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let q = query.map(str::to_lowercase);
+        let mut by_name: std::collections::BTreeMap<String, Vec<Entry>> = Default::default();
+        for e in rows.iter().map(entry_from_row) {
+            let hit = q
+                .as_deref()
+                .is_none_or(|q| e.name.contains(q) || e.description.to_lowercase().contains(q));
+            if hit {
+                by_name.entry(e.name.clone()).or_default().push(e);
+            }
+        }
+        Ok(by_name.into_values().filter_map(latest).collect())
+    }
+
+    /// The whole publication log, oldest first.
+    pub async fn log(&self) -> Result<Vec<LogEntry>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM publication_log ORDER BY idx")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LogEntry {
+                index: r.get::<i64, _>("idx") as u64,
+                name: r.get("name"),
+                version: r.get("version"),
+                digest: r.get("digest"),
+                key_id: r.get("key_id"),
+                published_at: r.get("published_at"),
+                prev_hash: r.get("prev_hash"),
+                hash: r.get("hash"),
+            })
+            .collect())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Entry {
+    Entry {
+        name: r.get("name"),
+        version: r.get("version"),
+        kind: r.get("kind"),
+        level: r.get::<i64, _>("level") as u8,
+        description: r.get("description"),
+        digest: r.get("digest"),
+        size: r.get::<i64, _>("size") as u64,
+        key_id: r.get("key_id"),
+        publisher: r.get("publisher"),
+        published_by: r.get("published_by"),
+        published_at: r.get("published_at"),
+        log_index: r.get::<i64, _>("log_index") as u64,
+        envelope: r.get("envelope"),
+    }
+}
+
+/// Releases sort above pre-releases; unparsable versions (none are accepted) sort lowest.
+fn sort_key(v: &str) -> (bool, Option<semver::Version>) {
+    let parsed = semver::Version::parse(v).ok();
+    (parsed.as_ref().is_some_and(|p| p.pre.is_empty()), parsed)
+}
+
+fn latest(entries: Vec<Entry>) -> Option<Entry> {
+    entries.into_iter().max_by_key(|e| sort_key(&e.version))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
