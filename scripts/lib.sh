@@ -42,3 +42,54 @@ build_catalog() {
         "$tend" skill build "$dir"
     done
 }
+
+# Debian packages for servers the tests start (e.g. docker-registry), installed if missing.
+ensure_debian_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    step "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    # policy-rc.d-style environments refuse to start services; we start our own on loopback.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >/dev/null ||
+        { $sudo apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >/dev/null; }
+}
+
+# The built artifact of each catalog skill: skills/<name>/dist/<name>-<version>.wasm.
+catalog_artifacts() {
+    python3 - "$ROOT/skills" <<'PY'
+import pathlib, sys, tomllib
+for manifest in sorted(pathlib.Path(sys.argv[1]).glob("*/skill.toml")):
+    skill = tomllib.loads(manifest.read_text())["skill"]
+    print(manifest.parent / "dist" / f"{skill['name']}-{skill['version']}.wasm", manifest)
+PY
+}
+
+# Sign every built catalog skill with $2 (a publisher key). $1: the tend binary.
+sign_catalog() {
+    local tend="$1" key="$2"
+    step "signing the catalog with $key"
+    catalog_artifacts | while read -r wasm manifest; do
+        "$tend" skill sign "$wasm" --manifest "$manifest" --key "$key" >/dev/null
+    done
+}
+
+# Start `tend registry serve` on a free loopback port in the background; sets REGISTRY_URL and
+# REGISTRY_PID. $1: the tend binary, $2: data dir, $3: trust policy, $4: log file.
+start_registry() {
+    local tend="$1" data="$2" trust="$3" log="$4"
+    "$tend" registry serve --listen 127.0.0.1:0 --data "$data" --trust "$trust" 2>"$log" &
+    REGISTRY_PID=$!
+    REGISTRY_URL=""
+    for _ in $(seq 1 500); do
+        REGISTRY_URL="$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$log" | head -1)"
+        [ -n "$REGISTRY_URL" ] && return 0
+        kill -0 "$REGISTRY_PID" 2>/dev/null || { cat "$log" >&2; return 1; }
+        sleep 0.02
+    done
+    echo "the registry did not start; see $log" >&2
+    return 1
+}

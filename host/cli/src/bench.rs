@@ -1,6 +1,7 @@
 //! `tend bench`: invoke latency of a skill — cold (compile), warm (disk cache), hot
 //! (InstancePre + pooling) — printed beside process sandboxes, plus resident memory with ten
-//! skills loaded. Numbers, not assertions: `docs/benchmarks.md` records what this machine gave.
+//! skills loaded, and the cost of verifying a 5 and a 20 MiB component before compile.
+//! Numbers, not assertions: `docs/benchmarks.md` records what this machine gave.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -86,6 +87,40 @@ fn row(name: &str, mut samples: Vec<Duration>) -> Row {
         p99_us: percentile(&samples, 0.99),
         note: None,
     }
+}
+
+/// Verify before compile (sha256 of the component + ed25519 `verify_strict` + manifest and
+/// policy checks) for a 5 MiB and a 20 MiB component — the size range of Python and JS skills.
+fn verify_rows(rows: &mut Vec<Row>, progress: impl Fn(&str)) -> Result<(), Failure> {
+    use tend_registry::envelope::sign;
+    use tend_registry::keys::{PublicKey, generate};
+    use tend_registry::trust::{TrustPolicy, VerifyOptions};
+
+    let key = generate().map_err(Failure::host)?;
+    let policy = TrustPolicy::parse(
+        &format!(
+            "[[publishers]]\nname = \"bench\"\nkey = \"{}\"\nprefixes = [\"*\"]\n",
+            PublicKey(key.verifying_key())
+        ),
+        "bench trust policy",
+    )
+    .map_err(Failure::host)?;
+    let manifest = "[skill]\nname = \"bench\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n";
+    for mib in [5usize, 20] {
+        progress(&format!("verify a {mib} MiB component"));
+        let component: Vec<u8> = (0..mib << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let envelope = sign(&component, manifest, &key).map_err(Failure::host)?;
+        let mut samples = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            policy
+                .verify(&component, &envelope, VerifyOptions::default())
+                .map_err(Failure::host)?;
+            samples.push(t.elapsed());
+        }
+        rows.push(row(&format!("verify: sha256 + ed25519, {mib} MiB"), samples));
+    }
+    Ok(())
 }
 
 fn skipped(name: &str, why: &str) -> Row {
@@ -272,6 +307,8 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
     let pooling = rt.pooling();
     drop(skill);
     drop(rt);
+
+    verify_rows(&mut rows, progress)?;
 
     if !args.skip_process {
         process_rows(&mut rows, args.process.max(1));
