@@ -118,7 +118,10 @@ fn verify_rows(rows: &mut Vec<Row>, progress: impl Fn(&str)) -> Result<(), Failu
                 .map_err(Failure::host)?;
             samples.push(t.elapsed());
         }
-        rows.push(row(&format!("verify: sha256 + ed25519, {mib} MiB"), samples));
+        rows.push(row(
+            &format!("verify: sha256 + ed25519, {mib} MiB"),
+            samples,
+        ));
     }
     Ok(())
 }
