@@ -93,3 +93,38 @@ start_registry() {
     echo "the registry did not start; see $log" >&2
     return 1
 }
+
+# Pull-and-ready figures: sign and publish the catalog to a scratch registry, then pull each
+# named skill 5 times cold (empty precompile cache, fresh host) and 5 times with the cache.
+# $1: the tend binary; the rest: skill names.
+bench_pull() {
+    local tend="$1"; shift
+    local scratch; scratch="$(mktemp -d)"
+    "$tend" key gen --out "$scratch/key" >/dev/null
+    local public
+    public="$("$tend" key show "$scratch/key" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])')"
+    printf '[[publishers]]\nname = "bench"\nkey = "%s"\nprefixes = ["*"]\n' "$public" >"$scratch/trust.toml"
+    local token
+    token="$("$tend" registry token create --data "$scratch/reg" --name bench --role publisher 2>/dev/null)"
+    start_registry "$tend" "$scratch/reg" "$scratch/trust.toml" "$scratch/reg.log"
+    catalog_artifacts | while read -r wasm manifest; do
+        local sig="$scratch/$(basename "$wasm").sig"
+        "$tend" skill sign "$wasm" --manifest "$manifest" --key "$scratch/key" --out "$sig" >/dev/null
+        "$tend" skill publish "$wasm" --signature "$sig" --registry "$REGISTRY_URL" --token "$token" >/dev/null
+    done
+    printf '%-14s %-7s %9s %10s %14s %11s\n' skill mode "size MiB" "total ms" "fetch+verify" "precompile"
+    for name in "$@"; do
+        for mode in cold cached; do
+            for _ in 1 2 3 4 5; do
+                [ "$mode" = cold ] && rm -rf "$scratch/cache"
+                rm -rf "$scratch/host"
+                TEND_TRUST="$scratch/trust.toml" TEND_DATA_DIR="$scratch/host" TEND_CACHE_DIR="$scratch/cache" \
+                    "$tend" skill pull "$name@latest" --registry "$REGISTRY_URL" --json | tr -d '\n'
+                echo
+            done | python3 "$ROOT/scripts/median_pull.py" "$name" "$mode"
+        done
+    done
+    kill "$REGISTRY_PID" 2>/dev/null || true
+    wait "$REGISTRY_PID" 2>/dev/null || true
+    rm -rf "$scratch"
+}

@@ -288,3 +288,38 @@ fn run_verifies_before_it_compiles() {
     let report: Value = serde_json::from_slice(&o.stdout).expect("report");
     assert_eq!(report["provenance"]["trust"], "insecure_unsigned");
 }
+
+#[test]
+fn the_runtime_compiles_only_the_bytes_that_were_verified() {
+    use tend_runtime::{LoadError, Provenance};
+    let (rt, dir) = runtime();
+    let bytes = guest_bytes("trivial");
+    let other = guest_bytes("hostile");
+    let signed = |digest: String| Provenance::Signed {
+        publisher: "acme".into(),
+        key_id: "0011223344556677".into(),
+        digest,
+    };
+    let verified = format!("sha256:{}", tend_registry::envelope::sha256_hex(&bytes));
+    // Other bytes handed over with this digest (a swap between verify and compile): refused
+    // before anything compiles or is cached.
+    let err = rt
+        .load_admitted(&other, None, signed(verified.clone()))
+        .expect_err("swapped bytes");
+    assert!(matches!(err, LoadError::NotVerified { .. }), "{err}");
+    assert!(err.to_string().contains("not the"), "{err}");
+    assert_eq!(rt.stats().compiles, 0);
+    assert!(
+        std::fs::read_dir(dir.path().join("cache"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    let skill = rt
+        .load_admitted(&bytes, None, signed(verified))
+        .expect("the verified bytes load");
+    assert!(matches!(
+        skill.provenance(),
+        Some(Provenance::Signed { .. })
+    ));
+}

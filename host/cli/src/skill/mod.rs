@@ -24,7 +24,7 @@ pub enum Kind {
 pub enum SkillCommand {
     /// Create a skill folder (skill.toml, source, example input) that builds and runs unchanged
     #[command(
-        after_help = "Example:\n  tend skill new disk-report --lang python --kind diagnose\n  tend skill build disk-report\n  tend run disk-report/dist/disk-report-0.1.0.wasm --manifest disk-report/skill.toml --input @disk-report/input.example.json"
+        after_help = "Example:\n  tend skill new disk-report --lang python --kind diagnose\n  tend skill build disk-report\n  tend run disk-report/dist/disk-report-0.1.0.wasm --manifest disk-report/skill.toml --insecure-unsigned --input @disk-report/input.example.json\n\nThen sign it (tend skill sign) to run it without --insecure-unsigned, or publish it."
     )]
     New {
         /// Skill name: [a-z0-9-], also the folder name

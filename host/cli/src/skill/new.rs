@@ -340,7 +340,7 @@ pub fn new(name: &str, lang: Lang, kind: SkillKind, parent: &Path) -> Result<u8,
         }
     }
     crate::out(&format!(
-        "created {dir}\nnext:\n  tend skill build {dir}\n  tend run {dir}/dist/{name}-0.1.0.wasm --manifest {dir}/skill.toml --input @{dir}/input.example.json{plan}",
+        "created {dir}\nnext:\n  tend skill build {dir}\n  tend run {dir}/dist/{name}-0.1.0.wasm --manifest {dir}/skill.toml --insecure-unsigned --input @{dir}/input.example.json{plan}",
         dir = dir.display(),
         plan = if repair { " --plan" } else { "" }
     ));
