@@ -1,0 +1,557 @@
+//! # tend-policy — the decision stage
+//!
+//! Takes what an invocation would be allowed to do (the skill's declared level and the
+//! capabilities its signed manifest grants), where it would run (the target's environment floor
+//! and ceiling), why it is asked for (a human, or a healing policy) and by whom; hands on a
+//! [`Verdict`]: [`Decision::Allow`], [`Decision::NeedsApproval`] or [`Decision::Deny`], the
+//! effective zero-trust [`Level`], and every [`Reason`] that produced it, as data that reads
+//! well in English.
+//!
+//! This is the only place that says allow, approve or deny. It is pure: no I/O, no clock, no
+//! wasmtime, axum or sqlx — so every rule is unit-tested here, table by table.
+//!
+//! Effective level = max(declared level, the floor each granted capability implies, the
+//! target's environment floor):
+//!
+//! | level | meaning | gate |
+//! |---|---|---|
+//! | L0 observe | reads only | automatic |
+//! | L1 adjust | reversible, low impact | automatic only under a healing policy with `auto_heal`; else 1 approval |
+//! | L2 disrupt | service impact | 1 approval by someone other than the requester |
+//! | L3 critical | data or broad power | 2 distinct approvers; never automatic |
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A zero-trust level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum Level {
+    /// Reads only.
+    L0 = 0,
+    /// Reversible, low impact.
+    L1 = 1,
+    /// Service impact.
+    L2 = 2,
+    /// Data or broad power.
+    L3 = 3,
+}
+
+impl Level {
+    pub const ALL: [Level; 4] = [Level::L0, Level::L1, Level::L2, Level::L3];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::L0 => "observe",
+            Level::L1 => "adjust",
+            Level::L2 => "disrupt",
+            Level::L3 => "critical",
+        }
+    }
+
+    /// Distinct approvals needed when no healing policy makes it automatic.
+    pub fn approvals_required(self) -> u8 {
+        match self {
+            Level::L0 => 0,
+            Level::L1 | Level::L2 => 1,
+            Level::L3 => 2,
+        }
+    }
+}
+
+impl From<Level> for u8 {
+    fn from(l: Level) -> u8 {
+        l as u8
+    }
+}
+
+impl TryFrom<u8> for Level {
+    type Error = String;
+    fn try_from(n: u8) -> Result<Level, String> {
+        Level::ALL
+            .get(n as usize)
+            .copied()
+            .ok_or_else(|| format!("level {n} does not exist (levels are 0 to 3)"))
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "L{} {}", *self as u8, self.name())
+    }
+}
+
+/// Who may do what through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Approver,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "approver" => Ok(Role::Approver),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?} (expected viewer, operator, approver or admin)"
+            )),
+        }
+    }
+}
+
+/// An allowlisted program grant, as far as the policy cares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecGrant {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+/// What a skill's signed manifest grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    pub fs_read: Vec<String>,
+    pub fs_write: Vec<String>,
+    pub exec: Vec<ExecGrant>,
+    pub service_restart: Vec<String>,
+    pub service_reload: Vec<String>,
+    pub http: Vec<String>,
+    pub tcp: Vec<String>,
+}
+
+/// Where the invocation would run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    /// e.g. `prod`, `staging`.
+    pub environment: String,
+    /// Every invocation on this target is at least this level.
+    pub floor: Level,
+    /// Nothing above this level runs on this target, approved or not.
+    pub ceiling: Level,
+}
+
+/// Why the invocation is asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A person (CLI, API, console).
+    Human,
+    /// A healing policy reacting to an alert.
+    Healing {
+        policy: String,
+        /// The policy may run L1 skills without a human.
+        auto_heal: bool,
+    },
+}
+
+/// Everything `decide` looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub skill: String,
+    pub declared: Level,
+    pub grants: Grants,
+    pub target: Target,
+    pub trigger: Trigger,
+    pub requester: String,
+    pub role: Role,
+}
+
+/// The decision itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    NeedsApproval {
+        level: Level,
+        approvals_required: u8,
+    },
+    Deny(DenyReason),
+}
+
+/// Why an invocation is refused outright.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum DenyReason {
+    /// The requester's role may not invoke skills.
+    RoleCannotInvoke { role: Role },
+    /// The effective level is above what the target accepts.
+    AboveTargetCeiling {
+        level: Level,
+        ceiling: Level,
+        target: String,
+    },
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::RoleCannotInvoke { role } => write!(
+                f,
+                "the {} role may not invoke skills (operator, approver or admin may)",
+                role.as_str()
+            ),
+            DenyReason::AboveTargetCeiling {
+                level,
+                ceiling,
+                target,
+            } => write!(
+                f,
+                "effective level {level} is above the ceiling of target {target} ({ceiling}): refused whatever the approvals"
+            ),
+        }
+    }
+}
+
+/// One step of the reasoning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Reason {
+    Declared {
+        level: Level,
+    },
+    CapabilityFloor {
+        capability: String,
+        level: Level,
+        why: String,
+    },
+    EnvironmentFloor {
+        target: String,
+        environment: String,
+        level: Level,
+    },
+    Effective {
+        level: Level,
+    },
+    Automatic {
+        level: Level,
+    },
+    AutoHeal {
+        policy: String,
+    },
+    HealingWithoutAutoHeal {
+        policy: String,
+    },
+    NeverAutomatic {
+        level: Level,
+    },
+    Approvals {
+        level: Level,
+        required: u8,
+    },
+    Denied {
+        deny: DenyReason,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Declared { level } => write!(f, "the skill declares {level}"),
+            Reason::CapabilityFloor {
+                capability,
+                level,
+                why,
+            } => write!(f, "{capability} implies at least {level}: {why}"),
+            Reason::EnvironmentFloor {
+                target,
+                environment,
+                level,
+            } => write!(
+                f,
+                "target {target} is in environment {environment}, whose floor is {level}"
+            ),
+            Reason::Effective { level } => {
+                write!(f, "effective level is {level}, the highest of the above")
+            }
+            Reason::Automatic { level } => {
+                write!(f, "{level} reads only: it runs without approval")
+            }
+            Reason::AutoHeal { policy } => write!(
+                f,
+                "healing policy {policy} has auto_heal, so this L1 repair runs without approval"
+            ),
+            Reason::HealingWithoutAutoHeal { policy } => write!(
+                f,
+                "healing policy {policy} does not have auto_heal, so a human must approve"
+            ),
+            Reason::NeverAutomatic { level } => {
+                write!(f, "{level} is never automatic, whoever asks")
+            }
+            Reason::Approvals { level, required } => write!(
+                f,
+                "{level} needs {required} approval{} by {}someone other than the requester",
+                if *required == 1 { "" } else { "s" },
+                if *required > 1 {
+                    "distinct approvers, each "
+                } else {
+                    ""
+                }
+            ),
+            Reason::Denied { deny } => write!(f, "refused: {deny}"),
+        }
+    }
+}
+
+/// The decision, the level it was made at, and every reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub level: Level,
+    pub reasons: Vec<Reason>,
+}
+
+impl Verdict {
+    /// The reasons as English sentences.
+    pub fn explain(&self) -> Vec<String> {
+        self.reasons.iter().map(ToString::to_string).collect()
+    }
+}
+
+const SYSTEM_ROOTS: &[&str] = &[
+    "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/root", "/home", "/var/lib",
+    "/opt", "/srv",
+];
+const PRIVATE_DATA: &[&str] = &[
+    "/root",
+    "/home",
+    "/var/lib",
+    "/etc/ssl/private",
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/srv",
+];
+const INTERPRETERS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "fish", "busybox", "env", "sudo", "su", "doas", "python",
+    "python3", "perl", "ruby", "node", "php", "lua", "awk", "gawk", "xargs", "find", "nsenter",
+    "chroot", "docker", "kubectl", "ssh",
+];
+const POWER: &[&str] = &["reboot", "shutdown", "poweroff", "halt", "init", "telinit"];
+
+/// `path` is `root` or inside it (by path components, not string prefix).
+fn within(path: &str, root: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let root = root.trim_end_matches('/');
+    if root.is_empty() {
+        return true;
+    }
+    path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
+}
+
+fn program_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
+}
+
+/// `bash`, `/usr/bin/python3.11`, `perl5.36`: an interpreter, with or without a version.
+fn is_interpreter(program: &str) -> bool {
+    let name = program_name(program);
+    INTERPRETERS.iter().any(|i| {
+        name.strip_prefix(i).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        })
+    })
+}
+
+/// The floor each granted capability implies, with why.
+pub fn capability_floors(grants: &Grants) -> Vec<Reason> {
+    let mut out = Vec::new();
+    let mut floor = |capability: String, level: Level, why: &str| {
+        out.push(Reason::CapabilityFloor {
+            capability,
+            level,
+            why: why.to_string(),
+        });
+    };
+    for p in &grants.fs_read {
+        let cap = format!("fs_read {p}");
+        if p.trim_end_matches('/').is_empty() {
+            floor(
+                cap,
+                Level::L3,
+                "reading the whole filesystem is broad power",
+            );
+        } else if PRIVATE_DATA.iter().any(|r| within(p, r)) {
+            floor(cap, Level::L2, "it may read private data");
+        } else {
+            floor(cap, Level::L0, "reading is observing");
+        }
+    }
+    for p in &grants.fs_write {
+        let cap = format!("fs_write {p}");
+        let system = p.trim_end_matches('/').is_empty()
+            || SYSTEM_ROOTS
+                .iter()
+                .filter(|r| **r != "/")
+                .any(|r| within(p, r));
+        if system {
+            floor(
+                cap,
+                Level::L3,
+                "writing system or user data directories can change anything",
+            );
+        } else {
+            floor(
+                cap,
+                Level::L1,
+                "writes under a granted directory are an adjustment",
+            );
+        }
+    }
+    for e in &grants.exec {
+        let cap = format!("exec {}", e.program);
+        let variadic = e.args.iter().any(|a| a.ends_with("...}"));
+        if is_interpreter(&e.program) {
+            floor(
+                cap,
+                Level::L3,
+                "an interpreter or launcher can run anything it is given",
+            );
+        } else if POWER.contains(&program_name(&e.program)) {
+            floor(cap, Level::L3, "it can take the whole host down");
+        } else if variadic {
+            floor(
+                cap,
+                Level::L3,
+                "its arguments are open-ended, so it is arbitrary exec",
+            );
+        } else {
+            floor(
+                cap,
+                Level::L2,
+                "running a program (restart, kill, ...) has service impact",
+            );
+        }
+    }
+    for u in &grants.service_restart {
+        floor(
+            format!("service restart {u}"),
+            Level::L2,
+            "a restart interrupts the service",
+        );
+    }
+    for u in &grants.service_reload {
+        floor(
+            format!("service reload {u}"),
+            Level::L1,
+            "a reload is reversible and low impact",
+        );
+    }
+    for h in &grants.http {
+        floor(format!("http {h}"), Level::L0, "an HTTP probe observes");
+    }
+    for t in &grants.tcp {
+        floor(format!("tcp {t}"), Level::L0, "a TCP probe observes");
+    }
+    out
+}
+
+/// The one place that says allow, approve or deny.
+pub fn decide(request: &Request) -> Verdict {
+    let mut reasons = vec![Reason::Declared {
+        level: request.declared,
+    }];
+    let mut level = request.declared;
+    for r in capability_floors(&request.grants) {
+        if let Reason::CapabilityFloor { level: l, .. } = &r {
+            level = level.max(*l);
+        }
+        reasons.push(r);
+    }
+    if request.target.floor > Level::L0 {
+        reasons.push(Reason::EnvironmentFloor {
+            target: request.target.name.clone(),
+            environment: request.target.environment.clone(),
+            level: request.target.floor,
+        });
+        level = level.max(request.target.floor);
+    }
+    reasons.push(Reason::Effective { level });
+
+    let deny = |reason: DenyReason, mut reasons: Vec<Reason>| {
+        reasons.push(Reason::Denied {
+            deny: reason.clone(),
+        });
+        Verdict {
+            decision: Decision::Deny(reason),
+            level,
+            reasons,
+        }
+    };
+    if request.role == Role::Viewer {
+        return deny(DenyReason::RoleCannotInvoke { role: request.role }, reasons);
+    }
+    if level > request.target.ceiling {
+        return deny(
+            DenyReason::AboveTargetCeiling {
+                level,
+                ceiling: request.target.ceiling,
+                target: request.target.name.clone(),
+            },
+            reasons,
+        );
+    }
+    let needs = |required: u8, mut reasons: Vec<Reason>| {
+        reasons.push(Reason::Approvals { level, required });
+        Verdict {
+            decision: Decision::NeedsApproval {
+                level,
+                approvals_required: required,
+            },
+            level,
+            reasons,
+        }
+    };
+    match (level, &request.trigger) {
+        (Level::L0, _) => {
+            reasons.push(Reason::Automatic { level });
+            Verdict {
+                decision: Decision::Allow,
+                level,
+                reasons,
+            }
+        }
+        (Level::L1, Trigger::Healing { policy, auto_heal }) => {
+            if *auto_heal {
+                reasons.push(Reason::AutoHeal {
+                    policy: policy.clone(),
+                });
+                Verdict {
+                    decision: Decision::Allow,
+                    level,
+                    reasons,
+                }
+            } else {
+                reasons.push(Reason::HealingWithoutAutoHeal {
+                    policy: policy.clone(),
+                });
+                needs(1, reasons)
+            }
+        }
+        (Level::L3, _) => {
+            reasons.push(Reason::NeverAutomatic { level });
+            needs(level.approvals_required(), reasons)
+        }
+        (l, _) => needs(l.approvals_required(), reasons),
+    }
+}
+
+#[cfg(test)]
+mod tests;

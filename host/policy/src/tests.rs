@@ -1,0 +1,459 @@
+//! Every rule, table by table.
+
+use super::*;
+
+fn target(floor: Level, ceiling: Level) -> Target {
+    Target {
+        name: "web-1".into(),
+        environment: if floor > Level::L0 { "prod" } else { "dev" }.into(),
+        floor,
+        ceiling,
+    }
+}
+
+fn request(declared: Level, grants: Grants) -> Request {
+    Request {
+        skill: "s".into(),
+        declared,
+        grants,
+        target: target(Level::L0, Level::L3),
+        trigger: Trigger::Human,
+        requester: "alice".into(),
+        role: Role::Operator,
+    }
+}
+
+fn exec(program: &str, args: &[&str]) -> ExecGrant {
+    ExecGrant {
+        program: program.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// The floor one capability implies on its own.
+fn floor_of(grants: Grants) -> Level {
+    let floors = capability_floors(&grants);
+    assert_eq!(floors.len(), 1, "{floors:?}");
+    match &floors[0] {
+        Reason::CapabilityFloor { level, .. } => *level,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_capability_has_its_floor() {
+    let g = Grants::default;
+    let table: Vec<(Grants, Level)> = vec![
+        (
+            Grants {
+                fs_read: vec!["/var/log".into()],
+                ..g()
+            },
+            Level::L0,
+        ),
+        (
+            Grants {
+                fs_read: vec!["/proc".into()],
+                ..g()
+            },
+            Level::L0,
+        ),
+        (
+            Grants {
+                fs_read: vec!["/etc/nginx".into()],
+                ..g()
+            },
+            Level::L0,
+        ),
+        (
+            Grants {
+                fs_read: vec!["/etc/ssl/private".into()],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                fs_read: vec!["/home/bob".into()],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                fs_read: vec!["/var/lib/postgresql".into()],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                fs_read: vec!["/root".into()],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                fs_read: vec!["/".into()],
+                ..g()
+            },
+            Level::L3,
+        ),
+        // A path that merely starts with the same letters is not inside.
+        (
+            Grants {
+                fs_read: vec!["/homework".into()],
+                ..g()
+            },
+            Level::L0,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/var/log".into()],
+                ..g()
+            },
+            Level::L1,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/var/log/nginx/".into()],
+                ..g()
+            },
+            Level::L1,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/tmp/scratch".into()],
+                ..g()
+            },
+            Level::L1,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/etc".into()],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/etc/nginx".into()],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/usr/local/bin".into()],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/var/lib/mysql".into()],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                fs_write: vec!["/".into()],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/usr/bin/systemctl", &["restart", "{unit}"])],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/bin/kill", &["-TERM", "{pid}"])],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/usr/bin/journalctl", &["-u", "{unit}", "{more...}"])],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/bin/sh", &["-c", "{cmd}"])],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/usr/bin/bash", &[])],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/usr/bin/python3.11", &["{script}"])],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/usr/bin/env", &["{x}"])],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/usr/bin/sudo", &["{x}"])],
+                ..g()
+            },
+            Level::L3,
+        ),
+        (
+            Grants {
+                exec: vec![exec("/sbin/reboot", &[])],
+                ..g()
+            },
+            Level::L3,
+        ),
+        // `shred` is not `sh`.
+        (
+            Grants {
+                exec: vec![exec("/usr/bin/shred", &["{file}"])],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                service_restart: vec!["nginx.service".into()],
+                ..g()
+            },
+            Level::L2,
+        ),
+        (
+            Grants {
+                service_reload: vec!["nginx.service".into()],
+                ..g()
+            },
+            Level::L1,
+        ),
+        (
+            Grants {
+                http: vec!["https://status.example.com".into()],
+                ..g()
+            },
+            Level::L0,
+        ),
+        (
+            Grants {
+                tcp: vec!["db.internal:5432".into()],
+                ..g()
+            },
+            Level::L0,
+        ),
+    ];
+    for (grants, expected) in table {
+        let got = floor_of(grants.clone());
+        assert_eq!(got, expected, "{grants:?}");
+    }
+}
+
+#[test]
+fn effective_level_is_the_highest_of_declared_capabilities_and_environment() {
+    let cases = [
+        // declared, capability grants, environment floor, expected
+        (Level::L0, Grants::default(), Level::L0, Level::L0),
+        (Level::L2, Grants::default(), Level::L0, Level::L2),
+        (
+            Level::L0,
+            Grants {
+                fs_write: vec!["/var/log".into()],
+                ..Grants::default()
+            },
+            Level::L0,
+            Level::L1,
+        ),
+        (Level::L0, Grants::default(), Level::L1, Level::L1),
+        (
+            Level::L1,
+            Grants {
+                fs_read: vec!["/var/log".into()],
+                exec: vec![exec("/usr/bin/systemctl", &["restart", "{u}"])],
+                ..Grants::default()
+            },
+            Level::L1,
+            Level::L2,
+        ),
+        (Level::L3, Grants::default(), Level::L1, Level::L3),
+    ];
+    for (declared, grants, env, expected) in cases {
+        let mut r = request(declared, grants);
+        r.target = target(env, Level::L3);
+        let v = decide(&r);
+        assert_eq!(v.level, expected, "{r:?}");
+        assert!(v.reasons.contains(&Reason::Effective { level: expected }));
+    }
+}
+
+#[test]
+fn the_gate_for_each_level_and_trigger() {
+    let healing = |auto_heal| Trigger::Healing {
+        policy: "disk-full".into(),
+        auto_heal,
+    };
+    let cases = [
+        (Level::L0, Trigger::Human, Decision::Allow),
+        (Level::L0, healing(false), Decision::Allow),
+        (
+            Level::L1,
+            Trigger::Human,
+            Decision::NeedsApproval {
+                level: Level::L1,
+                approvals_required: 1,
+            },
+        ),
+        (
+            Level::L1,
+            healing(false),
+            Decision::NeedsApproval {
+                level: Level::L1,
+                approvals_required: 1,
+            },
+        ),
+        (Level::L1, healing(true), Decision::Allow),
+        (
+            Level::L2,
+            Trigger::Human,
+            Decision::NeedsApproval {
+                level: Level::L2,
+                approvals_required: 1,
+            },
+        ),
+        // auto_heal covers L1 only.
+        (
+            Level::L2,
+            healing(true),
+            Decision::NeedsApproval {
+                level: Level::L2,
+                approvals_required: 1,
+            },
+        ),
+        (
+            Level::L3,
+            Trigger::Human,
+            Decision::NeedsApproval {
+                level: Level::L3,
+                approvals_required: 2,
+            },
+        ),
+        (
+            Level::L3,
+            healing(true),
+            Decision::NeedsApproval {
+                level: Level::L3,
+                approvals_required: 2,
+            },
+        ),
+    ];
+    for (level, trigger, expected) in cases {
+        let mut r = request(level, Grants::default());
+        r.trigger = trigger.clone();
+        let v = decide(&r);
+        assert_eq!(v.decision, expected, "{level} {trigger:?}");
+        assert_eq!(v.level, level);
+    }
+}
+
+#[test]
+fn every_role_and_ceiling() {
+    for role in [Role::Viewer, Role::Operator, Role::Approver, Role::Admin] {
+        let mut r = request(Level::L0, Grants::default());
+        r.role = role;
+        let v = decide(&r);
+        if role == Role::Viewer {
+            assert_eq!(
+                v.decision,
+                Decision::Deny(DenyReason::RoleCannotInvoke { role })
+            );
+        } else {
+            assert_eq!(v.decision, Decision::Allow, "{role:?}");
+        }
+    }
+    for ceiling in Level::ALL {
+        for level in Level::ALL {
+            let mut r = request(level, Grants::default());
+            r.target = target(Level::L0, ceiling);
+            let v = decide(&r);
+            assert_eq!(
+                matches!(
+                    v.decision,
+                    Decision::Deny(DenyReason::AboveTargetCeiling { .. })
+                ),
+                level > ceiling,
+                "{level} under ceiling {ceiling}"
+            );
+        }
+    }
+}
+
+#[test]
+fn reasons_read_well_in_english() {
+    let mut r = request(
+        Level::L1,
+        Grants {
+            exec: vec![exec("/usr/bin/systemctl", &["restart", "{unit}"])],
+            ..Grants::default()
+        },
+    );
+    r.target = target(Level::L1, Level::L3);
+    let v = decide(&r);
+    assert_eq!(
+        v.explain(),
+        vec![
+            "the skill declares L1 adjust",
+            "exec /usr/bin/systemctl implies at least L2 disrupt: running a program (restart, kill, ...) has service impact",
+            "target web-1 is in environment prod, whose floor is L1 adjust",
+            "effective level is L2 disrupt, the highest of the above",
+            "L2 disrupt needs 1 approval by someone other than the requester",
+        ]
+    );
+    let mut r = request(Level::L3, Grants::default());
+    r.target = target(Level::L0, Level::L2);
+    let v = decide(&r);
+    assert_eq!(
+        v.explain().last().map(String::as_str),
+        Some(
+            "refused: effective level L3 critical is above the ceiling of target web-1 (L2 disrupt): refused whatever the approvals"
+        )
+    );
+    let v = decide(&request(Level::L3, Grants::default()));
+    assert!(v.explain().contains(
+        &"L3 critical needs 2 approvals by distinct approvers, each someone other than the requester"
+            .to_string()
+    ));
+}
+
+#[test]
+fn verdicts_serialise_as_data() {
+    let v = decide(&request(Level::L2, Grants::default()));
+    let json = serde_json::to_value(&v).expect("json");
+    assert_eq!(json["decision"]["decision"], "needs_approval");
+    assert_eq!(json["decision"]["approvals_required"], 1);
+    assert_eq!(json["level"], 2);
+    assert_eq!(json["reasons"][0]["reason"], "declared");
+    let back: Verdict = serde_json::from_value(json).expect("round trip");
+    assert_eq!(back, v);
+    assert!(serde_json::from_str::<Level>("4").is_err());
+}
