@@ -2,13 +2,15 @@
 //!
 //! Takes a user's intent (a component, a manifest, input JSON, limits) and hands it to the
 //! stages below it: the trust stage and registry (`tend-registry`) and the sandbox
-//! (`tend-runtime`); later the orchestrator and agent. Exit status: 0 ok, 1 the skill reported
+//! (`tend-runtime`); the orchestrator (`tend-orchestrator`, deciding through `tend-policy`);
+//! later the agent. Exit status: 0 ok, 1 the skill reported
 //! an error, 2 bad usage or input, 3 the sandbox stopped the skill (a limit or a trap), 4 the
 //! host itself failed.
 
 mod admit;
 mod bench;
 mod key;
+mod orchestrator;
 mod registry;
 mod run;
 mod skill;
@@ -79,6 +81,15 @@ enum Command {
     /// Run a skill registry (signed skills, tokens, a hash-chained publication log)
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Run the orchestrator: policy decisions, approvals, jobs and the audit trail (HTTP API)
+    #[command(subcommand)]
+    Orchestrator(orchestrator::OrchestratorCommand),
+    /// API tokens for the orchestrator
+    #[command(subcommand)]
+    Token(orchestrator::TokenCommand),
+    /// The orchestrator's audit trail
+    #[command(subcommand)]
+    Audit(orchestrator::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +121,9 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Key(cmd) => key::run(cmd),
             Command::Registry(cmd) => registry::run(cmd).await,
+            Command::Orchestrator(cmd) => orchestrator::serve(cmd, &cli.cache).await,
+            Command::Token(cmd) => orchestrator::token(cmd).await,
+            Command::Audit(cmd) => orchestrator::audit(cmd).await,
         }
     });
     match code {

@@ -1,0 +1,541 @@
+//! The HTTP API (axum). Handlers return `Result<_, ApiError>`; errors are
+//! `{"error": {"code", "message"}}` (plus `reasons` for a policy refusal) with the right status.
+//! A missing or wrong token is 401, too weak a role 403, and both are audited.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tend_policy::{Decision, Request, Role, Trigger};
+use tokio::sync::Notify;
+
+use crate::audit;
+use crate::auth::{self, Actor};
+use crate::db::Db;
+use crate::invocation::{self, FlowError, NewInvocation, State as InvState};
+use crate::metrics::Metrics;
+use crate::skills::{Catalog, ResolveError, grants};
+use crate::worker::Worker;
+
+/// What the server was started with that handlers need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub approval_ttl: Duration,
+    pub target: tend_policy::Target,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub catalog: Arc<Catalog>,
+    pub worker: Arc<Worker>,
+    pub metrics: Arc<Metrics>,
+    pub notify: Arc<Notify>,
+    pub settings: Arc<Settings>,
+    pub started: Instant,
+    tokens: Arc<Mutex<HashMap<String, (Instant, Actor)>>>,
+}
+
+impl AppState {
+    pub fn new(
+        db: Db,
+        catalog: Arc<Catalog>,
+        worker: Arc<Worker>,
+        metrics: Arc<Metrics>,
+        notify: Arc<Notify>,
+        settings: Settings,
+    ) -> AppState {
+        AppState {
+            db,
+            catalog,
+            worker,
+            metrics,
+            notify,
+            settings: Arc::new(settings),
+            started: Instant::now(),
+            tokens: Arc::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub reasons: Option<Vec<String>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            reasons: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                reasons: self.reasons,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(e: FlowError) -> Self {
+        match e {
+            FlowError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            FlowError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            FlowError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            FlowError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        tracing::error!(error = %e, "storage failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            "the orchestrator could not read or write its database",
+        )
+    }
+}
+
+fn bad_json(e: JsonRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("request body: {}", e.body_text()),
+    )
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/invocations", get(list).post(submit))
+        .route("/api/v1/invocations/{id}", get(show))
+        .route("/api/v1/invocations/{id}/approve", post(approve))
+        .route("/api/v1/invocations/{id}/reject", post(reject))
+        .route("/api/v1/invocations/{id}/cancel", post(cancel))
+        .route("/api/v1/audit", get(audit_list))
+        .route("/api/v1/audit/head", get(audit_head))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+/// The caller, at least `min` — or 401/403, audited.
+async fn actor(state: &AppState, headers: &HeaderMap, min: Role, what: &str) -> ApiResult<Actor> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let found = match token {
+        None => None,
+        Some(t) => {
+            let cached = state
+                .tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(t)
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(10))
+                .map(|(_, a)| a.clone());
+            match cached {
+                Some(a) => Some(a),
+                None => {
+                    let a = auth::authenticate(&state.db, t).await?;
+                    if let Some(a) = &a {
+                        state
+                            .tokens
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(t.to_string(), (Instant::now(), a.clone()));
+                    }
+                    a
+                }
+            }
+        }
+    };
+    let Some(actor) = found else {
+        let why = if token.is_some() {
+            "unknown token"
+        } else {
+            "no token"
+        };
+        audit::append(
+            &state.db,
+            "anonymous",
+            "auth.refused",
+            what,
+            serde_json::json!({ "why": why }),
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            format!("{why}: send `Authorization: Bearer <token>` (tend token create)"),
+        ));
+    };
+    if actor.role < min {
+        audit::append(
+            &state.db,
+            &actor.name,
+            "auth.forbidden",
+            what,
+            serde_json::json!({ "role": actor.role.as_str(), "needs": min.as_str() }),
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} has role {}; {what} needs {} or above",
+                actor.name,
+                actor.role.as_str(),
+                min.as_str()
+            ),
+        ));
+    }
+    Ok(actor)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.db.pool).await {
+        Ok(_) => "ready\n".into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("database unreachable: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let counts = invocation::counts(&state.db).await?;
+    let head = audit::head(&state.db).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&counts, head.index),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub database: String,
+    pub uptime_s: u64,
+    pub target: String,
+    pub worker: String,
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Status>> {
+    actor(&state, &headers, Role::Viewer, "status").await?;
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        database: format!("{:?}", state.db.backend).to_lowercase(),
+        uptime_s: state.started.elapsed().as_secs(),
+        target: state.settings.target.name.clone(),
+        worker: state.worker.owner.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    pub skill: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default = "empty_object")]
+    pub input: serde_json::Value,
+    pub reason: String,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Submit>, JsonRejection>,
+) -> ApiResult<Response> {
+    let who = actor(&state, &headers, Role::Viewer, "invoking a skill").await?;
+    let Json(req) = body.map_err(bad_json)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    if req.reason.trim().is_empty() {
+        return Err(bad("`reason` must say why this invocation is wanted".into()));
+    }
+    let target = req
+        .target
+        .unwrap_or_else(|| state.settings.target.name.clone());
+    if target != state.settings.target.name {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_target",
+            format!(
+                "no target {target:?} (this orchestrator runs jobs on {:?})",
+                state.settings.target.name
+            ),
+        ));
+    }
+    let skill = state
+        .catalog
+        .resolve(&req.skill, req.version.as_deref())
+        .await
+        .map_err(|e| match e {
+            ResolveError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "unknown_skill", m),
+            ResolveError::Untrusted(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_trusted", m)
+            }
+            ResolveError::Registry(m) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "registry_unavailable", m)
+            }
+        })?;
+    if let Some(schema) = &skill.input_schema {
+        let errors: Vec<String> = schema
+            .iter_errors(&req.input)
+            .take(3)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        if !errors.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                format!(
+                    "input does not match the input schema of {} {}: {}",
+                    skill.name,
+                    skill.version,
+                    errors.join("; ")
+                ),
+            ));
+        }
+    }
+    let verdict = {
+        let _span = tracing::info_span!("decide", skill = %skill.name).entered();
+        tend_policy::decide(&Request {
+            skill: skill.name.clone(),
+            declared: tend_policy::Level::try_from(skill.manifest.skill.level)
+                .unwrap_or(tend_policy::Level::L3),
+            grants: grants(&skill.manifest),
+            target: state.settings.target.clone(),
+            trigger: Trigger::Human,
+            requester: who.name.clone(),
+            role: who.role,
+        })
+    };
+    let decision = match &verdict.decision {
+        Decision::Allow => "allow",
+        Decision::NeedsApproval { .. } => "needs_approval",
+        Decision::Deny(_) => "deny",
+    };
+    state.metrics.decision(decision);
+    if let Decision::Deny(why) = &verdict.decision {
+        audit::append(
+            &state.db,
+            &who.name,
+            "invocation.denied",
+            &skill.name,
+            serde_json::json!({
+                "skill": skill.name, "version": skill.version, "target": target,
+                "reason": req.reason, "decision": verdict.explain(),
+            }),
+        )
+        .await?;
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "policy_denied",
+            format!("refused by policy: {why}"),
+        );
+        e.reasons = Some(verdict.explain());
+        return Err(e);
+    }
+    // Compile (or load precompiled) now, off the request path, so the run compiles nothing.
+    {
+        let worker = state.worker.clone();
+        let skill = skill.clone();
+        tokio::spawn(async move {
+            if let Err(e) = worker.prepare(&skill).await {
+                tracing::warn!(skill = %skill.name, error = %e, "precompiling failed");
+            }
+        });
+    }
+    let inv = invocation::create(
+        &state.db,
+        NewInvocation {
+            skill: &skill,
+            target: &target,
+            input: req.input,
+            reason: &req.reason,
+            requester: &who,
+            verdict: &verdict,
+            approval_ttl_ms: state.settings.approval_ttl.as_millis() as i64,
+        },
+    )
+    .await?;
+    if inv.state == InvState::Queued {
+        state.notify.notify_waiters();
+    }
+    Ok((StatusCode::CREATED, Json(inv)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    actor(&state, &headers, Role::Viewer, "listing invocations").await?;
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(InvState::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("unknown state {s:?}"),
+            )
+        })?),
+    };
+    let items = invocation::list(&state.db, filter, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    Ok(Json(serde_json::json!({ "invocations": items })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<invocation::Invocation>> {
+    actor(&state, &headers, Role::Viewer, "reading an invocation").await?;
+    Ok(Json(invocation::get(&state.db, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    /// The digest of the invocation the approver reviewed.
+    pub invocation_digest: String,
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<ApproveBody>, JsonRejection>,
+) -> ApiResult<Json<invocation::Invocation>> {
+    let who = actor(&state, &headers, Role::Approver, "approving").await?;
+    let Json(body) = body.map_err(bad_json)?;
+    let inv = tracing::Instrument::instrument(
+        invocation::approve(&state.db, &id, &who, &body.invocation_digest),
+        tracing::info_span!("approve", invocation = %id),
+    )
+    .await?;
+    if inv.state == InvState::Queued {
+        state.notify.notify_waiters();
+    }
+    Ok(Json(inv))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    #[serde(default)]
+    pub comment: String,
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<RejectBody>>,
+) -> ApiResult<Json<invocation::Invocation>> {
+    let who = actor(&state, &headers, Role::Approver, "rejecting").await?;
+    let comment = body.map(|Json(b)| b.comment).unwrap_or_default();
+    Ok(Json(
+        invocation::reject(&state.db, &id, &who, &comment).await?,
+    ))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<invocation::Invocation>> {
+    let who = actor(&state, &headers, Role::Operator, "cancelling").await?;
+    Ok(Json(invocation::cancel(&state.db, &id, &who).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn audit_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    actor(&state, &headers, Role::Viewer, "reading the audit trail").await?;
+    let events = audit::list(
+        &state.db,
+        q.after.unwrap_or(0).max(0),
+        q.limit.unwrap_or(100).clamp(1, 1000),
+    )
+    .await?;
+    let head = audit::head(&state.db).await?;
+    Ok(Json(serde_json::json!({ "events": events, "head": head })))
+}
+
+async fn audit_head(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<audit::Head>> {
+    actor(&state, &headers, Role::Viewer, "reading the audit head").await?;
+    Ok(Json(audit::head(&state.db).await?))
+}

@@ -1,0 +1,672 @@
+//! Invocations, approvals and the state machine:
+//!
+//! ```text
+//! pending_approval -> queued -> running -> succeeded | failed
+//! pending_approval -> rejected | expired | cancelled
+//! queued -> cancelled
+//! ```
+//!
+//! Every transition is one conditional `UPDATE ... WHERE state = <from>`, so two racing
+//! requests cannot both win; a transition that does not apply is a conflict (HTTP 409).
+//! An approval binds the invocation digest — the skill digest, input, target, grants, limits
+//! and expiry — so nothing can be changed after approval.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tend_policy::{Decision, Verdict};
+
+use crate::audit;
+use crate::auth::Actor;
+use crate::db::{Backend, Db, DbError, now_ms, random_id, rfc3339};
+use crate::skills::{Resolved, grants};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    PendingApproval,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::PendingApproval,
+        State::Queued,
+        State::Running,
+        State::Succeeded,
+        State::Failed,
+        State::Rejected,
+        State::Expired,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::PendingApproval => "pending_approval",
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Rejected => "rejected",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// An invocation as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invocation {
+    pub id: String,
+    pub skill: String,
+    pub version: String,
+    pub digest: String,
+    pub target: String,
+    pub input: serde_json::Value,
+    pub reason: String,
+    pub requester: String,
+    pub level: u8,
+    pub approvals_required: u8,
+    pub invocation_digest: String,
+    pub state: State,
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub approvals: Vec<Approval>,
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Approval {
+    pub approver: String,
+    pub invocation_digest: String,
+    pub at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for FlowError {
+    fn from(e: sqlx::Error) -> Self {
+        FlowError::Db(DbError::Sql(e))
+    }
+}
+
+/// The digest an approval binds: every byte that decides what would run, where and how.
+pub fn invocation_digest(
+    skill: &Resolved,
+    target: &str,
+    input: &serde_json::Value,
+    expires_ms: i64,
+) -> String {
+    let grants = serde_json::to_string(&grants(&skill.manifest)).unwrap_or_default();
+    let limits = serde_json::to_string(&skill.manifest.limits).unwrap_or_default();
+    let text = format!(
+        "tend-invocation/v1\nskill {}\nversion {}\ndigest {}\ntarget {target}\ninput {input}\ngrants {grants}\nlimits {limits}\nexpires-ms {expires_ms}\n",
+        skill.name, skill.version, skill.digest
+    );
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Everything needed to record a new invocation.
+pub struct NewInvocation<'a> {
+    pub skill: &'a Resolved,
+    pub target: &'a str,
+    pub input: serde_json::Value,
+    pub reason: &'a str,
+    pub requester: &'a Actor,
+    pub verdict: &'a Verdict,
+    pub approval_ttl_ms: i64,
+}
+
+pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowError> {
+    let now = now_ms();
+    let expires = now + new.approval_ttl_ms;
+    let (state, required) = match &new.verdict.decision {
+        Decision::Allow => (State::Queued, 0u8),
+        Decision::NeedsApproval {
+            approvals_required, ..
+        } => (State::PendingApproval, *approvals_required),
+        Decision::Deny(_) => {
+            return Err(FlowError::Forbidden(
+                "denied invocations are not recorded".into(),
+            ));
+        }
+    };
+    let id = random_id("inv");
+    let digest = invocation_digest(new.skill, new.target, &new.input, expires);
+    sqlx::query(
+        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&id)
+    .bind(&new.skill.name)
+    .bind(&new.skill.version)
+    .bind(&new.skill.digest)
+    .bind(new.target)
+    .bind(new.input.to_string())
+    .bind(new.reason)
+    .bind(&new.requester.name)
+    .bind(u8::from(new.verdict.level) as i64)
+    .bind(required as i64)
+    .bind(&digest)
+    .bind(serde_json::to_string(new.verdict).unwrap_or_default())
+    .bind(state.as_str())
+    .bind(now)
+    .bind(expires)
+    .bind((state == State::Queued).then_some(now))
+    .execute(&db.pool)
+    .await?;
+    audit::append(
+        db,
+        &new.requester.name,
+        "invocation.create",
+        &id,
+        serde_json::json!({
+            "skill": new.skill.name, "version": new.skill.version, "digest": new.skill.digest,
+            "target": new.target, "reason": new.reason, "state": state.as_str(),
+            "level": u8::from(new.verdict.level), "approvals_required": required,
+            "invocation_digest": digest, "decision": new.verdict.explain(),
+        }),
+    )
+    .await?;
+    get(db, &id).await
+}
+
+fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowError> {
+    let verdict_text: String = r.try_get("verdict")?;
+    let verdict: Verdict = serde_json::from_str(&verdict_text)
+        .map_err(|e| FlowError::Conflict(format!("stored verdict unreadable: {e}")))?;
+    let input: String = r.try_get("input")?;
+    let result: Option<String> = r.try_get("result")?;
+    let state: String = r.try_get("state")?;
+    Ok(Invocation {
+        id: r.try_get("id")?,
+        skill: r.try_get("skill")?,
+        version: r.try_get("version")?,
+        digest: r.try_get("digest")?,
+        target: r.try_get("target")?,
+        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::Null),
+        reason: r.try_get("reason")?,
+        requester: r.try_get("requester")?,
+        level: r.try_get::<i64, _>("level")? as u8,
+        approvals_required: r.try_get::<i64, _>("approvals_required")? as u8,
+        invocation_digest: r.try_get("invocation_digest")?,
+        state: State::parse(&state).unwrap_or(State::Failed),
+        reasons: verdict.explain(),
+        verdict,
+        created_at: rfc3339(r.try_get("created_ms")?),
+        expires_at: rfc3339(r.try_get("expires_ms")?),
+        approvals,
+        result: result.and_then(|t| serde_json::from_str(&t).ok()),
+    })
+}
+
+async fn approvals(db: &Db, id: &str) -> Result<Vec<Approval>, FlowError> {
+    let rows = sqlx::query(
+        "SELECT approver, invocation_digest, created_ms FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Approval {
+                approver: r.try_get("approver")?,
+                invocation_digest: r.try_get("invocation_digest")?,
+                at: rfc3339(r.try_get("created_ms")?),
+            })
+        })
+        .collect()
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Invocation, FlowError> {
+    let row = sqlx::query("SELECT * FROM invocations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| FlowError::NotFound(format!("no invocation {id}")))?;
+    from_row(&row, approvals(db, id).await?)
+}
+
+pub async fn list(db: &Db, state: Option<State>, limit: i64) -> Result<Vec<Invocation>, FlowError> {
+    let rows = match state {
+        Some(s) => {
+            sqlx::query(
+                "SELECT * FROM invocations WHERE state = $1 ORDER BY created_ms DESC LIMIT $2",
+            )
+            .bind(s.as_str())
+            .bind(limit)
+            .fetch_all(&db.pool)
+            .await?
+        }
+        None => {
+            sqlx::query("SELECT * FROM invocations ORDER BY created_ms DESC LIMIT $1")
+                .bind(limit)
+                .fetch_all(&db.pool)
+                .await?
+        }
+    };
+    rows.iter().map(|r| from_row(r, Vec::new())).collect()
+}
+
+/// Move `id` from one of `from` to `to`; a conflict names the state it is really in.
+async fn transition(
+    db: &Db,
+    id: &str,
+    from: &[State],
+    to: State,
+    actor: &str,
+    detail: serde_json::Value,
+) -> Result<(), FlowError> {
+    let now = now_ms();
+    let mut done = false;
+    let stamp = match to {
+        State::Queued => Some("queued_ms"),
+        State::Succeeded | State::Failed | State::Rejected | State::Expired | State::Cancelled => {
+            Some("finished_ms")
+        }
+        State::PendingApproval | State::Running => None,
+    };
+    for f in from {
+        let affected = match stamp {
+            Some(col) => {
+                let sql = format!(
+                    "UPDATE invocations SET state = $1, {col} = $2 WHERE id = $3 AND state = $4"
+                );
+                sqlx::query(&sql)
+                    .bind(to.as_str())
+                    .bind(now)
+                    .bind(id)
+                    .bind(f.as_str())
+                    .execute(&db.pool)
+                    .await?
+                    .rows_affected()
+            }
+            None => sqlx::query("UPDATE invocations SET state = $1 WHERE id = $2 AND state = $3")
+                .bind(to.as_str())
+                .bind(id)
+                .bind(f.as_str())
+                .execute(&db.pool)
+                .await?
+                .rows_affected(),
+        };
+        if affected == 1 {
+            done = true;
+            break;
+        }
+    }
+    if !done {
+        let current = get(db, id).await?;
+        return Err(FlowError::Conflict(format!(
+            "invocation {id} is {}, so it cannot become {}",
+            current.state.as_str(),
+            to.as_str()
+        )));
+    }
+    let mut detail = detail;
+    detail["state"] = serde_json::Value::String(to.as_str().into());
+    audit::append(
+        db,
+        actor,
+        &format!("invocation.{}", to.as_str()),
+        id,
+        detail,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Count the approvals that still stand for this exact invocation: distinct approvers, none
+/// of them the requester, each bound to the current digest, given before the expiry.
+fn valid_approvals(inv: &Invocation, expires_ms: i64) -> usize {
+    let mut approvers: Vec<&str> = inv
+        .approvals
+        .iter()
+        .filter(|a| a.invocation_digest == inv.invocation_digest)
+        .filter(|a| a.approver != inv.requester)
+        .filter(|a| {
+            humantime::parse_rfc3339(&a.at)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|d| (d.as_millis() as i64) <= expires_ms)
+        })
+        .map(|a| a.approver.as_str())
+        .collect();
+    approvers.sort_unstable();
+    approvers.dedup();
+    approvers.len()
+}
+
+async fn expires_ms(db: &Db, id: &str) -> Result<i64, FlowError> {
+    Ok(
+        sqlx::query("SELECT expires_ms FROM invocations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await?
+            .try_get("expires_ms")?,
+    )
+}
+
+/// Whether `inv` has every approval its level needs (checked again just before it runs).
+pub async fn sufficiently_approved(db: &Db, inv: &Invocation) -> Result<bool, FlowError> {
+    if inv.approvals_required == 0 {
+        return Ok(true);
+    }
+    let expires = expires_ms(db, &inv.id).await?;
+    Ok(valid_approvals(inv, expires) >= inv.approvals_required as usize)
+}
+
+pub async fn approve(
+    db: &Db,
+    id: &str,
+    approver: &Actor,
+    digest: &str,
+) -> Result<Invocation, FlowError> {
+    let inv = get(db, id).await?;
+    let refuse = |e: FlowError| async {
+        let _ = audit::append(
+            db,
+            &approver.name,
+            "approval.refused",
+            id,
+            serde_json::json!({ "why": e.to_string() }),
+        )
+        .await;
+        Err(e)
+    };
+    if inv.requester == approver.name {
+        return refuse(FlowError::Forbidden(format!(
+            "{} requested invocation {id} and cannot approve it: approval needs someone other than the requester",
+            approver.name
+        )))
+        .await;
+    }
+    if inv.state != State::PendingApproval {
+        return refuse(FlowError::Conflict(format!(
+            "invocation {id} is {}, not pending approval",
+            inv.state.as_str()
+        )))
+        .await;
+    }
+    if now_ms() > expires_ms(db, id).await? {
+        let _ = expire_due(db).await;
+        return refuse(FlowError::Conflict(format!(
+            "invocation {id} expired at {}: it can no longer be approved",
+            inv.expires_at
+        )))
+        .await;
+    }
+    if digest != inv.invocation_digest {
+        return refuse(FlowError::Conflict(format!(
+            "the approval is for invocation digest {digest}, but invocation {id} has digest {}: an approval binds one exact invocation",
+            inv.invocation_digest
+        )))
+        .await;
+    }
+    if inv.approvals.iter().any(|a| a.approver == approver.name) {
+        return refuse(FlowError::Conflict(format!(
+            "{} has already approved invocation {id}: {} approvals must come from distinct approvers",
+            approver.name, inv.approvals_required
+        )))
+        .await;
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(&approver.name)
+    .bind(digest)
+    .bind(now_ms())
+    .execute(&db.pool)
+    .await;
+    if inserted.is_err() {
+        return refuse(FlowError::Conflict(format!(
+            "{} has already approved invocation {id}",
+            approver.name
+        )))
+        .await;
+    }
+    audit::append(
+        db,
+        &approver.name,
+        "approval.grant",
+        id,
+        serde_json::json!({ "invocation_digest": digest }),
+    )
+    .await?;
+    let inv = get(db, id).await?;
+    if sufficiently_approved(db, &inv).await? {
+        let approvers: Vec<&str> = inv.approvals.iter().map(|a| a.approver.as_str()).collect();
+        match transition(
+            db,
+            id,
+            &[State::PendingApproval],
+            State::Queued,
+            &approver.name,
+            serde_json::json!({ "approvers": approvers }),
+        )
+        .await
+        {
+            Ok(()) | Err(FlowError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    get(db, id).await
+}
+
+pub async fn reject(
+    db: &Db,
+    id: &str,
+    actor: &Actor,
+    comment: &str,
+) -> Result<Invocation, FlowError> {
+    transition(
+        db,
+        id,
+        &[State::PendingApproval],
+        State::Rejected,
+        &actor.name,
+        serde_json::json!({ "comment": comment }),
+    )
+    .await?;
+    get(db, id).await
+}
+
+pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, FlowError> {
+    let inv = get(db, id).await?;
+    if inv.requester != actor.name && actor.role != tend_policy::Role::Admin {
+        return Err(FlowError::Forbidden(format!(
+            "only the requester ({}) or an admin may cancel invocation {id}",
+            inv.requester
+        )));
+    }
+    transition(
+        db,
+        id,
+        &[State::PendingApproval, State::Queued],
+        State::Cancelled,
+        &actor.name,
+        serde_json::json!({}),
+    )
+    .await?;
+    get(db, id).await
+}
+
+/// Expire pending invocations whose approval window has closed.
+pub async fn expire_due(db: &Db) -> Result<usize, FlowError> {
+    let rows = sqlx::query(
+        "SELECT id FROM invocations WHERE state = 'pending_approval' AND expires_ms < $1",
+    )
+    .bind(now_ms())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        if transition(
+            db,
+            &id,
+            &[State::PendingApproval],
+            State::Expired,
+            "tend",
+            serde_json::json!({ "why": "no sufficient approval before expiry" }),
+        )
+        .await
+        .is_ok()
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Claim the oldest queued job with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite
+/// the single writer makes the conditional update atomic).
+pub async fn claim(db: &Db, owner: &str, lease_ms: i64) -> Result<Option<Invocation>, FlowError> {
+    let now = now_ms();
+    let sql = match db.backend {
+        Backend::Postgres => {
+            "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3
+             WHERE id = (SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_ms LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id"
+        }
+        Backend::Sqlite => {
+            "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3
+             WHERE id = (SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_ms LIMIT 1) AND state = 'queued'
+             RETURNING id"
+        }
+    };
+    let Some(row) = sqlx::query(sql)
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .fetch_optional(&db.pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    audit::append(
+        db,
+        owner,
+        "invocation.running",
+        &id,
+        serde_json::json!({ "state": "running", "lease_ms": lease_ms }),
+    )
+    .await?;
+    Ok(Some(get(db, &id).await?))
+}
+
+/// Record the outcome of a job this worker holds.
+pub async fn finish(
+    db: &Db,
+    id: &str,
+    owner: &str,
+    succeeded: bool,
+    result: &serde_json::Value,
+    summary: serde_json::Value,
+) -> Result<(), FlowError> {
+    let to = if succeeded {
+        State::Succeeded
+    } else {
+        State::Failed
+    };
+    let n = sqlx::query(
+        "UPDATE invocations SET state = $1, result = $2, finished_ms = $3, lease_owner = NULL, lease_until_ms = NULL WHERE id = $4 AND state = 'running' AND lease_owner = $5",
+    )
+    .bind(to.as_str())
+    .bind(result.to_string())
+    .bind(now_ms())
+    .bind(id)
+    .bind(owner)
+    .execute(&db.pool)
+    .await?
+    .rows_affected();
+    if n != 1 {
+        return Err(FlowError::Conflict(format!(
+            "invocation {id} is no longer held by {owner}"
+        )));
+    }
+    let mut summary = summary;
+    summary["state"] = serde_json::Value::String(to.as_str().into());
+    audit::append(
+        db,
+        owner,
+        &format!("invocation.{}", to.as_str()),
+        id,
+        summary,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Jobs whose lease ran out while their holder was gone (a crash): they had started, so they
+/// are failed with a reason rather than silently run twice.
+pub async fn fail_abandoned(db: &Db) -> Result<usize, FlowError> {
+    let rows = sqlx::query(
+        "SELECT id, lease_owner FROM invocations WHERE state = 'running' AND lease_until_ms < $1",
+    )
+    .bind(now_ms())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let owner: Option<String> = r.try_get("lease_owner")?;
+        let changed = sqlx::query(
+            "UPDATE invocations SET state = 'failed', finished_ms = $1, result = $2, lease_owner = NULL WHERE id = $3 AND state = 'running'",
+        )
+        .bind(now_ms())
+        .bind(
+            serde_json::json!({"error": "the worker holding this job stopped before reporting; its outcome is unknown"})
+                .to_string(),
+        )
+        .bind(&id)
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            audit::append(
+                db,
+                "tend",
+                "invocation.failed",
+                &id,
+                serde_json::json!({ "state": "failed", "why": "lease expired", "lease_owner": owner }),
+            )
+            .await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Counts by state (for metrics and status).
+pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, FlowError> {
+    let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM invocations GROUP BY state")
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+        .collect()
+}

@@ -1,0 +1,190 @@
+//! # tend-orchestrator — the decision, approval and job stage
+//!
+//! Takes an invocation request (`skill@version`, target, input, reason) from an authenticated
+//! caller; resolves the skill through the registry and verifies it against its own trust
+//! policy; checks the input against the skill's schema; asks [`tend_policy::decide`]; and
+//! either queues a job, opens a pending approval bound to the invocation digest, or refuses
+//! with reasons. Jobs are claimed with a lease by the built-in local worker (the remote agent
+//! uses the same protocol) and run through the runtime; every decision, approval, state change
+//! and refused token is appended to a hash-chained audit trail.
+//!
+//! - [`db`]: sqlx `Any` — SQLite (WAL) by default, PostgreSQL with the same queries.
+//! - [`auth`]: bearer tokens with roles; only hashes are stored.
+//! - [`skills`]: registry resolution with a verified in-memory cache.
+//! - [`invocation`]: the state machine, approvals, claims.
+//! - [`worker`]: the local worker.
+//! - [`audit`]: the hash chain and its verification.
+//! - [`api`]: the axum routes; [`metrics`]: `/metrics`.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod db;
+pub mod invocation;
+pub mod metrics;
+pub mod skills;
+pub mod worker;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tend_registry::client::RegistryClient;
+use tend_registry::local::LocalStore;
+use tend_registry::trust::TrustPolicy;
+use tend_runtime::{Runtime, RuntimeConfig};
+use tokio::sync::{Notify, watch};
+
+pub use db::Db;
+
+/// How to run an orchestrator.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub registry_url: String,
+    pub registry_token: Option<String>,
+    pub trust: TrustPolicy,
+    /// Where pulled skills are kept.
+    pub data_dir: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub approval_ttl: Duration,
+    pub target: tend_policy::Target,
+    /// Concurrent jobs in the local worker.
+    pub workers: usize,
+    /// How long running jobs get to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A ready orchestrator: storage open, worker built. Call [`Orchestrator::serve`].
+pub struct Orchestrator {
+    pub state: api::AppState,
+    config: Config,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator").finish_non_exhaustive()
+    }
+}
+
+impl Orchestrator {
+    pub async fn open(config: Config) -> Result<Orchestrator, ServeError> {
+        let db = Db::connect(&config.database_url).await?;
+        let client = RegistryClient::new(&config.registry_url, config.registry_token.clone())
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        let store = LocalStore::open(&config.data_dir).map_err(ServeError::Setup)?;
+        let catalog = Arc::new(skills::Catalog::new(client, config.trust.clone(), store));
+        let runtime =
+            Runtime::new(config.runtime.clone()).map_err(|e| ServeError::Setup(e.to_string()))?;
+        let notify = Arc::new(Notify::new());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let owner = format!(
+            "local-worker@{}:{}",
+            rustix::system::uname().nodename().to_string_lossy(),
+            std::process::id()
+        );
+        let worker = Arc::new(worker::Worker::new(
+            db.clone(),
+            catalog.clone(),
+            runtime,
+            owner,
+            notify.clone(),
+            metrics.clone(),
+        ));
+        let state = api::AppState::new(
+            db,
+            catalog,
+            worker,
+            metrics,
+            notify,
+            api::Settings {
+                approval_ttl: config.approval_ttl,
+                target: config.target.clone(),
+            },
+        );
+        Ok(Orchestrator { state, config })
+    }
+
+    /// A one-time admin token if no token exists yet (the first start).
+    pub async fn bootstrap_admin(&self) -> Result<Option<String>, ServeError> {
+        if auth::token_count(&self.state.db).await? > 0 {
+            return Ok(None);
+        }
+        let token = auth::create_token(&self.state.db, "admin", tend_policy::Role::Admin).await?;
+        audit::append(
+            &self.state.db,
+            "tend",
+            "token.create",
+            "admin",
+            serde_json::json!({ "role": "admin", "why": "first start" }),
+        )
+        .await?;
+        Ok(Some(token))
+    }
+
+    /// Serve until `shutdown` resolves: then stop accepting, let running jobs finish within
+    /// the grace period, and close storage.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let state = self.state.clone();
+        audit::append(
+            &state.db,
+            "tend",
+            "orchestrator.start",
+            &state.worker.owner,
+            serde_json::json!({
+                "target": self.config.target.name, "environment": self.config.target.environment,
+                "floor": u8::from(self.config.target.floor), "ceiling": u8::from(self.config.target.ceiling),
+                "approval_ttl_ms": self.config.approval_ttl.as_millis() as u64,
+                "registry": self.config.registry_url,
+            }),
+        )
+        .await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker = tokio::spawn(
+            state
+                .worker
+                .clone()
+                .run(self.config.workers, stop_rx.clone()),
+        );
+        let app = api::router(state.clone());
+        let mut http_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        shutdown.await;
+        tracing::info!("shutting down: no new work; running jobs get the grace period");
+        let _ = stop_tx.send(true);
+        let grace = self.config.shutdown_grace;
+        if tokio::time::timeout(grace, worker).await.is_err() {
+            tracing::warn!(?grace, "jobs still running after the grace period");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        let _ = audit::append(
+            &state.db,
+            "tend",
+            "orchestrator.stop",
+            &state.worker.owner,
+            serde_json::json!({}),
+        )
+        .await;
+        state.db.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! Resolving `skill@version` through the registry into a verified artifact on this host: the
+//! same pull as `tend skill pull` (log, blob digest, signature against the orchestrator's own
+//! trust policy, rollback floor), cached in memory so that the request path never fetches or
+//! verifies the same artifact twice.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tend_registry::client::{ClientError, RegistryClient};
+use tend_registry::local::LocalStore;
+use tend_registry::trust::{TrustPolicy, VerifyOptions};
+use tend_runtime::Manifest;
+
+/// A verified skill ready to be decided on and run.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: String,
+    pub version: String,
+    /// `sha256:<hex>`
+    pub digest: String,
+    pub manifest: Manifest,
+    pub publisher: String,
+    pub key_id: String,
+    pub component: PathBuf,
+    pub input_schema: Option<Arc<jsonschema::Validator>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Untrusted(String),
+    #[error("{0}")]
+    Registry(String),
+}
+
+/// How long `name@latest` is remembered before asking the registry again.
+const LATEST_TTL: Duration = Duration::from_secs(10);
+
+pub struct Catalog {
+    client: RegistryClient,
+    trust: TrustPolicy,
+    store: LocalStore,
+    by_version: Mutex<HashMap<(String, String), Arc<Resolved>>>,
+    latest: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("registry", &self.client.base())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    pub fn new(client: RegistryClient, trust: TrustPolicy, store: LocalStore) -> Catalog {
+        Catalog {
+            client,
+            trust,
+            store,
+            by_version: Mutex::default(),
+            latest: Mutex::default(),
+        }
+    }
+
+    /// `version` `None` means the latest release.
+    pub async fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Resolved>, ResolveError> {
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => {
+                let cached = self
+                    .latest
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(name)
+                    .filter(|(at, _)| at.elapsed() < LATEST_TTL)
+                    .map(|(_, v)| v.clone());
+                match cached {
+                    Some(v) => v,
+                    None => {
+                        let entry = self
+                            .client
+                            .resolve(name, "latest")
+                            .await
+                            .map_err(map_client)?;
+                        self.latest
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(name.to_string(), (Instant::now(), entry.version.clone()));
+                        entry.version
+                    }
+                }
+            }
+        };
+        let key = (name.to_string(), version.clone());
+        if let Some(r) = self
+            .by_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(r.clone());
+        }
+        let pulled = self
+            .client
+            .pull(
+                name,
+                &version,
+                &self.trust,
+                &self.store,
+                VerifyOptions::default(),
+            )
+            .await
+            .map_err(map_client)?;
+        let installed = self
+            .store
+            .find(name, Some(&version))
+            .ok_or_else(|| ResolveError::Registry("the pulled skill vanished".into()))?;
+        let v = pulled.verified;
+        let input_schema = v
+            .manifest
+            .input
+            .as_ref()
+            .and_then(|s| jsonschema::validator_for(&s.schema).ok())
+            .map(Arc::new);
+        let resolved = Arc::new(Resolved {
+            name: v.manifest.skill.name.clone(),
+            version: v.manifest.skill.version.clone(),
+            digest: v.digest,
+            manifest: v.manifest,
+            publisher: v.publisher,
+            key_id: v.key_id,
+            component: installed.component,
+            input_schema,
+        });
+        self.by_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, resolved.clone());
+        Ok(resolved)
+    }
+}
+
+fn map_client(e: ClientError) -> ResolveError {
+    match e {
+        ClientError::Api { status: 404, .. } => ResolveError::NotFound(e.to_string()),
+        e if e.is_refusal() => ResolveError::Untrusted(e.to_string()),
+        e => ResolveError::Registry(e.to_string()),
+    }
+}
+
+/// The policy's view of what a manifest grants.
+pub fn grants(m: &Manifest) -> tend_policy::Grants {
+    let c = &m.capabilities;
+    tend_policy::Grants {
+        fs_read: c.fs_read.clone(),
+        fs_write: c.fs_write.clone(),
+        exec: c
+            .exec
+            .iter()
+            .map(|e| tend_policy::ExecGrant {
+                program: e.program.clone(),
+                args: e.args.clone(),
+            })
+            .collect(),
+        service_restart: c.services.restart.clone(),
+        service_reload: c.services.reload.clone(),
+        http: c.http.clone(),
+        tcp: c.tcp.clone(),
+    }
+}
