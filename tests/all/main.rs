@@ -9,6 +9,7 @@ mod cli;
 mod facts;
 mod hostile;
 mod oci;
+mod orchestrator;
 mod registry;
 mod signing;
 mod support;

@@ -1,0 +1,639 @@
+//! The orchestrator through its HTTP API, as operators and approvers use it: a real
+//! `tend orchestrator serve` (SQLite file) resolving signed skills from a real
+//! `tend registry serve`, real tokens, and the built-in local worker running the skills.
+//!
+//! The invariant: no invocation whose level needs approval reaches `running` without the
+//! required number of valid, unexpired, distinct approvals for that exact digest.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::registry::{Registry, World, err};
+use crate::support::*;
+
+/// Four skills from the same trivial component, declared at L0..L3; acme-echo has a schema.
+fn publish_levels(w: &World, reg: &Registry) {
+    let token = w.token("ci", "publisher");
+    for (name, level) in [
+        ("acme-echo", 0),
+        ("acme-adjust", 1),
+        ("acme-disrupt", 2),
+        ("acme-critical", 3),
+    ] {
+        let wasm = format!("{name}.wasm");
+        std::fs::copy(guest("trivial"), w.path(&wasm)).expect("copy");
+        let manifest = format!("{name}.toml");
+        let schema = if name == "acme-echo" {
+            "[input.schema]\ntype = \"object\"\n[input.schema.properties.x]\ntype = \"integer\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            w.path(&manifest),
+            format!(
+                "[skill]\nname = \"{name}\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\nlevel = {level}\n{schema}"
+            ),
+        )
+        .expect("manifest");
+        w.ok(&[
+            "skill",
+            "sign",
+            &wasm,
+            "--manifest",
+            &manifest,
+            "--key",
+            "publisher.key",
+        ]);
+        w.ok(&[
+            "skill",
+            "publish",
+            &wasm,
+            "--registry",
+            &reg.url,
+            "--token",
+            &token,
+        ]);
+    }
+}
+
+/// A running `tend orchestrator serve`, stopped with SIGTERM when dropped.
+pub struct Orch {
+    child: Child,
+    pub url: String,
+    pub admin: String,
+    pub database: String,
+}
+
+impl Orch {
+    pub fn start(w: &World, reg: &Registry, name: &str, extra: &[&str]) -> Orch {
+        let database = format!("sqlite://{}", w.path(&format!("{name}.db")).display());
+        let mut child = tend()
+            .current_dir(w.dir.path())
+            .env("TEND_CACHE_DIR", w.path("cache"))
+            .env("TEND_LOG", "info")
+            .args([
+                "orchestrator",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                &database,
+                "--registry",
+                &reg.url,
+                "--trust",
+                "trust.toml",
+                "--data-dir",
+                &format!("{name}-data"),
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start orchestrator");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut admin = String::new();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the orchestrator exited before listening")
+                .expect("read");
+            if let Some(t) = line.split("keep it secret): ").nth(1) {
+                admin = t.trim().to_string();
+            }
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().expect("url").to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        assert!(!admin.is_empty(), "the first start printed no admin token");
+        Orch {
+            child,
+            url,
+            admin,
+            database,
+        }
+    }
+
+    pub fn token(&self, w: &World, name: &str, role: &str) -> String {
+        let o = w.ok(&[
+            "token",
+            "create",
+            "--role",
+            role,
+            "--name",
+            name,
+            "--database",
+            &self.database,
+        ]);
+        String::from_utf8(o.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Orch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small API client: (status, body).
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn new(orch: &Orch) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: orch.url.clone(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut rb = self.http.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.base),
+        );
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn submit(&self, token: &str, skill: &str, input: Value) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/api/v1/invocations",
+            Some(token),
+            Some(json!({ "skill": skill, "input": input, "reason": "test" })),
+        )
+        .await
+    }
+
+    pub async fn get(&self, token: &str, id: &str) -> Value {
+        let (s, v) = self
+            .call(
+                "GET",
+                &format!("/api/v1/invocations/{id}"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    pub async fn approve(&self, token: &str, id: &str, digest: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            &format!("/api/v1/invocations/{id}/approve"),
+            Some(token),
+            Some(json!({ "invocation_digest": digest })),
+        )
+        .await
+    }
+
+    /// Poll until the invocation reaches a final state (or `want`), asserting on the way that
+    /// it is never `running` without enough approvals.
+    pub async fn wait_for(&self, token: &str, id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.get(token, id).await;
+            let state = v["state"].as_str().expect("state").to_string();
+            if state == "running" || state == "succeeded" {
+                let required = v["approvals_required"].as_u64().expect("n") as usize;
+                let requester = v["requester"].as_str().expect("requester");
+                let digest = v["invocation_digest"].as_str().expect("digest");
+                let mut valid: Vec<&str> = v["approvals"]
+                    .as_array()
+                    .expect("approvals")
+                    .iter()
+                    .filter(|a| a["invocation_digest"] == digest && a["approver"] != requester)
+                    .map(|a| a["approver"].as_str().expect("approver"))
+                    .collect();
+                valid.dedup();
+                assert!(valid.len() >= required, "ran without approvals: {v}");
+            }
+            if state == want {
+                return v;
+            }
+            if ["succeeded", "failed", "rejected", "expired", "cancelled"].contains(&state.as_str())
+            {
+                panic!("reached {state}, not {want}: {v}");
+            }
+            assert!(Instant::now() < deadline, "still {state}: {v}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn setup() -> (World, Registry) {
+    let w = World::new();
+    let reg = Registry::start(&w);
+    publish_levels(&w, &reg);
+    (w, reg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_observe_skill_runs_at_once_and_reports() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, "orch", &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+
+    let (s, v) = api.submit(&alice, "acme-echo", json!({"x": 7})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["state"], "queued");
+    assert_eq!(v["level"], 0);
+    assert_eq!(
+        v["reasons"][2], "L0 observe reads only: it runs without approval",
+        "{v}"
+    );
+    let done = api
+        .wait_for(&alice, v["id"].as_str().expect("id"), "succeeded")
+        .await;
+    assert_eq!(done["result"]["output"]["echo"]["x"], 7);
+    assert_eq!(done["result"]["provenance"]["trust"], "signed");
+    assert_eq!(done["result"]["provenance"]["publisher"], "acme");
+
+    // Bad input changes nothing and says what and where.
+    let (s, v) = api.submit(&alice, "acme-echo", json!({"x": "seven"})).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_input");
+    assert!(
+        v["error"]["message"].as_str().expect("m").contains("/x"),
+        "{v}"
+    );
+    let (s, v) = api.submit(&alice, "acme-nothing", json!({})).await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/invocations",
+            Some(&alice),
+            Some(json!({"skill": "acme-echo", "reason": "x", "grants": ["all"]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("unknown field `grants`"),
+        "{v}"
+    );
+    let (_, list) = api
+        .call("GET", "/api/v1/invocations", Some(&alice), None)
+        .await;
+    assert_eq!(list["invocations"].as_array().expect("list").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_bind_one_invocation_and_come_from_someone_else() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, "orch", &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let carol = orch.token(&w, "carol", "approver");
+    let victor = orch.token(&w, "victor", "viewer");
+
+    // L2: one approval by someone other than the requester.
+    let (s, inv) = api.submit(&bob, "acme-disrupt", json!({"n": 1})).await;
+    assert_eq!(s, 201, "{inv}");
+    assert_eq!(inv["state"], "pending_approval");
+    assert_eq!(inv["approvals_required"], 1);
+    let id = inv["id"].as_str().expect("id");
+    let digest = inv["invocation_digest"].as_str().expect("digest");
+
+    // The requester approving their own request.
+    let (s, v) = api.approve(&bob, id, digest).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("cannot approve it"),
+        "{v}"
+    );
+    // A viewer, an operator.
+    assert_eq!(api.approve(&victor, id, digest).await.0, 403);
+    assert_eq!(api.approve(&alice, id, digest).await.0, 403);
+
+    // An approval replayed onto a changed input: another invocation, another digest.
+    let (_, other) = api.submit(&bob, "acme-disrupt", json!({"n": 2})).await;
+    let other_id = other["id"].as_str().expect("id");
+    assert_ne!(other["invocation_digest"], inv["invocation_digest"]);
+    let (s, v) = api.approve(&carol, other_id, digest).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("binds one exact invocation"),
+        "{v}"
+    );
+    assert_eq!(api.get(&bob, other_id).await["state"], "pending_approval");
+
+    // A valid approval: queued, then run.
+    let (s, v) = api.approve(&carol, id, digest).await;
+    assert_eq!(s, 200, "{v}");
+    let done = api.wait_for(&bob, id, "succeeded").await;
+    assert_eq!(done["approvals"][0]["approver"], "carol");
+    // Approving what already ran is a conflict.
+    let (s, v) = api.approve(&alice, id, digest).await;
+    assert_eq!(s, 403, "an operator cannot approve: {v}");
+    let (s, v) = api.approve(&carol, id, digest).await;
+    assert_eq!(s, 409, "{v}");
+
+    // L3: two distinct approvers; one approver twice does not count twice.
+    let (_, crit) = api.submit(&alice, "acme-critical", json!({})).await;
+    assert_eq!(crit["approvals_required"], 2, "{crit}");
+    let cid = crit["id"].as_str().expect("id");
+    let cdigest = crit["invocation_digest"].as_str().expect("digest");
+    let (s, v) = api.approve(&bob, cid, cdigest).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "pending_approval");
+    let (s, v) = api.approve(&bob, cid, cdigest).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("distinct approvers"),
+        "{v}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.get(&alice, cid).await["state"], "pending_approval");
+    let (s, _) = api.approve(&carol, cid, cdigest).await;
+    assert_eq!(s, 200);
+    api.wait_for(&alice, cid, "succeeded").await;
+
+    // Reject and cancel, and transitions that do not apply.
+    let (_, r) = api.submit(&alice, "acme-adjust", json!({})).await;
+    let rid = r["id"].as_str().expect("id");
+    assert_eq!(
+        r["state"], "pending_approval",
+        "L1 by a human needs approval"
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/v1/invocations/{rid}/reject"),
+            Some(&bob),
+            Some(json!({"comment": "not now"})),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("rejected")), "{v}");
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/api/v1/invocations/{rid}/cancel"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 409);
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/v1/invocations/{other_id}/cancel"),
+            Some(&carol),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "only the requester or an admin cancels: {v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/v1/invocations/{other_id}/cancel"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+
+    // Everything above is in the audit trail, and the chain verifies.
+    let (_, audit) = api
+        .call("GET", "/api/v1/audit?limit=1000", Some(&victor), None)
+        .await;
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["action"].as_str().expect("action"))
+        .collect();
+    for a in [
+        "invocation.create",
+        "approval.refused",
+        "approval.grant",
+        "invocation.queued",
+        "invocation.running",
+        "invocation.succeeded",
+        "invocation.rejected",
+        "invocation.cancelled",
+        "auth.forbidden",
+    ] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+    let o = w.ok(&["audit", "verify", "--database", &orch.database]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("audit chain intact"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_expire() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, "orch", &["--approval-ttl", "300ms"]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let (_, inv) = api.submit(&alice, "acme-disrupt", json!({})).await;
+    let id = inv["id"].as_str().expect("id");
+    api.wait_for(&alice, id, "expired").await;
+    let (s, v) = api
+        .approve(&bob, id, inv["invocation_digest"].as_str().expect("d"))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("expired"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_roles_and_ceilings() {
+    let (w, reg) = setup();
+    let orch = Orch::start(
+        &w,
+        &reg,
+        "orch",
+        &["--ceiling", "2", "--environment", "prod", "--floor", "1"],
+    );
+    let api = Api::new(&orch);
+    let victor = orch.token(&w, "victor", "viewer");
+    let alice = orch.token(&w, "alice", "operator");
+
+    let (s, v) = api.call("GET", "/api/v1/status", None, None).await;
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(v["error"]["code"], "unauthenticated");
+    let (s, _) = api
+        .call(
+            "GET",
+            "/api/v1/status",
+            Some("tend_000000000000_forged"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, v) = api.call("GET", "/api/v1/status", Some(&victor), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["database"], "sqlite");
+
+    // A viewer may look but not invoke: the policy says so, with reasons.
+    let (s, v) = api.submit(&victor, "acme-echo", json!({})).await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "policy_denied");
+    // The environment floor lifts an L0 skill to L1: it now needs an approval.
+    let (s, v) = api.submit(&alice, "acme-echo", json!({})).await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (201, Some("pending_approval")),
+        "{v}"
+    );
+    assert!(
+        v["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r == "target local is in environment prod, whose floor is L1 adjust"),
+        "{v}"
+    );
+    // Above the target's ceiling: refused whatever the approvals.
+    let (s, v) = api.submit(&alice, "acme-critical", json!({})).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r.as_str().expect("r").contains("above the ceiling")),
+        "{v}"
+    );
+
+    // Failed token uses are audited.
+    let (_, audit) = api
+        .call("GET", "/api/v1/audit?limit=1000", Some(&victor), None)
+        .await;
+    let refused = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["action"] == "auth.refused")
+        .count();
+    assert_eq!(refused, 2, "{audit}");
+
+    // Metrics in the Prometheus text format.
+    let (s, metrics) = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(s, 200);
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.contains("tend_decisions_total{decision=\"deny\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("tend_pending_approvals 1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_names_the_first_bad_event() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, "orch", &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    for _ in 0..3 {
+        let (_, v) = api.submit(&alice, "acme-echo", json!({})).await;
+        api.wait_for(&alice, v["id"].as_str().expect("id"), "succeeded")
+            .await;
+    }
+    let (_, head) = api
+        .call("GET", "/api/v1/audit/head", Some(&alice), None)
+        .await;
+    assert!(head["index"].as_i64().expect("index") >= 10, "{head}");
+    let db: PathBuf = orch
+        .database
+        .strip_prefix("sqlite://")
+        .expect("sqlite")
+        .into();
+    let sql = |q: &str| {
+        let ok = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
+            ])
+            .arg(&db)
+            .arg(q)
+            .status()
+            .expect("python3")
+            .success();
+        assert!(ok);
+    };
+    let verify = || w.tend(&["audit", "verify", "--database", &orch.database]);
+    assert_eq!(verify().status.code(), Some(0));
+
+    // Reordered: events 8 and 9 swap places.
+    sql("UPDATE audit SET idx = -1 WHERE idx = 8");
+    sql("UPDATE audit SET idx = 8 WHERE idx = 9");
+    sql("UPDATE audit SET idx = 9 WHERE idx = -1");
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("audit event 8") && err(&o).contains("does not follow event 7"),
+        "{}",
+        err(&o)
+    );
+    // Deleted: event 6 is gone (and it is the first problem now).
+    sql("DELETE FROM audit WHERE idx = 6");
+    let o = verify();
+    assert!(err(&o).contains("audit event 6 is missing"), "{}", err(&o));
+    // Altered: event 3's actor rewritten (the first problem now).
+    sql("UPDATE audit SET actor = 'mallory' WHERE idx = 3");
+    let o = verify();
+    assert!(
+        err(&o).contains("audit event 3") && err(&o).contains("altered"),
+        "{}",
+        err(&o)
+    );
+    let o = w.tend(&["audit", "verify", "--database", &orch.database, "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["intact"], false);
+}
