@@ -518,6 +518,11 @@ async fn tokens_roles_and_ceilings() {
     assert_eq!(s, 401);
     let (s, v) = api.call("GET", "/api/v1/status", Some(&victor), None).await;
     assert_eq!(s, 200, "{v}");
+    // The one-time admin token from the first start works.
+    let (s, _) = api
+        .call("GET", "/api/v1/status", Some(&orch.admin), None)
+        .await;
+    assert_eq!(s, 200);
     assert_eq!(v["database"], "sqlite");
 
     // A viewer may look but not invoke: the policy says so, with reasons.
