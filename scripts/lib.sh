@@ -128,3 +128,24 @@ bench_pull() {
     wait "$REGISTRY_PID" 2>/dev/null || true
     rm -rf "$scratch"
 }
+
+# A PostgreSQL server for the tests, on loopback only, with its own throwaway cluster (trust
+# auth, no password: nothing but loopback can reach it). Idempotent: reuses a running one.
+# Sets TEND_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port.
+start_postgres() {
+    ensure_debian_packages postgresql
+    local bin port=55432 dir=/tmp/tend-test-postgres
+    bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+    export TEND_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port"
+    if "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+        return 0
+    fi
+    step "starting PostgreSQL on 127.0.0.1:$port for the tests ($dir)"
+    local run=()
+    if [ "$(id -u)" -eq 0 ]; then run=(runuser -u postgres --); fi
+    rm -rf "$dir" && mkdir -p "$dir"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+    "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
+    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" start >/dev/null
+}

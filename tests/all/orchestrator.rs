@@ -6,7 +6,6 @@
 //! required number of valid, unexpired, distinct approvals for that exact digest.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,6 +59,98 @@ fn publish_levels(w: &World, reg: &Registry) {
     }
 }
 
+/// Which storage an orchestrator under test uses. Every test runs against both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server scripts/test starts on loopback (`postgres://postgres@127.0.0.1:PORT`).
+fn postgres_base() -> String {
+    std::env::var("TEND_TEST_POSTGRES").expect(
+        "TEND_TEST_POSTGRES is not set: run the suite with ./scripts/test, which starts PostgreSQL on loopback",
+    )
+}
+
+/// Run SQL as someone with the database's disk or credentials could.
+pub fn tamper(database: &str, sql: &str) {
+    let ok = if let Some(path) = database.strip_prefix("sqlite://") {
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
+            ])
+            .arg(path)
+            .arg(sql)
+            .status()
+    } else {
+        Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", database, "-c", sql])
+            .stdout(Stdio::null())
+            .status()
+    }
+    .expect("run sql")
+    .success();
+    assert!(ok, "{sql}");
+}
+
+impl Backend {
+    /// A fresh, empty database.
+    fn database(self, w: &World, name: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}", w.path(&format!("{name}.db")).display()),
+            Backend::Postgres => {
+                let base = postgres_base();
+                let db = format!(
+                    "tend_{}_{}",
+                    name,
+                    w.dir
+                        .path()
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("x")
+                        .to_lowercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+                );
+                tamper(
+                    &format!("{base}/postgres"),
+                    &format!("CREATE DATABASE {db}"),
+                );
+                format!("{base}/{db}")
+            }
+        }
+    }
+}
+
+/// Define `name_sqlite` and `name_postgres` tests running `scenario(Backend)`.
+macro_rules! on_both_backends {
+    ($($name:ident => $scenario:ident),* $(,)?) => {
+        mod on {
+            $(
+                pub mod $name {
+                    #[tokio::test(flavor = "multi_thread")]
+                    async fn sqlite() {
+                        super::super::$scenario(super::super::Backend::Sqlite).await
+                    }
+                    #[tokio::test(flavor = "multi_thread")]
+                    async fn postgres() {
+                        super::super::$scenario(super::super::Backend::Postgres).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends! {
+    l0_runs_at_once => an_observe_skill_runs_at_once_and_reports,
+    approvals => approvals_bind_one_invocation_and_come_from_someone_else,
+    expiry => approvals_expire,
+    auth => tokens_roles_and_ceilings,
+    audit_verify => audit_verify_names_the_first_bad_event,
+}
+
 /// A running `tend orchestrator serve`, stopped with SIGTERM when dropped.
 pub struct Orch {
     child: Child,
@@ -69,8 +160,9 @@ pub struct Orch {
 }
 
 impl Orch {
-    pub fn start(w: &World, reg: &Registry, name: &str, extra: &[&str]) -> Orch {
-        let database = format!("sqlite://{}", w.path(&format!("{name}.db")).display());
+    pub fn start(w: &World, reg: &Registry, backend: Backend, extra: &[&str]) -> Orch {
+        let name = "orch";
+        let database = backend.database(w, name);
         let mut child = tend()
             .current_dir(w.dir.path())
             .env("TEND_CACHE_DIR", w.path("cache"))
@@ -262,10 +354,9 @@ fn setup() -> (World, Registry) {
     (w, reg)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_observe_skill_runs_at_once_and_reports() {
+async fn an_observe_skill_runs_at_once_and_reports(backend: Backend) {
     let (w, reg) = setup();
-    let orch = Orch::start(&w, &reg, "orch", &[]);
+    let orch = Orch::start(&w, &reg, backend, &[]);
     let api = Api::new(&orch);
     let alice = orch.token(&w, "alice", "operator");
 
@@ -316,10 +407,9 @@ async fn an_observe_skill_runs_at_once_and_reports() {
     assert_eq!(list["invocations"].as_array().expect("list").len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn approvals_bind_one_invocation_and_come_from_someone_else() {
+async fn approvals_bind_one_invocation_and_come_from_someone_else(backend: Backend) {
     let (w, reg) = setup();
-    let orch = Orch::start(&w, &reg, "orch", &[]);
+    let orch = Orch::start(&w, &reg, backend, &[]);
     let api = Api::new(&orch);
     let alice = orch.token(&w, "alice", "operator");
     let bob = orch.token(&w, "bob", "approver");
@@ -468,10 +558,9 @@ async fn approvals_bind_one_invocation_and_come_from_someone_else() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("audit chain intact"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn approvals_expire() {
+async fn approvals_expire(backend: Backend) {
     let (w, reg) = setup();
-    let orch = Orch::start(&w, &reg, "orch", &["--approval-ttl", "300ms"]);
+    let orch = Orch::start(&w, &reg, backend, &["--approval-ttl", "300ms"]);
     let api = Api::new(&orch);
     let alice = orch.token(&w, "alice", "operator");
     let bob = orch.token(&w, "bob", "approver");
@@ -491,13 +580,12 @@ async fn approvals_expire() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tokens_roles_and_ceilings() {
+async fn tokens_roles_and_ceilings(backend: Backend) {
     let (w, reg) = setup();
     let orch = Orch::start(
         &w,
         &reg,
-        "orch",
+        backend,
         &["--ceiling", "2", "--environment", "prod", "--floor", "1"],
     );
     let api = Api::new(&orch);
@@ -523,7 +611,14 @@ async fn tokens_roles_and_ceilings() {
         .call("GET", "/api/v1/status", Some(&orch.admin), None)
         .await;
     assert_eq!(s, 200);
-    assert_eq!(v["database"], "sqlite");
+    assert_eq!(
+        v["database"],
+        if backend == Backend::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    );
 
     // A viewer may look but not invoke: the policy says so, with reasons.
     let (s, v) = api.submit(&victor, "acme-echo", json!({})).await;
@@ -577,12 +672,28 @@ async fn tokens_roles_and_ceilings() {
         "{text}"
     );
     assert!(text.contains("tend_pending_approvals 1"), "{text}");
+    // Prometheus' own linter accepts it (scripts/test installs Debian's prometheus).
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus; scripts/test does)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn audit_verify_names_the_first_bad_event() {
+async fn audit_verify_names_the_first_bad_event(backend: Backend) {
     let (w, reg) = setup();
-    let orch = Orch::start(&w, &reg, "orch", &[]);
+    let orch = Orch::start(&w, &reg, backend, &[]);
     let api = Api::new(&orch);
     let alice = orch.token(&w, "alice", "operator");
     for _ in 0..3 {
@@ -594,24 +705,7 @@ async fn audit_verify_names_the_first_bad_event() {
         .call("GET", "/api/v1/audit/head", Some(&alice), None)
         .await;
     assert!(head["index"].as_i64().expect("index") >= 10, "{head}");
-    let db: PathBuf = orch
-        .database
-        .strip_prefix("sqlite://")
-        .expect("sqlite")
-        .into();
-    let sql = |q: &str| {
-        let ok = Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
-            ])
-            .arg(&db)
-            .arg(q)
-            .status()
-            .expect("python3")
-            .success();
-        assert!(ok);
-    };
+    let sql = |q: &str| tamper(&orch.database, q);
     let verify = || w.tend(&["audit", "verify", "--database", &orch.database]);
     assert_eq!(verify().status.code(), Some(0));
 
