@@ -736,3 +736,71 @@ async fn audit_verify_names_the_first_bad_event(backend: Backend) {
     let v: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["intact"], false);
 }
+
+/// Publish `acme-slow` (the hostile guest told to sleep, stopped by its 1.5 s timeout).
+fn publish_slow(w: &World, reg: &Registry) {
+    let token = w.token("ci-slow", "publisher");
+    std::fs::copy(guest("hostile"), w.path("acme-slow.wasm")).expect("copy");
+    std::fs::write(
+        w.path("acme-slow.toml"),
+        "[skill]\nname = \"acme-slow\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n[limits]\ntimeout_ms = 1500\n",
+    )
+    .expect("manifest");
+    w.ok(&[
+        "skill",
+        "sign",
+        "acme-slow.wasm",
+        "--manifest",
+        "acme-slow.toml",
+        "--key",
+        "publisher.key",
+    ]);
+    w.ok(&[
+        "skill",
+        "publish",
+        "acme-slow.wasm",
+        "--registry",
+        &reg.url,
+        "--token",
+        &token,
+    ]);
+}
+
+/// SIGTERM: running jobs finish within the grace period; past it they are failed with the
+/// reason. Either way no job stays `running` behind a stopped process.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_running_jobs_finish_and_leaves_none_claimed() {
+    let (w, reg) = setup();
+    publish_slow(&w, &reg);
+    for (grace, expect) in [("10s", "timeout"), ("100ms", "interrupted")] {
+        let mut orch = Orch::start(&w, &reg, Backend::Sqlite, &["--shutdown-grace", grace]);
+        let api = Api::new(&orch);
+        let alice = orch.token(&w, &format!("alice-{grace}"), "operator");
+        let (_, v) = api
+            .submit(&alice, "acme-slow", json!({"do": "sleep"}))
+            .await;
+        let id = v["id"].as_str().expect("id").to_string();
+        api.wait_for(&alice, &id, "running").await;
+        orch.stop();
+        let db = orch
+            .database
+            .strip_prefix("sqlite://")
+            .expect("sqlite")
+            .to_string();
+        let row = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT state, result FROM invocations WHERE id = ?', (sys.argv[2],)).fetchone())",
+            ])
+            .arg(&db)
+            .arg(&id)
+            .output()
+            .expect("python3");
+        let row = String::from_utf8_lossy(&row.stdout).to_string();
+        assert!(row.contains("'failed'"), "grace {grace}: {row}");
+        assert!(row.contains(expect), "grace {grace}: {row}");
+        for suffix in ["", "-wal", "-shm"] {
+            std::fs::remove_file(format!("{db}{suffix}")).ok();
+        }
+    }
+}

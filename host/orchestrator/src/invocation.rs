@@ -661,6 +661,43 @@ pub async fn fail_abandoned(db: &Db) -> Result<usize, FlowError> {
     Ok(n)
 }
 
+/// At shutdown, after the grace period: jobs this worker still holds are failed with the
+/// reason, so none stays claimed by a process that is gone. They had started, so they are not
+/// re-queued (a repair must never run twice unseen).
+pub async fn release_owned(db: &Db, owner: &str, why: &str) -> Result<usize, FlowError> {
+    let rows =
+        sqlx::query("SELECT id FROM invocations WHERE state = 'running' AND lease_owner = $1")
+            .bind(owner)
+            .fetch_all(&db.pool)
+            .await?;
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let changed = sqlx::query(
+            "UPDATE invocations SET state = 'failed', finished_ms = $1, result = $2, lease_owner = NULL WHERE id = $3 AND state = 'running' AND lease_owner = $4",
+        )
+        .bind(now_ms())
+        .bind(serde_json::json!({ "error": why }).to_string())
+        .bind(&id)
+        .bind(owner)
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            audit::append(
+                db,
+                owner,
+                "invocation.failed",
+                &id,
+                serde_json::json!({ "state": "failed", "why": why }),
+            )
+            .await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Counts by state (for metrics and status).
 pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, FlowError> {
     let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM invocations GROUP BY state")

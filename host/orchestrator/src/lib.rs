@@ -173,7 +173,18 @@ impl Orchestrator {
         let _ = stop_tx.send(true);
         let grace = self.config.shutdown_grace;
         if tokio::time::timeout(grace, worker).await.is_err() {
-            tracing::warn!(?grace, "jobs still running after the grace period");
+            let why = format!(
+                "interrupted: the orchestrator stopped and the job did not finish within the {} grace period; its outcome is unknown",
+                humantime::format_duration(grace)
+            );
+            match invocation::release_owned(&state.db, &state.worker.owner, &why).await {
+                Ok(n) => tracing::warn!(
+                    jobs = n,
+                    ?grace,
+                    "jobs still running after the grace period were failed"
+                ),
+                Err(e) => tracing::error!(error = %e, "releasing running jobs failed"),
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         let _ = audit::append(
