@@ -14,6 +14,15 @@ ensure_wasm_target() {
 }
 
 COMPONENTIZE_PY_VERSION=0.25.1
+SCHEMATHESIS_VERSION=4.32.5
+
+# The API fuzzer the orchestrator tests run against its OpenAPI document.
+ensure_schemathesis() {
+    if ! schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+        step "installing schemathesis $SCHEMATHESIS_VERSION"
+        python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+}
 
 # Python skills: componentize-py from PyPI, pinned.
 ensure_python_sdk() {

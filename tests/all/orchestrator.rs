@@ -804,3 +804,49 @@ async fn sigterm_lets_running_jobs_finish_and_leaves_none_claimed() {
         }
     }
 }
+
+/// The OpenAPI document is generated from the code, and schemathesis (PyPI; scripts/test
+/// installs it) fuzzes every operation against it: no 5xx, no response that breaks the schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_holds_to_its_openapi_document_under_schemathesis() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let (s, doc) = api.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
+    for path in [
+        "/api/v1/invocations",
+        "/api/v1/invocations/{id}/approve",
+        "/api/v1/audit",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} undocumented");
+    }
+    // Something to find: one queued and one pending invocation.
+    api.submit(&orch.admin, "acme-echo", json!({"x": 1})).await;
+    api.submit(&orch.admin, "acme-disrupt", json!({})).await;
+    let o = Command::new("schemathesis")
+        .args([
+            "run",
+            &format!("{}/api/v1/openapi.json", orch.url),
+            "--url",
+            &orch.url,
+            "--header",
+            &format!("Authorization: Bearer {}", orch.admin),
+            "--checks",
+            "not_a_server_error,response_schema_conformance",
+            "--max-examples",
+            "30",
+            "--generation-deterministic",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("schemathesis (pip install schemathesis; scripts/test does)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "schemathesis found problems:\n{out}{}",
+        err(&o)
+    );
+    assert!(out.contains("passed"), "{out}");
+}

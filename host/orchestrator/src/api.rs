@@ -84,12 +84,12 @@ impl ApiError {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -155,10 +155,37 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/invocations/{id}/cancel", post(cancel))
         .route("/api/v1/audit", get(audit_list))
         .route("/api/v1/audit/head", get(audit_head))
+        .route("/api/v1/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .with_state(state)
+}
+
+/// The OpenAPI 3 document, generated from the handlers and types above.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Tend orchestrator", description = "Zero-trust decisions, human approvals, jobs and a hash-chained audit trail for Tend skills."),
+    paths(readyz, metrics, status, submit, list, show, approve, reject, cancel, audit_list, audit_head),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 /// The caller, at least `min` — or 401/403, audited.
@@ -237,6 +264,7 @@ async fn actor(state: &AppState, headers: &HeaderMap, min: Role, what: &str) -> 
     Ok(actor)
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the database answers", body = String), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     match sqlx::query("SELECT 1").execute(&state.db.pool).await {
         Ok(_) => "ready\n".into_response(),
@@ -249,6 +277,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", body = String), (status = 500, body = ErrorBody)))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let counts = invocation::counts(&state.db).await?;
     let head = audit::head(&state.db).await?;
@@ -259,7 +288,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         .into_response())
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub version: String,
     pub database: String,
@@ -268,6 +297,7 @@ pub struct Status {
     pub worker: String,
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "health", security(("bearer" = [])), responses((status = 200, body = Status), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Status>> {
     actor(&state, &headers, Role::Viewer, "status").await?;
     Ok(Json(Status {
@@ -279,7 +309,7 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {
     pub skill: String,
@@ -288,6 +318,7 @@ pub struct Submit {
     #[serde(default)]
     pub target: Option<String>,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub input: serde_json::Value,
     pub reason: String,
 }
@@ -296,6 +327,11 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
+/// Submit an invocation: resolved and verified through the registry, input checked against
+/// the skill's schema, then decided: queued (201), pending approval (201) or refused (403).
+#[utoipa::path(post, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), request_body = Submit,
+    responses((status = 201, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -304,6 +340,23 @@ async fn submit(
     let who = actor(&state, &headers, Role::Viewer, "invoking a skill").await?;
     let Json(req) = body.map_err(bad_json)?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let name_ok = !req.skill.is_empty()
+        && req.skill.len() <= 64
+        && req
+            .skill
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Err(bad(format!(
+            "`skill` {:?} is not a skill name ([a-z0-9-], at most 64)",
+            req.skill
+        )));
+    }
+    if let Some(v) = &req.version
+        && semver::Version::parse(v).is_err()
+    {
+        return Err(bad(format!("`version` {v:?} is not a semantic version")));
+    }
     if req.reason.trim().is_empty() {
         return Err(bad("`reason` must say why this invocation is wanted".into()));
     }
@@ -420,17 +473,33 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(inv)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only invocations in this state
     state: Option<String>,
+    /// At most this many, newest first (1-1000, default 100)
     limit: Option<i64>,
 }
 
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvocationList {
+    pub invocations: Vec<invocation::Invocation>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<audit::Event>,
+    pub head: audit::Head,
+}
+
+#[utoipa::path(get, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<InvocationList>> {
     actor(&state, &headers, Role::Viewer, "listing invocations").await?;
     let filter = match q.state.as_deref() {
         None => None,
@@ -443,9 +512,11 @@ async fn list(
         })?),
     };
     let items = invocation::list(&state.db, filter, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
-    Ok(Json(serde_json::json!({ "invocations": items })))
+    Ok(Json(InvocationList { invocations: items }))
 }
 
+#[utoipa::path(get, path = "/api/v1/invocations/{id}", tag = "invocations", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = invocation::Invocation), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -455,13 +526,17 @@ async fn show(
     Ok(Json(invocation::get(&state.db, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveBody {
     /// The digest of the invocation the approver reviewed.
     pub invocation_digest: String,
 }
 
+/// Approve one exact invocation: the body names the digest the approver reviewed.
+#[utoipa::path(post, path = "/api/v1/invocations/{id}/approve", tag = "approvals", security(("bearer" = [])), params(("id" = String, Path)), request_body = ApproveBody,
+    responses((status = 200, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn approve(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -481,13 +556,16 @@ async fn approve(
     Ok(Json(inv))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectBody {
     #[serde(default)]
     pub comment: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/invocations/{id}/reject", tag = "approvals", security(("bearer" = [])), params(("id" = String, Path)), request_body = RejectBody,
+    responses((status = 200, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn reject(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -501,6 +579,9 @@ async fn reject(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/invocations/{id}/cancel", tag = "invocations", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = invocation::Invocation), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -510,17 +591,22 @@ async fn cancel(
     Ok(Json(invocation::cancel(&state.db, &id, &who).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Events after this index (default 0)
     after: Option<i64>,
+    /// At most this many (1-1000, default 100)
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn audit_list(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<AuditPage>> {
     actor(&state, &headers, Role::Viewer, "reading the audit trail").await?;
     let events = audit::list(
         &state.db,
@@ -529,9 +615,11 @@ async fn audit_list(
     )
     .await?;
     let head = audit::head(&state.db).await?;
-    Ok(Json(serde_json::json!({ "events": events, "head": head })))
+    Ok(Json(AuditPage { events, head }))
 }
 
+#[utoipa::path(get, path = "/api/v1/audit/head", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = audit::Head), (status = 401, body = ErrorBody)))]
 async fn audit_head(
     State(state): State<AppState>,
     headers: HeaderMap,

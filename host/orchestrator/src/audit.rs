@@ -23,20 +23,21 @@ use crate::db::{Db, DbError, now_ms, rfc3339};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub index: i64,
     pub at: String,
     pub actor: String,
     pub action: String,
     pub subject: String,
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,
 }
 
 /// The newest event: anchor it elsewhere to detect a rewritten history later.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Head {
     pub index: i64,
     pub hash: String,

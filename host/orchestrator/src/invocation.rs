@@ -22,7 +22,7 @@ use crate::auth::Actor;
 use crate::db::{Backend, Db, DbError, now_ms, random_id, rfc3339};
 use crate::skills::{Resolved, grants};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     PendingApproval,
@@ -66,13 +66,14 @@ impl State {
 }
 
 /// An invocation as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invocation {
     pub id: String,
     pub skill: String,
     pub version: String,
     pub digest: String,
     pub target: String,
+    #[schema(value_type = Object)]
     pub input: serde_json::Value,
     pub reason: String,
     pub requester: String,
@@ -80,15 +81,19 @@ pub struct Invocation {
     pub approvals_required: u8,
     pub invocation_digest: String,
     pub state: State,
+    /// The policy decision: `decision`, `level`, and `reasons` as data.
+    #[schema(value_type = Object)]
     pub verdict: Verdict,
     pub reasons: Vec<String>,
     pub created_at: String,
     pub expires_at: String,
     pub approvals: Vec<Approval>,
+    /// The execution report, once it ran.
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Approval {
     pub approver: String,
     pub invocation_digest: String,
