@@ -23,39 +23,19 @@ fn publish_levels(w: &World, reg: &Registry) {
         ("acme-disrupt", 2),
         ("acme-critical", 3),
     ] {
-        let wasm = format!("{name}.wasm");
-        std::fs::copy(guest("trivial"), w.path(&wasm)).expect("copy");
-        let manifest = format!("{name}.toml");
         let schema = if name == "acme-echo" {
             "[input.schema]\ntype = \"object\"\n[input.schema.properties.x]\ntype = \"integer\"\n"
         } else {
             ""
         };
-        std::fs::write(
-            w.path(&manifest),
-            format!(
+        let wasm = w.signed_with(
+            name,
+            &guest("trivial"),
+            &format!(
                 "[skill]\nname = \"{name}\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\nlevel = {level}\n{schema}"
             ),
-        )
-        .expect("manifest");
-        w.ok(&[
-            "skill",
-            "sign",
-            &wasm,
-            "--manifest",
-            &manifest,
-            "--key",
-            "publisher.key",
-        ]);
-        w.ok(&[
-            "skill",
-            "publish",
-            &wasm,
-            "--registry",
-            &reg.url,
-            "--token",
-            &token,
-        ]);
+        );
+        w.published(&reg.url, &wasm, &token);
     }
 }
 
@@ -740,30 +720,12 @@ async fn audit_verify_names_the_first_bad_event(backend: Backend) {
 /// Publish `acme-slow` (the hostile guest told to sleep, stopped by its 1.5 s timeout).
 fn publish_slow(w: &World, reg: &Registry) {
     let token = w.token("ci-slow", "publisher");
-    std::fs::copy(guest("hostile"), w.path("acme-slow.wasm")).expect("copy");
-    std::fs::write(
-        w.path("acme-slow.toml"),
+    let wasm = w.signed_with(
+        "acme-slow",
+        &guest("hostile"),
         "[skill]\nname = \"acme-slow\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n[limits]\ntimeout_ms = 1500\n",
-    )
-    .expect("manifest");
-    w.ok(&[
-        "skill",
-        "sign",
-        "acme-slow.wasm",
-        "--manifest",
-        "acme-slow.toml",
-        "--key",
-        "publisher.key",
-    ]);
-    w.ok(&[
-        "skill",
-        "publish",
-        "acme-slow.wasm",
-        "--registry",
-        &reg.url,
-        "--token",
-        &token,
-    ]);
+    );
+    w.published(&reg.url, &wasm, &token);
 }
 
 /// SIGTERM: running jobs finish within the grace period; past it they are failed with the

@@ -60,16 +60,21 @@ impl World {
 
     /// Sign `component` as `<file>.wasm` with a manifest for `name` `version`.
     pub fn signed(&self, file: &str, component: &Path, name: &str, version: &str) -> String {
-        let wasm = format!("{file}.wasm");
-        std::fs::copy(component, self.path(&wasm)).expect("copy");
-        let manifest = format!("{file}.toml");
-        std::fs::write(
-            self.path(&manifest),
-            format!(
+        self.signed_with(
+            file,
+            component,
+            &format!(
                 "[skill]\nname = \"{name}\"\nversion = \"{version}\"\nkind = \"diagnose\"\ndescription = \"Echo for {name}\"\n"
             ),
         )
-        .expect("manifest");
+    }
+
+    /// Sign `component` as `<file>.wasm` with this manifest text.
+    pub fn signed_with(&self, file: &str, component: &Path, manifest_text: &str) -> String {
+        let wasm = format!("{file}.wasm");
+        std::fs::copy(component, self.path(&wasm)).expect("copy");
+        let manifest = format!("{file}.toml");
+        std::fs::write(self.path(&manifest), manifest_text).expect("manifest");
         self.ok(&[
             "skill",
             "sign",
@@ -80,6 +85,26 @@ impl World {
             "publisher.key",
         ]);
         wasm
+    }
+
+    /// `tend skill publish` (not checked: the caller asserts).
+    pub fn publish(&self, registry: &str, wasm: &str, token: &str) -> Output {
+        self.tend(&[
+            "skill",
+            "publish",
+            wasm,
+            "--registry",
+            registry,
+            "--token",
+            token,
+        ])
+    }
+
+    /// `tend skill publish` that must succeed.
+    pub fn published(&self, registry: &str, wasm: &str, token: &str) -> Output {
+        let o = self.publish(registry, wasm, token);
+        assert_eq!(o.status.code(), Some(0), "publish {wasm}: {}", err(&o));
+        o
     }
 
     pub fn token(&self, name: &str, role: &str) -> String {
@@ -171,30 +196,14 @@ fn publish_list_search_pull_and_run_by_name() {
     let publisher = w.token("ci", "publisher");
     let reg = Registry::start(&w);
 
-    let o = w.ok(&[
-        "skill",
-        "publish",
-        &wasm,
-        "--registry",
-        &reg.url,
-        "--token",
-        &publisher,
-    ]);
+    let o = w.published(&reg.url, &wasm, &publisher);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("published acme-echo 1.0.0") && out.contains("log entry 1"),
         "{out}"
     );
     // Publishing the same bytes again changes nothing.
-    let o = w.ok(&[
-        "skill",
-        "publish",
-        &wasm,
-        "--registry",
-        &reg.url,
-        "--token",
-        &publisher,
-    ]);
+    let o = w.published(&reg.url, &wasm, &publisher);
     assert!(String::from_utf8_lossy(&o.stdout).contains("already published"));
 
     let o = w.ok(&["skill", "list", "--registry", &reg.url]);
@@ -260,30 +269,14 @@ fn publishing_needs_a_publisher_token_and_a_trusted_signature() {
         "{}",
         err(&o)
     );
-    let o = w.tend(&[
-        "skill",
-        "publish",
-        &wasm,
-        "--registry",
-        &reg.url,
-        "--token",
-        &viewer,
-    ]);
+    let o = w.publish(&reg.url, &wasm, &viewer);
     assert!(
         err(&o).contains("403") && err(&o).contains("has role viewer"),
         "{}",
         err(&o)
     );
     let forged = format!("{}x", &publisher[..publisher.len() - 1]);
-    let o = w.tend(&[
-        "skill",
-        "publish",
-        &wasm,
-        "--registry",
-        &reg.url,
-        "--token",
-        &forged,
-    ]);
+    let o = w.publish(&reg.url, &wasm, &forged);
     assert!(err(&o).contains("token is not valid"), "{}", err(&o));
 
     // A valid signature by a key the registry does not trust; a name outside the prefix.
@@ -298,30 +291,14 @@ fn publishing_needs_a_publisher_token_and_a_trusted_signature() {
         "--key",
         "stranger.key",
     ]);
-    let o = w.tend(&[
-        "skill",
-        "publish",
-        "stranger.wasm",
-        "--registry",
-        &reg.url,
-        "--token",
-        &publisher,
-    ]);
+    let o = w.publish(&reg.url, "stranger.wasm", &publisher);
     assert!(
         err(&o).contains("422") && err(&o).contains("not a trusted publisher key"),
         "{}",
         err(&o)
     );
     let other = w.signed("other", &guest("trivial"), "other-echo", "1.0.0");
-    let o = w.tend(&[
-        "skill",
-        "publish",
-        &other,
-        "--registry",
-        &reg.url,
-        "--token",
-        &publisher,
-    ]);
+    let o = w.publish(&reg.url, &other, &publisher);
     assert!(err(&o).contains("may sign skills named"), "{}", err(&o));
 
     // Nothing refused was stored.
@@ -342,26 +319,10 @@ fn a_published_version_is_immutable() {
     let first = w.signed("v1", &guest("trivial"), "acme-echo", "1.0.0");
     let publisher = w.token("ci", "publisher");
     let reg = Registry::start(&w);
-    w.ok(&[
-        "skill",
-        "publish",
-        &first,
-        "--registry",
-        &reg.url,
-        "--token",
-        &publisher,
-    ]);
+    w.published(&reg.url, &first, &publisher);
     // Different bytes, same name and version.
     let changed = w.signed("v1b", &guest("hostile"), "acme-echo", "1.0.0");
-    let o = w.tend(&[
-        "skill",
-        "publish",
-        &changed,
-        "--registry",
-        &reg.url,
-        "--token",
-        &publisher,
-    ]);
+    let o = w.publish(&reg.url, &changed, &publisher);
     assert_eq!(code(&o), Some(2));
     assert!(
         err(&o).contains("409") && err(&o).contains("immutable"),
@@ -429,15 +390,7 @@ fn a_registry_that_rewrites_its_history_is_caught() {
     let publisher = w.token("ci", "publisher");
     let reg = Registry::start(&w);
     for wasm in [&one, &two] {
-        w.ok(&[
-            "skill",
-            "publish",
-            wasm,
-            "--registry",
-            &reg.url,
-            "--token",
-            &publisher,
-        ]);
+        w.published(&reg.url, wasm, &publisher);
     }
     // The host pulls once and remembers the log head (entry 2).
     w.ok(&["skill", "pull", "acme-echo", "--registry", &reg.url]);
@@ -459,15 +412,7 @@ fn pull_refuses_a_downgrade_unless_told_and_remembers_what_it_saw() {
     let publisher = w.token("ci", "publisher");
     let reg = Registry::start(&w);
     for wasm in [&old, &new] {
-        w.ok(&[
-            "skill",
-            "publish",
-            wasm,
-            "--registry",
-            &reg.url,
-            "--token",
-            &publisher,
-        ]);
+        w.published(&reg.url, wasm, &publisher);
     }
     let o = w.ok(&["skill", "pull", "acme-echo", "--registry", &reg.url]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("acme-echo 1.1.0"));

@@ -61,6 +61,8 @@ pub enum OrchestratorCommand {
         after_help = "Example:\n  tend orchestrator serve --listen 127.0.0.1:7080 --registry http://127.0.0.1:7070\n\nThe first start prints a one-time admin token. Create more with `tend token create`.\nSIGTERM stops accepting work, lets running jobs finish (--shutdown-grace), then exits."
     )]
     Serve(ServeArgs),
+    /// Measure L0 invocations submitted and executed end to end per second (a benchmark)
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,10 +136,24 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure audit appends per second (a benchmark: use a scratch database)
+    Bench {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Events to append
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        /// Concurrent writers
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
 }
 
 pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Failure> {
-    let OrchestratorCommand::Serve(args) = cmd;
+    let args = match cmd {
+        OrchestratorCommand::Serve(args) => args,
+        OrchestratorCommand::Bench(args) => return bench(args).await,
+    };
     if args.floor > args.ceiling {
         return Err(Failure::bad_input(format!(
             "--floor {} is above --ceiling {}",
@@ -236,7 +252,14 @@ pub async fn token(cmd: TokenCommand) -> Result<u8, Failure> {
 }
 
 pub async fn audit(cmd: AuditCommand) -> Result<u8, Failure> {
-    let AuditCommand::Verify { database, json } = cmd;
+    let (database, json) = match cmd {
+        AuditCommand::Verify { database, json } => (database, json),
+        AuditCommand::Bench {
+            database,
+            count,
+            concurrency,
+        } => return audit_bench(&database, count, concurrency).await,
+    };
     let db = database.open().await?;
     let result = audit::verify(&db).await.map_err(Failure::host)?;
     db.close().await;
@@ -262,4 +285,184 @@ pub async fn audit(cmd: AuditCommand) -> Result<u8, Failure> {
             })
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The orchestrator's base URL
+    #[arg(long, default_value = "http://127.0.0.1:7080")]
+    url: String,
+    /// An operator (or admin) token
+    #[arg(long, env = "TEND_TOKEN", hide_env_values = true)]
+    token: String,
+    /// An L0 skill to invoke (it must run without approval)
+    #[arg(long)]
+    skill: String,
+    /// Invocations to submit
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Print the figures as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Successful L0 runs so far, from `/metrics`.
+async fn ok_runs(http: &reqwest::Client, url: &str) -> Result<u64, Failure> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .map_err(Failure::host)?
+        .text()
+        .await
+        .map_err(Failure::host)?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("tend_invocations_total{outcome=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// `tend orchestrator bench`: L0 invocations submitted and executed end to end per second.
+pub async fn bench(args: BenchArgs) -> Result<u8, Failure> {
+    use std::time::Instant;
+    let http = reqwest::Client::new();
+    let url = args.url.trim_end_matches('/').to_string();
+    let before = ok_runs(&http, &url).await?;
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (http, url, token, skill, next) = (
+            http.clone(),
+            url.clone(),
+            args.token.clone(),
+            args.skill.clone(),
+            next.clone(),
+        );
+        let count = args.count;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                let t = Instant::now();
+                let resp = http
+                    .post(format!("{url}/api/v1/invocations"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"skill": skill, "input": {}, "reason": "bench"}))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if resp.status() != reqwest::StatusCode::CREATED {
+                    return Err(format!(
+                        "submit returned {}: {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    ));
+                }
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(
+            t.await
+                .map_err(Failure::host)?
+                .map_err(Failure::bad_input)?,
+        );
+    }
+    let submitted = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = ok_runs(&http, &url).await?.saturating_sub(before);
+        if done >= args.count as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::host(format!(
+                "only {done} of {} invocations ran within 10 minutes",
+                args.count
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let executed = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let figures = serde_json::json!({
+        "count": args.count,
+        "concurrency": args.concurrency,
+        "submitted_per_s": args.count as f64 / submitted.as_secs_f64(),
+        "executed_per_s": args.count as f64 / executed.as_secs_f64(),
+        "submit_p50_ms": pct(0.5),
+        "submit_p99_ms": pct(0.99),
+    });
+    if args.json {
+        crate::out(&figures.to_string());
+    } else {
+        crate::out(&format!(
+            "{} L0 invocations of {} ({} in flight): submitted {:.0}/s (p50 {:.1} ms, p99 {:.1} ms), submitted and executed end to end {:.0}/s",
+            args.count,
+            args.skill,
+            args.concurrency,
+            figures["submitted_per_s"].as_f64().unwrap_or(0.0),
+            pct(0.5),
+            pct(0.99),
+            figures["executed_per_s"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    Ok(0)
+}
+
+/// `tend audit bench`: appends per second to a database's audit chain (use a scratch one).
+pub async fn audit_bench(
+    database: &DatabaseArgs,
+    count: usize,
+    concurrency: usize,
+) -> Result<u8, Failure> {
+    use std::time::Instant;
+    let db = database.open().await?;
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (db, next) = (db.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                audit::append(
+                    &db,
+                    "bench",
+                    "bench.append",
+                    "bench",
+                    serde_json::json!({"n": 1}),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(Failure::host)?.map_err(Failure::host)?;
+    }
+    let took = started.elapsed();
+    let verified = audit::verify(&db).await.map_err(Failure::host)?;
+    db.close().await;
+    crate::out(&format!(
+        "{count} audit appends ({concurrency} concurrent writers): {:.0}/s; chain {}",
+        count as f64 / took.as_secs_f64(),
+        match verified {
+            Ok(r) => format!("intact ({} events)", r.events),
+            Err(p) => format!("BROKEN: {p}"),
+        }
+    ));
+    Ok(0)
 }

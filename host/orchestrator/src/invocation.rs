@@ -626,27 +626,23 @@ pub async fn finish(
     Ok(())
 }
 
-/// Jobs whose lease ran out while their holder was gone (a crash): they had started, so they
-/// are failed with a reason rather than silently run twice.
-pub async fn fail_abandoned(db: &Db) -> Result<usize, FlowError> {
-    let rows = sqlx::query(
-        "SELECT id, lease_owner FROM invocations WHERE state = 'running' AND lease_until_ms < $1",
-    )
-    .bind(now_ms())
-    .fetch_all(&db.pool)
-    .await?;
+/// Fail running jobs with `why` in their result: ids from `candidates` whose holder is gone.
+/// They had started, so they are never re-queued (a repair must not run twice unseen).
+async fn fail_running(
+    db: &Db,
+    candidates: Vec<AnyRow>,
+    actor: &str,
+    why: &str,
+) -> Result<usize, FlowError> {
     let mut n = 0;
-    for r in rows {
+    for r in candidates {
         let id: String = r.try_get("id")?;
         let owner: Option<String> = r.try_get("lease_owner")?;
         let changed = sqlx::query(
             "UPDATE invocations SET state = 'failed', finished_ms = $1, result = $2, lease_owner = NULL WHERE id = $3 AND state = 'running'",
         )
         .bind(now_ms())
-        .bind(
-            serde_json::json!({"error": "the worker holding this job stopped before reporting; its outcome is unknown"})
-                .to_string(),
-        )
+        .bind(serde_json::json!({ "error": why }).to_string())
         .bind(&id)
         .execute(&db.pool)
         .await?
@@ -654,10 +650,10 @@ pub async fn fail_abandoned(db: &Db) -> Result<usize, FlowError> {
         if changed == 1 {
             audit::append(
                 db,
-                "tend",
+                actor,
                 "invocation.failed",
                 &id,
-                serde_json::json!({ "state": "failed", "why": "lease expired", "lease_owner": owner }),
+                serde_json::json!({ "state": "failed", "why": why, "lease_owner": owner }),
             )
             .await?;
             n += 1;
@@ -666,41 +662,33 @@ pub async fn fail_abandoned(db: &Db) -> Result<usize, FlowError> {
     Ok(n)
 }
 
+/// Jobs whose lease ran out while their holder was gone (a crash).
+pub async fn fail_abandoned(db: &Db) -> Result<usize, FlowError> {
+    let rows = sqlx::query(
+        "SELECT id, lease_owner FROM invocations WHERE state = 'running' AND lease_until_ms < $1",
+    )
+    .bind(now_ms())
+    .fetch_all(&db.pool)
+    .await?;
+    fail_running(
+        db,
+        rows,
+        "tend",
+        "lease expired: the worker holding this job stopped before reporting; its outcome is unknown",
+    )
+    .await
+}
+
 /// At shutdown, after the grace period: jobs this worker still holds are failed with the
-/// reason, so none stays claimed by a process that is gone. They had started, so they are not
-/// re-queued (a repair must never run twice unseen).
+/// reason, so none stays claimed by a process that is gone.
 pub async fn release_owned(db: &Db, owner: &str, why: &str) -> Result<usize, FlowError> {
-    let rows =
-        sqlx::query("SELECT id FROM invocations WHERE state = 'running' AND lease_owner = $1")
-            .bind(owner)
-            .fetch_all(&db.pool)
-            .await?;
-    let mut n = 0;
-    for r in rows {
-        let id: String = r.try_get("id")?;
-        let changed = sqlx::query(
-            "UPDATE invocations SET state = 'failed', finished_ms = $1, result = $2, lease_owner = NULL WHERE id = $3 AND state = 'running' AND lease_owner = $4",
-        )
-        .bind(now_ms())
-        .bind(serde_json::json!({ "error": why }).to_string())
-        .bind(&id)
-        .bind(owner)
-        .execute(&db.pool)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            audit::append(
-                db,
-                owner,
-                "invocation.failed",
-                &id,
-                serde_json::json!({ "state": "failed", "why": why }),
-            )
-            .await?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    let rows = sqlx::query(
+        "SELECT id, lease_owner FROM invocations WHERE state = 'running' AND lease_owner = $1",
+    )
+    .bind(owner)
+    .fetch_all(&db.pool)
+    .await?;
+    fail_running(db, rows, owner, why).await
 }
 
 /// Counts by state (for metrics and status).
