@@ -164,12 +164,20 @@ impl LocalStore {
             envelope.to_json().as_bytes(),
         )?;
         let dest = parent.join(version);
-        if dest.exists() {
-            std::fs::remove_dir_all(&dest)
-                .map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
+        let same = std::fs::read(dest.join("component.wasm")).is_ok_and(|old| {
+            crate::envelope::sha256_hex(&old) == crate::envelope::sha256_hex(component)
+        });
+        if !same {
+            // Swap in the new directory whole: move any old one aside first, then rename.
+            if dest.exists() {
+                let aside = tempfile::TempDir::new_in(&parent)
+                    .map_err(|e| format!("cannot write in {}: {e}", parent.display()))?;
+                std::fs::rename(&dest, aside.path().join("old"))
+                    .map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
+            }
+            std::fs::rename(staging.keep(), &dest)
+                .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         }
-        std::fs::rename(staging.keep(), &dest)
-            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         let mut seen = self.seen()?;
         let record = seen
             .versions

@@ -221,6 +221,7 @@ impl Drop for Orch {
 }
 
 /// A small API client: (status, body).
+#[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
     base: String,
@@ -340,6 +341,17 @@ async fn an_observe_skill_runs_at_once_and_reports(backend: Backend) {
     let api = Api::new(&orch);
     let alice = orch.token(&w, "alice", "operator");
 
+    // The first requests for a skill arrive together: one verified pull serves them all.
+    let mut first = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let (api, alice) = (api.clone(), alice.clone());
+        first.spawn(async move { api.submit(&alice, "acme-echo", json!({"x": n})).await });
+    }
+    while let Some(r) = first.join_next().await {
+        let (s, v) = r.expect("join");
+        assert_eq!(s, 201, "{v}");
+    }
+
     let (s, v) = api.submit(&alice, "acme-echo", json!({"x": 7})).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["state"], "queued");
@@ -384,7 +396,7 @@ async fn an_observe_skill_runs_at_once_and_reports(backend: Backend) {
     let (_, list) = api
         .call("GET", "/api/v1/invocations", Some(&alice), None)
         .await;
-    assert_eq!(list["invocations"].as_array().expect("list").len(), 1);
+    assert_eq!(list["invocations"].as_array().expect("list").len(), 9);
 }
 
 async fn approvals_bind_one_invocation_and_come_from_someone_else(backend: Backend) {

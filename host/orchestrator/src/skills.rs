@@ -46,6 +46,8 @@ pub struct Catalog {
     store: LocalStore,
     by_version: Mutex<HashMap<(String, String), Arc<Resolved>>>,
     latest: Mutex<HashMap<String, (Instant, String)>>,
+    /// One pull at a time: concurrent first requests for a skill wait for one verified pull.
+    pulling: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -64,6 +66,7 @@ impl Catalog {
             store,
             by_version: Mutex::default(),
             latest: Mutex::default(),
+            pulling: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -101,13 +104,19 @@ impl Catalog {
             }
         };
         let key = (name.to_string(), version.clone());
-        if let Some(r) = self
-            .by_version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(r.clone());
+        let cached = || {
+            self.by_version
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned()
+        };
+        if let Some(r) = cached() {
+            return Ok(r);
+        }
+        let _pulling = self.pulling.lock().await;
+        if let Some(r) = cached() {
+            return Ok(r);
         }
         let pulled = self
             .client
