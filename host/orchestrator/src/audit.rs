@@ -71,11 +71,25 @@ pub async fn append(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<Head, DbError> {
+    let mut tx = db.pool.begin().await?;
+    let head = append_tx(&mut tx, actor, action, subject, detail).await?;
+    tx.commit().await?;
+    Ok(head)
+}
+
+/// Append one event inside the caller's transaction, so that the change it records and the
+/// record of it commit together (or not at all).
+pub async fn append_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> Result<Head, DbError> {
     let detail = detail.to_string();
     let at = rfc3339(now_ms());
-    let mut tx = db.pool.begin().await?;
     let row = sqlx::query("UPDATE audit_head SET idx = idx + 1 WHERE id = 1 RETURNING idx, hash")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
     let index: i64 = row.try_get("idx")?;
     let prev: String = row.try_get("hash")?;
@@ -94,13 +108,12 @@ pub async fn append(
     .bind(&detail)
     .bind(&prev)
     .bind(&hash)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
         .bind(&hash)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-    tx.commit().await?;
     Ok(Head { index, hash })
 }
 

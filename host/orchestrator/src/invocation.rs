@@ -161,6 +161,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     };
     let id = random_id("inv");
     let digest = invocation_digest(new.skill, new.target, &new.input, expires);
+    let mut tx = db.pool.begin().await?;
     sqlx::query(
         "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
@@ -180,10 +181,10 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     .bind(now)
     .bind(expires)
     .bind((state == State::Queued).then_some(now))
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
-    audit::append(
-        db,
+    audit::append_tx(
+        &mut tx,
         &new.requester.name,
         "invocation.create",
         &id,
@@ -195,7 +196,27 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         }),
     )
     .await?;
-    get(db, &id).await
+    tx.commit().await?;
+    Ok(Invocation {
+        id,
+        skill: new.skill.name.clone(),
+        version: new.skill.version.clone(),
+        digest: new.skill.digest.clone(),
+        target: new.target.to_string(),
+        input: new.input,
+        reason: new.reason.to_string(),
+        requester: new.requester.name.clone(),
+        level: u8::from(new.verdict.level),
+        approvals_required: required,
+        invocation_digest: digest,
+        state,
+        verdict: new.verdict.clone(),
+        reasons: new.verdict.explain(),
+        created_at: rfc3339(now),
+        expires_at: rfc3339(expires),
+        approvals: Vec::new(),
+        result: None,
+    })
 }
 
 fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowError> {
@@ -234,15 +255,15 @@ async fn approvals(db: &Db, id: &str) -> Result<Vec<Approval>, FlowError> {
     .bind(id)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Approval {
-                approver: r.try_get("approver")?,
-                invocation_digest: r.try_get("invocation_digest")?,
-                at: rfc3339(r.try_get("created_ms")?),
-            })
-        })
-        .collect()
+    rows.iter().map(approval_from_row).collect()
+}
+
+fn approval_from_row(r: &AnyRow) -> Result<Approval, FlowError> {
+    Ok(Approval {
+        approver: r.try_get("approver")?,
+        invocation_digest: r.try_get("invocation_digest")?,
+        at: rfc3339(r.try_get("created_ms")?),
+    })
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Invocation, FlowError> {
@@ -286,6 +307,7 @@ async fn transition(
 ) -> Result<(), FlowError> {
     let now = now_ms();
     let mut done = false;
+    let mut tx = db.pool.begin().await?;
     let stamp = match to {
         State::Queued => Some("queued_ms"),
         State::Succeeded | State::Failed | State::Rejected | State::Expired | State::Cancelled => {
@@ -304,7 +326,7 @@ async fn transition(
                     .bind(now)
                     .bind(id)
                     .bind(f.as_str())
-                    .execute(&db.pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected()
             }
@@ -312,7 +334,7 @@ async fn transition(
                 .bind(to.as_str())
                 .bind(id)
                 .bind(f.as_str())
-                .execute(&db.pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected(),
         };
@@ -322,6 +344,7 @@ async fn transition(
         }
     }
     if !done {
+        tx.rollback().await?;
         let current = get(db, id).await?;
         return Err(FlowError::Conflict(format!(
             "invocation {id} is {}, so it cannot become {}",
@@ -331,14 +354,15 @@ async fn transition(
     }
     let mut detail = detail;
     detail["state"] = serde_json::Value::String(to.as_str().into());
-    audit::append(
-        db,
+    audit::append_tx(
+        &mut tx,
         actor,
         &format!("invocation.{}", to.as_str()),
         id,
         detail,
     )
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -436,6 +460,7 @@ pub async fn approve(
         )))
         .await;
     }
+    let mut tx = db.pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ($1, $2, $3, $4)",
     )
@@ -443,23 +468,25 @@ pub async fn approve(
     .bind(&approver.name)
     .bind(digest)
     .bind(now_ms())
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await;
     if inserted.is_err() {
+        tx.rollback().await?;
         return refuse(FlowError::Conflict(format!(
             "{} has already approved invocation {id}",
             approver.name
         )))
         .await;
     }
-    audit::append(
-        db,
+    audit::append_tx(
+        &mut tx,
         &approver.name,
         "approval.grant",
         id,
         serde_json::json!({ "invocation_digest": digest }),
     )
     .await?;
+    tx.commit().await?;
     let inv = get(db, id).await?;
     if sufficiently_approved(db, &inv).await? {
         let approvers: Vec<&str> = inv.approvals.iter().map(|a| a.approver.as_str()).collect();
@@ -554,33 +581,49 @@ pub async fn claim(db: &Db, owner: &str, lease_ms: i64) -> Result<Option<Invocat
         Backend::Postgres => {
             "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3
              WHERE id = (SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_ms LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING id"
+             RETURNING *"
         }
         Backend::Sqlite => {
             "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3
              WHERE id = (SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_ms LIMIT 1) AND state = 'queued'
-             RETURNING id"
+             RETURNING *"
         }
     };
+    let mut tx = db.pool.begin().await?;
     let Some(row) = sqlx::query(sql)
         .bind(owner)
         .bind(now + lease_ms)
         .bind(now)
-        .fetch_optional(&db.pool)
+        .fetch_optional(&mut *tx)
         .await?
     else {
+        // Roll back now: a dropped transaction gives its lock back only when the pooled
+        // connection is next used.
+        tx.rollback().await?;
         return Ok(None);
     };
+    // A queued job's approvals are read with it: the worker checks them again before it runs.
     let id: String = row.try_get("id")?;
-    audit::append(
-        db,
+    let approval_rows = sqlx::query(
+        "SELECT approver, invocation_digest, created_ms FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
+    )
+    .bind(&id)
+    .fetch_all(&mut *tx)
+    .await?;
+    audit::append_tx(
+        &mut tx,
         owner,
         "invocation.running",
         &id,
         serde_json::json!({ "state": "running", "lease_ms": lease_ms }),
     )
     .await?;
-    Ok(Some(get(db, &id).await?))
+    tx.commit().await?;
+    let approvals = approval_rows
+        .iter()
+        .map(approval_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(from_row(&row, approvals)?))
 }
 
 /// Record the outcome of a job this worker holds.
@@ -597,6 +640,7 @@ pub async fn finish(
     } else {
         State::Failed
     };
+    let mut tx = db.pool.begin().await?;
     let n = sqlx::query(
         "UPDATE invocations SET state = $1, result = $2, finished_ms = $3, lease_owner = NULL, lease_until_ms = NULL WHERE id = $4 AND state = 'running' AND lease_owner = $5",
     )
@@ -605,24 +649,26 @@ pub async fn finish(
     .bind(now_ms())
     .bind(id)
     .bind(owner)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if n != 1 {
+        tx.rollback().await?;
         return Err(FlowError::Conflict(format!(
             "invocation {id} is no longer held by {owner}"
         )));
     }
     let mut summary = summary;
     summary["state"] = serde_json::Value::String(to.as_str().into());
-    audit::append(
-        db,
+    audit::append_tx(
+        &mut tx,
         owner,
         &format!("invocation.{}", to.as_str()),
         id,
         summary,
     )
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -638,25 +684,29 @@ async fn fail_running(
     for r in candidates {
         let id: String = r.try_get("id")?;
         let owner: Option<String> = r.try_get("lease_owner")?;
+        let mut tx = db.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE invocations SET state = 'failed', finished_ms = $1, result = $2, lease_owner = NULL WHERE id = $3 AND state = 'running'",
         )
         .bind(now_ms())
         .bind(serde_json::json!({ "error": why }).to_string())
         .bind(&id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if changed == 1 {
-            audit::append(
-                db,
+            audit::append_tx(
+                &mut tx,
                 actor,
                 "invocation.failed",
                 &id,
                 serde_json::json!({ "state": "failed", "why": why, "lease_owner": owner }),
             )
             .await?;
+            tx.commit().await?;
             n += 1;
+        } else {
+            tx.rollback().await?;
         }
     }
     Ok(n)
