@@ -141,8 +141,17 @@ pub struct Orch {
 
 impl Orch {
     pub fn start(w: &World, reg: &Registry, backend: Backend, extra: &[&str]) -> Orch {
-        let name = "orch";
-        let database = backend.database(w, name);
+        let orch = Orch::replica(w, reg, &backend.database(w, "orch"), "orch", extra);
+        assert!(
+            !orch.admin.is_empty(),
+            "the first start printed no admin token"
+        );
+        orch
+    }
+
+    /// An orchestrator on an existing database (`admin` is empty unless it is the first).
+    pub fn replica(w: &World, reg: &Registry, database: &str, name: &str, extra: &[&str]) -> Orch {
+        let database = database.to_string();
         let mut child = tend()
             .current_dir(w.dir.path())
             .env("TEND_CACHE_DIR", w.path("cache"))
@@ -180,7 +189,6 @@ impl Orch {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        assert!(!admin.is_empty(), "the first start printed no admin token");
         Orch {
             child,
             url,
@@ -823,4 +831,48 @@ async fn the_api_holds_to_its_openapi_document_under_schemathesis() {
         err(&o)
     );
     assert!(out.contains("passed"), "{out}");
+}
+
+/// Two orchestrator replicas on one PostgreSQL database share the queue: every job is claimed
+/// (`FOR UPDATE SKIP LOCKED`) and run exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_one_postgres_run_each_job_exactly_once() {
+    let (w, reg) = setup();
+    let first = Orch::start(&w, &reg, Backend::Postgres, &[]);
+    let second = Orch::replica(&w, &reg, &first.database, "replica", &[]);
+    assert!(
+        second.admin.is_empty(),
+        "only the first start mints an admin token"
+    );
+    let apis = [Api::new(&first), Api::new(&second)];
+    let token = first.admin.clone();
+    let mut submitted = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let (api, token) = (apis[n % 2].clone(), token.clone());
+        submitted.spawn(async move {
+            let (s, v) = api.submit(&token, "acme-echo", json!({"x": n})).await;
+            assert_eq!(s, 201, "{v}");
+            v["id"].as_str().expect("id").to_string()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = submitted.join_next().await {
+        ids.push(id.expect("join"));
+    }
+    for id in &ids {
+        apis[0].wait_for(&token, id, "succeeded").await;
+    }
+    let (_, audit) = apis[1]
+        .call("GET", "/api/v1/audit?limit=1000", Some(&token), None)
+        .await;
+    let events = audit["events"].as_array().expect("events");
+    for id in &ids {
+        let runs = events
+            .iter()
+            .filter(|e| e["subject"] == id.as_str() && e["action"] == "invocation.running")
+            .count();
+        assert_eq!(runs, 1, "{id} was claimed {runs} times");
+    }
+    let o = w.ok(&["audit", "verify", "--database", &first.database]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("intact"));
 }
