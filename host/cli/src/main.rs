@@ -3,11 +3,12 @@
 //! Takes a user's intent (a component, a manifest, input JSON, limits) and hands it to the
 //! stages below it: the trust stage and registry (`tend-registry`) and the sandbox
 //! (`tend-runtime`); the orchestrator (`tend-orchestrator`, deciding through `tend-policy`);
-//! later the agent. Exit status: 0 ok, 1 the skill reported
+//! and the host agent (`tend-agent`). Exit status: 0 ok, 1 the skill reported
 //! an error, 2 bad usage or input, 3 the sandbox stopped the skill (a limit or a trap), 4 the
 //! host itself failed.
 
 mod admit;
+mod agent;
 mod bench;
 mod key;
 mod orchestrator;
@@ -90,6 +91,9 @@ enum Command {
     /// The orchestrator's audit trail
     #[command(subcommand)]
     Audit(orchestrator::AuditCommand),
+    /// The host agent: enroll, run, install as a systemd service
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             Command::Orchestrator(cmd) => orchestrator::serve(cmd, &cli.cache).await,
             Command::Token(cmd) => orchestrator::token(cmd).await,
             Command::Audit(cmd) => orchestrator::audit(cmd).await,
+            Command::Agent(cmd) => agent::run(cmd, &cli.cache).await,
         }
     });
     match code {

@@ -33,7 +33,7 @@ impl DatabaseArgs {
         self.database.clone().unwrap_or_else(default_database)
     }
 
-    async fn open(&self) -> Result<Db, Failure> {
+    pub async fn open(&self) -> Result<Db, Failure> {
         let url = self.url();
         if let Some(path) = url.strip_prefix("sqlite://")
             && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
@@ -109,6 +109,22 @@ pub struct ServeArgs {
     /// How long running jobs get to finish after SIGTERM
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// An agent is offline after this long without a sign of life
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    agent_offline_after: Duration,
+    /// How long an agent's claim on a job lasts before it must be renewed
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    agent_lease: Duration,
+    /// Level floor for agents labelled env=NAME (repeatable)
+    #[arg(long = "env-floor", value_name = "ENV=LEVEL", default_value = "prod=1", value_parser = parse_env_floor)]
+    env_floors: Vec<(String, Level)>,
+}
+
+fn parse_env_floor(s: &str) -> Result<(String, Level), String> {
+    let (env, level) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ENV=LEVEL (e.g. prod=1)"))?;
+    Ok((env.to_string(), parse_level(level)?))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -182,6 +198,9 @@ pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Fa
         },
         workers: args.workers as usize,
         shutdown_grace: args.shutdown_grace,
+        offline_after: args.agent_offline_after,
+        agent_lease: args.agent_lease,
+        env_floors: args.env_floors.iter().cloned().collect(),
     };
     let orchestrator = Orchestrator::open(config)
         .await

@@ -28,7 +28,14 @@ use crate::worker::Worker;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub approval_ttl: Duration,
+    /// The local host, run by the built-in worker.
     pub target: tend_policy::Target,
+    /// An agent is offline after this long without a sign of life.
+    pub offline_after: Duration,
+    /// How long an agent's claim lasts before it must be renewed.
+    pub agent_lease: Duration,
+    /// Floor per environment label (`env=prod` on an agent → its floor).
+    pub env_floors: std::collections::BTreeMap<String, tend_policy::Level>,
 }
 
 #[derive(Clone)]
@@ -40,6 +47,8 @@ pub struct AppState {
     pub notify: Arc<Notify>,
     pub settings: Arc<Settings>,
     pub started: Instant,
+    /// Wakes long-polling agents when work is assigned.
+    pub agents_notify: Arc<Notify>,
     tokens: Arc<Mutex<HashMap<String, (Instant, Actor)>>>,
 }
 
@@ -60,8 +69,75 @@ impl AppState {
             notify,
             settings: Arc::new(settings),
             started: Instant::now(),
+            agents_notify: Arc::new(Notify::new()),
             tokens: Arc::default(),
         }
+    }
+
+    /// Assign waiting agent jobs now and wake long-polling agents.
+    pub async fn kick_agents(&self) {
+        match crate::agents::dispatch(&self.db, self.settings.offline_after).await {
+            Ok(_) => self.agents_notify.notify_waiters(),
+            Err(e) => tracing::warn!(error = %e, "dispatching agent jobs failed"),
+        }
+    }
+
+    /// The policy's view of a target: `local`, `pool:NAME` or `agent:NAME`.
+    async fn resolve_target(&self, target: &str) -> ApiResult<tend_policy::Target> {
+        if target == self.settings.target.name {
+            return Ok(self.settings.target.clone());
+        }
+        let unknown = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_target",
+                format!(
+                    "no target {target:?}: use {:?} (this host), pool:NAME or agent:NAME of an enrolled agent",
+                    self.settings.target.name
+                ),
+            )
+        };
+        let (kind, name) = target.split_once(':').ok_or_else(unknown)?;
+        let all = crate::agents::list(&self.db).await?;
+        let members: Vec<_> = all
+            .iter()
+            .filter(|a| match kind {
+                "pool" => a.pools.iter().any(|p| p == name),
+                "agent" => a.name == name || a.id == name,
+                _ => false,
+            })
+            .collect();
+        if members.is_empty() {
+            return Err(unknown());
+        }
+        let floor_of = |a: &crate::agents::Agent| {
+            a.labels
+                .get("env")
+                .and_then(|e| self.settings.env_floors.get(e))
+                .copied()
+                .unwrap_or(tend_policy::Level::L0)
+        };
+        let floor = members
+            .iter()
+            .map(|a| floor_of(a))
+            .max()
+            .unwrap_or(tend_policy::Level::L0);
+        // The most any member would accept: each agent still enforces its own ceiling.
+        let ceiling = members
+            .iter()
+            .filter_map(|a| tend_policy::Level::try_from(a.ceiling.max_level).ok())
+            .max()
+            .unwrap_or(tend_policy::Level::L0);
+        let environment = members
+            .iter()
+            .find_map(|a| a.labels.get("env").cloned())
+            .unwrap_or_else(|| "default".into());
+        Ok(tend_policy::Target {
+            name: target.to_string(),
+            environment,
+            floor,
+            ceiling,
+        })
     }
 }
 
@@ -156,6 +232,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(audit_list))
         .route("/api/v1/audit/head", get(audit_head))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(crate::agent_api::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -166,7 +243,8 @@ pub fn router(state: AppState) -> Router {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Tend orchestrator", description = "Zero-trust decisions, human approvals, jobs and a hash-chained audit trail for Tend skills."),
-    paths(readyz, metrics, status, submit, list, show, approve, reject, cancel, audit_list, audit_head),
+    paths(readyz, metrics, status, submit, list, show, approve, reject, cancel, audit_list, audit_head,
+        crate::agent_api::list, crate::agent_api::remove, crate::agent_api::create_enroll_token, crate::agent_api::enroll),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -189,7 +267,12 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// The caller, at least `min` — or 401/403, audited.
-async fn actor(state: &AppState, headers: &HeaderMap, min: Role, what: &str) -> ApiResult<Actor> {
+pub(crate) async fn actor(
+    state: &AppState,
+    headers: &HeaderMap,
+    min: Role,
+    what: &str,
+) -> ApiResult<Actor> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -363,16 +446,7 @@ async fn submit(
     let target = req
         .target
         .unwrap_or_else(|| state.settings.target.name.clone());
-    if target != state.settings.target.name {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_target",
-            format!(
-                "no target {target:?} (this orchestrator runs jobs on {:?})",
-                state.settings.target.name
-            ),
-        ));
-    }
+    let policy_target = state.resolve_target(&target).await?;
     let skill = state
         .catalog
         .resolve(&req.skill, req.version.as_deref())
@@ -412,7 +486,7 @@ async fn submit(
             declared: tend_policy::Level::try_from(skill.manifest.skill.level)
                 .unwrap_or(tend_policy::Level::L3),
             grants: grants(&skill.manifest),
-            target: state.settings.target.clone(),
+            target: policy_target,
             trigger: Trigger::Human,
             requester: who.name.clone(),
             role: who.role,
@@ -468,7 +542,11 @@ async fn submit(
     )
     .await?;
     if inv.state == InvState::Queued {
-        state.notify.notify_waiters();
+        if inv.target == state.settings.target.name {
+            state.notify.notify_waiters();
+        } else {
+            state.kick_agents().await;
+        }
     }
     Ok((StatusCode::CREATED, Json(inv)).into_response())
 }
@@ -552,6 +630,7 @@ async fn approve(
     .await?;
     if inv.state == InvState::Queued {
         state.notify.notify_waiters();
+        state.kick_agents().await;
     }
     Ok(Json(inv))
 }

@@ -54,7 +54,10 @@ const SCHEMA: &[&str] = &[
         finished_ms BIGINT,
         lease_owner TEXT,
         lease_until_ms BIGINT,
-        result TEXT
+        result TEXT,
+        kind TEXT NOT NULL DEFAULT 'diagnose',
+        assigned_agent TEXT,
+        run_started_ms BIGINT
     )",
     "CREATE INDEX IF NOT EXISTS invocations_state ON invocations (state, created_ms)",
     "CREATE TABLE IF NOT EXISTS approvals (
@@ -73,6 +76,37 @@ const SCHEMA: &[&str] = &[
         detail TEXT NOT NULL,
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS agents (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        hostname TEXT NOT NULL,
+        os TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        pools TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        ceiling TEXT NOT NULL,
+        enrolled_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL,
+        running BIGINT NOT NULL,
+        capacity BIGINT NOT NULL,
+        jobs_ok BIGINT NOT NULL,
+        jobs_failed BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS enroll_tokens (
+        prefix TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        uses_left BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        created_by TEXT NOT NULL
+    )",
+    // Nonces of signed agent requests, kept until their timestamp is too old to be accepted.
+    "CREATE TABLE IF NOT EXISTS agent_nonces (
+        nonce TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
     )",
     // One row: the chain's head. Updating it inside each append's transaction serialises
     // appends across orchestrator replicas (a row lock on PostgreSQL, the writer lock on SQLite).

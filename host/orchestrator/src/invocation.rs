@@ -12,7 +12,6 @@
 //! and expiry — so nothing can be changed after approval.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use tend_policy::{Decision, Verdict};
@@ -33,10 +32,13 @@ pub enum State {
     Rejected,
     Expired,
     Cancelled,
+    /// A repair whose agent vanished after it started: it may or may not have acted. Escalated
+    /// to a human; never run again on its own.
+    Unknown,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::PendingApproval,
         State::Queued,
         State::Running,
@@ -45,6 +47,7 @@ impl State {
         State::Rejected,
         State::Expired,
         State::Cancelled,
+        State::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl State {
             State::Rejected => "rejected",
             State::Expired => "expired",
             State::Cancelled => "cancelled",
+            State::Unknown => "unknown",
         }
     }
 
@@ -125,13 +129,16 @@ pub fn invocation_digest(
     input: &serde_json::Value,
     expires_ms: i64,
 ) -> String {
-    let grants = serde_json::to_string(&grants(&skill.manifest)).unwrap_or_default();
-    let limits = serde_json::to_string(&skill.manifest.limits).unwrap_or_default();
-    let text = format!(
-        "tend-invocation/v1\nskill {}\nversion {}\ndigest {}\ntarget {target}\ninput {input}\ngrants {grants}\nlimits {limits}\nexpires-ms {expires_ms}\n",
-        skill.name, skill.version, skill.digest
-    );
-    hex::encode(Sha256::digest(text.as_bytes()))
+    crate::protocol::invocation_digest(
+        &skill.name,
+        &skill.version,
+        &skill.digest,
+        target,
+        input,
+        &grants(&skill.manifest),
+        &serde_json::to_value(&skill.manifest.limits).unwrap_or_default(),
+        expires_ms,
+    )
 }
 
 /// Everything needed to record a new invocation.
@@ -163,7 +170,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     let digest = invocation_digest(new.skill, new.target, &new.input, expires);
     let mut tx = db.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&id)
     .bind(&new.skill.name)
@@ -181,6 +188,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     .bind(now)
     .bind(expires)
     .bind((state == State::Queued).then_some(now))
+    .bind(new.skill.manifest.skill.kind.to_string())
     .execute(&mut *tx)
     .await?;
     audit::append_tx(
@@ -313,7 +321,7 @@ async fn transition(
         State::Succeeded | State::Failed | State::Rejected | State::Expired | State::Cancelled => {
             Some("finished_ms")
         }
-        State::PendingApproval | State::Running => None,
+        State::PendingApproval | State::Running | State::Unknown => None,
     };
     for f in from {
         let affected = match stamp {
@@ -573,27 +581,48 @@ pub async fn expire_due(db: &Db) -> Result<usize, FlowError> {
     Ok(n)
 }
 
+/// Which queued jobs a claimant may take.
+#[derive(Debug, Clone, Copy)]
+pub enum Queue<'a> {
+    /// Jobs for this host, run by the built-in worker.
+    Local,
+    /// Jobs assigned to this agent.
+    Agent(&'a str),
+}
+
 /// Claim the oldest queued job with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite
 /// the single writer makes the conditional update atomic).
-pub async fn claim(db: &Db, owner: &str, lease_ms: i64) -> Result<Option<Invocation>, FlowError> {
+pub async fn claim(
+    db: &Db,
+    owner: &str,
+    lease_ms: i64,
+    queue: Queue<'_>,
+) -> Result<Option<Invocation>, FlowError> {
     let now = now_ms();
-    let sql = match db.backend {
-        Backend::Postgres => {
-            "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3
-             WHERE id = (SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_ms LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING *"
-        }
-        Backend::Sqlite => {
-            "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3
-             WHERE id = (SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_ms LIMIT 1) AND state = 'queued'
-             RETURNING *"
-        }
+    let (column, value) = match queue {
+        Queue::Local => ("target", "local"),
+        Queue::Agent(id) => ("assigned_agent", id),
     };
+    let lock = match db.backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    // The local worker starts a job the moment it claims it; an agent says when it starts.
+    let started = match queue {
+        Queue::Local => ", run_started_ms = $3",
+        Queue::Agent(_) => "",
+    };
+    let sql = format!(
+        "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3{started}
+         WHERE id = (SELECT id FROM invocations WHERE state = 'queued' AND {column} = $4 ORDER BY created_ms LIMIT 1{lock}) AND state = 'queued'
+         RETURNING *"
+    );
     let mut tx = db.pool.begin().await?;
-    let Some(row) = sqlx::query(sql)
+    let Some(row) = sqlx::query(&sql)
         .bind(owner)
         .bind(now + lease_ms)
         .bind(now)
+        .bind(value)
         .fetch_optional(&mut *tx)
         .await?
     else {
@@ -712,21 +741,69 @@ async fn fail_running(
     Ok(n)
 }
 
-/// Jobs whose lease ran out while their holder was gone (a crash).
-pub async fn fail_abandoned(db: &Db) -> Result<usize, FlowError> {
+/// Jobs whose lease ran out while their holder was gone (a crash, a lost network):
+/// not started yet → queued again; a started diagnose skill → queued again (reading twice is
+/// harmless); a started **repair** → `unknown`, escalated to a human, never run again on its own.
+pub async fn expire_leases(db: &Db) -> Result<usize, FlowError> {
     let rows = sqlx::query(
-        "SELECT id, lease_owner FROM invocations WHERE state = 'running' AND lease_until_ms < $1",
+        "SELECT id, lease_owner, kind, target, run_started_ms FROM invocations WHERE state = 'running' AND lease_until_ms < $1",
     )
     .bind(now_ms())
     .fetch_all(&db.pool)
     .await?;
-    fail_running(
-        db,
-        rows,
-        "tend",
-        "lease expired: the worker holding this job stopped before reporting; its outcome is unknown",
-    )
-    .await
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let owner: Option<String> = r.try_get("lease_owner")?;
+        let kind: String = r.try_get("kind")?;
+        let target: String = r.try_get("target")?;
+        let started: Option<i64> = r.try_get("run_started_ms")?;
+        let mut tx = db.pool.begin().await?;
+        let (sql, action, why) = match (started, kind.as_str()) {
+            (Some(_), "repair") => (
+                "UPDATE invocations SET state = 'unknown', lease_owner = NULL, lease_until_ms = NULL, finished_ms = $1 WHERE id = $2 AND state = 'running'",
+                "invocation.unknown",
+                "the lease expired after this repair started: it may or may not have acted. Escalated: a human must check the target; it will not run again on its own",
+            ),
+            (Some(_), _) => (
+                "UPDATE invocations SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, run_started_ms = NULL, queued_ms = $1 WHERE id = $2 AND state = 'running'",
+                "invocation.requeued",
+                "the lease expired after this diagnose skill started; reading again is harmless, so it is queued again",
+            ),
+            (None, _) => (
+                "UPDATE invocations SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, queued_ms = $1 WHERE id = $2 AND state = 'running'",
+                "invocation.requeued",
+                "the lease expired before the job started: queued again",
+            ),
+        };
+        let changed = sqlx::query(sql)
+            .bind(now_ms())
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed != 1 {
+            tx.rollback().await?;
+            continue;
+        }
+        if action == "invocation.requeued" && target.starts_with("pool:") {
+            sqlx::query("UPDATE invocations SET assigned_agent = NULL WHERE id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        audit::append_tx(
+            &mut tx,
+            "tend",
+            action,
+            &id,
+            serde_json::json!({ "why": why, "lease_owner": owner }),
+        )
+        .await?;
+        tx.commit().await?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// At shutdown, after the grace period: jobs this worker still holds are failed with the
@@ -739,6 +816,15 @@ pub async fn release_owned(db: &Db, owner: &str, why: &str) -> Result<usize, Flo
     .fetch_all(&db.pool)
     .await?;
     fail_running(db, rows, owner, why).await
+}
+
+/// The skill kind (`diagnose` / `repair`) and approval expiry of an invocation.
+pub async fn kind_and_expiry(db: &Db, id: &str) -> Result<(String, i64), FlowError> {
+    let row = sqlx::query("SELECT kind, expires_ms FROM invocations WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await?;
+    Ok((row.try_get("kind")?, row.try_get("expires_ms")?))
 }
 
 /// Counts by state (for metrics and status).

@@ -16,12 +16,15 @@
 //! - [`audit`]: the hash chain and its verification.
 //! - [`api`]: the axum routes; [`metrics`]: `/metrics`.
 
+pub mod agent_api;
+pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod db;
 pub mod invocation;
 pub mod metrics;
+pub mod protocol;
 pub mod skills;
 pub mod worker;
 
@@ -54,6 +57,12 @@ pub struct Config {
     pub workers: usize,
     /// How long running jobs get to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// An agent is offline after this long without a sign of life (default 90 s).
+    pub offline_after: Duration,
+    /// How long an agent's claim lasts before it must be renewed (default 30 s).
+    pub agent_lease: Duration,
+    /// Floor per agent `env` label.
+    pub env_floors: std::collections::BTreeMap<String, tend_policy::Level>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +118,9 @@ impl Orchestrator {
             api::Settings {
                 approval_ttl: config.approval_ttl,
                 target: config.target.clone(),
+                offline_after: config.offline_after,
+                agent_lease: config.agent_lease,
+                env_floors: config.env_floors.clone(),
             },
         );
         Ok(Orchestrator { state, config })
@@ -159,6 +171,7 @@ impl Orchestrator {
                 .clone()
                 .run(self.config.workers, stop_rx.clone()),
         );
+        let housekeeping = tokio::spawn(housekeep(state.clone(), stop_rx.clone()));
         let app = api::router(state.clone());
         let mut http_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
@@ -187,6 +200,7 @@ impl Orchestrator {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        housekeeping.abort();
         let _ = audit::append(
             &state.db,
             "tend",
@@ -197,5 +211,31 @@ impl Orchestrator {
         .await;
         state.db.close().await;
         Ok(())
+    }
+}
+
+/// Every 100 ms: expire unapproved invocations, handle expired leases, assign agent jobs and
+/// wake agents; every 10 s forget old nonces.
+async fn housekeep(state: api::AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        n += 1;
+        if let Err(e) = invocation::expire_due(&state.db).await {
+            tracing::warn!(error = %e, "expiring invocations failed");
+        }
+        if let Err(e) = invocation::expire_leases(&state.db).await {
+            tracing::warn!(error = %e, "expiring leases failed");
+        }
+        state.kick_agents().await;
+        if n.is_multiple_of(100)
+            && let Err(e) = agents::sweep_nonces(&state.db).await
+        {
+            tracing::warn!(error = %e, "forgetting old nonces failed");
+        }
     }
 }

@@ -96,32 +96,20 @@ impl Worker {
     /// holds before it stops.
     pub async fn run(self: Arc<Self>, concurrency: usize, shutdown: watch::Receiver<bool>) {
         let mut tasks = Vec::new();
-        for i in 0..concurrency.max(1) {
+        for _ in 0..concurrency.max(1) {
             let me = self.clone();
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                me.claim_loop(i == 0, shutdown).await
-            }));
+            tasks.push(tokio::spawn(async move { me.claim_loop(shutdown).await }));
         }
         for t in tasks {
             let _ = t.await;
         }
     }
 
-    async fn claim_loop(&self, housekeeper: bool, mut shutdown: watch::Receiver<bool>) {
-        let mut last_sweep = Instant::now() - Duration::from_secs(1);
+    async fn claim_loop(&self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            if housekeeper && last_sweep.elapsed() >= Duration::from_millis(100) {
-                last_sweep = Instant::now();
-                if let Err(e) = invocation::expire_due(&self.db).await {
-                    tracing::warn!(error = %e, "expiring invocations failed");
-                }
-                if let Err(e) = invocation::fail_abandoned(&self.db).await {
-                    tracing::warn!(error = %e, "failing abandoned jobs failed");
-                }
-            }
             let lease = LEASE_SLACK_MS + tend_runtime::HOST_MAXIMA.timeout_ms as i64;
-            match invocation::claim(&self.db, &self.owner, lease).await {
+            match invocation::claim(&self.db, &self.owner, lease, invocation::Queue::Local).await {
                 Ok(Some(inv)) => {
                     let span = tracing::info_span!("job", invocation = %inv.id, skill = %inv.skill);
                     tracing::Instrument::instrument(self.run_job(inv), span).await

@@ -1,0 +1,569 @@
+//! # tend-agent — the host stage
+//!
+//! Runs on every Linux server. Takes jobs from the orchestrator — outbound only, by signed
+//! long-poll — and trusts none of them on the orchestrator's word: before a job starts, the
+//! agent pulls the skill itself and verifies it against its **own** trust policy, checks that
+//! the artifact is the one decided on, recomputes the invocation digest and counts the
+//! approvals bound to it, and applies its **local ceiling** (level, publishers, capability
+//! kinds). Then it runs the skill through the runtime, renewing its lease, and hands on the
+//! `ExecutionReport` through an on-disk spool, so that no result is lost to a crash.
+
+pub mod client;
+pub mod config;
+pub mod spool;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tend_orchestrator::protocol::{Ceiling, Enroll, Job, JobResult};
+use tend_registry::client::RegistryClient;
+use tend_registry::keys::{self, PublicKey};
+use tend_registry::local::LocalStore;
+use tend_registry::trust::{TrustPolicy, VerifyOptions};
+use tend_runtime::{Export, LimitOverrides, Provenance, Runtime, RuntimeConfig};
+use tokio::sync::{Semaphore, watch};
+
+pub use config::AgentConfig;
+
+/// What `tend agent enroll` needs.
+#[derive(Debug, Clone)]
+pub struct EnrollRequest {
+    pub dir: PathBuf,
+    pub orchestrator: String,
+    pub token: String,
+    pub name: String,
+    pub registry: String,
+    pub trust: PathBuf,
+    pub pools: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ceiling: Ceiling,
+}
+
+/// Make an identity (0600), register with the orchestrator, write `agent.toml`.
+pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
+    std::fs::create_dir_all(&req.dir).map_err(|e| format!("{}: {e}", req.dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&req.dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let key_path = AgentConfig::key_path(&req.dir);
+    if key_path.exists() || AgentConfig::path(&req.dir).exists() {
+        return Err(format!(
+            "{} already holds an agent identity: remove it (see docs/agent.md, rotating identity) or use another --dir",
+            req.dir.display()
+        ));
+    }
+    TrustPolicy::from_file(&req.trust).map_err(|e| e.to_string())?;
+    let key = keys::generate().map_err(|e| e.to_string())?;
+    let hostname = rustix_hostname();
+    let body = Enroll {
+        token: req.token.clone(),
+        name: req.name.clone(),
+        hostname,
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        labels: req.labels.clone(),
+        pools: req.pools.clone(),
+        public_key: PublicKey(key.verifying_key()).to_string(),
+        ceiling: req.ceiling.clone(),
+    };
+    let url = format!(
+        "{}/api/v1/agents/enroll",
+        req.orchestrator.trim_end_matches('/')
+    );
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach {url}: {}",
+                tend_registry::client::error_chain(&e)
+            )
+        })?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!("enrollment refused ({status}): {text}"));
+    }
+    let enrolled: tend_orchestrator::protocol::Enrolled =
+        serde_json::from_str(&text).map_err(|e| format!("unreadable answer {text:?}: {e}"))?;
+    keys::write_private_key(&key_path, &key).map_err(|e| e.to_string())?;
+    let config = AgentConfig {
+        orchestrator: req.orchestrator.trim_end_matches('/').to_string(),
+        agent_id: enrolled.agent_id,
+        name: req.name,
+        registry: req.registry,
+        trust: std::fs::canonicalize(&req.trust).unwrap_or(req.trust),
+        pools: req.pools,
+        labels: req.labels,
+        ceiling: req.ceiling,
+    };
+    config.save(&req.dir)?;
+    Ok(config)
+}
+
+fn rustix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// How `tend agent run` behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub dir: PathBuf,
+    pub heartbeat: Duration,
+    pub concurrency: usize,
+    pub grace: Duration,
+    pub runtime: RuntimeConfig,
+}
+
+struct Shared {
+    config: AgentConfig,
+    client: client::Client,
+    registry: RegistryClient,
+    trust: TrustPolicy,
+    store: LocalStore,
+    spool: spool::Spool,
+    runtime: Runtime,
+    loaded: std::sync::Mutex<std::collections::HashMap<String, Arc<tend_runtime::LoadedSkill>>>,
+    running: std::sync::atomic::AtomicU32,
+}
+
+/// Run until `shutdown` resolves: then stop polling, let running jobs finish within the grace
+/// period, give back claimed jobs that have not started, and flush the spool.
+pub async fn run(
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let config = AgentConfig::load(&options.dir)?;
+    let key =
+        keys::read_private_key(&AgentConfig::key_path(&options.dir)).map_err(|e| e.to_string())?;
+    let trust = TrustPolicy::from_file(&config.trust).map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        client: client::Client::new(&config.orchestrator, &config.agent_id, key),
+        registry: RegistryClient::new(&config.registry, None).map_err(|e| e.to_string())?,
+        trust,
+        store: LocalStore::open(&options.dir.join("store"))?,
+        spool: spool::Spool::open(&options.dir)?,
+        runtime: Runtime::new(options.runtime.clone()).map_err(|e| e.to_string())?,
+        loaded: Default::default(),
+        running: Default::default(),
+        config,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(agent = %shared.config.name, orchestrator = %shared.client.base(), "agent running");
+    flush_spool(&shared).await;
+    let beat = tokio::spawn(heartbeat_loop(
+        shared.clone(),
+        options.heartbeat,
+        options.concurrency,
+        stop_rx.clone(),
+    ));
+    let slots = Arc::new(Semaphore::new(options.concurrency.clamp(1, 50)));
+    let mut jobs = tokio::task::JoinSet::new();
+    let mut backoff = Duration::from_millis(200);
+    let mut stop = stop_rx.clone();
+    let poll_body = serde_json::json!({ "wait_ms": 25_000 });
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let polled = tokio::select! {
+            r = shared.client.post("/api/v1/agent/poll", &poll_body) => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match polled {
+            Ok(None) => drop(permit),
+            Ok(Some(value)) => {
+                backoff = Duration::from_millis(200);
+                match serde_json::from_value::<Job>(value) {
+                    Ok(job) => {
+                        let (shared, stop) = (shared.clone(), stop_rx.clone());
+                        jobs.spawn(async move {
+                            run_job(&shared, job, stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "unreadable job from the orchestrator");
+                        drop(permit);
+                    }
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::warn!(error = %e, retry_in = ?backoff, "polling failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                flush_spool(&shared).await;
+            }
+        }
+        while jobs.try_join_next().is_some() {}
+    }
+    tracing::info!(grace = ?options.grace, "stopping: running jobs get the grace period");
+    if tokio::time::timeout(options.grace, async {
+        while jobs.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "jobs still running after the grace period; their results stay spooled or their leases expire"
+        );
+        jobs.abort_all();
+    }
+    beat.abort();
+    flush_spool(&shared).await;
+    Ok(())
+}
+
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    every: Duration,
+    capacity: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let body = serde_json::json!({
+            "interval_ms": every.as_millis() as u64,
+            "running": shared.running.load(std::sync::atomic::Ordering::Relaxed),
+            "capacity": capacity as u32,
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        if let Err(e) = shared.client.post("/api/v1/agent/heartbeat", &body).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        } else {
+            flush_spool(&shared).await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Send every spooled result; remove each once acknowledged (or definitively refused).
+async fn flush_spool(shared: &Shared) {
+    for (id, result) in shared.spool.pending() {
+        let path = format!("/api/v1/agent/jobs/{id}/result");
+        match shared
+            .client
+            .post(&path, &serde_json::to_value(&result).unwrap_or_default())
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(invocation = %id, "result delivered");
+                shared.spool.remove(&id);
+            }
+            Err(client::ClientError::Status { status, body, .. })
+                if status == 409 || status == 404 =>
+            {
+                tracing::warn!(invocation = %id, %body, "the orchestrator will not take this result; dropping it from the spool");
+                shared.spool.remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(invocation = %id, error = %e, "result stays spooled");
+                return;
+            }
+        }
+    }
+}
+
+/// The agent's own checks, in order; `Err` is the refusal, in words.
+async fn check(
+    shared: &Shared,
+    job: &Job,
+) -> Result<(Arc<tend_runtime::LoadedSkill>, Provenance), String> {
+    let inv = &job.invocation;
+    let ceiling = &shared.config.ceiling;
+    if inv.level > ceiling.max_level {
+        return Err(format!(
+            "level L{} is above this agent's ceiling L{}",
+            inv.level, ceiling.max_level
+        ));
+    }
+    // Pull and verify with this host's own trust policy (and its own rollback floors).
+    let pulled = shared
+        .registry
+        .pull(
+            &inv.skill,
+            &inv.version,
+            &shared.trust,
+            &shared.store,
+            VerifyOptions::default(),
+        )
+        .await
+        .map_err(|e| format!("the artifact does not verify here: {e}"))?;
+    let v = &pulled.verified;
+    if v.digest != inv.digest {
+        return Err(format!(
+            "the registry's {} {} is {}, not the {} that was decided on",
+            inv.skill, inv.version, v.digest, inv.digest
+        ));
+    }
+    if !ceiling.publishers.is_empty() && !ceiling.publishers.contains(&v.publisher) {
+        return Err(format!(
+            "publisher {:?} is not one this agent runs ({:?})",
+            v.publisher, ceiling.publishers
+        ));
+    }
+    let caps = &v.manifest.capabilities;
+    let used = [
+        ("fs_read", !caps.fs_read.is_empty()),
+        ("fs_write", !caps.fs_write.is_empty()),
+        ("exec", !caps.exec.is_empty()),
+        (
+            "services",
+            !caps.services.restart.is_empty() || !caps.services.reload.is_empty(),
+        ),
+        ("http", !caps.http.is_empty()),
+        ("tcp", !caps.tcp.is_empty()),
+    ];
+    for (kind, granted) in used {
+        if granted && !ceiling.capabilities.iter().any(|c| c == kind) {
+            return Err(format!(
+                "the skill is granted {kind}, which this agent does not allow (allowed: {:?})",
+                ceiling.capabilities
+            ));
+        }
+    }
+    // The approvals must be for this exact invocation, as this agent computes it.
+    let grants = tend_orchestrator::skills::grants(&v.manifest);
+    let digest = tend_orchestrator::protocol::invocation_digest(
+        &inv.skill,
+        &inv.version,
+        &v.digest,
+        &inv.target,
+        &inv.input,
+        &grants,
+        &serde_json::to_value(&v.manifest.limits).unwrap_or_default(),
+        job.expires_ms,
+    );
+    if digest != inv.invocation_digest {
+        return Err(format!(
+            "the invocation digest is {digest} here, not the {} it was approved as",
+            inv.invocation_digest
+        ));
+    }
+    let mut approvers: Vec<&str> = inv
+        .approvals
+        .iter()
+        .filter(|a| a.invocation_digest == digest && a.approver != inv.requester)
+        .map(|a| a.approver.as_str())
+        .collect();
+    approvers.sort_unstable();
+    approvers.dedup();
+    // Whatever the orchestrator recorded, L2 needs one approval and L3 two (L1 may run without
+    // one under an auto-heal policy, which the orchestrator records as 0 required).
+    let floor = match inv.level {
+        0 | 1 => 0,
+        2 => 1,
+        _ => 2,
+    };
+    let required = inv.approvals_required.max(floor);
+    if approvers.len() < required as usize {
+        return Err(format!(
+            "L{} needs {required} approval(s) for digest {digest} by someone other than the requester; it has {}",
+            inv.level,
+            approvers.len()
+        ));
+    }
+    let provenance = Provenance::Signed {
+        publisher: v.publisher.clone(),
+        key_id: v.key_id.clone(),
+        digest: v.digest.clone(),
+    };
+    let cached = shared
+        .loaded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&v.digest)
+        .cloned();
+    let loaded = match cached {
+        Some(l) => l,
+        None => {
+            let runtime = shared.runtime.clone();
+            let (bytes, manifest, prov) = (
+                pulled.component.clone(),
+                v.manifest.clone(),
+                provenance.clone(),
+            );
+            let l = tokio::task::spawn_blocking(move || {
+                runtime.load_admitted(&bytes, Some(manifest), prov)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot load the skill: {e}"))?;
+            let l = Arc::new(l);
+            shared
+                .loaded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(v.digest.clone(), l.clone());
+            l
+        }
+    };
+    Ok((loaded, provenance))
+}
+
+async fn deliver(shared: &Shared, id: &str, result: JobResult) {
+    if let Err(e) = shared.spool.put(id, &result) {
+        tracing::error!(invocation = %id, error = %e, "cannot spool a result");
+    }
+    flush_spool(shared).await;
+}
+
+async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
+    let id = job.invocation.id.clone();
+    let picked = Instant::now();
+    let checked = check(shared, &job).await;
+    let (loaded, _) = match checked {
+        Ok(x) => x,
+        Err(why) => {
+            tracing::warn!(invocation = %id, %why, "refusing a job");
+            let result = JobResult {
+                outcome: "refused".into(),
+                report: None,
+                refusal: Some(why),
+            };
+            deliver(shared, &id, result).await;
+            return;
+        }
+    };
+    if *stop.borrow() {
+        let _ = shared
+            .client
+            .post(
+                &format!("/api/v1/agent/jobs/{id}/release"),
+                &serde_json::json!({}),
+            )
+            .await;
+        return;
+    }
+    if let Err(e) = shared
+        .client
+        .post(
+            &format!("/api/v1/agent/jobs/{id}/start"),
+            &serde_json::json!({}),
+        )
+        .await
+    {
+        tracing::warn!(invocation = %id, error = %e, "could not mark the job started; not running it");
+        return;
+    }
+    shared
+        .running
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Renew the lease while the skill runs.
+    let renewer = {
+        let (shared, id) = (shared.clone(), id.clone());
+        let every = Duration::from_millis((job.lease_ms / 3).max(100) as u64);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = shared
+                    .client
+                    .post(
+                        &format!("/api/v1/agent/jobs/{id}/renew"),
+                        &serde_json::json!({}),
+                    )
+                    .await
+                {
+                    tracing::warn!(invocation = %id, error = %e, "lease renewal failed");
+                }
+            }
+        })
+    };
+    let report = shared
+        .runtime
+        .invoke(
+            &loaded,
+            Export::Run,
+            &job.invocation.input.to_string(),
+            &LimitOverrides::default(),
+        )
+        .await;
+    renewer.abort();
+    shared
+        .running
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let result = match report {
+        Ok(report) => JobResult {
+            outcome: "ran".into(),
+            report: Some(serde_json::to_value(&report).unwrap_or_default()),
+            refusal: None,
+        },
+        Err(e) => JobResult {
+            outcome: "refused".into(),
+            report: None,
+            refusal: Some(format!("the host failed to run it: {e}")),
+        },
+    };
+    tracing::info!(invocation = %id, took = ?picked.elapsed(), "job done");
+    deliver(shared, &id, result).await;
+}
+
+/// The systemd unit `tend agent install-systemd` writes.
+pub fn systemd_unit(tend: &Path, dir: &Path, ceiling: &Ceiling) -> String {
+    let writes = ceiling.capabilities.iter().any(|c| c == "fs_write");
+    let exec = ceiling
+        .capabilities
+        .iter()
+        .any(|c| c == "exec" || c == "services");
+    format!(
+        "# Written by `tend agent install-systemd`.\n\
+[Unit]\n\
+Description=Tend host agent (runs approved diagnostic and repair skills)\n\
+Documentation=https://example.invalid/tend/docs/agent.md\n\
+After=network-online.target\n\
+Wants=network-online.target\n\
+\n\
+[Service]\n\
+ExecStart={tend} agent run --dir {dir}\n\
+Restart=always\n\
+RestartSec=2\n\
+TimeoutStopSec=40\n\
+KillSignal=SIGTERM\n\
+NoNewPrivileges=yes\n\
+PrivateTmp=yes\n\
+ProtectHome=read-only\n\
+ProtectSystem={protect}\n\
+ReadWritePaths={dir}\n\
+ProtectKernelTunables=yes\n\
+ProtectKernelModules=yes\n\
+ProtectControlGroups=yes\n\
+RestrictSUIDSGID=yes\n\
+LockPersonality=yes\n\
+RestrictRealtime=yes\n\
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n\
+SystemCallArchitectures=native\n\
+MemoryDenyWriteExecute=no\n\
+{exec_note}\
+\n\
+[Install]\n\
+WantedBy=multi-user.target\n",
+        tend = tend.display(),
+        dir = dir.display(),
+        // Repair skills that write files need the system writable; read-only otherwise.
+        protect = if writes { "full" } else { "strict" },
+        exec_note = if exec {
+            "# exec/services are allowed: skills may run allowlisted programs (e.g. systemctl),\n# so no CapabilityBoundingSet is set here. Narrow it to what those programs need.\n"
+        } else {
+            "CapabilityBoundingSet=\nAmbientCapabilities=\n"
+        },
+    )
+}

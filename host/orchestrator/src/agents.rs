@@ -1,0 +1,628 @@
+//! Agents as the orchestrator knows them: enrollment (with single-use or counted, expiring
+//! enroll tokens), signed-request verification with replay protection, health, dispatch of
+//! pool jobs to the healthiest online agent, and the job protocol (claim, start, renew,
+//! release, result).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use ed25519_dalek::Signature;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tend_registry::keys::PublicKey;
+
+use crate::audit;
+use crate::db::{Db, DbError, now_ms, random_id, rfc3339};
+use crate::invocation::{self, FlowError};
+use crate::protocol::{
+    AgentView, Ceiling, Enroll, Heartbeat, JobResult, MAX_SKEW_MS, signed_message,
+};
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// An enrolled agent, as stored.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub labels: BTreeMap<String, String>,
+    pub pools: Vec<String>,
+    pub public_key: String,
+    pub ceiling: Ceiling,
+    pub last_seen_ms: i64,
+    pub heartbeat_ms: i64,
+    pub running: i64,
+    pub capacity: i64,
+    pub jobs_ok: i64,
+    pub jobs_failed: i64,
+}
+
+fn agent_from_row(r: &AnyRow) -> Result<Agent, DbError> {
+    let labels: String = r.try_get("labels")?;
+    let pools: String = r.try_get("pools")?;
+    let ceiling: String = r.try_get("ceiling")?;
+    Ok(Agent {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        hostname: r.try_get("hostname")?,
+        os: r.try_get("os")?,
+        arch: r.try_get("arch")?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        pools: serde_json::from_str(&pools).unwrap_or_default(),
+        public_key: r.try_get("public_key")?,
+        ceiling: serde_json::from_str(&ceiling).unwrap_or_default(),
+        last_seen_ms: r.try_get("last_seen_ms")?,
+        heartbeat_ms: r.try_get("heartbeat_ms")?,
+        running: r.try_get("running")?,
+        capacity: r.try_get("capacity")?,
+        jobs_ok: r.try_get("jobs_ok")?,
+        jobs_failed: r.try_get("jobs_failed")?,
+    })
+}
+
+/// online / degraded / offline and a 0-100 health score.
+pub fn health(agent: &Agent, now: i64, offline_after: Duration) -> (&'static str, u8) {
+    let age = (now - agent.last_seen_ms).max(0) as f64;
+    let beat = agent.heartbeat_ms.max(1) as f64;
+    let offline = offline_after.as_millis() as f64;
+    let state = if age > offline {
+        "offline"
+    } else if age > 2.0 * beat {
+        "degraded"
+    } else {
+        "online"
+    };
+    let fresh = if age <= 1.5 * beat {
+        1.0
+    } else {
+        (1.0 - (age - 1.5 * beat) / (offline - 1.5 * beat).max(1.0)).clamp(0.0, 1.0)
+    };
+    let total = (agent.jobs_ok + agent.jobs_failed) as f64;
+    let success = if total == 0.0 {
+        1.0
+    } else {
+        agent.jobs_ok as f64 / total
+    };
+    (state, (70.0 * fresh + 30.0 * success).round() as u8)
+}
+
+pub fn view(agent: &Agent, offline_after: Duration) -> AgentView {
+    let (state, score) = health(agent, now_ms(), offline_after);
+    AgentView {
+        id: agent.id.clone(),
+        name: agent.name.clone(),
+        hostname: agent.hostname.clone(),
+        os: agent.os.clone(),
+        arch: agent.arch.clone(),
+        labels: agent.labels.clone(),
+        pools: agent.pools.clone(),
+        ceiling: agent.ceiling.clone(),
+        state: state.to_string(),
+        health: score,
+        last_seen: rfc3339(agent.last_seen_ms),
+        running: agent.running as u32,
+        capacity: agent.capacity as u32,
+        jobs_ok: agent.jobs_ok as u64,
+        jobs_failed: agent.jobs_failed as u64,
+    }
+}
+
+pub async fn list(db: &Db) -> Result<Vec<Agent>, DbError> {
+    let rows = sqlx::query("SELECT * FROM agents ORDER BY name")
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter().map(agent_from_row).collect()
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<Option<Agent>, DbError> {
+    let row = sqlx::query("SELECT * FROM agents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    row.as_ref().map(agent_from_row).transpose()
+}
+
+/// A new enroll token: usable `uses` times until `ttl` has passed. Only its hash is stored.
+pub async fn create_enroll_token(
+    db: &Db,
+    uses: u32,
+    ttl: Duration,
+    by: &str,
+) -> Result<String, DbError> {
+    let mut prefix = [0u8; 6];
+    let mut secret = [0u8; 24];
+    let _ = getrandom::fill(&mut prefix);
+    let _ = getrandom::fill(&mut secret);
+    let prefix = hex::encode(prefix);
+    let token = format!("tendenroll_{prefix}_{}", B64URL.encode(secret));
+    let expires = now_ms() + ttl.as_millis() as i64;
+    let mut tx = db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO enroll_tokens (prefix, hash, uses_left, expires_ms, created_by) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&prefix)
+    .bind(sha256_hex(&token))
+    .bind(uses as i64)
+    .bind(expires)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    audit::append_tx(
+        &mut tx,
+        by,
+        "enroll_token.create",
+        &prefix,
+        serde_json::json!({ "uses": uses, "expires_at": rfc3339(expires) }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+/// Enroll an agent with an enroll token (spending one use).
+pub async fn enroll(db: &Db, req: &Enroll) -> Result<String, FlowError> {
+    let refused = |why: &str| FlowError::Forbidden(format!("enrollment refused: {why}"));
+    let prefix = req
+        .token
+        .strip_prefix("tendenroll_")
+        .and_then(|r| r.split_once('_'))
+        .map(|(p, _)| p.to_string())
+        .ok_or_else(|| refused("not an enroll token"))?;
+    if req.public_key.parse::<PublicKey>().is_err() {
+        return Err(FlowError::Conflict(
+            "public_key is not an ed25519:<base64> key".into(),
+        ));
+    }
+    if req.ceiling.max_level > 3 {
+        return Err(FlowError::Conflict("ceiling.max_level is 0 to 3".into()));
+    }
+    let mut tx = db.pool.begin().await?;
+    // Spend one use atomically: only a matching, unexpired token with uses left.
+    let spent = sqlx::query(
+        "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE prefix = $1 AND hash = $2 AND uses_left > 0 AND expires_ms > $3",
+    )
+    .bind(&prefix)
+    .bind(sha256_hex(&req.token))
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if spent != 1 {
+        tx.rollback().await?;
+        audit::append(
+            db,
+            &req.name,
+            "agent.enroll_refused",
+            &req.hostname,
+            serde_json::json!({ "why": "unknown, used-up or expired enroll token" }),
+        )
+        .await?;
+        return Err(refused("the enroll token is unknown, used up or expired"));
+    }
+    let id = random_id("agent");
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO agents (id, name, hostname, os, arch, labels, pools, public_key, ceiling, enrolled_ms, last_seen_ms, heartbeat_ms, running, capacity, jobs_ok, jobs_failed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&id)
+    .bind(&req.name)
+    .bind(&req.hostname)
+    .bind(&req.os)
+    .bind(&req.arch)
+    .bind(serde_json::to_string(&req.labels).unwrap_or_default())
+    .bind(serde_json::to_string(&req.pools).unwrap_or_default())
+    .bind(&req.public_key)
+    .bind(serde_json::to_string(&req.ceiling).unwrap_or_default())
+    .bind(now)
+    .bind(now)
+    .bind(30_000i64)
+    .bind(0i64)
+    .bind(0i64)
+    .bind(0i64)
+    .bind(0i64)
+    .execute(&mut *tx)
+    .await?;
+    audit::append_tx(
+        &mut tx,
+        &req.name,
+        "agent.enroll",
+        &id,
+        serde_json::json!({
+            "hostname": req.hostname, "os": req.os, "arch": req.arch, "labels": req.labels,
+            "pools": req.pools, "ceiling": req.ceiling, "public_key": req.public_key,
+            "enroll_token": prefix,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Why a signed request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SignedError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Verify a signed agent request; returns the agent. Refuses unknown agents, bad signatures,
+/// clock skew beyond the limit and replayed nonces (each refusal is audited by the caller).
+/// The parts of a signed agent request.
+#[derive(Debug)]
+pub struct SignedRequest<'a> {
+    pub agent_id: &'a str,
+    pub timestamp: &'a str,
+    pub nonce: &'a str,
+    pub signature: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+}
+
+pub async fn verify_request(db: &Db, req: &SignedRequest<'_>) -> Result<Agent, SignedError> {
+    let SignedRequest {
+        agent_id,
+        timestamp,
+        nonce,
+        signature,
+        method,
+        path,
+        body,
+    } = *req;
+    let refuse = |m: String| SignedError::Refused(m);
+    let agent = get(db, agent_id)
+        .await?
+        .ok_or_else(|| refuse(format!("unknown agent {agent_id}")))?;
+    let ts: i64 = timestamp
+        .parse()
+        .map_err(|_| refuse("timestamp is not unix milliseconds".into()))?;
+    let now = now_ms();
+    if (now - ts).abs() > MAX_SKEW_MS {
+        return Err(refuse(format!(
+            "timestamp is {} ms from the orchestrator's clock (at most {MAX_SKEW_MS} ms allowed): fix the agent's clock",
+            now - ts
+        )));
+    }
+    if nonce.len() < 16 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(refuse("nonce must be 16-64 hex characters".into()));
+    }
+    let key: PublicKey = agent
+        .public_key
+        .parse()
+        .map_err(|_| refuse("stored agent key is unreadable".into()))?;
+    let sig: [u8; 64] = B64
+        .decode(signature)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| refuse("signature is not base64 of 64 bytes".into()))?;
+    key.0
+        .verify_strict(
+            &signed_message(method, path, ts, nonce, body),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| refuse("signature does not verify with the agent's enrolled key".into()))?;
+    let fresh =
+        sqlx::query("INSERT INTO agent_nonces (nonce, agent_id, expires_ms) VALUES ($1, $2, $3)")
+            .bind(nonce)
+            .bind(&agent.id)
+            .bind(ts + 2 * MAX_SKEW_MS)
+            .execute(&db.pool)
+            .await;
+    if fresh.is_err() {
+        return Err(refuse(format!(
+            "nonce {nonce} was already used: a replayed request"
+        )));
+    }
+    Ok(agent)
+}
+
+pub async fn heartbeat(db: &Db, agent: &Agent, hb: &Heartbeat) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE agents SET last_seen_ms = $1, heartbeat_ms = $2, running = $3, capacity = $4 WHERE id = $5",
+    )
+    .bind(now_ms())
+    .bind(hb.interval_ms.clamp(100, 3_600_000) as i64)
+    .bind(hb.running as i64)
+    .bind(hb.capacity as i64)
+    .bind(&agent.id)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Any signed request is also a sign of life.
+pub async fn seen(db: &Db, agent: &Agent) -> Result<(), DbError> {
+    sqlx::query("UPDATE agents SET last_seen_ms = $1 WHERE id = $2")
+        .bind(now_ms())
+        .bind(&agent.id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Assign queued `pool:` and `agent:` jobs that have no live agent to the healthiest online
+/// agent that may take them. Returns how many were (re)assigned.
+pub async fn dispatch(db: &Db, offline_after: Duration) -> Result<usize, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, target, level, assigned_agent FROM invocations WHERE state = 'queued' AND target <> 'local' ORDER BY created_ms LIMIT 500",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let agents = list(db).await?;
+    let live: Vec<(&Agent, u8)> = agents
+        .iter()
+        .filter_map(|a| {
+            let (state, score) = health(a, now, offline_after);
+            (state != "offline").then_some((a, score))
+        })
+        .collect();
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let target: String = r.try_get("target")?;
+        let level: i64 = r.try_get("level")?;
+        let assigned: Option<String> = r.try_get("assigned_agent")?;
+        if assigned
+            .as_deref()
+            .is_some_and(|a| live.iter().any(|(l, _)| l.id == a))
+        {
+            continue;
+        }
+        let fits = |a: &Agent| match target.split_once(':') {
+            Some(("pool", p)) => a.pools.iter().any(|x| x == p),
+            Some(("agent", name)) => a.name == name || a.id == name,
+            _ => false,
+        } && i64::from(a.ceiling.max_level) >= level;
+        let best = live
+            .iter()
+            .filter(|(a, _)| fits(a))
+            .max_by_key(|(a, score)| (*score, -(a.running)));
+        let Some((agent, score)) = best else { continue };
+        let changed = sqlx::query(
+            "UPDATE invocations SET assigned_agent = $1 WHERE id = $2 AND state = 'queued'",
+        )
+        .bind(&agent.id)
+        .bind(&id)
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            audit::append(
+                db,
+                "tend",
+                "invocation.assign",
+                &id,
+                serde_json::json!({ "agent": agent.name, "agent_id": agent.id, "health": score, "previous": assigned }),
+            )
+            .await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Mark a claimed job as started (after the agent's own checks passed).
+pub async fn start(db: &Db, agent: &Agent, id: &str) -> Result<(), FlowError> {
+    let mut tx = db.pool.begin().await?;
+    let n = sqlx::query(
+        "UPDATE invocations SET run_started_ms = $1 WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .bind(&agent.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n != 1 {
+        tx.rollback().await?;
+        return Err(FlowError::Conflict(format!(
+            "invocation {id} is not held by agent {}",
+            agent.name
+        )));
+    }
+    audit::append_tx(
+        &mut tx,
+        &agent.name,
+        "invocation.started",
+        id,
+        serde_json::json!({ "agent_id": agent.id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn renew(db: &Db, agent: &Agent, id: &str, lease_ms: i64) -> Result<i64, FlowError> {
+    let until = now_ms() + lease_ms;
+    let n = sqlx::query(
+        "UPDATE invocations SET lease_until_ms = $1 WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+    )
+    .bind(until)
+    .bind(id)
+    .bind(&agent.id)
+    .execute(&db.pool)
+    .await?
+    .rows_affected();
+    if n != 1 {
+        return Err(FlowError::Conflict(format!(
+            "invocation {id} is not held by agent {}",
+            agent.name
+        )));
+    }
+    Ok(until)
+}
+
+/// Give back a claimed job that has not started (graceful shutdown).
+pub async fn release(db: &Db, agent: &Agent, id: &str) -> Result<(), FlowError> {
+    let mut tx = db.pool.begin().await?;
+    let n = sqlx::query(
+        "UPDATE invocations SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, assigned_agent = CASE WHEN target LIKE 'pool:%' THEN NULL ELSE assigned_agent END WHERE id = $1 AND state = 'running' AND lease_owner = $2 AND run_started_ms IS NULL",
+    )
+    .bind(id)
+    .bind(&agent.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n != 1 {
+        tx.rollback().await?;
+        return Err(FlowError::Conflict(format!(
+            "invocation {id} is not an unstarted job held by agent {}",
+            agent.name
+        )));
+    }
+    audit::append_tx(
+        &mut tx,
+        &agent.name,
+        "invocation.released",
+        id,
+        serde_json::json!({ "why": "the agent is shutting down" }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Record what an agent reports. Exactly once: the first report for a job held by this agent
+/// (or a late one for a job marked `unknown`) is recorded; a repeat is acknowledged and changes
+/// nothing.
+pub async fn report(
+    db: &Db,
+    agent: &Agent,
+    id: &str,
+    result: &JobResult,
+) -> Result<&'static str, FlowError> {
+    let inv = invocation::get(db, id).await?;
+    let terminal = matches!(
+        inv.state,
+        invocation::State::Succeeded | invocation::State::Failed
+    );
+    if terminal {
+        return Ok("already recorded");
+    }
+    let (ok, body, action) = match result.outcome.as_str() {
+        "ran" => {
+            let report = result.report.clone().unwrap_or_default();
+            let ok = report["outcome"] == "ok";
+            (ok, report, None)
+        }
+        "refused" => {
+            let why = result
+                .refusal
+                .clone()
+                .unwrap_or_else(|| "refused without a reason".into());
+            (
+                false,
+                serde_json::json!({ "refused_by_agent": agent.name, "error": why }),
+                Some("agent.refused"),
+            )
+        }
+        other => {
+            return Err(FlowError::Conflict(format!(
+                "outcome {other:?} is neither ran nor refused"
+            )));
+        }
+    };
+    let to = if ok { "succeeded" } else { "failed" };
+    let mut tx = db.pool.begin().await?;
+    let n = sqlx::query(
+        "UPDATE invocations SET state = $1, result = $2, finished_ms = $3, lease_owner = NULL, lease_until_ms = NULL
+         WHERE id = $4 AND ((state = 'running' AND lease_owner = $5) OR (state = 'unknown' AND assigned_agent = $6))",
+    )
+    .bind(to)
+    .bind(body.to_string())
+    .bind(now_ms())
+    .bind(id)
+    .bind(&agent.id)
+    .bind(&agent.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n != 1 {
+        tx.rollback().await?;
+        return Err(FlowError::Conflict(format!(
+            "invocation {id} is {} and not held by agent {}",
+            inv.state.as_str(),
+            agent.name
+        )));
+    }
+    let counter = if ok { "jobs_ok" } else { "jobs_failed" };
+    sqlx::query(&format!(
+        "UPDATE agents SET {counter} = {counter} + 1 WHERE id = $1"
+    ))
+    .bind(&agent.id)
+    .execute(&mut *tx)
+    .await?;
+    let detail = serde_json::json!({
+        "state": to, "agent": agent.name,
+        "outcome": body.get("outcome").cloned().unwrap_or(serde_json::Value::Null),
+        "refusal": result.refusal, "late": inv.state == invocation::State::Unknown,
+    });
+    if let Some(a) = action {
+        audit::append_tx(&mut tx, &agent.name, a, id, detail.clone()).await?;
+    }
+    audit::append_tx(
+        &mut tx,
+        &agent.name,
+        &format!("invocation.{to}"),
+        id,
+        detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok("recorded")
+}
+
+/// Delete an agent; its queued and unstarted jobs go back to the queue.
+pub async fn delete(db: &Db, id: &str, by: &str) -> Result<usize, FlowError> {
+    let mut tx = db.pool.begin().await?;
+    let gone = sqlx::query("DELETE FROM agents WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if gone != 1 {
+        tx.rollback().await?;
+        return Err(FlowError::NotFound(format!("no agent {id}")));
+    }
+    let requeued = sqlx::query(
+        "UPDATE invocations SET state = 'queued', assigned_agent = NULL, lease_owner = NULL, lease_until_ms = NULL
+         WHERE assigned_agent = $1 AND (state = 'queued' OR (state = 'running' AND run_started_ms IS NULL))",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    audit::append_tx(
+        &mut tx,
+        by,
+        "agent.delete",
+        id,
+        serde_json::json!({ "requeued_jobs": requeued }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(requeued as usize)
+}
+
+/// Forget nonces too old to be accepted again anyway.
+pub async fn sweep_nonces(db: &Db) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM agent_nonces WHERE expires_ms < $1")
+        .bind(now_ms())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
