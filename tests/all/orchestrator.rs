@@ -15,7 +15,7 @@ use crate::registry::{Registry, World, err};
 use crate::support::*;
 
 /// Four skills from the same trivial component, declared at L0..L3; acme-echo has a schema.
-fn publish_levels(w: &World, reg: &Registry) {
+pub fn publish_levels(w: &World, reg: &Registry) {
     let token = w.token("ci", "publisher");
     for (name, level) in [
         ("acme-echo", 0),
@@ -141,7 +141,14 @@ pub struct Orch {
 
 impl Orch {
     pub fn start(w: &World, reg: &Registry, backend: Backend, extra: &[&str]) -> Orch {
-        let orch = Orch::replica(w, reg, &backend.database(w, "orch"), "orch", extra);
+        let orch = Orch::replica(
+            w,
+            reg,
+            &backend.database(w, "orch"),
+            "orch",
+            "127.0.0.1:0",
+            extra,
+        );
         assert!(
             !orch.admin.is_empty(),
             "the first start printed no admin token"
@@ -150,7 +157,14 @@ impl Orch {
     }
 
     /// An orchestrator on an existing database (`admin` is empty unless it is the first).
-    pub fn replica(w: &World, reg: &Registry, database: &str, name: &str, extra: &[&str]) -> Orch {
+    pub fn replica(
+        w: &World,
+        reg: &Registry,
+        database: &str,
+        name: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Orch {
         let database = database.to_string();
         let mut child = tend()
             .current_dir(w.dir.path())
@@ -160,7 +174,7 @@ impl Orch {
                 "orchestrator",
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--database",
                 &database,
                 "--registry",
@@ -336,7 +350,7 @@ impl Api {
     }
 }
 
-fn setup() -> (World, Registry) {
+pub fn setup() -> (World, Registry) {
     let w = World::new();
     let reg = Registry::start(&w);
     publish_levels(&w, &reg);
@@ -839,7 +853,7 @@ async fn the_api_holds_to_its_openapi_document_under_schemathesis() {
 async fn two_replicas_on_one_postgres_run_each_job_exactly_once() {
     let (w, reg) = setup();
     let first = Orch::start(&w, &reg, Backend::Postgres, &[]);
-    let second = Orch::replica(&w, &reg, &first.database, "replica", &[]);
+    let second = Orch::replica(&w, &reg, &first.database, "replica", "127.0.0.1:0", &[]);
     assert!(
         second.admin.is_empty(),
         "only the first start mints an admin token"
