@@ -18,16 +18,18 @@ struct AgentProc {
     child: Option<Child>,
     dir: PathBuf,
     cache: PathBuf,
+    extra: Vec<String>,
 }
 
 impl AgentProc {
-    fn spawn(dir: &PathBuf, cache: &PathBuf) -> Child {
+    fn spawn(dir: &PathBuf, cache: &PathBuf, extra: &[String]) -> Child {
         let mut child = tend()
             .env("TEND_CACHE_DIR", cache)
             .env("TEND_LOG", "info")
             .args(["agent", "run", "--dir"])
             .arg(dir)
             .args(["--heartbeat", "500ms", "--grace", "10s"])
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start agent");
@@ -57,13 +59,19 @@ impl AgentProc {
     }
 
     fn start(w: &World, name: &str) -> AgentProc {
+        AgentProc::start_with(w, name, &[])
+    }
+
+    fn start_with(w: &World, name: &str, extra: &[&str]) -> AgentProc {
         let dir = w.path(&format!("agent-{name}"));
         let cache = w.path("cache");
-        let child = AgentProc::spawn(&dir, &cache);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = AgentProc::spawn(&dir, &cache, &extra);
         AgentProc {
             child: Some(child),
             dir,
             cache,
+            extra,
         }
     }
 
@@ -76,7 +84,7 @@ impl AgentProc {
 
     fn restart(&mut self) {
         self.kill9();
-        self.child = Some(AgentProc::spawn(&self.dir, &self.cache));
+        self.child = Some(AgentProc::spawn(&self.dir, &self.cache, &self.extra));
     }
 }
 
@@ -616,4 +624,114 @@ fn install_systemd_writes_a_hardened_unit() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("exists"), "{}", err(&o));
+}
+
+/// An agent that stops beating goes offline; removing an agent puts its waiting jobs back in
+/// the queue; SIGTERM lets a running job finish and report before the agent exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_removal_and_graceful_shutdown() {
+    let (w, reg) = crate::orchestrator::setup();
+    publish_sleeper(&w, &reg, "acme-sleep", 4000);
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &["--agent-offline-after", "2s"]);
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let trust = w.path("trust.toml");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("p"),
+        &["--pool", "web"],
+    );
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "spare",
+        trust.to_str().expect("p"),
+        &["--pool", "spare"],
+    );
+    let mut web = AgentProc::start(&w, "web-1");
+
+    // SIGTERM mid-job: the job finishes within the grace period and its result is recorded.
+    let (_, v) = submit_to(
+        &api,
+        &admin,
+        "acme-sleep",
+        "pool:web",
+        json!({"do": "sleep"}),
+    )
+    .await;
+    let id = v["id"].as_str().expect("id").to_string();
+    wait_audit(&api, &admin, &id, "invocation.started").await;
+    let pid = web.child.as_ref().expect("child").id();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = web.child.take().expect("child").wait().expect("wait");
+    assert!(status.success(), "the agent exited with {status}");
+    let done = api.get(&admin, &id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(
+        done["result"]["outcome"], "timeout",
+        "the job ran to its own end: {done}"
+    );
+
+    // No heartbeat for longer than --agent-offline-after: offline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, agents) = api.call("GET", "/api/v1/agents", Some(&admin), None).await;
+        let state = agents
+            .as_array()
+            .expect("agents")
+            .iter()
+            .find(|a| a["name"] == "web-1")
+            .map(|a| a["state"].as_str().unwrap_or("").to_string());
+        if state.as_deref() == Some("offline") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web-1 is still {state:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The spare agent runs one job at a time: a second job assigned to it waits. Deleting the
+    // agent puts the waiting job back in the queue (the started one is left to its rules).
+    let _spare_proc = AgentProc::start_with(&w, "spare", &["--concurrency", "1"]);
+    let (_, v) = submit_to(
+        &api,
+        &admin,
+        "acme-sleep",
+        "agent:spare",
+        json!({"do": "sleep"}),
+    )
+    .await;
+    let busy = v["id"].as_str().expect("id").to_string();
+    wait_audit(&api, &admin, &busy, "invocation.started").await;
+    let (_, v) = submit_to(&api, &admin, "acme-echo", "agent:spare", json!({})).await;
+    let id = v["id"].as_str().expect("id").to_string();
+    wait_audit(&api, &admin, &id, "invocation.assign").await;
+    let (_, agents) = api.call("GET", "/api/v1/agents", Some(&admin), None).await;
+    let spare = agents
+        .as_array()
+        .expect("agents")
+        .iter()
+        .find(|a| a["name"] == "spare")
+        .expect("spare")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (s, v) = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/agents/{spare}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["requeued_jobs"].as_u64()), (200, Some(1)), "{v}");
+    let inv = api.get(&admin, &id).await;
+    assert_eq!(inv["state"], "queued");
+    let (_, agents) = api.call("GET", "/api/v1/agents", Some(&admin), None).await;
+    assert_eq!(agents.as_array().expect("agents").len(), 1);
 }
