@@ -158,3 +158,49 @@ start_postgres() {
     "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
         -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" start >/dev/null
 }
+
+# Benchmarks: a scratch dir $S with a publisher key and trust policy, a registry on loopback
+# serving a signed L0 skill `echo` (the trivial fixture). $1: the tend binary.
+bench_setup() {
+    local tend="$1"
+    S="$(mktemp -d)"
+    export TEND_CACHE_DIR="$S/cache" TEND_DATA_DIR="$S/data" TEND_LOG=warn
+    "$tend" key gen --out "$S/key" >/dev/null
+    local public
+    public="$("$tend" key show "$S/key" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])')"
+    printf '[[publishers]]\nname = "bench"\nkey = "%s"\nprefixes = ["*"]\n' "$public" >"$S/trust.toml"
+    export TEND_TRUST="$S/trust.toml"
+    cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/trivial.wasm" "$S/echo.wasm"
+    printf '[skill]\nname = "echo"\nversion = "1.0.0"\nkind = "diagnose"\nlevel = 0\n' >"$S/echo.toml"
+    "$tend" skill sign "$S/echo.wasm" --manifest "$S/echo.toml" --key "$S/key" >/dev/null
+    local token
+    token="$("$tend" registry token create --data "$S/reg" --name bench --role publisher 2>/dev/null)"
+    start_registry "$tend" "$S/reg" "$TEND_TRUST" "$S/reg.log"
+    "$tend" skill publish "$S/echo.wasm" --registry "$REGISTRY_URL" --token "$token" >/dev/null
+}
+
+bench_cleanup() {
+    [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null || true
+    [ -n "${ORCH_PID:-}" ] && kill "$ORCH_PID" 2>/dev/null || true
+    [ -n "${REGISTRY_PID:-}" ] && kill "$REGISTRY_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    [ -n "${S:-}" ] && rm -rf "$S"
+}
+
+# Start `tend orchestrator serve` in the background; sets ORCH_PID, ORCH_URL, ORCH_ADMIN.
+# $1: tend, $2: database URL, $3: label for its files; the rest go to `serve`.
+start_orchestrator() {
+    local tend="$1" database="$2" label="$3"
+    shift 3
+    "$tend" orchestrator serve --listen 127.0.0.1:0 --database "$database" --registry "$REGISTRY_URL" \
+        --data-dir "$S/orch-$label" "$@" 2>"$S/orch-$label.log" &
+    ORCH_PID=$!
+    ORCH_URL=""
+    for _ in $(seq 1 500); do
+        ORCH_URL="$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$S/orch-$label.log" | head -1)"
+        [ -n "$ORCH_URL" ] && break
+        kill -0 "$ORCH_PID" 2>/dev/null || { cat "$S/orch-$label.log" >&2; return 1; }
+        sleep 0.02
+    done
+    ORCH_ADMIN="$(sed -n 's/.*keep it secret): //p' "$S/orch-$label.log")"
+}

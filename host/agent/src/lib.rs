@@ -173,36 +173,42 @@ pub async fn run(
     let mut jobs = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(200);
     let mut stop = stop_rx.clone();
-    let poll_body = serde_json::json!({ "wait_ms": 25_000 });
     loop {
-        let permit = tokio::select! {
+        // Wait for one free slot, then take every other free one: one poll may bring that many.
+        let first = tokio::select! {
             p = slots.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
             _ = stop.wait_for(|s| *s) => break,
         };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let poll_body = serde_json::json!({ "wait_ms": 25_000, "max": permits.len() });
         let polled = tokio::select! {
             r = shared.client.post("/api/v1/agent/poll", &poll_body) => r,
             _ = stop.wait_for(|s| *s) => break,
         };
         match polled {
-            Ok(None) => drop(permit),
+            Ok(None) => drop(permits),
             Ok(Some(value)) => {
                 backoff = Duration::from_millis(200);
-                match serde_json::from_value::<Job>(value) {
-                    Ok(job) => {
-                        let (shared, stop) = (shared.clone(), stop_rx.clone());
-                        jobs.spawn(async move {
-                            run_job(&shared, job, stop).await;
-                            drop(permit);
-                        });
+                match serde_json::from_value::<tend_orchestrator::protocol::Jobs>(value) {
+                    Ok(batch) => {
+                        for job in batch.jobs {
+                            let Some(permit) = permits.pop() else { break };
+                            let (shared, stop) = (shared.clone(), stop_rx.clone());
+                            jobs.spawn(async move {
+                                run_job(&shared, job, stop).await;
+                                drop(permit);
+                            });
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "unreadable job from the orchestrator");
-                        drop(permit);
-                    }
+                    Err(e) => tracing::error!(error = %e, "unreadable jobs from the orchestrator"),
                 }
+                drop(permits);
             }
             Err(e) => {
-                drop(permit);
+                drop(permits);
                 tracing::warn!(error = %e, retry_in = ?backoff, "polling failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}

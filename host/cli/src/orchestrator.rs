@@ -317,6 +317,9 @@ pub struct BenchArgs {
     /// An L0 skill to invoke (it must run without approval)
     #[arg(long)]
     skill: String,
+    /// Where to run it: local, pool:NAME or agent:NAME
+    #[arg(long, default_value = "local")]
+    target: String,
     /// Invocations to submit
     #[arg(long, default_value_t = 2000)]
     count: usize,
@@ -355,11 +358,12 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Failure> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.max(1) {
-        let (http, url, token, skill, next) = (
+        let (http, url, token, skill, target, next) = (
             http.clone(),
             url.clone(),
             args.token.clone(),
             args.skill.clone(),
+            args.target.clone(),
             next.clone(),
         );
         let count = args.count;
@@ -370,7 +374,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Failure> {
                 let resp = http
                     .post(format!("{url}/api/v1/invocations"))
                     .bearer_auth(&token)
-                    .json(&serde_json::json!({"skill": skill, "input": {}, "reason": "bench"}))
+                    .json(&serde_json::json!({"skill": skill, "target": target, "input": {}, "reason": "bench"}))
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;

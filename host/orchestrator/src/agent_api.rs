@@ -18,7 +18,7 @@ use crate::api::{ApiError, AppState, ErrorBody, actor};
 use crate::audit;
 use crate::invocation::{self, Queue};
 use crate::protocol::{
-    AGENT_HEADER, AgentView, Enroll, Enrolled, Heartbeat, Job, JobResult, NONCE_HEADER, Poll,
+    AGENT_HEADER, AgentView, Enroll, Enrolled, Heartbeat, Job, JobResult, Jobs, NONCE_HEADER, Poll,
     SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 
@@ -73,10 +73,7 @@ async fn signed(
     )
     .await;
     match verified {
-        Ok(agent) => {
-            agents::seen(&state.db, &agent).await?;
-            Ok(agent)
-        }
+        Ok(agent) => Ok(agent),
         Err(SignedError::Db(e)) => Err(e.into()),
         Err(SignedError::Refused(why)) => {
             audit::append(
@@ -219,22 +216,30 @@ pub async fn poll(
 ) -> ApiResult<Response> {
     let agent = signed(&state, &headers, &Method::POST, "/api/v1/agent/poll", &body).await?;
     let req: Poll = json_body(&body)?;
+    // A poll is a sign of life too (heartbeats are the regular one).
+    agents::seen(&state.db, &agent).await?;
     let deadline = Instant::now() + Duration::from_millis(req.wait_ms.min(30_000));
     let lease_ms = state.settings.agent_lease.as_millis() as i64;
     loop {
         let notified = state.agents_notify.notified();
-        if let Some(inv) =
-            invocation::claim(&state.db, &agent.id, lease_ms, Queue::Agent(&agent.id)).await?
-        {
+        let mut jobs = Vec::new();
+        while jobs.len() < req.max.clamp(1, 50) as usize {
+            let Some(inv) =
+                invocation::claim(&state.db, &agent.id, lease_ms, Queue::Agent(&agent.id)).await?
+            else {
+                break;
+            };
             let (kind, expires_ms) = invocation::kind_and_expiry(&state.db, &inv.id).await?;
-            let job = Job {
+            jobs.push(Job {
                 lease_until_ms: crate::db::now_ms() + lease_ms,
                 lease_ms,
                 invocation: inv,
                 kind,
                 expires_ms,
-            };
-            return Ok(Json(job).into_response());
+            });
+        }
+        if !jobs.is_empty() {
+            return Ok(Json(Jobs { jobs }).into_response());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

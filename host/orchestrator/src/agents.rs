@@ -352,12 +352,29 @@ pub async fn seen(db: &Db, agent: &Agent) -> Result<(), DbError> {
 
 /// Assign queued `pool:` and `agent:` jobs that have no live agent to the healthiest online
 /// agent that may take them. Returns how many were (re)assigned.
-pub async fn dispatch(db: &Db, offline_after: Duration) -> Result<usize, DbError> {
-    let rows = sqlx::query(
-        "SELECT id, target, level, assigned_agent FROM invocations WHERE state = 'queued' AND target <> 'local' ORDER BY created_ms LIMIT 500",
-    )
-    .fetch_all(&db.pool)
-    .await?;
+/// `only`: just this invocation (on submit), else every waiting one (housekeeping).
+pub async fn dispatch(
+    db: &Db,
+    offline_after: Duration,
+    only: Option<&str>,
+) -> Result<usize, DbError> {
+    let rows = match only {
+        Some(id) => {
+            sqlx::query(
+                "SELECT id, target, level, assigned_agent FROM invocations WHERE id = $1 AND state = 'queued' AND target <> 'local'",
+            )
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "SELECT id, target, level, assigned_agent FROM invocations WHERE state = 'queued' AND target <> 'local' ORDER BY created_ms LIMIT 500",
+            )
+            .fetch_all(&db.pool)
+            .await?
+        }
+    };
     if rows.is_empty() {
         return Ok(0);
     }
@@ -392,24 +409,28 @@ pub async fn dispatch(db: &Db, offline_after: Duration) -> Result<usize, DbError
             .filter(|(a, _)| fits(a))
             .max_by_key(|(a, score)| (*score, -(a.running)));
         let Some((agent, score)) = best else { continue };
+        let mut tx = db.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE invocations SET assigned_agent = $1 WHERE id = $2 AND state = 'queued'",
         )
         .bind(&agent.id)
         .bind(&id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if changed == 1 {
-            audit::append(
-                db,
+            audit::append_tx(
+                &mut tx,
                 "tend",
                 "invocation.assign",
                 &id,
                 serde_json::json!({ "agent": agent.name, "agent_id": agent.id, "health": score, "previous": assigned }),
             )
             .await?;
+            tx.commit().await?;
             n += 1;
+        } else {
+            tx.rollback().await?;
         }
     }
     Ok(n)

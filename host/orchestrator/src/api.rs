@@ -76,7 +76,12 @@ impl AppState {
 
     /// Assign waiting agent jobs now and wake long-polling agents.
     pub async fn kick_agents(&self) {
-        match crate::agents::dispatch(&self.db, self.settings.offline_after).await {
+        self.kick_agents_for(None).await;
+    }
+
+    /// Assign one invocation (or, with `None`, every waiting one) and wake agents.
+    pub async fn kick_agents_for(&self, only: Option<&str>) {
+        match crate::agents::dispatch(&self.db, self.settings.offline_after, only).await {
             Ok(_) => self.agents_notify.notify_waiters(),
             Err(e) => tracing::warn!(error = %e, "dispatching agent jobs failed"),
         }
@@ -545,7 +550,7 @@ async fn submit(
         if inv.target == state.settings.target.name {
             state.notify.notify_waiters();
         } else {
-            state.kick_agents().await;
+            state.kick_agents_for(Some(&inv.id)).await;
         }
     }
     Ok((StatusCode::CREATED, Json(inv)).into_response())
@@ -630,7 +635,7 @@ async fn approve(
     .await?;
     if inv.state == InvState::Queued {
         state.notify.notify_waiters();
-        state.kick_agents().await;
+        state.kick_agents_for(Some(&inv.id)).await;
     }
     Ok(Json(inv))
 }

@@ -105,6 +105,19 @@ pub struct Heartbeat {
 pub struct Poll {
     /// How long to hold the request open waiting for a job (long-poll), at most 30 s.
     pub wait_ms: u64,
+    /// At most this many jobs in one answer (the agent's free slots; default 1, at most 50).
+    #[serde(default = "one")]
+    pub max: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The answer to a poll that found work.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Jobs {
+    pub jobs: Vec<Job>,
 }
 
 /// A job handed to an agent: the invocation, with everything the agent needs to check it.
