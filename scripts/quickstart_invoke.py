@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 base, token = sys.argv[1], sys.argv[2]
+target = sys.argv[3] if len(sys.argv) > 3 else "local"
 
 
 def call(method, path, body=None):
@@ -27,10 +28,11 @@ def call(method, path, body=None):
 
 
 status, inv = call("POST", "/api/v1/invocations", {
-    "skill": "disk-usage", "input": {"warn_percent": 80, "critical_percent": 90}, "reason": "quickstart"})
+    "skill": "disk-usage", "target": target,
+    "input": {"warn_percent": 80, "critical_percent": 90}, "reason": "quickstart"})
 if status != 201:
     sys.exit(f"submitting disk-usage failed ({status}): {inv}")
-print(f"disk-usage: {inv['state']} (L{inv['level']})")
+print(f"disk-usage on {target}: {inv['state']} (L{inv['level']})")
 for reason in inv["reasons"]:
     print(f"  - {reason}")
 deadline = time.time() + 60
@@ -46,7 +48,8 @@ for fs in (report.get("output") or {}).get("filesystems", [])[:5]:
     print(f"  {fs['mount_point']:<20} {fs['used_percent']:5.1f}% used  ({fs['status']})")
 
 status, inv = call("POST", "/api/v1/invocations", {
-    "skill": "service-restart", "input": {"unit": "nginx.service"}, "reason": "quickstart"})
+    "skill": "service-restart", "target": target,
+    "input": {"unit": "nginx.service"}, "reason": "quickstart"})
 print(f"service-restart: HTTP {status}, {inv.get('state', inv.get('error'))}")
 for reason in inv.get("reasons", []):
     print(f"  - {reason}")
