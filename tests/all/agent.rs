@@ -343,6 +343,32 @@ async fn an_agent_refuses_what_its_own_policy_forbids_even_when_approved() {
         0,
         "a refused job started"
     );
+
+    // A tampered artifact: the orchestrator verified it before; by the time the agent pulls
+    // it, the registry's blob has been swapped. The agent checks the digest itself.
+    let (_, v) = submit_to(&api, &admin, "acme-adjust", "agent:careful", json!({})).await;
+    let id = v["id"].as_str().expect("id").to_string();
+    let digest = v["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:")
+        .to_string();
+    let blob = w.path(&format!("registry/blobs/sha256/{digest}"));
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, bytes).expect("tamper");
+    let (s, _) = api
+        .approve(&bob, &id, v["invocation_digest"].as_str().expect("d"))
+        .await;
+    assert_eq!(s, 200);
+    let done = api.wait_for(&admin, &id, "failed").await;
+    let why = done["result"]["error"].as_str().expect("refusal");
+    assert!(why.contains("served a blob whose sha256 is"), "{why}");
+    assert_eq!(
+        count(&audit_events(&api, &admin).await, &id, "invocation.started"),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -835,6 +835,7 @@ async fn the_api_holds_to_its_openapi_document_under_schemathesis() {
             "30",
             "--generation-deterministic",
         ])
+        .current_dir(w.dir.path())
         .env("NO_COLOR", "1")
         .output()
         .expect("schemathesis (pip install schemathesis; scripts/test does)");
