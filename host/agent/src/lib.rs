@@ -132,6 +132,11 @@ struct Shared {
     spool: spool::Spool,
     runtime: Runtime,
     loaded: std::sync::Mutex<std::collections::HashMap<String, Arc<tend_runtime::LoadedSkill>>>,
+    /// What this agent has already pulled and verified itself, by (name, version): a job for
+    /// the same digest is not fetched and verified again.
+    verified: std::sync::Mutex<
+        std::collections::HashMap<(String, String), Arc<tend_registry::trust::Verified>>,
+    >,
     running: std::sync::atomic::AtomicU32,
 }
 
@@ -153,6 +158,7 @@ pub async fn run(
         spool: spool::Spool::open(&options.dir)?,
         runtime: Runtime::new(options.runtime.clone()).map_err(|e| e.to_string())?,
         loaded: Default::default(),
+        verified: Default::default(),
         running: Default::default(),
         config,
     });
@@ -302,19 +308,39 @@ async fn check(
             inv.level, ceiling.max_level
         ));
     }
-    // Pull and verify with this host's own trust policy (and its own rollback floors).
-    let pulled = shared
-        .registry
-        .pull(
-            &inv.skill,
-            &inv.version,
-            &shared.trust,
-            &shared.store,
-            VerifyOptions::default(),
-        )
-        .await
-        .map_err(|e| format!("the artifact does not verify here: {e}"))?;
-    let v = &pulled.verified;
+    // Pull and verify with this host's own trust policy (and its own rollback floors), once
+    // per artifact: a later job for the same digest uses what was verified then.
+    let key = (inv.skill.clone(), inv.version.clone());
+    let known = shared
+        .verified
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .filter(|v| v.digest == inv.digest)
+        .cloned();
+    let (v, component) = match known {
+        Some(v) => (v, None),
+        None => {
+            let pulled = shared
+                .registry
+                .pull(
+                    &inv.skill,
+                    &inv.version,
+                    &shared.trust,
+                    &shared.store,
+                    VerifyOptions::default(),
+                )
+                .await
+                .map_err(|e| format!("the artifact does not verify here: {e}"))?;
+            let v = Arc::new(pulled.verified);
+            shared
+                .verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, v.clone());
+            (v, Some(pulled.component))
+        }
+    };
     if v.digest != inv.digest {
         return Err(format!(
             "the registry's {} {} is {}, not the {} that was decided on",
@@ -403,11 +429,18 @@ async fn check(
         Some(l) => l,
         None => {
             let runtime = shared.runtime.clone();
-            let (bytes, manifest, prov) = (
-                pulled.component.clone(),
-                v.manifest.clone(),
-                provenance.clone(),
-            );
+            let bytes = match component {
+                Some(c) => c,
+                None => {
+                    let path = shared
+                        .store
+                        .find(&inv.skill, Some(&inv.version))
+                        .ok_or("the verified skill is missing from the local store")?
+                        .component;
+                    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?
+                }
+            };
+            let (manifest, prov) = (v.manifest.clone(), provenance.clone());
             let l = tokio::task::spawn_blocking(move || {
                 runtime.load_admitted(&bytes, Some(manifest), prov)
             })
