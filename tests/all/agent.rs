@@ -312,8 +312,33 @@ async fn an_agent_refuses_what_its_own_policy_forbids_even_when_approved() {
     let config = w.path("agent-careful/agent.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace("max_level = 2", "max_level = 1")).expect("edit");
+    // An agent that lets skills read only under /var/log, and a skill granted /etc.
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "narrow",
+        trust.to_str().expect("p"),
+        &["--allow-capability", "fs_read", "--allow-path", "/var/log"],
+    );
+    let token = w.token("ci-reader", "publisher");
+    let wasm = w.signed_with(
+        "acme-reader",
+        &guest("trivial"),
+        "[skill]\nname = \"acme-reader\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n[capabilities]\nfs_read = [\"/etc\"]\n",
+    );
+    w.published(&reg.url, &wasm, &token);
     let _strict = AgentProc::start(&w, "strict");
     let _careful = AgentProc::start(&w, "careful");
+    let _narrow = AgentProc::start(&w, "narrow");
+    let (_, v) = submit_to(&api, &admin, "acme-reader", "agent:narrow", json!({})).await;
+    let id = v["id"].as_str().expect("id").to_string();
+    let done = api.wait_for(&admin, &id, "failed").await;
+    let why = done["result"]["error"].as_str().expect("refusal");
+    assert!(
+        why.contains("/etc, outside the paths this agent allows"),
+        "{why}"
+    );
 
     let (_, v) = submit_to(&api, &admin, "acme-echo", "agent:strict", json!({})).await;
     let id = v["id"].as_str().expect("id").to_string();

@@ -373,6 +373,27 @@ async fn check(
             ));
         }
     }
+    if !ceiling.paths.is_empty() {
+        let inside = |p: &str| {
+            ceiling.paths.iter().any(|root| {
+                let (p, root) = (p.trim_end_matches('/'), root.trim_end_matches('/'));
+                p == root
+                    || p.strip_prefix(root)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
+        if let Some(p) = caps
+            .fs_read
+            .iter()
+            .chain(&caps.fs_write)
+            .find(|p| !inside(p))
+        {
+            return Err(format!(
+                "the skill is granted {p}, outside the paths this agent allows ({:?})",
+                ceiling.paths
+            ));
+        }
+    }
     // The approvals must be for this exact invocation, as this agent computes it.
     let grants = tend_orchestrator::skills::grants(&v.manifest);
     let digest = tend_orchestrator::protocol::invocation_digest(

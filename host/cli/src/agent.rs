@@ -59,6 +59,9 @@ pub enum AgentCommand {
         /// Capability kinds it grants: fs_read, fs_write, exec, services, http, tcp (repeatable)
         #[arg(long = "allow-capability", value_parser = CAPABILITY_KINDS)]
         capabilities: Vec<String>,
+        /// Directories fs_read/fs_write grants must stay inside (repeatable; default: any)
+        #[arg(long = "allow-path", value_name = "DIR")]
+        paths: Vec<String>,
         /// Its state directory [default: $TEND_DATA_DIR/agent]
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -118,6 +121,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             max_level,
             publishers,
             capabilities,
+            paths,
             dir,
         } => {
             let dir = dir.unwrap_or_else(default_dir);
@@ -139,6 +143,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
                     max_level,
                     publishers,
                     capabilities,
+                    paths,
                 },
             })
             .await

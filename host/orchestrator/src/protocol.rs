@@ -67,6 +67,10 @@ pub struct Ceiling {
     /// none beyond host facts.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Directories a skill's `fs_read`/`fs_write` grants must stay inside; empty means any
+    /// (within the kinds above).
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
