@@ -28,44 +28,7 @@ pub enum AgentCommand {
     #[command(
         after_help = "Example:\n  tend agent enroll --orchestrator https://tend.example.com --token tendenroll_... \\\n      --registry https://skills.example.com --trust /etc/tend/trust.toml \\\n      --pool web --label env=prod --max-level 2 --allow-capability fs_read\n\nThe ceiling (--max-level, --publisher, --allow-capability) is enforced by this agent\nwhatever the orchestrator says."
     )]
-    Enroll {
-        /// The orchestrator's base URL
-        #[arg(long)]
-        orchestrator: String,
-        /// An enroll token (`tend agent token create`, or POST /api/v1/enroll-tokens)
-        #[arg(long, env = "TEND_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
-        /// This agent's name [default: the hostname]
-        #[arg(long)]
-        name: Option<String>,
-        /// The skill registry it pulls from
-        #[arg(long, env = "TEND_REGISTRY", default_value = "http://127.0.0.1:7070")]
-        registry: String,
-        /// Its own trust policy: it runs only skills that verify against this
-        #[arg(long, env = "TEND_TRUST", value_name = "FILE")]
-        trust: PathBuf,
-        /// Pools it serves (repeatable)
-        #[arg(long = "pool")]
-        pools: Vec<String>,
-        /// Labels, e.g. env=prod (repeatable)
-        #[arg(long = "label", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Highest zero-trust level it runs (0-3)
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
-        max_level: u8,
-        /// Publishers whose skills it runs (repeatable; default: any its trust policy trusts)
-        #[arg(long = "publisher")]
-        publishers: Vec<String>,
-        /// Capability kinds it grants: fs_read, fs_write, exec, services, http, tcp (repeatable)
-        #[arg(long = "allow-capability", value_parser = CAPABILITY_KINDS)]
-        capabilities: Vec<String>,
-        /// Directories fs_read/fs_write grants must stay inside (repeatable; default: any)
-        #[arg(long = "allow-path", value_name = "DIR")]
-        paths: Vec<String>,
-        /// Its state directory [default: $TEND_DATA_DIR/agent]
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
+    Enroll(Box<EnrollArgs>),
     /// Run the agent: heartbeat, long-poll for jobs, verify, run, report
     Run {
         /// Its state directory [default: $TEND_DATA_DIR/agent]
@@ -95,6 +58,46 @@ pub enum AgentCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// The orchestrator's base URL
+    #[arg(long)]
+    orchestrator: String,
+    /// An enroll token (`tend agent token create`, or POST /api/v1/enroll-tokens)
+    #[arg(long, env = "TEND_ENROLL_TOKEN", hide_env_values = true)]
+    token: String,
+    /// This agent's name [default: the hostname]
+    #[arg(long)]
+    name: Option<String>,
+    /// The skill registry it pulls from
+    #[arg(long, env = "TEND_REGISTRY", default_value = "http://127.0.0.1:7070")]
+    registry: String,
+    /// Its own trust policy: it runs only skills that verify against this
+    #[arg(long, env = "TEND_TRUST", value_name = "FILE")]
+    trust: PathBuf,
+    /// Pools it serves (repeatable)
+    #[arg(long = "pool")]
+    pools: Vec<String>,
+    /// Labels, e.g. env=prod (repeatable)
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Highest zero-trust level it runs (0-3)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    max_level: u8,
+    /// Publishers whose skills it runs (repeatable; default: any its trust policy trusts)
+    #[arg(long = "publisher")]
+    publishers: Vec<String>,
+    /// Capability kinds it grants: fs_read, fs_write, exec, services, http, tcp (repeatable)
+    #[arg(long = "allow-capability", value_parser = CAPABILITY_KINDS)]
+    capabilities: Vec<String>,
+    /// Directories fs_read/fs_write grants must stay inside (repeatable; default: any)
+    #[arg(long = "allow-path", value_name = "DIR")]
+    paths: Vec<String>,
+    /// Its state directory [default: $TEND_DATA_DIR/agent]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum EnrollTokenCommand {
     /// Create an enroll token: usable --uses times until --ttl has passed
@@ -110,20 +113,21 @@ pub enum EnrollTokenCommand {
 
 pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
     match cmd {
-        AgentCommand::Enroll {
-            orchestrator,
-            token,
-            name,
-            registry,
-            trust,
-            pools,
-            labels,
-            max_level,
-            publishers,
-            capabilities,
-            paths,
-            dir,
-        } => {
+        AgentCommand::Enroll(args) => {
+            let EnrollArgs {
+                orchestrator,
+                token,
+                name,
+                registry,
+                trust,
+                pools,
+                labels,
+                max_level,
+                publishers,
+                capabilities,
+                paths,
+                dir,
+            } = *args;
             let dir = dir.unwrap_or_else(default_dir);
             let name = name.unwrap_or_else(|| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
