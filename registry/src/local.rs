@@ -117,11 +117,6 @@ impl LocalStore {
         )
     }
 
-    /// The highest version of `name` this host has pulled.
-    pub fn seen_version(&self, name: &str) -> Result<Option<String>, String> {
-        Ok(self.seen()?.versions.get(name).cloned())
-    }
-
     /// The trust policy with this host's seen versions added as rollback floors.
     pub fn with_seen_floors(&self, trust: &TrustPolicy) -> Result<TrustPolicy, String> {
         let mut policy = trust.clone();
