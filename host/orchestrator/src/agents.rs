@@ -448,23 +448,18 @@ pub async fn start(db: &Db, agent: &Agent, id: &str) -> Result<(), FlowError> {
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if n != 1 {
-        tx.rollback().await?;
-        return Err(FlowError::Conflict(format!(
-            "invocation {id} is not held by agent {}",
-            agent.name
-        )));
-    }
-    audit::append_tx(
-        &mut tx,
-        &agent.name,
-        "invocation.started",
-        id,
-        serde_json::json!({ "agent_id": agent.id }),
+    invocation::commit_one(
+        tx,
+        n,
+        || format!("invocation {id} is not held by agent {}", agent.name),
+        invocation::Recorded {
+            actor: &agent.name,
+            action: "invocation.started",
+            subject: id,
+            detail: serde_json::json!({ "agent_id": agent.id }),
+        },
     )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    .await
 }
 
 pub async fn renew(db: &Db, agent: &Agent, id: &str, lease_ms: i64) -> Result<i64, FlowError> {
@@ -498,23 +493,23 @@ pub async fn release(db: &Db, agent: &Agent, id: &str) -> Result<(), FlowError> 
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if n != 1 {
-        tx.rollback().await?;
-        return Err(FlowError::Conflict(format!(
-            "invocation {id} is not an unstarted job held by agent {}",
-            agent.name
-        )));
-    }
-    audit::append_tx(
-        &mut tx,
-        &agent.name,
-        "invocation.released",
-        id,
-        serde_json::json!({ "why": "the agent is shutting down" }),
+    invocation::commit_one(
+        tx,
+        n,
+        || {
+            format!(
+                "invocation {id} is not an unstarted job held by agent {}",
+                agent.name
+            )
+        },
+        invocation::Recorded {
+            actor: &agent.name,
+            action: "invocation.released",
+            subject: id,
+            detail: serde_json::json!({ "why": "the agent is shutting down" }),
+        },
     )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    .await
 }
 
 /// Record what an agent reports. Exactly once: the first report for a job held by this agent

@@ -681,20 +681,48 @@ pub async fn finish(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if n != 1 {
-        tx.rollback().await?;
-        return Err(FlowError::Conflict(format!(
-            "invocation {id} is no longer held by {owner}"
-        )));
-    }
     let mut summary = summary;
     summary["state"] = serde_json::Value::String(to.as_str().into());
+    commit_one(
+        tx,
+        n,
+        || format!("invocation {id} is no longer held by {owner}"),
+        Recorded {
+            actor: owner,
+            action: &format!("invocation.{}", to.as_str()),
+            subject: id,
+            detail: summary,
+        },
+    )
+    .await
+}
+
+/// The audit event that records one change.
+pub(crate) struct Recorded<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub subject: &'a str,
+    pub detail: serde_json::Value,
+}
+
+/// Finish a one-row change made inside `tx`: if it touched exactly one row, append its audit
+/// event and commit both; otherwise roll back and report `conflict` (a 409).
+pub(crate) async fn commit_one(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    changed: u64,
+    conflict: impl FnOnce() -> String,
+    event: Recorded<'_>,
+) -> Result<(), FlowError> {
+    if changed != 1 {
+        tx.rollback().await?;
+        return Err(FlowError::Conflict(conflict()));
+    }
     audit::append_tx(
         &mut tx,
-        owner,
-        &format!("invocation.{}", to.as_str()),
-        id,
-        summary,
+        event.actor,
+        event.action,
+        event.subject,
+        event.detail,
     )
     .await?;
     tx.commit().await?;
