@@ -234,12 +234,14 @@ impl RegistryClient {
             .with_seen_floors(trust)
             .map_err(ClientError::Local)?
             .verify(&component, &envelope, options)?;
-        if verified.manifest.skill.name != name {
-            return Err(ClientError::Log(format!(
-                "asked for {name} but the registry served a component signed as {}",
-                verified.manifest.skill.name
-            )));
-        }
+        // `latest` is whatever the registry resolved it to, as its (checked) log records.
+        let asked = if version == "latest" {
+            entry.version.as_str()
+        } else {
+            version
+        };
+        verified.ensure_requested(name, asked)?;
+        verified.ensure_requested(&entry.name, &entry.version)?;
         local
             .install(&component, &envelope, &verified)
             .map_err(ClientError::Local)?;

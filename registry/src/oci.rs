@@ -52,6 +52,31 @@ pub fn parse_reference(text: &str) -> Result<Reference, OciError> {
     rest.parse::<Reference>().map_err(|e| bad(&e.to_string()))
 }
 
+/// The skill a reference names: the repository's last segment is the skill name and the tag
+/// its version (`oci://host/tend/disk-usage:0.1.0` is `disk-usage` 0.1.0). Pull checks that
+/// the signed manifest says exactly this; push refuses a reference that says otherwise.
+pub fn named_skill(reference: &Reference) -> Result<(String, String), OciError> {
+    let bad = |message: String| OciError::Reference {
+        reference: reference.whole(),
+        message,
+    };
+    let name = reference
+        .repository()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let version = reference.tag().ok_or_else(|| {
+        bad("it has no tag: name the skill's version as the tag (…/disk-usage:0.1.0)".into())
+    })?;
+    if semver::Version::parse(version).is_err() {
+        return Err(bad(format!(
+            "its tag {version:?} is not a skill version (a semantic version, e.g. 0.1.0)"
+        )));
+    }
+    Ok((name, version.to_string()))
+}
+
 fn is_loopback(registry: &str) -> bool {
     let host = registry
         .rsplit_once(':')
@@ -208,6 +233,12 @@ mod tests {
         assert_eq!(r.repository(), "tend/disk-usage");
         assert_eq!(r.tag(), Some("0.1.0"));
         assert!(is_loopback(r.registry()));
+        let (name, version) = named_skill(&r).expect("a skill reference");
+        assert_eq!((name.as_str(), version.as_str()), ("disk-usage", "0.1.0"));
+        for bad in ["oci://h/tend/disk-usage", "oci://h/tend/disk-usage:latest"] {
+            let err = named_skill(&parse_reference(bad).expect("parses")).expect_err(bad);
+            assert!(err.to_string().contains("tag"), "{err}");
+        }
         assert!(!is_loopback("registry.example.com"));
         let err = parse_reference("127.0.0.1:5000/x:1").expect_err("no scheme");
         assert!(err.to_string().contains("oci://"), "{err}");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -221,7 +221,7 @@ async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     let who = caller(&state, &headers).await?.ok_or_else(|| {
         ApiError::new(
@@ -242,6 +242,20 @@ async fn publish(
             ),
         ));
     }
+    // Only now, with the caller known to be a publisher, is the body read: an anonymous or
+    // read-only caller cannot make the registry buffer up to MAX_COMPONENT_BYTES.
+    let body = axum::body::to_bytes(body, MAX_COMPONENT_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the component is larger than {} MiB (or the upload was cut short)",
+                    MAX_COMPONENT_BYTES >> 20
+                ),
+            )
+        })?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
     let envelope_json = headers
         .get(SIGNATURE_HEADER)

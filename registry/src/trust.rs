@@ -60,6 +60,81 @@ pub struct Revoked {
     pub digests: Vec<String>,
 }
 
+impl Revoked {
+    /// The `[revoked]` entries of `text`, each checked and normalised (lower-case hex), so that
+    /// a malformed entry is an error naming its line instead of a revocation that silently
+    /// never matches.
+    fn checked(text: &str, origin: &str) -> Result<Revoked, TrustError> {
+        #[derive(Deserialize)]
+        struct View {
+            #[serde(default)]
+            revoked: Spans,
+        }
+        #[derive(Deserialize, Default)]
+        struct Spans {
+            #[serde(default)]
+            keys: Vec<toml::Spanned<String>>,
+            #[serde(default)]
+            digests: Vec<toml::Spanned<String>>,
+        }
+        let view: View = toml::from_str(text).map_err(|e| TrustError::Parse {
+            path: origin.to_string(),
+            line: tend_runtime::manifest::toml_error_line(text, &e),
+            message: e.message().trim().to_string(),
+        })?;
+        let refuse = |entry: &toml::Spanned<String>, message: String| TrustError::Parse {
+            path: origin.to_string(),
+            line: text.as_bytes()[..entry.span().start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1,
+            message,
+        };
+        let mut revoked = Revoked::default();
+        for entry in &view.revoked.digests {
+            let value = entry.get_ref();
+            let hex = value.strip_prefix("sha256:").ok_or_else(|| {
+                refuse(
+                    entry,
+                    format!(
+                        "revoked.digests: {value:?} is not a digest: write sha256:<64 hex digits>"
+                    ),
+                )
+            })?;
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(refuse(
+                    entry,
+                    format!("revoked.digests: {value:?} is not sha256: followed by 64 hex digits"),
+                ));
+            }
+            revoked
+                .digests
+                .push(format!("sha256:{}", hex.to_ascii_lowercase()));
+        }
+        for entry in &view.revoked.keys {
+            let value = entry.get_ref();
+            let key_id = value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit());
+            if key_id {
+                revoked.keys.push(value.to_ascii_lowercase());
+            } else if value.starts_with("ed25519:") {
+                let key = value
+                    .parse::<PublicKey>()
+                    .map_err(|e| refuse(entry, format!("revoked.keys: {value:?}: {e}")))?;
+                revoked.keys.push(key.to_string());
+            } else {
+                return Err(refuse(
+                    entry,
+                    format!(
+                        "revoked.keys: {value:?} is neither a key id (16 hex digits, as `tend key show` prints) nor a public key (ed25519:...); publisher names cannot be revoked, their keys can"
+                    ),
+                ));
+            }
+        }
+        Ok(revoked)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("cannot read trust policy {path}: {message}")]
@@ -106,6 +181,8 @@ pub enum VerifyError {
         name: String,
         prefixes: String,
     },
+    #[error("asked for {asked} but the component is signed as {signed}: refusing it")]
+    NotRequested { asked: String, signed: String },
     #[error(
         "{name} {version} is older than {seen}, the highest version seen: refusing a downgrade (use --allow-downgrade to override; it is logged)"
     )]
@@ -127,6 +204,23 @@ pub struct Verified {
     pub key_id: String,
     /// Why it is trusted, in words.
     pub reasons: Vec<String>,
+}
+
+impl Verified {
+    /// What was pulled is what was asked for: the signed name and version must be exactly
+    /// `name` and `version` (a registry that resolved `latest` names the version it chose).
+    /// A registry or an OCI tag cannot pass one signed skill off as another, or as another
+    /// version of itself.
+    pub fn ensure_requested(&self, name: &str, version: &str) -> Result<(), VerifyError> {
+        let signed = &self.manifest.skill;
+        if signed.name == name && signed.version == version {
+            return Ok(());
+        }
+        Err(VerifyError::NotRequested {
+            asked: format!("{name} {version}"),
+            signed: format!("{} {}", signed.name, signed.version),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -167,6 +261,8 @@ impl TrustPolicy {
                 ));
             }
         }
+        let mut policy = policy;
+        policy.revoked = Revoked::checked(text, origin)?;
         for (name, v) in &policy.versions {
             if semver::Version::parse(v).is_err() {
                 return Err(invalid(
@@ -470,5 +566,69 @@ mod tests {
         .expect_err("no prefixes")
         .to_string();
         assert!(err.contains("publishers[0].prefixes"), "{err}");
+    }
+
+    #[test]
+    fn malformed_revocations_are_errors_naming_the_line_and_case_is_normalised() {
+        let hex = sha256_hex(COMPONENT);
+        for (entry, says) in [
+            (format!("digests = [\"{hex}\"]"), "sha256:"),
+            (format!("digests = [\"sha256:{}\"]", &hex[..40]), "64 hex"),
+            ("digests = [\"sha256:xyz\"]".to_string(), "64 hex"),
+            (
+                "keys = [\"acme\"]".to_string(),
+                "publisher names cannot be revoked",
+            ),
+            ("keys = [\"ed25519:AAAA\"]".to_string(), "ed25519:AAAA"),
+        ] {
+            let text = format!("# a comment\n[revoked]\n{entry}\n");
+            let err = TrustPolicy::parse(&text, "t.toml")
+                .expect_err(&entry)
+                .to_string();
+            assert!(
+                err.starts_with("t.toml:3:") && err.contains(says),
+                "{entry}: {err}"
+            );
+        }
+        // Upper-case hex still revokes: entries are normalised when the file is read.
+        let env = sign(COMPONENT, MANIFEST, &key(1)).expect("sign");
+        let id = PublicKey(key(1).verifying_key())
+            .key_id()
+            .to_ascii_uppercase();
+        let p = policy(&format!("[revoked]\nkeys = [\"{id}\"]\n"));
+        assert!(matches!(
+            check(&p, COMPONENT, &env),
+            Err(VerifyError::RevokedKey { .. })
+        ));
+        let p = policy(&format!(
+            "[revoked]\ndigests = [\"sha256:{}\"]\n",
+            hex.to_ascii_uppercase()
+        ));
+        assert!(matches!(
+            check(&p, COMPONENT, &env),
+            Err(VerifyError::RevokedDigest { .. })
+        ));
+    }
+
+    #[test]
+    fn a_pull_gets_exactly_the_name_and_version_asked_for() {
+        let env = sign(COMPONENT, MANIFEST, &key(1)).expect("sign");
+        let v = check(&policy(""), COMPONENT, &env).expect("trusted");
+        v.ensure_requested("acme-disk", "1.2.0")
+            .expect("what was asked");
+        for (name, version) in [
+            ("acme-other", "1.2.0"),
+            ("acme-disk", "1.1.0"),
+            ("acme-disk", "1.2.0+x"),
+        ] {
+            let err = v
+                .ensure_requested(name, version)
+                .expect_err(name)
+                .to_string();
+            assert!(
+                err.contains(&format!("{name} {version}")) && err.contains("acme-disk 1.2.0"),
+                "{err}"
+            );
+        }
     }
 }

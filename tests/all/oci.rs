@@ -72,7 +72,7 @@ fn push_and_pull_through_a_real_oci_registry() {
     let w = World::new();
     let wasm = w.signed("echo", &guest("trivial"), "acme-echo", "1.2.0");
     let oci = OciRegistry::start(w.dir.path());
-    let reference = format!("oci://{}/acme/echo:1.2.0", oci.host);
+    let reference = format!("oci://{}/acme/acme-echo:1.2.0", oci.host);
 
     let o = w.ok(&["skill", "push", &reference, &wasm]);
     assert!(
@@ -87,7 +87,7 @@ fn push_and_pull_through_a_real_oci_registry() {
             "-c",
             "import sys,urllib.request as u; r=u.Request(sys.argv[1], headers={'Accept':'application/vnd.oci.image.manifest.v1+json'}); print(u.urlopen(r).read().decode())",
         ])
-        .arg(format!("http://{}/v2/acme/echo/manifests/1.2.0", oci.host))
+        .arg(format!("http://{}/v2/acme/acme-echo/manifests/1.2.0", oci.host))
         .output()
         .expect("python3");
     let manifest: Value = serde_json::from_slice(&manifest.stdout).expect("manifest json");
@@ -155,4 +155,55 @@ fn push_and_pull_through_a_real_oci_registry() {
         "{}",
         err(&o)
     );
+}
+
+/// A reference names one skill and one version (`…/<name>:<version>`). A component signed as
+/// another skill, or as another version of the same one, is refused at pull and nothing is
+/// installed; `tend skill push` will not create such a reference in the first place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_refuses_a_component_signed_as_another_skill_or_version() {
+    let w = World::new();
+    let oci = OciRegistry::start(w.dir.path());
+    let other = w.signed("other", &guest("trivial"), "acme-kill", "1.0.0");
+    let older = w.signed("older", &guest("trivial"), "acme-echo", "0.9.0");
+
+    // Tend's own push refuses a reference that names something else.
+    let wrong = format!("oci://{}/acme/acme-echo:1.0.0", oci.host);
+    let o = w.tend(&["skill", "push", &wrong, &other]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("signed as acme-kill 1.0.0"), "{}", err(&o));
+
+    // A hostile publisher pushes with another client: the name or the version lies.
+    for (file, reference, signed) in [
+        (
+            &other,
+            format!("oci://{}/acme/acme-echo:1.0.0", oci.host),
+            "acme-kill 1.0.0",
+        ),
+        (
+            &older,
+            format!("oci://{}/acme/acme-echo:1.2.0", oci.host),
+            "acme-echo 0.9.0",
+        ),
+    ] {
+        let bytes = std::fs::read(w.path(file)).expect("component");
+        let envelope = tend_registry::envelope::Envelope::parse(
+            &std::fs::read(w.path(&format!("{file}.sig"))).expect("signature"),
+        )
+        .expect("envelope");
+        let parsed = tend_registry::oci::parse_reference(&reference).expect("reference");
+        tend_registry::oci::push(&parsed, bytes, &envelope)
+            .await
+            .expect("raw push");
+        let o = w.tend(&["skill", "pull", &reference]);
+        assert_eq!(o.status.code(), Some(2), "{reference}: {}", err(&o));
+        assert!(
+            err(&o).contains("asked for acme-echo")
+                && err(&o).contains(&format!("signed as {signed}")),
+            "{}",
+            err(&o)
+        );
+        assert!(!w.path("host-data/skills/acme-kill").exists());
+        assert!(!w.path("host-data/skills/acme-echo").exists());
+    }
 }

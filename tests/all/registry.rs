@@ -464,3 +464,35 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(code(&o), Some(2));
     assert!(err(&o).contains("no signature envelope"), "{}", err(&o));
 }
+
+/// The registry answers an upload it will refuse before reading its body: an anonymous or
+/// read-only caller cannot make it buffer a 64 MiB component. The request below announces
+/// 64 MiB and sends none of it; the answer must come anyway.
+#[test]
+fn an_upload_is_refused_before_its_body_is_read() {
+    use std::io::{Read, Write};
+    let w = World::new();
+    let r = Registry::start(&w);
+    let viewer = w.token("reader", "viewer");
+    let addr = r.url.trim_start_matches("http://").to_string();
+    for (auth, status) in [
+        (String::new(), "401"),
+        (format!("Authorization: Bearer {viewer}\r\n"), "403"),
+    ] {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .expect("timeout");
+        write!(
+            s,
+            "PUT /api/v1/skills/acme-echo/9.9.9 HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/wasm\r\nContent-Length: {}\r\n\r\n",
+            64 << 20
+        )
+        .expect("send headers");
+        let mut answer = [0u8; 64];
+        let n = s
+            .read(&mut answer)
+            .expect("an answer before any of the body was sent");
+        let line = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(line.starts_with(&format!("HTTP/1.1 {status}")), "{line}");
+    }
+}

@@ -196,11 +196,13 @@ pub async fn pull(
     let started = Instant::now();
     if what.starts_with("oci://") {
         let reference = oci::parse_reference(what).map_err(Failure::bad_input)?;
+        let (name, version) = oci::named_skill(&reference).map_err(Failure::bad_input)?;
         let (component, envelope) = oci::pull(&reference).await.map_err(Failure::bad_input)?;
         let verified = store
             .with_seen_floors(&policy)
             .map_err(Failure::bad_input)?
             .verify(&component, &envelope, trust.options())
+            .and_then(|v| v.ensure_requested(&name, &version).map(|()| v))
             .map_err(|e| Failure::bad_input(format!("not trusted: {what}: {e}")))?;
         store
             .install(&component, &envelope, &verified)
@@ -246,6 +248,13 @@ pub async fn push(
     let parsed = oci::parse_reference(reference).map_err(Failure::bad_input)?;
     let (bytes, envelope) = signed_artifact(component, signature)?;
     let (name, version) = name_version(&envelope)?;
+    let named = oci::named_skill(&parsed).map_err(Failure::bad_input)?;
+    if named != (name.clone(), version.clone()) {
+        return Err(Failure::bad_input(format!(
+            "{reference} names {} {}, but the component is signed as {name} {version}: push it to …/{name}:{version}",
+            named.0, named.1
+        )));
+    }
     let digest = sha256_hex(&bytes);
     let url = oci::push(&parsed, bytes, &envelope)
         .await
