@@ -344,7 +344,10 @@ impl TrustPolicy {
             });
         }
         if let Some(seen) = self.versions.get(name) {
-            let older = match (semver::Version::parse(version), semver::Version::parse(seen)) {
+            let older = match (
+                semver::Version::parse(version),
+                semver::Version::parse(seen),
+            ) {
                 (Ok(v), Ok(s)) => v < s,
                 (Err(e), _) | (_, Err(e)) => return Err(VerifyError::Manifest(e.to_string())),
             };
@@ -539,7 +542,10 @@ mod tests {
             Err(VerifyError::RevokedDigest { .. })
         ));
         let revoked = policy(&format!("[revoked]\nkeys = [\"{}\"]\n", v.key_id));
-        assert!(matches!(again(&revoked), Err(VerifyError::RevokedKey { .. })));
+        assert!(matches!(
+            again(&revoked),
+            Err(VerifyError::RevokedKey { .. })
+        ));
         assert!(matches!(
             again(&TrustPolicy::default()),
             Err(VerifyError::UnknownKey { .. })

@@ -144,7 +144,8 @@ impl Drop for Victim {
 }
 
 fn agent_id(w: &World, name: &str) -> String {
-    let text = std::fs::read_to_string(w.path(&format!("agent-{name}/agent.toml"))).expect("config");
+    let text =
+        std::fs::read_to_string(w.path(&format!("agent-{name}/agent.toml"))).expect("config");
     let config: toml::Value = toml::from_str(&text).expect("toml");
     config["agent_id"].as_str().expect("agent_id").to_string()
 }
@@ -203,7 +204,11 @@ async fn a_forged_job_row_is_refused_from_the_verified_manifest() {
     let input = json!({ "program": "/bin/kill", "args": ["-9", victim.pid()] });
 
     let cases = [
-        ("local", None, "refused at run time: L2 disrupt (recomputed from the verified manifest) needs 1 approval"),
+        (
+            "local",
+            None,
+            "refused at run time: L2 disrupt (recomputed from the verified manifest) needs 1 approval",
+        ),
         (
             "pool:ops",
             Some(agent_id(&w, "low")),
@@ -230,7 +235,10 @@ async fn a_forged_job_row_is_refused_from_the_verified_manifest() {
             .iter()
             .filter(|e| e["subject"] == id.as_str())
             .any(|e| e["detail"].to_string().contains(why));
-        assert!(recorded, "the refusal is not in the audit trail: {events:?}");
+        assert!(
+            recorded,
+            "the refusal is not in the audit trail: {events:?}"
+        );
         if agent.is_some() {
             wait_audit(&api, &admin, &id, "agent.refused").await;
             assert_eq!(count(&events, &id, "invocation.started"), 0);

@@ -102,7 +102,14 @@ impl Drop for AgentProc {
 }
 
 /// Enroll `name` with the orchestrator; `extra` adds pools, labels and ceiling flags.
-pub(crate) fn enroll(w: &World, orch: &Orch, reg: &Registry, name: &str, trust: &str, extra: &[&str]) {
+pub(crate) fn enroll(
+    w: &World,
+    orch: &Orch,
+    reg: &Registry,
+    name: &str,
+    trust: &str,
+    extra: &[&str],
+) {
     let o = w.ok(&[
         "agent",
         "token",
