@@ -403,6 +403,62 @@ impl TrustPolicy {
     }
 }
 
+impl TrustPolicy {
+    /// Check again, without re-hashing, that an artifact verified earlier is still acceptable:
+    /// its digest and key are not revoked, its key is still a trusted publisher key, and its
+    /// version is not below the rollback floor. For cache hits: a cache never outlives a
+    /// revocation or a newer version seen since.
+    pub fn recheck(
+        &self,
+        name: &str,
+        version: &str,
+        digest: &str,
+        key_id: &str,
+    ) -> Result<(), VerifyError> {
+        if self.revoked.digests.iter().any(|d| d == digest) {
+            return Err(VerifyError::RevokedDigest {
+                digest: digest.trim_start_matches("sha256:").to_string(),
+            });
+        }
+        let (publisher, public) = self
+            .publishers
+            .iter()
+            .filter_map(|p| p.key.parse::<PublicKey>().ok().map(|k| (p, k)))
+            .find(|(_, k)| k.key_id() == key_id)
+            .ok_or_else(|| VerifyError::UnknownKey {
+                key_id: key_id.to_string(),
+            })?;
+        if self
+            .revoked
+            .keys
+            .iter()
+            .any(|r| r == key_id || r.parse::<PublicKey>().is_ok_and(|k| k == public))
+        {
+            return Err(VerifyError::RevokedKey {
+                key_id: key_id.to_string(),
+                publisher: publisher.name.clone(),
+            });
+        }
+        if let Some(seen) = self.versions.get(name) {
+            let older = match (
+                semver::Version::parse(version),
+                semver::Version::parse(seen),
+            ) {
+                (Ok(v), Ok(s)) => v < s,
+                (Err(e), _) | (_, Err(e)) => return Err(VerifyError::Manifest(e.to_string())),
+            };
+            if older {
+                return Err(VerifyError::Downgrade {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    seen: seen.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ed25519_dalek::SigningKey;
@@ -630,5 +686,29 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_cached_verification_is_rechecked_against_floors_and_revocations() {
+        let env = sign(COMPONENT, MANIFEST, &key(1)).expect("sign");
+        let v = check(&policy(""), COMPONENT, &env).expect("trusted");
+        let again = |p: &TrustPolicy| p.recheck("acme-disk", "1.2.0", &v.digest, &v.key_id);
+        again(&policy("")).expect("still trusted");
+        let floor = policy("[versions]\nacme-disk = \"1.3.0\"\n");
+        assert!(matches!(again(&floor), Err(VerifyError::Downgrade { .. })));
+        let revoked = policy(&format!("[revoked]\ndigests = [\"{}\"]\n", v.digest));
+        assert!(matches!(
+            again(&revoked),
+            Err(VerifyError::RevokedDigest { .. })
+        ));
+        let revoked = policy(&format!("[revoked]\nkeys = [\"{}\"]\n", v.key_id));
+        assert!(matches!(
+            again(&revoked),
+            Err(VerifyError::RevokedKey { .. })
+        ));
+        assert!(matches!(
+            again(&TrustPolicy::default()),
+            Err(VerifyError::UnknownKey { .. })
+        ));
     }
 }

@@ -14,7 +14,7 @@ use crate::registry::{Registry, World, err};
 use crate::support::*;
 
 /// A `tend agent run` process.
-struct AgentProc {
+pub(crate) struct AgentProc {
     child: Option<Child>,
     dir: PathBuf,
     cache: PathBuf,
@@ -58,11 +58,11 @@ impl AgentProc {
         child
     }
 
-    fn start(w: &World, name: &str) -> AgentProc {
+    pub(crate) fn start(w: &World, name: &str) -> AgentProc {
         AgentProc::start_with(w, name, &[])
     }
 
-    fn start_with(w: &World, name: &str, extra: &[&str]) -> AgentProc {
+    pub(crate) fn start_with(w: &World, name: &str, extra: &[&str]) -> AgentProc {
         let dir = w.path(&format!("agent-{name}"));
         let cache = w.path("cache");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -102,7 +102,14 @@ impl Drop for AgentProc {
 }
 
 /// Enroll `name` with the orchestrator; `extra` adds pools, labels and ceiling flags.
-fn enroll(w: &World, orch: &Orch, reg: &Registry, name: &str, trust: &str, extra: &[&str]) {
+pub(crate) fn enroll(
+    w: &World,
+    orch: &Orch,
+    reg: &Registry,
+    name: &str,
+    trust: &str,
+    extra: &[&str],
+) {
     let o = w.ok(&[
         "agent",
         "token",
@@ -156,7 +163,7 @@ fn enroll(w: &World, orch: &Orch, reg: &Registry, name: &str, trust: &str, extra
     assert!(err(&o).contains("used up"), "{}", err(&o));
 }
 
-async fn submit_to(
+pub(crate) async fn submit_to(
     api: &Api,
     token: &str,
     skill: &str,
@@ -172,7 +179,7 @@ async fn submit_to(
     .await
 }
 
-async fn audit_events(api: &Api, token: &str) -> Vec<Value> {
+pub(crate) async fn audit_events(api: &Api, token: &str) -> Vec<Value> {
     let (_, a) = api
         .call("GET", "/api/v1/audit?limit=1000", Some(token), None)
         .await;
@@ -180,7 +187,7 @@ async fn audit_events(api: &Api, token: &str) -> Vec<Value> {
 }
 
 /// Poll the audit trail until `action` appears for `id`.
-async fn wait_audit(api: &Api, token: &str, id: &str, action: &str) -> Value {
+pub(crate) async fn wait_audit(api: &Api, token: &str, id: &str, action: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(e) = audit_events(api, token)
@@ -195,7 +202,7 @@ async fn wait_audit(api: &Api, token: &str, id: &str, action: &str) -> Value {
     }
 }
 
-fn count(events: &[Value], id: &str, action: &str) -> usize {
+pub(crate) fn count(events: &[Value], id: &str, action: &str) -> usize {
     events
         .iter()
         .filter(|e| e["subject"] == id && e["action"] == action)

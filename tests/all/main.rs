@@ -1,6 +1,7 @@
 //! Tend's integration tests: one binary (linked once), one module per area. Hostile guests
 //! come first: every limit and every capability is tested by a guest that tries to break it.
 
+mod admission;
 mod agent;
 mod authoring;
 mod cache;

@@ -27,9 +27,20 @@ pub struct AgentConfig {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub ceiling: Ceiling,
+    /// This host's environment floor (0-3): every job here is admitted at least at this
+    /// level, whatever the orchestrator decided. Set by the operator in `agent.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<u8>,
 }
 
 impl AgentConfig {
+    /// The environment floor as a level (an out-of-range value counts as the highest).
+    pub fn floor(&self) -> tend_policy::Level {
+        self.floor.map_or(tend_policy::Level::L0, |f| {
+            tend_policy::Level::try_from(f).unwrap_or(tend_policy::Level::L3)
+        })
+    }
+
     pub fn path(dir: &Path) -> PathBuf {
         dir.join("agent.toml")
     }

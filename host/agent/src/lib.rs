@@ -102,6 +102,7 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
         pools: req.pools,
         labels: req.labels,
         ceiling: req.ceiling,
+        floor: None,
     };
     config.save(&req.dir)?;
     Ok(config)
@@ -131,11 +132,16 @@ struct Shared {
     store: LocalStore,
     spool: spool::Spool,
     runtime: Runtime,
-    loaded: std::sync::Mutex<std::collections::HashMap<String, Arc<tend_runtime::LoadedSkill>>>,
-    /// What this agent has already pulled and verified itself, by (name, version): a job for
-    /// the same digest is not fetched and verified again.
+    /// Loaded skills by (component digest, signed manifest digest): the same bytes under
+    /// another manifest are another skill, with other grants.
+    loaded: std::sync::Mutex<
+        std::collections::HashMap<(String, String), Arc<tend_runtime::LoadedSkill>>,
+    >,
+    /// What this agent has already pulled and verified itself, by (name, version, component
+    /// digest): a later job for it is not fetched and verified again, but is checked again
+    /// against revocations and the rollback floor.
     verified: std::sync::Mutex<
-        std::collections::HashMap<(String, String), Arc<tend_registry::trust::Verified>>,
+        std::collections::HashMap<(String, String, String), Arc<tend_registry::trust::Verified>>,
     >,
     running: std::sync::atomic::AtomicU32,
 }
@@ -295,31 +301,34 @@ async fn flush_spool(shared: &Shared) {
     }
 }
 
-/// The agent's own checks, in order; `Err` is the refusal, in words.
+/// The agent's own checks, in order; `Err` is the refusal, in words. Nothing the orchestrator
+/// says about level, approvals needed or trigger is taken on its word: the job is admitted by
+/// [`tend_policy::admit`] from the manifest this agent verified itself.
 async fn check(
     shared: &Shared,
     job: &Job,
 ) -> Result<(Arc<tend_runtime::LoadedSkill>, Provenance), String> {
     let inv = &job.invocation;
     let ceiling = &shared.config.ceiling;
-    if inv.level > ceiling.max_level {
-        return Err(format!(
-            "level L{} is above this agent's ceiling L{}",
-            inv.level, ceiling.max_level
-        ));
-    }
     // Pull and verify with this host's own trust policy (and its own rollback floors), once
-    // per artifact: a later job for the same digest uses what was verified then.
-    let key = (inv.skill.clone(), inv.version.clone());
+    // per artifact: a later job for the same digest uses what was verified then, checked
+    // again against revocations and the versions seen since.
+    let key = (inv.skill.clone(), inv.version.clone(), inv.digest.clone());
     let known = shared
         .verified
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&key)
-        .filter(|v| v.digest == inv.digest)
         .cloned();
     let (v, component) = match known {
-        Some(v) => (v, None),
+        Some(v) => {
+            shared
+                .store
+                .with_seen_floors(&shared.trust)?
+                .recheck(&inv.skill, &inv.version, &v.digest, &v.key_id)
+                .map_err(|e| format!("the artifact is no longer trusted here: {e}"))?;
+            (v, None)
+        }
         None => {
             let pulled = shared
                 .registry
@@ -333,11 +342,13 @@ async fn check(
                 .await
                 .map_err(|e| format!("the artifact does not verify here: {e}"))?;
             let v = Arc::new(pulled.verified);
-            shared
-                .verified
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, v.clone());
+            if v.digest == inv.digest {
+                shared
+                    .verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, v.clone());
+            }
             (v, Some(pulled.component))
         }
     };
@@ -394,7 +405,8 @@ async fn check(
             ));
         }
     }
-    // The approvals must be for this exact invocation, as this agent computes it.
+    // The approvals must be for this exact invocation, as this agent computes it, and as many
+    // as the level this agent computes needs.
     let grants = tend_orchestrator::skills::grants(&v.manifest);
     let digest = tend_orchestrator::protocol::invocation_digest(
         &inv.skill,
@@ -406,45 +418,52 @@ async fn check(
         &serde_json::to_value(&v.manifest.limits).unwrap_or_default(),
         job.expires_ms,
     );
-    if digest != inv.invocation_digest {
-        return Err(format!(
-            "the invocation digest is {digest} here, not the {} it was approved as",
-            inv.invocation_digest
-        ));
-    }
-    let mut approvers: Vec<&str> = inv
-        .approvals
-        .iter()
-        .filter(|a| a.invocation_digest == digest && a.approver != inv.requester)
-        .map(|a| a.approver.as_str())
-        .collect();
-    approvers.sort_unstable();
-    approvers.dedup();
-    // Whatever the orchestrator recorded, L2 needs one approval and L3 two (L1 may run without
-    // one under an auto-heal policy, which the orchestrator records as 0 required).
-    let floor = match inv.level {
-        0 | 1 => 0,
-        2 => 1,
-        _ => 2,
-    };
-    let required = inv.approvals_required.max(floor);
-    if approvers.len() < required as usize {
-        return Err(format!(
-            "L{} needs {required} approval(s) for digest {digest} by someone other than the requester; it has {}",
-            inv.level,
-            approvers.len()
-        ));
-    }
+    let approvals = tend_orchestrator::invocation::approval_facts(&inv.approvals);
+    let admitted = tend_policy::admit(
+        &tend_policy::admit::Job {
+            skill: &inv.skill,
+            requester: &inv.requester,
+            invocation_digest: &digest,
+            announced_digest: &inv.invocation_digest,
+            expires_ms: job.expires_ms,
+            // A healing policy's auto-heal is the orchestrator's word, which this agent cannot
+            // verify: every job counts as asked for by a person (so L1 needs an approval).
+            trigger: &tend_policy::Trigger::Human,
+            approvals: &approvals,
+        },
+        &tend_policy::admit::Verified {
+            declared: tend_orchestrator::worker::declared_level(&v.manifest),
+            grants: &grants,
+        },
+        &tend_policy::admit::Local {
+            name: "this agent",
+            environment: shared
+                .config
+                .labels
+                .get("env")
+                .map_or("default", String::as_str),
+            floor: shared.config.floor(),
+            ceiling: tend_policy::Level::try_from(ceiling.max_level)
+                .unwrap_or(tend_policy::Level::L3),
+        },
+        tend_orchestrator::db::now_ms(),
+    )
+    .map_err(|refusal| refusal.to_string())?;
+    tracing::info!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");
     let provenance = Provenance::Signed {
         publisher: v.publisher.clone(),
         key_id: v.key_id.clone(),
         digest: v.digest.clone(),
     };
+    let loaded_key = (
+        v.digest.clone(),
+        tend_orchestrator::skills::manifest_digest(&v.manifest_text),
+    );
     let cached = shared
         .loaded
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(&v.digest)
+        .get(&loaded_key)
         .cloned();
     let loaded = match cached {
         Some(l) => l,
@@ -473,7 +492,7 @@ async fn check(
                 .loaded
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(v.digest.clone(), l.clone());
+                .insert(loaded_key, l.clone());
             l
         }
     };

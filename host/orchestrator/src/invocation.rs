@@ -374,25 +374,32 @@ async fn transition(
     Ok(())
 }
 
-/// Count the approvals that still stand for this exact invocation: distinct approvers, none
-/// of them the requester, each bound to the current digest, given before the expiry.
-fn valid_approvals(inv: &Invocation, expires_ms: i64) -> usize {
-    let mut approvers: Vec<&str> = inv
-        .approvals
+/// Approvals as [`tend_policy::admit`] reads them. A time that does not parse never counts.
+pub fn approval_facts(approvals: &[Approval]) -> Vec<tend_policy::admit::Approval> {
+    approvals
         .iter()
-        .filter(|a| a.invocation_digest == inv.invocation_digest)
-        .filter(|a| a.approver != inv.requester)
-        .filter(|a| {
-            humantime::parse_rfc3339(&a.at)
+        .map(|a| tend_policy::admit::Approval {
+            approver: a.approver.clone(),
+            invocation_digest: a.invocation_digest.clone(),
+            at_ms: humantime::parse_rfc3339(&a.at)
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .is_some_and(|d| (d.as_millis() as i64) <= expires_ms)
+                .map_or(i64::MAX, |d| d.as_millis() as i64),
         })
-        .map(|a| a.approver.as_str())
-        .collect();
-    approvers.sort_unstable();
-    approvers.dedup();
-    approvers.len()
+        .collect()
+}
+
+/// Count the approvals that still stand for this exact invocation, by the one rule in
+/// [`tend_policy::admit::valid_approvers`].
+fn valid_approvals(inv: &Invocation, expires_ms: i64) -> usize {
+    tend_policy::admit::valid_approvers(
+        &approval_facts(&inv.approvals),
+        &inv.requester,
+        &inv.invocation_digest,
+        expires_ms,
+    )
+    .0
+    .len()
 }
 
 async fn expires_ms(db: &Db, id: &str) -> Result<i64, FlowError> {
@@ -405,7 +412,9 @@ async fn expires_ms(db: &Db, id: &str) -> Result<i64, FlowError> {
     )
 }
 
-/// Whether `inv` has every approval its level needs (checked again just before it runs).
+/// Whether `inv` has the approvals its decision asked for, so it may be queued. (Just before it
+/// runs, the worker and every agent admit it again with [`tend_policy::admit`], from the
+/// verified manifest rather than this row.)
 pub async fn sufficiently_approved(db: &Db, inv: &Invocation) -> Result<bool, FlowError> {
     if inv.approvals_required == 0 {
         return Ok(true);

@@ -108,6 +108,7 @@ impl Orchestrator {
             owner,
             notify.clone(),
             metrics.clone(),
+            config.target.clone(),
         ));
         let state = api::AppState::new(
             db,

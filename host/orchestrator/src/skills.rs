@@ -1,7 +1,9 @@
 //! Resolving `skill@version` through the registry into a verified artifact on this host: the
 //! same pull as `tend skill pull` (log, blob digest, signature against the orchestrator's own
 //! trust policy, rollback floor), cached in memory so that the request path never fetches or
-//! verifies the same artifact twice.
+//! verifies the same artifact twice. Every cache hit is checked again (cheaply, without
+//! re-hashing) against the trust policy's revocations and the rollback floor, including the
+//! versions seen since it was cached: a cache never serves what a fresh pull would refuse.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,8 +20,10 @@ use tend_runtime::Manifest;
 pub struct Resolved {
     pub name: String,
     pub version: String,
-    /// `sha256:<hex>`
+    /// `sha256:<hex>` of the component.
     pub digest: String,
+    /// `sha256:<hex>` of the signed manifest text: with `digest`, what identifies a skill.
+    pub manifest_digest: String,
     pub manifest: Manifest,
     pub publisher: String,
     pub key_id: String,
@@ -112,11 +116,11 @@ impl Catalog {
                 .cloned()
         };
         if let Some(r) = cached() {
-            return Ok(r);
+            return self.recheck(r);
         }
         let _pulling = self.pulling.lock().await;
         if let Some(r) = cached() {
-            return Ok(r);
+            return self.recheck(r);
         }
         let pulled = self
             .client
@@ -144,6 +148,7 @@ impl Catalog {
             name: v.manifest.skill.name.clone(),
             version: v.manifest.skill.version.clone(),
             digest: v.digest,
+            manifest_digest: manifest_digest(&v.manifest_text),
             manifest: v.manifest,
             publisher: v.publisher,
             key_id: v.key_id,
@@ -156,6 +161,24 @@ impl Catalog {
             .insert(key, resolved.clone());
         Ok(resolved)
     }
+
+    /// A cached artifact, if the trust policy and the versions seen since still accept it.
+    fn recheck(&self, r: Arc<Resolved>) -> Result<Arc<Resolved>, ResolveError> {
+        self.store
+            .with_seen_floors(&self.trust)
+            .map_err(ResolveError::Registry)?
+            .recheck(&r.name, &r.version, &r.digest, &r.key_id)
+            .map_err(|e| ResolveError::Untrusted(format!("not trusted: {e}")))?;
+        Ok(r)
+    }
+}
+
+/// `sha256:<hex>` of a signed manifest's text.
+pub fn manifest_digest(text: &str) -> String {
+    format!(
+        "sha256:{}",
+        tend_registry::envelope::sha256_hex(text.as_bytes())
+    )
 }
 
 fn map_client(e: ClientError) -> ResolveError {

@@ -1,6 +1,8 @@
-//! The built-in local worker: claims queued jobs with a lease, checks once more that each has
-//! the approvals its level needs and that the artifact is the one decided on, runs it through
-//! the runtime for this host, and records the result. The remote agent (next stage) speaks the
+//! The built-in local worker: claims queued jobs with a lease, admits each with
+//! [`tend_policy::admit`] — the level recomputed from the verified manifest and this target's
+//! floor, the approvals that level needs bound to the invocation digest recomputed here, the
+//! target's ceiling — never from what the database row says, runs it through the runtime for
+//! this host, and records the result (a refusal, with its reason, in the result and the audit). The remote agent (next stage) speaks the
 //! same claim / finish protocol.
 
 use std::collections::HashMap;
@@ -22,7 +24,11 @@ pub struct Worker {
     pub owner: String,
     pub notify: Arc<Notify>,
     pub metrics: Arc<Metrics>,
-    loaded: Mutex<HashMap<String, Arc<LoadedSkill>>>,
+    /// This host as a target: its environment floor and ceiling apply at admission.
+    pub target: tend_policy::Target,
+    /// Loaded skills by (component digest, signed manifest digest): the same bytes under
+    /// another manifest are another skill, with other grants.
+    loaded: Mutex<HashMap<(String, String), Arc<LoadedSkill>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -45,6 +51,7 @@ impl Worker {
         owner: String,
         notify: Arc<Notify>,
         metrics: Arc<Metrics>,
+        target: tend_policy::Target,
     ) -> Worker {
         Worker {
             db,
@@ -53,18 +60,21 @@ impl Worker {
             owner,
             notify,
             metrics,
+            target,
             loaded: Mutex::default(),
         }
     }
 
-    /// Compile (or fetch from the precompile cache) and link a resolved skill, once per digest.
-    /// Called when an invocation is accepted, so that running it compiles nothing.
+    /// Compile (or fetch from the precompile cache) and link a resolved skill, once per
+    /// (component, signed manifest) pair. Called when an invocation is accepted, so that
+    /// running it compiles nothing.
     pub async fn prepare(&self, skill: &Resolved) -> Result<Arc<LoadedSkill>, String> {
+        let key = (skill.digest.clone(), skill.manifest_digest.clone());
         if let Some(l) = self
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&skill.digest)
+            .get(&key)
         {
             return Ok(l.clone());
         }
@@ -88,7 +98,7 @@ impl Worker {
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(skill.digest.clone(), loaded.clone());
+            .insert(key, loaded.clone());
         Ok(loaded)
     }
 
@@ -164,27 +174,50 @@ impl Worker {
     }
 
     async fn execute(&self, inv: &Invocation) -> Result<tend_runtime::ExecutionReport, String> {
-        // The invariant, checked where it matters: nothing runs without its approvals.
-        if !invocation::sufficiently_approved(&self.db, inv)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            return Err(format!(
-                "refused at run time: invocation {} lacks the {} valid approvals its level needs",
-                inv.id, inv.approvals_required
-            ));
-        }
         let skill = self
             .catalog
             .resolve(&inv.skill, Some(&inv.version))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("refused at run time: {e}"))?;
         if skill.digest != inv.digest {
             return Err(format!(
                 "refused at run time: {} {} is now {}, not the {} that was decided on",
                 inv.skill, inv.version, skill.digest, inv.digest
             ));
         }
+        // The invariant, checked where it matters: admitted from the verified manifest and
+        // this target, not from the row's level, approvals_required or trigger.
+        let (_, expires_ms) = invocation::kind_and_expiry(&self.db, &inv.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let digest = invocation::invocation_digest(&skill, &inv.target, &inv.input, expires_ms);
+        let approvals = invocation::approval_facts(&inv.approvals);
+        let grants = crate::skills::grants(&skill.manifest);
+        let admitted = tend_policy::admit(
+            &tend_policy::admit::Job {
+                skill: &inv.skill,
+                requester: &inv.requester,
+                invocation_digest: &digest,
+                announced_digest: &inv.invocation_digest,
+                expires_ms,
+                // Only people submit today; a healing trigger will have to be verifiable here.
+                trigger: &tend_policy::Trigger::Human,
+                approvals: &approvals,
+            },
+            &tend_policy::admit::Verified {
+                declared: declared_level(&skill.manifest),
+                grants: &grants,
+            },
+            &tend_policy::admit::Local {
+                name: &format!("target {}", self.target.name),
+                environment: &self.target.environment,
+                floor: self.target.floor,
+                ceiling: self.target.ceiling,
+            },
+            crate::db::now_ms(),
+        )
+        .map_err(|refusal| format!("refused at run time: {refusal}"))?;
+        tracing::info!(level = %admitted.level, approvers = ?admitted.approvers, "admitted");
         let loaded = self.prepare(&skill).await?;
         self.runtime
             .invoke(
@@ -196,4 +229,10 @@ impl Worker {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// The level a manifest declares (an out-of-range value, which manifest parsing refuses, counts
+/// as the highest).
+pub fn declared_level(m: &tend_runtime::Manifest) -> tend_policy::Level {
+    tend_policy::Level::try_from(m.skill.level).unwrap_or(tend_policy::Level::L3)
 }

@@ -24,6 +24,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod admit;
+pub use admit::{Admitted, Refusal, admit};
+
 /// A zero-trust level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(into = "u8", try_from = "u8")]
