@@ -129,6 +129,10 @@ on_both_backends! {
     expiry => approvals_expire,
     auth => tokens_roles_and_ceilings,
     audit_verify => audit_verify_names_the_first_bad_event,
+    audit_resplit => a_re_split_audit_event_is_named_by_verify,
+    refusal_flood => a_flood_of_refused_requests_leaves_a_bounded_audit_trail,
+    stored_fields => stored_request_fields_are_bounded,
+    stranded_approval => a_retried_approval_completes_a_stranded_decision,
 }
 
 /// A running `tend orchestrator serve`, stopped with SIGTERM when dropped.
@@ -165,6 +169,22 @@ impl Orch {
         listen: &str,
         extra: &[&str],
     ) -> Orch {
+        // Only an argument holder: `spawn` runs the real binary.
+        let mut cmd = Command::new("tend");
+        cmd.args([
+            "--database",
+            database,
+            "--data-dir",
+            &format!("{name}-data"),
+            "--listen",
+            listen,
+        ])
+        .args(extra);
+        Orch::spawn(w, reg, cmd, database)
+    }
+
+    /// `tend orchestrator serve` with `cmd`'s arguments after the common ones.
+    fn spawn(w: &World, reg: &Registry, cmd: Command, database: &str) -> Orch {
         let database = database.to_string();
         let mut child = tend()
             .current_dir(w.dir.path())
@@ -173,18 +193,16 @@ impl Orch {
             .args([
                 "orchestrator",
                 "serve",
-                "--listen",
-                listen,
-                "--database",
-                &database,
                 "--registry",
                 &reg.url,
                 "--trust",
                 "trust.toml",
-                "--data-dir",
-                &format!("{name}-data"),
             ])
-            .args(extra)
+            .args(cmd.get_args())
+            .envs(
+                cmd.get_envs()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+            )
             .stderr(Stdio::piped())
             .spawn()
             .expect("start orchestrator");
@@ -472,10 +490,14 @@ async fn approvals_bind_one_invocation_and_come_from_someone_else(backend: Backe
     assert_eq!(s, 200, "{v}");
     let done = api.wait_for(&bob, id, "succeeded").await;
     assert_eq!(done["approvals"][0]["approver"], "carol");
-    // Approving what already ran is a conflict.
+    // Approving what already ran: a conflict, but for the approver's own retry (idempotent:
+    // the current state).
     let (s, v) = api.approve(&alice, id, digest).await;
     assert_eq!(s, 403, "an operator cannot approve: {v}");
     let (s, v) = api.approve(&carol, id, digest).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("succeeded")), "{v}");
+    let dave = orch.token(&w, "dave", "approver");
+    let (s, v) = api.approve(&dave, id, digest).await;
     assert_eq!(s, 409, "{v}");
 
     // L3: two distinct approvers; one approver twice does not count twice.
@@ -487,12 +509,14 @@ async fn approvals_bind_one_invocation_and_come_from_someone_else(backend: Backe
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "pending_approval");
     let (s, v) = api.approve(&bob, cid, cdigest).await;
-    assert_eq!(s, 409, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("m")
-            .contains("distinct approvers"),
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (200, Some("pending_approval")),
+        "{v}"
+    );
+    assert_eq!(
+        v["approvals"].as_array().expect("approvals").len(),
+        1,
         "{v}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -890,4 +914,554 @@ async fn two_replicas_on_one_postgres_run_each_job_exactly_once() {
     }
     let o = w.ok(&["audit", "verify", "--database", &first.database]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("intact"));
+}
+
+/// Every audit event, oldest first.
+pub async fn all_events(api: &Api, token: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let (s, page) = api
+            .call(
+                "GET",
+                &format!("/api/v1/audit?after={}&limit=1000", events.len()),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{page}");
+        let batch = page["events"].as_array().expect("events").clone();
+        if batch.is_empty() {
+            return events;
+        }
+        events.extend(batch);
+    }
+}
+
+/// A well-formed ed25519 public key (the base point): enrollments get past the key check.
+const SOME_KEY: &str = "ed25519:WGZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY=";
+
+/// An unauthenticated enrollment (a forged enroll token) claiming `name` and `hostname`.
+async fn forged_enrollment(api: &Api, name: &str, hostname: &str) -> (u16, Value) {
+    api.call(
+        "POST",
+        "/api/v1/agents/enroll",
+        None,
+        Some(json!({
+            "token": "tendenroll_000000000000_forged", "name": name, "hostname": hostname,
+            "os": "linux", "arch": "x86_64", "public_key": SOME_KEY,
+            "ceiling": { "max_level": 0 },
+        })),
+    )
+    .await
+}
+
+/// Milliseconds since the Unix epoch, as the orchestrator stores times.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("now")
+        .as_millis() as i64
+}
+
+/// The review's attack: an unauthenticated enrollment whose claimed name carries the lines of
+/// an approval, then someone with the database's disk re-splits that row into `approval.grant`
+/// by `bob`, keeping its hash. The caller's lines never reach a field (the actor is
+/// `anonymous`, every field is one line), and `tend audit verify` names the rewritten event.
+async fn a_re_split_audit_event_is_named_by_verify(backend: Backend) {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, backend, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let (_, inv) = api.submit(&alice, "acme-disrupt", json!({})).await;
+    let id = inv["id"].as_str().expect("id");
+
+    let name = format!("bob\naction approval.grant\nsubject {id}");
+    let (s, v) = forged_enrollment(&api, &name, "host\nactor bob").await;
+    assert!(s == 403 || s == 422, "{s} {v}");
+    let (s, _) = api
+        .call(
+            "GET",
+            "/api/v1/status",
+            Some("tend_000000000000_forged"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+
+    let events = all_events(&api, &orch.admin).await;
+    for e in &events {
+        for field in ["actor", "action", "subject"] {
+            let text = e[field].as_str().expect("field");
+            assert!(!text.contains('\n'), "a line break in {field}: {e}");
+        }
+        if e["action"].as_str().expect("action").ends_with("refused") {
+            assert_eq!(e["actor"], "anonymous", "a caller chose its actor: {e}");
+        }
+    }
+    assert!(
+        !events.iter().any(|e| e["actor"] == "bob"),
+        "bob never acted, yet the trail says he did: {events:?}"
+    );
+
+    // The re-split: the newest refusal rewritten into bob approving the pending invocation.
+    let refusal = events
+        .iter()
+        .rev()
+        .find(|e| e["actor"] == "anonymous")
+        .expect("a refusal was audited");
+    let idx = refusal["index"].as_i64().expect("index");
+    let verify = || w.tend(&["audit", "verify", "--database", &orch.database]);
+    assert_eq!(verify().status.code(), Some(0), "{}", err(&verify()));
+    tamper(
+        &orch.database,
+        &format!(
+            "UPDATE audit SET actor = 'bob', action = 'approval.grant', subject = '{id}' WHERE idx = {idx}"
+        ),
+    );
+    let o = verify();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the rewrite went unseen: {}",
+        err(&o)
+    );
+    assert!(
+        err(&o).contains(&format!("audit event {idx} (approval.grant by bob"))
+            && err(&o).contains("altered"),
+        "{}",
+        err(&o)
+    );
+}
+
+/// A flood of unauthenticated requests with huge and multi-line fields: forged bearer tokens,
+/// forged enrollments (a 1.9 MB hostname) and forged agent signatures. The audit trail keeps
+/// the first refusals of each kind (as `anonymous`, every field bounded), counts the rest in
+/// `/metrics` and, once the window closes, writes one `audit.refusals_suppressed` summary.
+async fn a_flood_of_refused_requests_leaves_a_bounded_audit_trail(backend: Backend) {
+    let (w, reg) = setup();
+    let mut orch = Orch::start(&w, &reg, backend, &[]);
+    let api = Api::new(&orch);
+    let before = all_events(&api, &orch.admin).await.len();
+    let huge = std::sync::Arc::new("h".repeat(1_900_000));
+    let http = reqwest::Client::new();
+    let mut flood = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let (api, huge) = (api.clone(), huge.clone());
+        flood.spawn(async move {
+            let name = format!("alice\naction approval.grant {n}");
+            let hostname = if n < 10 { huge.as_str() } else { "host" };
+            forged_enrollment(&api, &name, hostname).await.0
+        });
+    }
+    for n in 0..150 {
+        let api = api.clone();
+        flood.spawn(async move {
+            let token = format!("tend_{n:012}_forged");
+            api.call("GET", "/api/v1/status", Some(&token), None)
+                .await
+                .0
+        });
+    }
+    for n in 0..60 {
+        let (http, url) = (http.clone(), orch.url.clone());
+        flood.spawn(async move {
+            http.post(format!("{url}/api/v1/agent/heartbeat"))
+                .header("tend-agent", format!("alice-{n}"))
+                .header("tend-timestamp", "0")
+                .header("tend-nonce", "00000000000000000000")
+                .header("tend-signature", "forged")
+                .body("{}")
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        });
+    }
+    while let Some(status) = flood.join_next().await {
+        let status = status.expect("join");
+        assert!((400..500).contains(&status), "{status}");
+    }
+
+    let events = all_events(&api, &orch.admin).await;
+    let new = &events[before..];
+    let mut per_action = std::collections::BTreeMap::<String, usize>::new();
+    let mut bytes = 0;
+    for e in new {
+        let action = e["action"].as_str().expect("action");
+        if action == "audit.refusals_suppressed" {
+            continue;
+        }
+        *per_action.entry(action.to_string()).or_default() += 1;
+        assert_eq!(e["actor"], "anonymous", "{e}");
+        let subject = e["subject"].as_str().expect("subject");
+        assert!(!subject.contains('\n') && subject.len() <= 256, "{subject}");
+        let detail = e["detail"].to_string();
+        assert!(detail.len() <= 9 * 1024, "detail of {} bytes", detail.len());
+        bytes += detail.len() + subject.len();
+    }
+    // At most 20 per action and window (two windows, should the flood straddle a boundary).
+    for (action, n) in &per_action {
+        assert!(*n <= 40, "{n} {action} events: {per_action:?}");
+    }
+    assert!(
+        bytes < 256 * 1024,
+        "{bytes} bytes of audit for a refused flood"
+    );
+    assert!(per_action.get("auth.refused").copied().unwrap_or(0) >= 1);
+
+    // Every refusal is still counted.
+    let (_, metrics) = api.call("GET", "/metrics", None, None).await;
+    let text = metrics.as_str().expect("text").to_string();
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        metric("tend_refusals_total{action=\"auth.refused\"}"),
+        150,
+        "{text}"
+    );
+    assert_eq!(
+        metric("tend_refusals_total{action=\"agent.request_refused\"}"),
+        60,
+        "{text}"
+    );
+    let suppressed = metric("tend_audit_refusals_suppressed_total{action=\"auth.refused\"}");
+    assert!(suppressed >= 110, "{text}");
+
+    // Stopping closes the window: the summary is written, and the chain is intact.
+    let admin = orch.admin.clone();
+    orch.stop();
+    let again = Orch::replica(&w, &reg, &orch.database, "again", "127.0.0.1:0", &[]);
+    let events = all_events(&Api::new(&again), &admin).await;
+    let summarised: u64 = events
+        .iter()
+        .filter(|e| e["action"] == "audit.refusals_suppressed" && e["subject"] == "auth.refused")
+        .map(|e| e["detail"]["suppressed"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(summarised, suppressed, "{events:?}");
+    let o = w.ok(&["audit", "verify", "--database", &orch.database]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("intact"));
+}
+
+/// What a request stores is bounded before anything is resolved or written: an oversize input
+/// is a 413, a long or malformed field a 422 naming it, and nothing is recorded.
+async fn stored_request_fields_are_bounded(backend: Backend) {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, backend, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let submit = |body: Value| api.call("POST", "/api/v1/invocations", Some(&alice), Some(body));
+
+    let (s, v) =
+        submit(json!({"skill": "acme-echo", "reason": "r", "input": {"x": "i".repeat(100_000)}}))
+            .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("input_too_large")),
+        "{v}"
+    );
+    let (s, v) = submit(json!({"skill": "acme-echo", "reason": "r".repeat(5000)})).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("`reason`"),
+        "{v}"
+    );
+    let (s, v) =
+        submit(json!({"skill": "acme-echo", "reason": "r", "target": "t".repeat(1_000_000)})).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("`target`"),
+        "{v}"
+    );
+    assert!(
+        v.to_string().len() < 1000,
+        "the answer echoes the field: {} bytes",
+        v.to_string().len()
+    );
+    let (s, v) =
+        submit(json!({"skill": "acme-echo", "reason": "r", "target": "pool:a\nactor bob"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("invalid_target")),
+        "{v}"
+    );
+    let (s, v) = submit(json!({"skill": "acme-echo", "reason": "r", "version": "1.0.0-".to_string() + &"a".repeat(100)})).await;
+    assert_eq!(s, 422, "{v}");
+    let (_, list) = api
+        .call("GET", "/api/v1/invocations", Some(&alice), None)
+        .await;
+    assert_eq!(
+        list["invocations"].as_array().expect("list").len(),
+        0,
+        "{list}"
+    );
+
+    let (_, inv) = api.submit(&alice, "acme-disrupt", json!({})).await;
+    let id = inv["id"].as_str().expect("id");
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/v1/invocations/{id}/reject"),
+            Some(&bob),
+            Some(json!({"comment": "c".repeat(5000)})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    let (s, v) = api.approve(&bob, id, &"d".repeat(1_000_000)).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(api.get(&alice, id).await["state"], "pending_approval");
+
+    // A token's name is the actor of all it does: one line, bounded.
+    let o = w.tend(&[
+        "token",
+        "create",
+        "--role",
+        "approver",
+        "--name",
+        "carol\naction approval.grant",
+        "--database",
+        &orch.database,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("not a token name"), "{}", err(&o));
+}
+
+/// A crash between an approval's commit and the `pending_approval -> queued` move (possible
+/// before both were one transaction) left the invocation stuck and the approver's retries
+/// refused with 409. Here that state is made directly; the retry completes it. A double
+/// approval by one approver is idempotent and counts once; the list shows approvals.
+async fn a_retried_approval_completes_a_stranded_decision(backend: Backend) {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, backend, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let carol = orch.token(&w, "carol", "approver");
+    let dave = orch.token(&w, "dave", "approver");
+
+    let (_, inv) = api.submit(&alice, "acme-disrupt", json!({"n": 1})).await;
+    let id = inv["id"].as_str().expect("id");
+    let digest = inv["invocation_digest"].as_str().expect("digest");
+    // What a crash right after the approval's commit left behind.
+    tamper(
+        &orch.database,
+        &format!(
+            "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ('{id}', 'bob', '{digest}', {})",
+            now_ms()
+        ),
+    );
+    let stuck = api.get(&alice, id).await;
+    assert_eq!(stuck["state"], "pending_approval", "{stuck}");
+    assert_eq!(stuck["approvals"][0]["approver"], "bob", "{stuck}");
+    let (s, v) = api.approve(&bob, id, digest).await;
+    assert_eq!(s, 200, "the retry was refused: {v}");
+    assert_ne!(v["state"], "pending_approval", "{v}");
+    let done = api.wait_for(&alice, id, "succeeded").await;
+    assert_eq!(
+        done["approvals"].as_array().expect("approvals").len(),
+        1,
+        "{done}"
+    );
+    // Retrying after it ran: the same answer, the current state, nothing new recorded.
+    let (s, v) = api.approve(&bob, id, digest).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("succeeded")), "{v}");
+    // Someone who never approved it cannot approve what already ran.
+    let (s, v) = api.approve(&dave, id, digest).await;
+    assert_eq!(s, 409, "{v}");
+
+    // L3 needs two: one approver twice is idempotent and still counts once.
+    let (_, crit) = api.submit(&alice, "acme-critical", json!({})).await;
+    let cid = crit["id"].as_str().expect("id");
+    let cdigest = crit["invocation_digest"].as_str().expect("digest");
+    for _ in 0..2 {
+        let (s, v) = api.approve(&bob, cid, cdigest).await;
+        assert_eq!(
+            (s, v["state"].as_str()),
+            (200, Some("pending_approval")),
+            "{v}"
+        );
+        assert_eq!(v["approvals"].as_array().expect("a").len(), 1, "{v}");
+    }
+    // The list shows the approvals, as the single view does.
+    let (_, list) = api
+        .call(
+            "GET",
+            "/api/v1/invocations?state=pending_approval",
+            Some(&alice),
+            None,
+        )
+        .await;
+    let listed = list["invocations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["id"] == cid)
+        .expect("listed")
+        .clone();
+    assert_eq!(listed["approvals"][0]["approver"], "bob", "{listed}");
+    let (s, v) = api.approve(&carol, cid, cdigest).await;
+    assert_eq!(s, 200, "{v}");
+    api.wait_for(&alice, cid, "succeeded").await;
+
+    let events = all_events(&api, &orch.admin).await;
+    let recovered = events
+        .iter()
+        .filter(|e| e["action"] == "invocation.queued" && e["subject"] == id)
+        .collect::<Vec<_>>();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(
+        recovered[0]["detail"]["recovered"].is_string(),
+        "{recovered:?}"
+    );
+    let grants = events
+        .iter()
+        .filter(|e| e["action"] == "approval.grant" && e["subject"] == cid)
+        .count();
+    assert_eq!(grants, 2, "a repeated approval was recorded twice");
+    let o = w.ok(&["audit", "verify", "--database", &orch.database]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("intact"));
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The default data directory and the SQLite database in it (with its WAL and shared-memory
+/// files) hold inputs, results and the audit trail: 0700 and 0600, on a first start and on a
+/// directory an older release left 0755 with 0644 files.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_dir_and_database_are_private() {
+    let (w, reg) = setup();
+    let home = w.path("home");
+    let start = || {
+        let mut cmd = Command::new("tend");
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env("TEND_DATA_DIR", &home)
+            .env_remove("TEND_DATABASE_URL");
+        Orch::spawn(&w, &reg, cmd, "")
+    };
+    let db = home.join("orchestrator.db");
+    let files =
+        ["", "-wal", "-shm"].map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())));
+    let check = |when: &str| {
+        assert_eq!(mode(&home), 0o700, "{when}: data dir");
+        assert_eq!(
+            mode(&home.join("orchestrator")),
+            0o700,
+            "{when}: pulled skills"
+        );
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{when}: {}", f.display());
+        }
+    };
+    let mut orch = start();
+    check("first start");
+    // Killed, so the WAL and shared-memory files stay; then modes as an older release left them.
+    orch.child.kill().expect("kill");
+    orch.child.wait().expect("wait");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for f in files.iter().filter(|f| f.exists()) {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let _orch = start();
+    check("restart on an older release's files");
+}
+
+/// A chain written by an older release (v1 rows, no `v` column) still opens and verifies, new
+/// events are written in v2 after it, a v1 event with a line break inside a field is named as
+/// ambiguous, and a v2 event relabelled v1 (a downgrade) is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_release_s_audit_chain_still_verifies() {
+    let w = World::new();
+    let db = w.path("old.db");
+    // The old release's audit tables and three v1 events; the second carries the line breaks
+    // an unauthenticated enrollment could put into its actor then.
+    let script = r#"
+import hashlib, sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.execute("CREATE TABLE audit (idx BIGINT PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)")
+c.execute("CREATE TABLE audit_head (id BIGINT PRIMARY KEY, idx BIGINT NOT NULL, hash TEXT NOT NULL)")
+prev = "0" * 64
+rows = [("tend", "token.create", "admin", "{}"),
+        ("alice\naction approval.grant\nsubject inv_00", "agent.enroll_refused", "host", "{}"),
+        ("tend", "orchestrator.stop", "w", "{}")]
+for i, (actor, action, subject, detail) in enumerate(rows, 1):
+    at = "2026-11-24T00:00:0%d.000Z" % i
+    text = "tend-audit/v1\nindex %d\nat %s\nactor %s\naction %s\nsubject %s\ndetail %s\n" % (i, at, actor, action, subject, detail)
+    h = hashlib.sha256((prev + text).encode()).hexdigest()
+    c.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?)", (i, at, actor, action, subject, detail, prev, h))
+    prev = h
+c.execute("INSERT INTO audit_head VALUES (1, 3, ?)", (prev,))
+c.commit()
+"#;
+    let ok = Command::new("python3")
+        .args(["-c", script])
+        .arg(&db)
+        .status()
+        .expect("python3")
+        .success();
+    assert!(ok);
+    let database = format!("sqlite://{}", db.display());
+    let o = w.ok(&["audit", "verify", "--database", &database, "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        (v["intact"].as_bool(), v["events"].as_i64()),
+        (Some(true), Some(3)),
+        "{v}"
+    );
+    assert_eq!(v["ambiguous_v1"], json!([2]), "{v}");
+    let o = w.ok(&["audit", "verify", "--database", &database]);
+    assert!(
+        err(&o).contains("[2]") && err(&o).contains("re-split"),
+        "{}",
+        err(&o)
+    );
+
+    // A new event on the upgraded database: v2, after the v1 ones, and the chain is intact.
+    w.ok(&[
+        "token",
+        "create",
+        "--role",
+        "viewer",
+        "--name",
+        "victor",
+        "--database",
+        &database,
+    ]);
+    let forms = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; print([r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT v FROM audit ORDER BY idx')])",
+        ])
+        .arg(&db)
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&forms.stdout).trim(),
+        "[1, 1, 1, 2]"
+    );
+    let o = w.ok(&["audit", "verify", "--database", &database]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("intact: 4 events"));
+
+    // Relabelling the v2 event as v1 is a rewrite.
+    tamper(&database, "UPDATE audit SET v = 1 WHERE idx = 4");
+    let o = w.tend(&["audit", "verify", "--database", &database]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("audit event 4"), "{}", err(&o));
 }

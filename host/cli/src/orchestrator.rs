@@ -33,17 +33,44 @@ impl DatabaseArgs {
         self.database.clone().unwrap_or_else(default_database)
     }
 
+    /// Open the database. The default one lives in the data directory, which is made (or
+    /// tightened, if an older release made it 0755) 0700; the database files themselves are
+    /// 0600 (see `Db::connect`).
     pub async fn open(&self) -> Result<Db, Failure> {
-        let url = self.url();
-        if let Some(path) = url.strip_prefix("sqlite://")
-            && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Failure::host(format!("cannot create {}: {e}", dir.display())))?;
+        if self.database.is_none() {
+            secure_data_dir()?;
         }
-        Db::connect(&url).await.map_err(Failure::bad_input)
+        Db::connect(&self.url()).await.map_err(Failure::bad_input)
     }
+}
+
+/// `$TEND_DATA_DIR` holds the orchestrator's database (inputs, results, the audit trail) and
+/// pulled skills: created 0700, and tightened to 0700 at start if it is more open.
+pub fn secure_data_dir() -> Result<(), Failure> {
+    let dir = tend_registry::local::LocalStore::default_root();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let cannot =
+            |e: std::io::Error| Failure::host(format!("cannot secure {}: {e}", dir.display()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(cannot)?;
+        let mode = std::fs::metadata(&dir)
+            .map_err(cannot)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(cannot)?;
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::host(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(())
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
@@ -177,6 +204,9 @@ pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Fa
         )));
     }
     let trust = args.trust.policy()?;
+    if args.data_dir.is_none() {
+        secure_data_dir()?;
+    }
     let data_dir = args
         .data_dir
         .clone()
@@ -248,6 +278,18 @@ pub async fn token(cmd: TokenCommand) -> Result<u8, Failure> {
         database,
     } = cmd;
     let role: Role = role.parse().map_err(Failure::bad_input)?;
+    // The name is the actor of everything the token does, in the audit trail and in answers.
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if !name_ok {
+        return Err(Failure::bad_input(format!(
+            "--name {:?} is not a token name: 1-64 letters, digits and - _ . @",
+            audit::safe_field(&name, 80)
+        )));
+    }
     let db = database.open().await?;
     let token = auth::create_token(&db, &name, role)
         .await
@@ -285,8 +327,20 @@ pub async fn audit(cmd: AuditCommand) -> Result<u8, Failure> {
     match result {
         Ok(report) => {
             if json {
-                crate::out(&serde_json::json!({ "intact": true, "events": report.events, "head": report.head }).to_string());
+                crate::out(
+                    &serde_json::json!({
+                        "intact": true, "events": report.events, "head": report.head,
+                        "ambiguous_v1": report.ambiguous_v1,
+                    })
+                    .to_string(),
+                );
             } else {
+                if !report.ambiguous_v1.is_empty() {
+                    eprintln!(
+                        "warning: events {:?} were written by an older release in the v1 form with a line break inside a field; their hashes match, but v1 cannot tell them from re-split events",
+                        report.ambiguous_v1
+                    );
+                }
                 crate::out(&format!(
                     "audit chain intact: {} events, head {} (anchor this hash elsewhere to detect a rewrite later)",
                     report.events, report.head.hash

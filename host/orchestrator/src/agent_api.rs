@@ -76,16 +76,12 @@ async fn signed(
         Ok(agent) => Ok(agent),
         Err(SignedError::Db(e)) => Err(e.into()),
         Err(SignedError::Refused(why)) => {
-            audit::append(
+            // Unauthenticated: recorded as `anonymous`; the claimed agent is detail (bounded).
+            audit::refused(
                 &state.db,
-                if agent_id.is_empty() {
-                    "anonymous"
-                } else {
-                    &agent_id
-                },
                 "agent.request_refused",
                 path,
-                serde_json::json!({ "why": why }),
+                serde_json::json!({ "why": why, "claimed_agent": agent_id }),
             )
             .await?;
             Err(ApiError::new(

@@ -197,12 +197,15 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<String, FlowError> {
     .rows_affected();
     if spent != 1 {
         tx.rollback().await?;
-        audit::append(
+        // Unauthenticated: recorded as `anonymous`; what it claimed is detail (bounded).
+        audit::refused(
             db,
-            &req.name,
             "agent.enroll_refused",
-            &req.hostname,
-            serde_json::json!({ "why": "unknown, used-up or expired enroll token" }),
+            "enroll",
+            serde_json::json!({
+                "why": "unknown, used-up or expired enroll token",
+                "claimed_name": req.name, "claimed_hostname": req.hostname,
+            }),
         )
         .await?;
         return Err(refused("the enroll token is unknown, used up or expired"));

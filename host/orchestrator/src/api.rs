@@ -315,9 +315,8 @@ pub(crate) async fn actor(
         } else {
             "no token"
         };
-        audit::append(
+        audit::refused(
             &state.db,
-            "anonymous",
             "auth.refused",
             what,
             serde_json::json!({ "why": why }),
@@ -371,7 +370,9 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let head = audit::head(&state.db).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&counts, head.index),
+        state
+            .metrics
+            .render(&counts, head.index, &state.db.refusals.totals()),
     )
         .into_response())
 }
@@ -419,7 +420,7 @@ fn empty_object() -> serde_json::Value {
 /// the skill's schema, then decided: queued (201), pending approval (201) or refused (403).
 #[utoipa::path(post, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), request_body = Submit,
     responses((status = 201, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -428,6 +429,7 @@ async fn submit(
     let who = actor(&state, &headers, Role::Viewer, "invoking a skill").await?;
     let Json(req) = body.map_err(bad_json)?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    check_submit_bounds(&req)?;
     let name_ok = !req.skill.is_empty()
         && req.skill.len() <= 64
         && req
@@ -556,6 +558,73 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(inv)).into_response())
 }
 
+/// Largest stored invocation input (bytes of JSON text).
+pub const MAX_INPUT: usize = 64 * 1024;
+/// Longest `reason` and reject `comment` (bytes).
+pub const MAX_REASON: usize = 1024;
+/// Longest target name (`pool:NAME`, `agent:NAME`).
+pub const MAX_TARGET: usize = 160;
+/// Longest `version`.
+pub const MAX_VERSION: usize = 64;
+
+fn too_long(field: &str, len: usize, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "field_too_long",
+        format!("`{field}` is {len} bytes; at most {max} are accepted"),
+    )
+}
+
+/// Every field of a submission that is stored is bounded before anything is resolved or
+/// written: 413 for an oversize input, 422 naming the field otherwise.
+fn check_submit_bounds(req: &Submit) -> ApiResult<()> {
+    let input = req.input.to_string().len();
+    if input > MAX_INPUT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            format!("`input` is {input} bytes of JSON; at most {MAX_INPUT} are accepted"),
+        ));
+    }
+    if req.reason.len() > MAX_REASON {
+        return Err(too_long("reason", req.reason.len(), MAX_REASON));
+    }
+    if let Some(v) = &req.version
+        && v.len() > MAX_VERSION
+    {
+        return Err(too_long("version", v.len(), MAX_VERSION));
+    }
+    if let Some(t) = &req.target {
+        if t.len() > MAX_TARGET {
+            return Err(too_long("target", t.len(), MAX_TARGET));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:@".contains(c);
+        if t.is_empty() || !t.chars().all(allowed) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_target",
+                format!(
+                    "`target` {:?} may only hold letters, digits and - _ . : @",
+                    audit::safe_field(t, 64)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An invocation id from the path: anything longer is not one of ours (404, not echoed).
+fn check_id(id: &str) -> ApiResult<()> {
+    if id.len() > 64 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such invocation",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
@@ -606,6 +675,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<invocation::Invocation>> {
     actor(&state, &headers, Role::Viewer, "reading an invocation").await?;
+    check_id(&id)?;
     Ok(Json(invocation::get(&state.db, &id).await?))
 }
 
@@ -619,7 +689,7 @@ pub struct ApproveBody {
 /// Approve one exact invocation: the body names the digest the approver reviewed.
 #[utoipa::path(post, path = "/api/v1/invocations/{id}/approve", tag = "approvals", security(("bearer" = [])), params(("id" = String, Path)), request_body = ApproveBody,
     responses((status = 200, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn approve(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -627,7 +697,15 @@ async fn approve(
     body: Result<Json<ApproveBody>, JsonRejection>,
 ) -> ApiResult<Json<invocation::Invocation>> {
     let who = actor(&state, &headers, Role::Approver, "approving").await?;
+    check_id(&id)?;
     let Json(body) = body.map_err(bad_json)?;
+    if body.invocation_digest.len() > 128 {
+        return Err(too_long(
+            "invocation_digest",
+            body.invocation_digest.len(),
+            128,
+        ));
+    }
     let inv = tracing::Instrument::instrument(
         invocation::approve(&state.db, &id, &who, &body.invocation_digest),
         tracing::info_span!("approve", invocation = %id),
@@ -649,7 +727,7 @@ pub struct RejectBody {
 
 #[utoipa::path(post, path = "/api/v1/invocations/{id}/reject", tag = "approvals", security(("bearer" = [])), params(("id" = String, Path)), request_body = RejectBody,
     responses((status = 200, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn reject(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -657,7 +735,11 @@ async fn reject(
     body: Option<Json<RejectBody>>,
 ) -> ApiResult<Json<invocation::Invocation>> {
     let who = actor(&state, &headers, Role::Approver, "rejecting").await?;
+    check_id(&id)?;
     let comment = body.map(|Json(b)| b.comment).unwrap_or_default();
+    if comment.len() > MAX_REASON {
+        return Err(too_long("comment", comment.len(), MAX_REASON));
+    }
     Ok(Json(
         invocation::reject(&state.db, &id, &who, &comment).await?,
     ))
@@ -672,6 +754,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<invocation::Invocation>> {
     let who = actor(&state, &headers, Role::Operator, "cancelling").await?;
+    check_id(&id)?;
     Ok(Json(invocation::cancel(&state.db, &id, &who).await?))
 }
 

@@ -3,7 +3,7 @@
 //! types: TEXT, BIGINT). Only the job claim differs, where PostgreSQL has `SKIP LOCKED`.
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Executor, Row};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -17,12 +17,16 @@ pub enum DbError {
     Url(String),
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 #[derive(Debug, Clone)]
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// Flood control for audited refusals of unauthenticated requests (per process).
+    pub refusals: std::sync::Arc<crate::audit::RefusalGate>,
 }
 
 const SCHEMA: &[&str] = &[
@@ -75,7 +79,8 @@ const SCHEMA: &[&str] = &[
         subject TEXT NOT NULL,
         detail TEXT NOT NULL,
         prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL
+        hash TEXT NOT NULL,
+        v BIGINT NOT NULL DEFAULT 1
     )",
     "CREATE TABLE IF NOT EXISTS agents (
         id TEXT PRIMARY KEY,
@@ -129,6 +134,9 @@ impl Db {
         } else {
             return Err(DbError::Url(url.to_string()));
         };
+        if backend == Backend::Sqlite {
+            secure_sqlite_file(url)?;
+        }
         let (url, max) = match backend {
             Backend::Sqlite if !url.contains("mode=") => (
                 format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' }),
@@ -154,18 +162,119 @@ impl Db {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
+        migrate(&pool, backend).await?;
         sqlx::query(
             "INSERT INTO audit_head (id, idx, hash) SELECT 1, 0, $1 WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1)",
         )
         .bind(crate::audit::GENESIS)
         .execute(&pool)
         .await?;
-        Ok(Db { pool, backend })
+        if backend == Backend::Sqlite {
+            // The WAL and shared-memory files exist now; an older release left them 0644.
+            secure_sqlite_file(&url)?;
+        }
+        Ok(Db {
+            pool,
+            backend,
+            refusals: std::sync::Arc::default(),
+        })
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Columns added since the first release, for databases made by an older one. Each step
+/// checks first, so it runs once; a concurrent start on PostgreSQL is harmless (`IF NOT
+/// EXISTS`).
+async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), DbError> {
+    // The canonical form each audit event was hashed with: rows from before are v1.
+    match backend {
+        Backend::Postgres => {
+            sqlx::query("ALTER TABLE audit ADD COLUMN IF NOT EXISTS v BIGINT NOT NULL DEFAULT 1")
+                .execute(pool)
+                .await?;
+        }
+        Backend::Sqlite => {
+            let has: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM pragma_table_info('audit') WHERE name = 'v'",
+            )
+            .fetch_one(pool)
+            .await?
+            .try_get("n")?;
+            if has == 0 {
+                let added = sqlx::query("ALTER TABLE audit ADD COLUMN v BIGINT NOT NULL DEFAULT 1")
+                    .execute(pool)
+                    .await;
+                // Another process may have added it meanwhile.
+                if let Err(e) = added
+                    && !e.to_string().contains("duplicate column")
+                {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The SQLite database holds inputs, results and the audit trail: its file (and its `-wal` and
+/// `-shm` companions) are 0600, created so or tightened at start if an older release left
+/// them readable by others. A missing parent directory is created 0700. (An existing parent
+/// is left alone: it may be shared, like `/tmp`.)
+fn secure_sqlite_file(url: &str) -> Result<(), DbError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.starts_with(':'))
+        else {
+            return Ok(());
+        };
+        let io = |p: &std::path::Path, error| DbError::Io {
+            path: p.display().to_string(),
+            error,
+        };
+        let path = std::path::Path::new(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io(dir, e))?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(path, e)),
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::metadata(&file) {
+                Ok(md) if md.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| io(&file, e))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&file, e)),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = url;
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

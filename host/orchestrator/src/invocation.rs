@@ -301,7 +301,42 @@ pub async fn list(db: &Db, state: Option<State>, limit: i64) -> Result<Vec<Invoc
                 .await?
         }
     };
-    rows.iter().map(|r| from_row(r, Vec::new())).collect()
+    let mut by_id = approvals_of(db, &rows).await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("id")?;
+            from_row(r, by_id.remove(&id).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The approvals of each of `rows` (invocations), in one query.
+async fn approvals_of(
+    db: &Db,
+    rows: &[AnyRow],
+) -> Result<std::collections::HashMap<String, Vec<Approval>>, FlowError> {
+    let mut by_id: std::collections::HashMap<String, Vec<Approval>> = Default::default();
+    if rows.is_empty() {
+        return Ok(by_id);
+    }
+    let ids = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "SELECT invocation_id, approver, invocation_digest, created_ms FROM approvals WHERE invocation_id IN ({}) ORDER BY created_ms",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for id in &ids {
+        q = q.bind(id);
+    }
+    for r in q.fetch_all(&db.pool).await? {
+        let id: String = r.try_get("invocation_id")?;
+        by_id.entry(id).or_default().push(approval_from_row(&r)?);
+    }
+    Ok(by_id)
 }
 
 /// Move `id` from one of `from` to `to`; a conflict names the state it is really in.
@@ -423,6 +458,11 @@ pub async fn sufficiently_approved(db: &Db, inv: &Invocation) -> Result<bool, Fl
     Ok(valid_approvals(inv, expires) >= inv.approvals_required as usize)
 }
 
+/// Approve `id` for `digest`. The approval and the `pending_approval -> queued` move it
+/// completes commit in one transaction, so a crash cannot leave an approved invocation
+/// waiting. A retry by the same approver for the same digest is idempotent: it answers with
+/// the current state and, should the invocation still be pending with enough approvals (as a
+/// crash under an older release could leave it), completes the move.
 pub async fn approve(
     db: &Db,
     id: &str,
@@ -448,6 +488,10 @@ pub async fn approve(
         )))
         .await;
     }
+    let mine = inv.approvals.iter().any(|a| a.approver == approver.name);
+    if mine && digest == inv.invocation_digest {
+        return approve_again(db, id, approver).await;
+    }
     if inv.state != State::PendingApproval {
         return refuse(FlowError::Conflict(format!(
             "invocation {id} is {}, not pending approval",
@@ -465,19 +509,31 @@ pub async fn approve(
     }
     if digest != inv.invocation_digest {
         return refuse(FlowError::Conflict(format!(
-            "the approval is for invocation digest {digest}, but invocation {id} has digest {}: an approval binds one exact invocation",
+            "the approval is for invocation digest {}, but invocation {id} has digest {}: an approval binds one exact invocation",
+            audit::safe_field(digest, 80),
             inv.invocation_digest
         )))
         .await;
     }
-    if inv.approvals.iter().any(|a| a.approver == approver.name) {
+    let mut tx = db.pool.begin().await?;
+    // Lock the invocation first (a row lock on PostgreSQL, the writer lock on SQLite), so two
+    // approvers finishing the count together serialise and the second sees the first.
+    let locked = sqlx::query(
+        "UPDATE invocations SET state = state WHERE id = $1 AND state = 'pending_approval'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if locked != 1 {
+        tx.rollback().await?;
+        let now = get(db, id).await?;
         return refuse(FlowError::Conflict(format!(
-            "{} has already approved invocation {id}: {} approvals must come from distinct approvers",
-            approver.name, inv.approvals_required
+            "invocation {id} is {}, not pending approval",
+            now.state.as_str()
         )))
         .await;
     }
-    let mut tx = db.pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ($1, $2, $3, $4)",
     )
@@ -488,12 +544,9 @@ pub async fn approve(
     .execute(&mut *tx)
     .await;
     if inserted.is_err() {
+        // The same approver, a moment ago (a double click): the same answer as a retry.
         tx.rollback().await?;
-        return refuse(FlowError::Conflict(format!(
-            "{} has already approved invocation {id}",
-            approver.name
-        )))
-        .await;
+        return approve_again(db, id, approver).await;
     }
     audit::append_tx(
         &mut tx,
@@ -503,25 +556,85 @@ pub async fn approve(
         serde_json::json!({ "invocation_digest": digest }),
     )
     .await?;
+    queue_if_approved(&mut tx, id, &approver.name, false).await?;
     tx.commit().await?;
-    let inv = get(db, id).await?;
-    if sufficiently_approved(db, &inv).await? {
-        let approvers: Vec<&str> = inv.approvals.iter().map(|a| a.approver.as_str()).collect();
-        match transition(
-            db,
-            id,
-            &[State::PendingApproval],
-            State::Queued,
-            &approver.name,
-            serde_json::json!({ "approvers": approvers }),
-        )
-        .await
-        {
-            Ok(()) | Err(FlowError::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
     get(db, id).await
+}
+
+/// A repeated approval by someone who already approved this exact invocation: nothing new to
+/// record; complete the move to `queued` if it is due and was never made.
+async fn approve_again(db: &Db, id: &str, approver: &Actor) -> Result<Invocation, FlowError> {
+    let inv = get(db, id).await?;
+    if inv.state == State::PendingApproval && sufficiently_approved(db, &inv).await? {
+        let mut tx = db.pool.begin().await?;
+        queue_if_approved(&mut tx, id, &approver.name, true).await?;
+        tx.commit().await?;
+        return get(db, id).await;
+    }
+    Ok(inv)
+}
+
+/// Inside the approval's transaction: if `id` is pending, unexpired and now has the approvals
+/// its level needs, move it to `queued` and record that. The caller holds the row.
+async fn queue_if_approved(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    actor: &str,
+    recovered: bool,
+) -> Result<bool, FlowError> {
+    let Some(row) = sqlx::query(
+        "SELECT requester, invocation_digest, approvals_required, expires_ms FROM invocations WHERE id = $1 AND state = 'pending_approval'",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let requester: String = row.try_get("requester")?;
+    let digest: String = row.try_get("invocation_digest")?;
+    let required: i64 = row.try_get("approvals_required")?;
+    let expires: i64 = row.try_get("expires_ms")?;
+    let now = now_ms();
+    if now > expires {
+        return Ok(false);
+    }
+    let rows = sqlx::query(
+        "SELECT approver, created_ms FROM approvals WHERE invocation_id = $1 AND invocation_digest = $2 AND approver <> $3 AND created_ms <= $4 ORDER BY created_ms",
+    )
+    .bind(id)
+    .bind(&digest)
+    .bind(&requester)
+    .bind(expires)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut approvers = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("approver"))
+        .collect::<Result<Vec<_>, _>>()?;
+    approvers.dedup();
+    if (approvers.len() as i64) < required {
+        return Ok(false);
+    }
+    let moved = sqlx::query(
+        "UPDATE invocations SET state = 'queued', queued_ms = $1 WHERE id = $2 AND state = 'pending_approval'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if moved != 1 {
+        return Ok(false);
+    }
+    let mut detail = serde_json::json!({ "state": "queued", "approvers": approvers });
+    if recovered {
+        detail["recovered"] = serde_json::json!(
+            "the approvals were complete but the invocation was still pending: queued on the approver's retry"
+        );
+    }
+    audit::append_tx(tx, actor, "invocation.queued", id, detail).await?;
+    Ok(true)
 }
 
 pub async fn reject(

@@ -202,6 +202,9 @@ impl Orchestrator {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         housekeeping.abort();
+        if let Err(e) = audit::flush_all_refusals(&state.db).await {
+            tracing::warn!(error = %e, "summarising suppressed refusals failed");
+        }
         let _ = audit::append(
             &state.db,
             "tend",
@@ -237,6 +240,11 @@ async fn housekeep(state: api::AppState, mut stop: watch::Receiver<bool>) {
             && let Err(e) = agents::sweep_nonces(&state.db).await
         {
             tracing::warn!(error = %e, "forgetting old nonces failed");
+        }
+        if n.is_multiple_of(10)
+            && let Err(e) = audit::flush_refusals(&state.db).await
+        {
+            tracing::warn!(error = %e, "summarising suppressed refusals failed");
         }
     }
 }

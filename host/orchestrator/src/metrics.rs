@@ -45,7 +45,14 @@ impl Metrics {
     }
 
     /// Render, with the gauges read from storage by the caller.
-    pub fn render(&self, by_state: &[(String, i64)], audit_head: i64) -> String {
+    /// `refusals`: per audit action, unauthenticated requests refused and how many of those
+    /// flood control left out of the audit trail.
+    pub fn render(
+        &self,
+        by_state: &[(String, i64)],
+        audit_head: i64,
+        refusals: &[(String, u64, u64)],
+    ) -> String {
         let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
         let _ = writeln!(
@@ -101,6 +108,23 @@ impl Metrics {
             out,
             "# HELP tend_audit_head_height Events in the audit hash chain.\n# TYPE tend_audit_head_height gauge\ntend_audit_head_height {audit_head}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP tend_refusals_total Unauthenticated requests refused, by audit action (written to the audit trail or not).\n# TYPE tend_refusals_total counter"
+        );
+        for (action, n, _) in refusals {
+            let _ = writeln!(out, "tend_refusals_total{{action=\"{action}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tend_audit_refusals_suppressed_total Refusals counted but left out of the audit trail by flood control (each window is summarised by one audit.refusals_suppressed event).\n# TYPE tend_audit_refusals_suppressed_total counter"
+        );
+        for (action, _, suppressed) in refusals {
+            let _ = writeln!(
+                out,
+                "tend_audit_refusals_suppressed_total{{action=\"{action}\"}} {suppressed}"
+            );
+        }
         out
     }
 }
