@@ -2,6 +2,7 @@
 //! come first: every limit and every capability is tested by a guest that tries to break it.
 
 mod agent;
+mod agent_hardening;
 mod authoring;
 mod cache;
 mod capabilities;
