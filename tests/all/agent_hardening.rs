@@ -61,7 +61,11 @@ async fn identity_and_placement(backend: Backend) {
     );
     for target in ["agent:web-1", "pool:web"] {
         let (s, v) = submit_to(&api, &admin, "acme-disrupt", target, json!({})).await;
-        assert_eq!((s, v["error"]["code"].as_str()), (403, Some("policy_denied")), "{v}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("policy_denied")),
+            "{v}"
+        );
     }
 
     // An impostor with a token that allows L3 claims the same name: refused, nothing changes.
@@ -148,7 +152,11 @@ async fn identity_and_placement(backend: Backend) {
         let m = v["error"]["message"].as_str().expect("message");
         assert!(m.contains(says), "{m}");
     }
-    assert_eq!(agents(&api, &admin).await.len(), 1, "a refused enrollment was stored");
+    assert_eq!(
+        agents(&api, &admin).await.len(),
+        1,
+        "a refused enrollment was stored"
+    );
     // Asking for nothing places the agent where the token says (the token was not spent).
     let (s, v) = api
         .call(
@@ -176,7 +184,11 @@ async fn identity_and_placement(backend: Backend) {
         let (s, v) = api
             .call("POST", "/api/v1/enroll-tokens", Some(&admin), Some(scope))
             .await;
-        assert_eq!((s, v["error"]["code"].as_str()), (422, Some("invalid_field")), "{v}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (422, Some("invalid_field")),
+            "{v}"
+        );
     }
     let o = w.tend(&[
         "agent",
@@ -196,7 +208,12 @@ async fn identity_and_placement(backend: Backend) {
         .expect("id")
         .to_string();
     let (s, v) = api
-        .call("DELETE", &format!("/api/v1/agents/{web1}"), Some(&admin), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/agents/{web1}"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = api
@@ -226,7 +243,12 @@ async fn enrollment_fields_are_bounded_before_anything_is_stored() {
     let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
     let api = Api::new(&orch);
     let admin = orch.admin.clone();
-    let t = token(&api, &admin, json!({ "pools": ["web"], "labels": {"env": "prod"} })).await;
+    let t = token(
+        &api,
+        &admin,
+        json!({ "pools": ["web"], "labels": {"env": "prod"} }),
+    )
+    .await;
     let before = audit_events(&api, &admin).await.len();
     let pools: Vec<String> = (0..33).map(|i| format!("p{i}")).collect();
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -263,7 +285,10 @@ async fn enrollment_fields_are_bounded_before_anything_is_stored() {
         .call("POST", "/api/v1/agents/enroll", None, Some(body))
         .await;
     assert_eq!(s, 413);
-    assert!(agents(&api, &admin).await.is_empty(), "something was stored");
+    assert!(
+        agents(&api, &admin).await.is_empty(),
+        "something was stored"
+    );
     assert_eq!(
         audit_events(&api, &admin).await.len(),
         before,
@@ -341,11 +366,7 @@ async fn a_refused_result_goes_to_the_dead_letters_and_blocks_nothing() {
     let done = api.wait_for(&admin, &id, "succeeded").await;
     assert_eq!(done["result"]["output"]["echo"]["x"], 1);
     until("the refused results did not reach spool/dead/", || {
-        files_under(&spool)
-            == [
-                format!("dead/{refused}.json"),
-                format!("dead/{huge}.json"),
-            ]
+        files_under(&spool) == [format!("dead/{refused}.json"), format!("dead/{huge}.json")]
     })
     .await;
     let log = std::fs::read_to_string(w.path("agent-web-1.log")).unwrap_or_default();
@@ -424,7 +445,9 @@ async fn a_job_id_that_is_a_path_writes_nothing() {
     .await;
     let written: Vec<String> = files_under(w.dir.path())
         .into_iter()
-        .filter(|f| !before.contains(f) && !f.starts_with("agent-web-1/store") && !f.starts_with("cache"))
+        .filter(|f| {
+            !before.contains(f) && !f.starts_with("agent-web-1/store") && !f.starts_with("cache")
+        })
         .filter(|f| f.contains("escaped") || f.contains("abs"))
         .collect();
     assert!(written.is_empty(), "{written:?}");
@@ -443,10 +466,9 @@ async fn a_result_a_crash_left_in_a_temp_file_is_delivered_at_start() {
     let admin = orch.admin.clone();
     let trust = w.path("trust.toml");
     enroll(&w, &orch, &reg, "web-1", trust.to_str().expect("p"), &[]);
-    let config: toml::Value = toml::from_str(
-        &std::fs::read_to_string(w.path("agent-web-1/agent.toml")).expect("config"),
-    )
-    .expect("toml");
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(w.path("agent-web-1/agent.toml")).expect("config"))
+            .expect("toml");
     let agent_id = config["agent_id"].as_str().expect("id").to_string();
     // A job this agent held and ran when it was killed.
     let (s, v) = submit_to(&api, &admin, "acme-echo", "agent:web-1", json!({"x": 5})).await;
@@ -474,5 +496,8 @@ async fn a_result_a_crash_left_in_a_temp_file_is_delivered_at_start() {
     let _agent = AgentProc::start(&w, "web-1");
     let done = api.wait_for(&admin, &id, "succeeded").await;
     assert_eq!(done["result"]["output"]["recovered"], true, "{done}");
-    until("the spool was not emptied", || files_under(&spool).is_empty()).await;
+    until("the spool was not emptied", || {
+        files_under(&spool).is_empty()
+    })
+    .await;
 }

@@ -74,7 +74,8 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
         ceiling: req.ceiling.clone(),
     };
     // The orchestrator checks the same bounds; saying so here names the flag before any request.
-    body.check().map_err(|e| format!("enrollment not sent: {e}"))?;
+    body.check()
+        .map_err(|e| format!("enrollment not sent: {e}"))?;
     let url = format!(
         "{}/api/v1/agents/enroll",
         req.orchestrator.trim_end_matches('/')
@@ -297,9 +298,7 @@ async fn flush_spool(shared: &Shared) {
             Err(client::ClientError::Status {
                 status: 413,
                 path: path.clone(),
-                body: format!(
-                    "the result is {size} bytes; the protocol allows {MAX_RESULT_BYTES}"
-                ),
+                body: format!("the result is {size} bytes; the protocol allows {MAX_RESULT_BYTES}"),
             })
         } else {
             shared.client.post(&path, &body).await
@@ -327,7 +326,9 @@ async fn flush_spool(shared: &Shared) {
                         invocation = %id, status, %why, kept = %to.display(),
                         "the orchestrator will not take this result; moved to the dead-letter directory"
                     ),
-                    Err(e) => tracing::error!(invocation = %id, error = %e, "cannot move a refused result aside"),
+                    Err(e) => {
+                        tracing::error!(invocation = %id, error = %e, "cannot move a refused result aside")
+                    }
                 }
             }
             Err(e) => {

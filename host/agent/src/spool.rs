@@ -114,7 +114,9 @@ impl Spool {
                             invocation = %id,
                             "recovered a result a crash left unsent; it will be delivered"
                         ),
-                        Err(e) => tracing::warn!(file = %tmp.display(), error = %e, "cannot recover a spooled result"),
+                        Err(e) => {
+                            tracing::warn!(file = %tmp.display(), error = %e, "cannot recover a spooled result")
+                        }
                     }
                 }
                 None => {
@@ -237,7 +239,10 @@ mod tests {
         let mut out = Vec::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).expect("dir").map(|e| e.expect("entry")) {
+            for e in std::fs::read_dir(&d)
+                .expect("dir")
+                .map(|e| e.expect("entry"))
+            {
                 if e.file_type().expect("type").is_dir() {
                     stack.push(e.path());
                 } else {
@@ -279,7 +284,11 @@ mod tests {
             assert!(spool.bury(bad).is_err());
             spool.remove(bad);
         }
-        assert_eq!(files(root.path()), Vec::<String>::new(), "something was written");
+        assert_eq!(
+            files(root.path()),
+            Vec::<String>::new(),
+            "something was written"
+        );
         spool.put(ID, &result()).expect("a real id");
         assert_eq!(files(root.path()), [format!("agent/spool/{ID}.json")]);
         assert_eq!(spool.pending().len(), 1);

@@ -20,7 +20,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentCommand {
     /// Make this host's identity and register it with the orchestrator

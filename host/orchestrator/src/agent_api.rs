@@ -34,12 +34,18 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/agents", get(list))
         .route("/api/v1/agents/{id}", delete(remove))
         .route("/api/v1/agents/enroll", post(enroll).layer(small))
-        .route("/api/v1/enroll-tokens", post(create_enroll_token).layer(small))
+        .route(
+            "/api/v1/enroll-tokens",
+            post(create_enroll_token).layer(small),
+        )
         .route("/api/v1/agent/heartbeat", post(heartbeat).layer(small))
         .route("/api/v1/agent/poll", post(poll).layer(small))
         .route("/api/v1/agent/jobs/{id}/start", post(start).layer(small))
         .route("/api/v1/agent/jobs/{id}/renew", post(renew).layer(small))
-        .route("/api/v1/agent/jobs/{id}/release", post(release).layer(small))
+        .route(
+            "/api/v1/agent/jobs/{id}/release",
+            post(release).layer(small),
+        )
         // The body is read by the handler, within MAX_RESULT_BYTES, once the sender is known.
         .route(
             "/api/v1/agent/jobs/{id}/result",

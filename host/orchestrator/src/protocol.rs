@@ -37,7 +37,10 @@ pub const MAX_REFUSAL_BYTES: usize = 8 * 1024;
 /// else — `../../x`, `/abs/path`, `%2F` — is refused before it reaches a path or a URL.
 pub fn is_invocation_id(id: &str) -> bool {
     id.strip_prefix("inv_").is_some_and(|hex| {
-        hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -199,7 +202,10 @@ pub fn check_pools(pools: &[String]) -> Result<(), FieldError> {
 /// Labels: at most 32, keys like names (plus `_` and `/`), values up to 128 plain characters.
 pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), FieldError> {
     if labels.len() > MAX_LABELS {
-        return Err(field_error("labels", format!("at most {MAX_LABELS} labels")));
+        return Err(field_error(
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
     }
     for (k, v) in labels {
         check_text(
@@ -403,7 +409,11 @@ impl JobResult {
     /// What the orchestrator takes: `ran` with a report object, or `refused` with a reason of
     /// at most [`MAX_REFUSAL_BYTES`] (it is recorded in the audit trail).
     pub fn check(&self) -> Result<(), FieldError> {
-        if self.refusal.as_ref().is_some_and(|r| r.len() > MAX_REFUSAL_BYTES) {
+        if self
+            .refusal
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REFUSAL_BYTES)
+        {
             return Err(field_error(
                 "refusal",
                 format!("is more than {MAX_REFUSAL_BYTES} bytes"),
@@ -411,7 +421,12 @@ impl JobResult {
         }
         match self.outcome.as_str() {
             "ran" if self.report.as_ref().is_some_and(|r| r.is_object()) => {}
-            "ran" => return Err(field_error("report", "a `ran` result carries a report object")),
+            "ran" => {
+                return Err(field_error(
+                    "report",
+                    "a `ran` result carries a report object",
+                ));
+            }
             "refused" if self.refusal.is_some() => {}
             "refused" => return Err(field_error("refusal", "a `refused` result says why")),
             other => {
