@@ -14,7 +14,7 @@ use crate::registry::{Registry, World, err};
 use crate::support::*;
 
 /// A `tend agent run` process.
-pub(crate) struct AgentProc {
+pub struct AgentProc {
     child: Option<Child>,
     dir: PathBuf,
     cache: PathBuf,
@@ -58,11 +58,11 @@ impl AgentProc {
         child
     }
 
-    pub(crate) fn start(w: &World, name: &str) -> AgentProc {
+    pub fn start(w: &World, name: &str) -> AgentProc {
         AgentProc::start_with(w, name, &[])
     }
 
-    pub(crate) fn start_with(w: &World, name: &str, extra: &[&str]) -> AgentProc {
+    pub fn start_with(w: &World, name: &str, extra: &[&str]) -> AgentProc {
         let dir = w.path(&format!("agent-{name}"));
         let cache = w.path("cache");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -75,14 +75,14 @@ impl AgentProc {
         }
     }
 
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.kill9();
         self.child = Some(AgentProc::spawn(&self.dir, &self.cache, &self.extra));
     }
@@ -101,16 +101,10 @@ impl Drop for AgentProc {
     }
 }
 
-/// Enroll `name` with the orchestrator; `extra` adds pools, labels and ceiling flags.
-pub(crate) fn enroll(
-    w: &World,
-    orch: &Orch,
-    reg: &Registry,
-    name: &str,
-    trust: &str,
-    extra: &[&str],
-) {
-    let o = w.ok(&[
+/// Enroll `name` with the orchestrator; `extra` adds pools, labels and ceiling flags. The enroll
+/// token is made for exactly the pools, labels and level asked for.
+pub fn enroll(w: &World, orch: &Orch, reg: &Registry, name: &str, trust: &str, extra: &[&str]) {
+    let mut create = vec![
         "agent",
         "token",
         "create",
@@ -120,7 +114,13 @@ pub(crate) fn enroll(
         "1",
         "--ttl",
         "5m",
-    ]);
+    ];
+    for pair in extra.windows(2) {
+        if ["--pool", "--label", "--max-level"].contains(&pair[0]) {
+            create.extend_from_slice(pair);
+        }
+    }
+    let o = w.ok(&create);
     let token = String::from_utf8(o.stdout)
         .expect("utf8")
         .trim()
@@ -163,7 +163,7 @@ pub(crate) fn enroll(
     assert!(err(&o).contains("used up"), "{}", err(&o));
 }
 
-pub(crate) async fn submit_to(
+pub async fn submit_to(
     api: &Api,
     token: &str,
     skill: &str,
@@ -179,7 +179,7 @@ pub(crate) async fn submit_to(
     .await
 }
 
-pub(crate) async fn audit_events(api: &Api, token: &str) -> Vec<Value> {
+pub async fn audit_events(api: &Api, token: &str) -> Vec<Value> {
     let (_, a) = api
         .call("GET", "/api/v1/audit?limit=1000", Some(token), None)
         .await;
@@ -187,7 +187,7 @@ pub(crate) async fn audit_events(api: &Api, token: &str) -> Vec<Value> {
 }
 
 /// Poll the audit trail until `action` appears for `id`.
-pub(crate) async fn wait_audit(api: &Api, token: &str, id: &str, action: &str) -> Value {
+pub async fn wait_audit(api: &Api, token: &str, id: &str, action: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(e) = audit_events(api, token)
@@ -202,7 +202,7 @@ pub(crate) async fn wait_audit(api: &Api, token: &str, id: &str, action: &str) -
     }
 }
 
-pub(crate) fn count(events: &[Value], id: &str, action: &str) -> usize {
+pub fn count(events: &[Value], id: &str, action: &str) -> usize {
     events
         .iter()
         .filter(|e| e["subject"] == id && e["action"] == action)
@@ -210,7 +210,7 @@ pub(crate) fn count(events: &[Value], id: &str, action: &str) -> usize {
 }
 
 /// A diagnose skill that sleeps until its `secs`-second timeout.
-fn publish_sleeper(w: &World, reg: &Registry, name: &str, timeout_ms: u32) {
+pub fn publish_sleeper(w: &World, reg: &Registry, name: &str, timeout_ms: u32) {
     let token = w.token(&format!("ci-{name}"), "publisher");
     let wasm = w.signed_with(
         name,

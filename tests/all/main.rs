@@ -3,6 +3,7 @@
 
 mod admission;
 mod agent;
+mod agent_hardening;
 mod authoring;
 mod cache;
 mod capabilities;

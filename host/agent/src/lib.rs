@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tend_orchestrator::protocol::{Ceiling, Enroll, Job, JobResult};
+use tend_orchestrator::protocol::{
+    Ceiling, Enroll, Job, JobResult, MAX_REFUSAL_BYTES, MAX_REPORT_BYTES, MAX_RESULT_BYTES,
+    is_invocation_id,
+};
 use tend_registry::client::RegistryClient;
 use tend_registry::keys::{self, PublicKey};
 use tend_registry::local::LocalStore;
@@ -70,6 +73,9 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
         public_key: PublicKey(key.verifying_key()).to_string(),
         ceiling: req.ceiling.clone(),
     };
+    // The orchestrator checks the same bounds; saying so here names the flag before any request.
+    body.check()
+        .map_err(|e| format!("enrollment not sent: {e}"))?;
     let url = format!(
         "{}/api/v1/agents/enroll",
         req.orchestrator.trim_end_matches('/')
@@ -99,8 +105,9 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
         name: req.name,
         registry: req.registry,
         trust: std::fs::canonicalize(&req.trust).unwrap_or(req.trust),
-        pools: req.pools,
-        labels: req.labels,
+        // Where the enroll token placed it, which is what the orchestrator dispatches by.
+        pools: enrolled.pools,
+        labels: enrolled.labels,
         ceiling: req.ceiling,
         floor: None,
     };
@@ -274,24 +281,61 @@ async fn heartbeat_loop(
     }
 }
 
-/// Send every spooled result; remove each once acknowledged (or definitively refused).
+/// How many definitive refusals (a 4xx other than authentication) a spooled result gets before
+/// it moves to `spool/dead/`.
+const REFUSALS_BEFORE_DEAD: u32 = 3;
+
+/// Whether an answer means the orchestrator will never take this result as it is (as opposed
+/// to: not now — unreachable, 5xx, an authentication or clock problem, rate limiting).
+fn definitive(status: u16) -> bool {
+    (400..500).contains(&status) && ![401, 403, 408, 425, 429].contains(&status)
+}
+
+/// Send every spooled result, oldest first; remove each once acknowledged. A result the
+/// orchestrator refuses for good goes to `spool/dead/` and the flush goes on with the next one,
+/// so one bad result never holds up the others; only a transient failure stops the flush.
 async fn flush_spool(shared: &Shared) {
     for (id, result) in shared.spool.pending() {
         let path = format!("/api/v1/agent/jobs/{id}/result");
-        match shared
-            .client
-            .post(&path, &serde_json::to_value(&result).unwrap_or_default())
-            .await
-        {
+        let body = serde_json::to_value(&result).unwrap_or_default();
+        let size = serde_json::to_vec(&body).map_or(usize::MAX, |b| b.len());
+        let sent = if size > MAX_RESULT_BYTES {
+            // Never sent: the orchestrator takes at most MAX_RESULT_BYTES.
+            Err(client::ClientError::Status {
+                status: 413,
+                path: path.clone(),
+                body: format!("the result is {size} bytes; the protocol allows {MAX_RESULT_BYTES}"),
+            })
+        } else {
+            shared.client.post(&path, &body).await
+        };
+        match sent {
             Ok(_) => {
                 tracing::info!(invocation = %id, "result delivered");
                 shared.spool.remove(&id);
             }
-            Err(client::ClientError::Status { status, body, .. })
-                if status == 409 || status == 404 =>
-            {
-                tracing::warn!(invocation = %id, %body, "the orchestrator will not take this result; dropping it from the spool");
-                shared.spool.remove(&id);
+            Err(client::ClientError::Status {
+                status, body: why, ..
+            }) if definitive(status) => {
+                // 404/409: the job is gone or not this agent's; size: it can never fit.
+                let tries = if status == 404 || status == 409 || size > MAX_RESULT_BYTES {
+                    REFUSALS_BEFORE_DEAD
+                } else {
+                    shared.spool.refused(&id)
+                };
+                if tries < REFUSALS_BEFORE_DEAD {
+                    tracing::warn!(invocation = %id, status, %why, tries, "the orchestrator refused a result; trying the next one");
+                    continue;
+                }
+                match shared.spool.bury(&id) {
+                    Ok(to) => tracing::error!(
+                        invocation = %id, status, %why, kept = %to.display(),
+                        "the orchestrator will not take this result; moved to the dead-letter directory"
+                    ),
+                    Err(e) => {
+                        tracing::error!(invocation = %id, error = %e, "cannot move a refused result aside")
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(invocation = %id, error = %e, "result stays spooled");
@@ -499,8 +543,74 @@ async fn check(
     Ok((loaded, provenance))
 }
 
+/// A result the protocol can always carry: a refusal cut to [`MAX_REFUSAL_BYTES`], and a report
+/// above [`MAX_REPORT_BYTES`] replaced by a small stand-in that says what happened (outcome
+/// `output_limit`, the skill's own outcome and the size in the error, the bulky parts
+/// dropped). Without this a result the orchestrator cannot take would sit in the spool.
+pub fn bounded(mut result: JobResult) -> JobResult {
+    if let Some(why) = &mut result.refusal {
+        truncate(why, MAX_REFUSAL_BYTES);
+    }
+    let Some(report) = &result.report else {
+        return result;
+    };
+    let size = serde_json::to_vec(report).map_or(usize::MAX, |b| b.len());
+    if size <= MAX_REPORT_BYTES {
+        return result;
+    }
+    let mut outcome = report["outcome"].as_str().unwrap_or("unknown").to_string();
+    truncate(&mut outcome, 64);
+    let why = format!(
+        "the skill ran (its outcome: {outcome}) but its report is {size} bytes, more than the {MAX_REPORT_BYTES} an agent sends: output, logs, stdout and stderr were dropped"
+    );
+    let mut stand_in = serde_json::json!({
+        "outcome": "output_limit",
+        "output": null,
+        "error": { "code": "report-too-large", "message": why },
+        "logs": [], "logs_dropped": 0,
+        "stdout": "", "stdout_dropped_bytes": 0,
+        "stderr": "", "stderr_dropped_bytes": 0,
+        "exec": [],
+        "notes": [why],
+    });
+    // Keep what identifies the run and what it did, when small.
+    for (key, max) in [
+        ("digest", 256),
+        ("skill", 256),
+        ("version", 256),
+        ("export", 64),
+        ("fuel_consumed", 64),
+        ("peak_memory_bytes", 64),
+        ("duration_us", 64),
+        ("limits", 1024),
+        ("provenance", 4096),
+        ("exec", MAX_REPORT_BYTES / 2),
+    ] {
+        if let Some(v) = report.get(key)
+            && serde_json::to_vec(v).is_ok_and(|b| b.len() <= max)
+        {
+            stand_in[key] = v.clone();
+        }
+    }
+    result.report = Some(stand_in);
+    result
+}
+
+/// Cut `s` to at most `max` bytes, on a character boundary, marking the cut.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+}
+
 async fn deliver(shared: &Shared, id: &str, result: JobResult) {
-    if let Err(e) = shared.spool.put(id, &result) {
+    if let Err(e) = shared.spool.put(id, &bounded(result)) {
         tracing::error!(invocation = %id, error = %e, "cannot spool a result");
     }
     flush_spool(shared).await;
@@ -508,6 +618,15 @@ async fn deliver(shared: &Shared, id: &str, result: JobResult) {
 
 async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
     let id = job.invocation.id.clone();
+    // The id becomes a spool file name and part of every URL about this job: one the
+    // orchestrator could not have made is refused before it touches either.
+    if !is_invocation_id(&id) {
+        tracing::error!(
+            invocation = %id.chars().take(80).collect::<String>(),
+            "refusing a job whose id is not an invocation id; nothing is written or sent about it"
+        );
+        return;
+    }
     let picked = Instant::now();
     let checked = check(shared, &job).await;
     let (loaded, _) = match checked {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tend_orchestrator::protocol::Ceiling;
+use tend_orchestrator::protocol::{CAPABILITY_KINDS, Ceiling};
 
 use crate::orchestrator::DatabaseArgs;
 use crate::{CacheArgs, Failure};
@@ -19,8 +19,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
-
-const CAPABILITY_KINDS: [&str; 6] = ["fs_read", "fs_write", "exec", "services", "http", "tcp"];
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentCommand {
@@ -100,7 +98,11 @@ pub struct EnrollArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum EnrollTokenCommand {
-    /// Create an enroll token: usable --uses times until --ttl has passed
+    /// Create an enroll token: usable --uses times until --ttl has passed, placing agents in
+    /// the pools and with the labels and highest ceiling level it names
+    #[command(
+        after_help = "Example:\n  tend agent token create --pool web --label env=prod --max-level 2\n\nAn agent enrolled with it may serve only these pools (all of them if it asks for none),\ngets these labels, and may declare a ceiling up to --max-level; asking for more is refused."
+    )]
     Create {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -108,6 +110,15 @@ pub enum EnrollTokenCommand {
         uses: u32,
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Pools an agent enrolled with it may serve (repeatable)
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+        /// Labels an agent enrolled with it gets, e.g. env=prod (repeatable)
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Highest ceiling level (0-3) an agent enrolled with it may declare
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+        max_level: u8,
     },
 }
 
@@ -131,7 +142,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             let dir = dir.unwrap_or_else(default_dir);
             let name = name.unwrap_or_else(|| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_string())
+                    .map(|h| h.trim().to_ascii_lowercase())
                     .unwrap_or_else(|_| "agent".into())
             });
             let config = tend_agent::enroll(tend_agent::EnrollRequest {
@@ -193,16 +204,35 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             database,
             uses,
             ttl,
+            pools,
+            labels,
+            max_level,
         }) => {
+            let scope = tend_orchestrator::agents::TokenScope {
+                pools,
+                labels: labels.into_iter().collect(),
+                max_level,
+            };
+            scope
+                .check()
+                .map_err(|e| Failure::bad_input(format!("nothing created: {e}")))?;
             let db = database.open().await?;
-            let token =
-                tend_orchestrator::agents::create_enroll_token(&db, uses, ttl, "local-admin")
-                    .await
-                    .map_err(Failure::host)?;
+            let token = tend_orchestrator::agents::create_enroll_token(
+                &db,
+                uses,
+                ttl,
+                &scope,
+                "local-admin",
+            )
+            .await
+            .map_err(Failure::host)?;
             db.close().await;
             eprintln!(
-                "created an enroll token for {uses} agent(s), valid {}; it is shown once:",
-                humantime::format_duration(ttl)
+                "created an enroll token for {uses} agent(s), valid {}, for pools {:?}, labels {:?}, ceiling up to L{}; it is shown once:",
+                humantime::format_duration(ttl),
+                scope.pools,
+                scope.labels,
+                scope.max_level
             );
             crate::out(&token);
             Ok(0)

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,18 +25,46 @@ use crate::protocol::{
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Largest body of any agent route but the result: these carry a few small fields.
+const SMALL_BODY: usize = 64 * 1024;
+
 pub fn routes() -> Router<AppState> {
+    let small = DefaultBodyLimit::max(SMALL_BODY);
     Router::new()
         .route("/api/v1/agents", get(list))
         .route("/api/v1/agents/{id}", delete(remove))
-        .route("/api/v1/agents/enroll", post(enroll))
-        .route("/api/v1/enroll-tokens", post(create_enroll_token))
-        .route("/api/v1/agent/heartbeat", post(heartbeat))
-        .route("/api/v1/agent/poll", post(poll))
-        .route("/api/v1/agent/jobs/{id}/start", post(start))
-        .route("/api/v1/agent/jobs/{id}/renew", post(renew))
-        .route("/api/v1/agent/jobs/{id}/release", post(release))
-        .route("/api/v1/agent/jobs/{id}/result", post(result))
+        .route("/api/v1/agents/enroll", post(enroll).layer(small))
+        .route(
+            "/api/v1/enroll-tokens",
+            post(create_enroll_token).layer(small),
+        )
+        .route("/api/v1/agent/heartbeat", post(heartbeat).layer(small))
+        .route("/api/v1/agent/poll", post(poll).layer(small))
+        .route("/api/v1/agent/jobs/{id}/start", post(start).layer(small))
+        .route("/api/v1/agent/jobs/{id}/renew", post(renew).layer(small))
+        .route(
+            "/api/v1/agent/jobs/{id}/release",
+            post(release).layer(small),
+        )
+        // The body is read by the handler, within MAX_RESULT_BYTES, once the sender is known.
+        .route(
+            "/api/v1/agent/jobs/{id}/result",
+            post(result).layer(DefaultBodyLimit::disable()),
+        )
+}
+
+/// A job id in a path must be one the orchestrator could have made (nothing is looked up or
+/// stored for anything else).
+fn job_id(id: &str) -> ApiResult<()> {
+    if crate::protocol::is_invocation_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such job: a job id is inv_ and 16 hex digits",
+        ))
+    }
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
@@ -139,6 +168,15 @@ pub struct NewEnrollToken {
     /// Seconds until it expires (default 3600).
     #[serde(default = "hour")]
     pub ttl_s: u64,
+    /// Pools an agent enrolled with it may serve (it may ask for fewer; none asked means all).
+    #[serde(default)]
+    pub pools: Vec<String>,
+    /// Labels an agent enrolled with it gets (`env` sets the policy floor of its targets).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The highest ceiling level (0-3) an agent enrolled with it may declare (default 0).
+    #[serde(default)]
+    pub max_level: u8,
 }
 
 fn one() -> u32 {
@@ -153,8 +191,16 @@ pub struct EnrollToken {
     pub token: String,
 }
 
+fn invalid(e: crate::protocol::FieldError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        e.to_string(),
+    )
+}
+
 #[utoipa::path(post, path = "/api/v1/enroll-tokens", tag = "agents", security(("bearer" = [])), request_body = NewEnrollToken,
-    responses((status = 201, body = EnrollToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = EnrollToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_enroll_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -165,10 +211,17 @@ pub async fn create_enroll_token(
     if req.uses == 0 || req.uses > 10_000 || req.ttl_s == 0 || req.ttl_s > 30 * 86_400 {
         return Err(bad("uses must be 1-10000 and ttl_s 1-2592000"));
     }
+    let scope = agents::TokenScope {
+        pools: req.pools,
+        labels: req.labels,
+        max_level: req.max_level,
+    };
+    scope.check().map_err(invalid)?;
     let token = agents::create_enroll_token(
         &state.db,
         req.uses,
         Duration::from_secs(req.ttl_s),
+        &scope,
         &who.name,
     )
     .await?;
@@ -176,14 +229,14 @@ pub async fn create_enroll_token(
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/enroll", tag = "agents", request_body = Enroll,
-    responses((status = 201, body = Enrolled), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Enrolled), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn enroll(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
     let req: Enroll = json_body(&body)?;
-    if req.name.trim().is_empty() || req.name.len() > 128 {
-        return Err(bad("name must be 1-128 characters"));
-    }
-    let agent_id = agents::enroll(&state.db, &req).await?;
-    Ok((StatusCode::CREATED, Json(Enrolled { agent_id })).into_response())
+    let enrolled = agents::enroll(&state.db, &req).await.map_err(|e| match e {
+        agents::EnrollError::Invalid(e) => invalid(e),
+        agents::EnrollError::Flow(e) => e.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(enrolled)).into_response())
 }
 
 pub async fn heartbeat(
@@ -256,6 +309,7 @@ pub async fn start(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    job_id(&id)?;
     let path = format!("/api/v1/agent/jobs/{id}/start");
     let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
     agents::start(&state.db, &agent, &id).await?;
@@ -268,6 +322,7 @@ pub async fn renew(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Lease>> {
+    job_id(&id)?;
     let path = format!("/api/v1/agent/jobs/{id}/renew");
     let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
     let lease_until_ms = agents::renew(
@@ -286,6 +341,7 @@ pub async fn release(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    job_id(&id)?;
     let path = format!("/api/v1/agent/jobs/{id}/release");
     let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
     agents::release(&state.db, &agent, &id).await?;
@@ -303,11 +359,34 @@ pub async fn result(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<Ack>> {
+    job_id(&id)?;
     let path = format!("/api/v1/agent/jobs/{id}/result");
+    // A result may be large (a report of up to MAX_REPORT_BYTES): read it only for a sender
+    // that names an enrolled agent; anyone else is refused (and audited) on the headers alone.
+    let sender = headers
+        .get(AGENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if agents::get(&state.db, sender).await?.is_none() {
+        signed(&state, &headers, &Method::POST, &path, &[]).await?;
+    }
+    let body = axum::body::to_bytes(body, crate::protocol::MAX_RESULT_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "a job result is at most {} bytes",
+                    crate::protocol::MAX_RESULT_BYTES
+                ),
+            )
+        })?;
     let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
     let r: JobResult = json_body(&body)?;
+    r.check().map_err(invalid)?;
     let status = agents::report(&state.db, &agent, &id, &r).await?;
     if let Some(report) = &r.report {
         let outcome = report["outcome"].as_str().unwrap_or("trap").to_string();

@@ -130,11 +130,75 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Agent>, DbError> {
     row.as_ref().map(agent_from_row).transpose()
 }
 
-/// A new enroll token: usable `uses` times until `ttl` has passed. Only its hash is stored.
+/// What an enroll token lets an agent claim, decided by the admin who creates it: the pools it
+/// may serve, the labels it gets (`env` sets the policy floor) and the highest ceiling level it
+/// may declare. An agent cannot place itself anywhere else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenScope {
+    pub pools: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub max_level: u8,
+}
+
+impl TokenScope {
+    pub fn check(&self) -> Result<(), crate::protocol::FieldError> {
+        crate::protocol::check_pools(&self.pools)?;
+        crate::protocol::check_labels(&self.labels)?;
+        if self.max_level > 3 {
+            return Err(crate::protocol::FieldError {
+                field: "max_level".into(),
+                why: "is 0 to 3".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Where an enrollment lands, or why it asks for more than this token allows. Pools: the
+    /// ones asked for, each one the token names (all of the token's if none are asked for).
+    /// Labels: always the token's; asking for a different value is refused. Level: at most
+    /// the token's.
+    pub fn place(&self, req: &Enroll) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
+        if req.ceiling.max_level > self.max_level {
+            return Err(format!(
+                "ceiling max_level {} is above the L{} this enroll token allows",
+                req.ceiling.max_level, self.max_level
+            ));
+        }
+        if let Some(p) = req.pools.iter().find(|p| !self.pools.contains(p)) {
+            return Err(format!(
+                "pool {p:?} is not one this enroll token allows (allowed: {:?})",
+                self.pools
+            ));
+        }
+        if let Some((k, v)) = req
+            .labels
+            .iter()
+            .find(|(k, v)| self.labels.get(*k) != Some(*v))
+        {
+            return Err(format!(
+                "label {k}={v} is not one this enroll token gives (it gives: {:?})",
+                self.labels
+            ));
+        }
+        let pools = if req.pools.is_empty() {
+            self.pools.clone()
+        } else {
+            let mut p = req.pools.clone();
+            p.sort();
+            p.dedup();
+            p
+        };
+        Ok((pools, self.labels.clone()))
+    }
+}
+
+/// A new enroll token: usable `uses` times until `ttl` has passed, placing agents within
+/// `scope`. Only its hash is stored.
 pub async fn create_enroll_token(
     db: &Db,
     uses: u32,
     ttl: Duration,
+    scope: &TokenScope,
     by: &str,
 ) -> Result<String, DbError> {
     let mut prefix = [0u8; 6];
@@ -146,13 +210,16 @@ pub async fn create_enroll_token(
     let expires = now_ms() + ttl.as_millis() as i64;
     let mut tx = db.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO enroll_tokens (prefix, hash, uses_left, expires_ms, created_by) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO enroll_tokens (prefix, hash, uses_left, expires_ms, created_by, pools, labels, max_level) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&prefix)
     .bind(sha256_hex(&token))
     .bind(uses as i64)
     .bind(expires)
     .bind(by)
+    .bind(serde_json::to_string(&scope.pools).unwrap_or_default())
+    .bind(serde_json::to_string(&scope.labels).unwrap_or_default())
+    .bind(i64::from(scope.max_level))
     .execute(&mut *tx)
     .await?;
     audit::append_tx(
@@ -160,16 +227,22 @@ pub async fn create_enroll_token(
         by,
         "enroll_token.create",
         &prefix,
-        serde_json::json!({ "uses": uses, "expires_at": rfc3339(expires) }),
+        serde_json::json!({
+            "uses": uses, "expires_at": rfc3339(expires),
+            "pools": scope.pools, "labels": scope.labels, "max_level": scope.max_level,
+        }),
     )
     .await?;
     tx.commit().await?;
     Ok(token)
 }
 
-/// Enroll an agent with an enroll token (spending one use).
-pub async fn enroll(db: &Db, req: &Enroll) -> Result<String, FlowError> {
+/// Enroll an agent with an enroll token (spending one use). The request's fields are bounded
+/// ([`Enroll::check`]) before anything is stored; the name must be free; pools, labels and the
+/// ceiling level must be within what the token allows.
+pub async fn enroll(db: &Db, req: &Enroll) -> Result<crate::protocol::Enrolled, EnrollError> {
     let refused = |why: &str| FlowError::Forbidden(format!("enrollment refused: {why}"));
+    req.check()?;
     let prefix = req
         .token
         .strip_prefix("tendenroll_")
@@ -177,12 +250,7 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<String, FlowError> {
         .map(|(p, _)| p.to_string())
         .ok_or_else(|| refused("not an enroll token"))?;
     if req.public_key.parse::<PublicKey>().is_err() {
-        return Err(FlowError::Conflict(
-            "public_key is not an ed25519:<base64> key".into(),
-        ));
-    }
-    if req.ceiling.max_level > 3 {
-        return Err(FlowError::Conflict("ceiling.max_level is 0 to 3".into()));
+        return Err(FlowError::Conflict("public_key is not an ed25519:<base64> key".into()).into());
     }
     let mut tx = db.pool.begin().await?;
     // Spend one use atomically: only a matching, unexpired token with uses left.
@@ -208,11 +276,47 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<String, FlowError> {
             }),
         )
         .await?;
-        return Err(refused("the enroll token is unknown, used up or expired"));
+        return Err(refused("the enroll token is unknown, used up or expired").into());
+    }
+    let row = sqlx::query("SELECT pools, labels, max_level FROM enroll_tokens WHERE prefix = $1")
+        .bind(&prefix)
+        .fetch_one(&mut *tx)
+        .await?;
+    let (pools, labels, max_level): (String, String, i64) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let scope = TokenScope {
+        pools: serde_json::from_str(&pools).unwrap_or_default(),
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        max_level: u8::try_from(max_level).unwrap_or(0).min(3),
+    };
+    let (pools, labels) = match scope.place(req) {
+        Ok(placed) => placed,
+        Err(why) => {
+            // Nothing spent: the token stays usable for an enrollment within its scope.
+            tx.rollback().await?;
+            audit::append(
+                db,
+                &req.name,
+                "agent.enroll_refused",
+                &req.hostname,
+                serde_json::json!({ "why": why, "enroll_token": prefix }),
+            )
+            .await?;
+            return Err(refused(&why).into());
+        }
+    };
+    let taken = sqlx::query("SELECT id FROM agents WHERE name = $1")
+        .bind(&req.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = taken {
+        tx.rollback().await?;
+        let id: String = row.try_get(0)?;
+        return Err(name_taken(&req.name, &id).into());
     }
     let id = random_id("agent");
     let now = now_ms();
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO agents (id, name, hostname, os, arch, labels, pools, public_key, ceiling, enrolled_ms, last_seen_ms, heartbeat_ms, running, capacity, jobs_ok, jobs_failed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(&id)
@@ -220,8 +324,8 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<String, FlowError> {
     .bind(&req.hostname)
     .bind(&req.os)
     .bind(&req.arch)
-    .bind(serde_json::to_string(&req.labels).unwrap_or_default())
-    .bind(serde_json::to_string(&req.pools).unwrap_or_default())
+    .bind(serde_json::to_string(&labels).unwrap_or_default())
+    .bind(serde_json::to_string(&pools).unwrap_or_default())
     .bind(&req.public_key)
     .bind(serde_json::to_string(&req.ceiling).unwrap_or_default())
     .bind(now)
@@ -232,21 +336,62 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<String, FlowError> {
     .bind(0i64)
     .bind(0i64)
     .execute(&mut *tx)
-    .await?;
+    .await;
+    match inserted {
+        Ok(_) => {}
+        // Two enrollments of one name at once: the unique index lets only one in.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            tx.rollback().await?;
+            return Err(name_taken(&req.name, "another agent").into());
+        }
+        Err(e) => return Err(FlowError::from(e).into()),
+    }
     audit::append_tx(
         &mut tx,
         &req.name,
         "agent.enroll",
         &id,
         serde_json::json!({
-            "hostname": req.hostname, "os": req.os, "arch": req.arch, "labels": req.labels,
-            "pools": req.pools, "ceiling": req.ceiling, "public_key": req.public_key,
+            "hostname": req.hostname, "os": req.os, "arch": req.arch, "labels": labels,
+            "pools": pools, "ceiling": req.ceiling, "public_key": req.public_key,
             "enroll_token": prefix,
         }),
     )
     .await?;
     tx.commit().await?;
-    Ok(id)
+    Ok(crate::protocol::Enrolled {
+        agent_id: id,
+        pools,
+        labels,
+    })
+}
+
+/// Why an enrollment was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// A field out of bounds (422): nothing was stored or spent.
+    #[error("{0}")]
+    Invalid(#[from] crate::protocol::FieldError),
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+}
+
+impl From<DbError> for EnrollError {
+    fn from(e: DbError) -> Self {
+        EnrollError::Flow(e.into())
+    }
+}
+
+impl From<sqlx::Error> for EnrollError {
+    fn from(e: sqlx::Error) -> Self {
+        EnrollError::Flow(e.into())
+    }
+}
+
+fn name_taken(name: &str, id: &str) -> FlowError {
+    FlowError::Conflict(format!(
+        "an agent named {name:?} is already enrolled ({id}): agent names are unique; remove it first (DELETE /api/v1/agents/{{id}}) to enroll it again, or choose another --name"
+    ))
 }
 
 /// Why a signed request was refused.

@@ -105,8 +105,13 @@ const SCHEMA: &[&str] = &[
         hash TEXT NOT NULL,
         uses_left BIGINT NOT NULL,
         expires_ms BIGINT NOT NULL,
-        created_by TEXT NOT NULL
+        created_by TEXT NOT NULL,
+        pools TEXT NOT NULL DEFAULT '[]',
+        labels TEXT NOT NULL DEFAULT '{}',
+        max_level BIGINT NOT NULL DEFAULT 0
     )",
+    // Agent names are identities in targets (`agent:NAME`): never two of the same.
+    "CREATE UNIQUE INDEX IF NOT EXISTS agents_name ON agents (name)",
     // Nonces of signed agent requests, kept until their timestamp is too old to be accepted.
     "CREATE TABLE IF NOT EXISTS agent_nonces (
         nonce TEXT PRIMARY KEY,

@@ -18,6 +18,32 @@ pub const SIGNATURE_HEADER: &str = "tend-signature";
 /// Largest accepted difference between an agent's clock and the orchestrator's.
 pub const MAX_SKEW_MS: i64 = 60_000;
 
+/// Largest serialized `ExecutionReport` an agent sends. A report's bulk is its output, stdout,
+/// stderr and logs, each capped at `output_kib` (at most [`tend_runtime::HOST_MAXIMA`]'s); the
+/// bound is twice the largest output, room for a full output plus JSON escaping. An agent never
+/// sends more: it replaces a bigger report with a bounded stand-in that says why, so no result
+/// can be refused for its size and wedge the agent's spool.
+pub const MAX_REPORT_BYTES: usize = 2 * tend_runtime::HOST_MAXIMA.output_kib as usize * 1024;
+
+/// Largest body the orchestrator accepts on an agent route: a report plus the envelope of a
+/// [`JobResult`] (outcome, a bounded refusal).
+pub const MAX_RESULT_BYTES: usize = MAX_REPORT_BYTES + 64 * 1024;
+
+/// Longest refusal text an agent sends (a registry error can quote a lot).
+pub const MAX_REFUSAL_BYTES: usize = 8 * 1024;
+
+/// Whether `id` has the form the orchestrator gives invocations (`inv_` and 16 lower-case hex
+/// digits, see `db::random_id`). An agent builds spool paths and URLs from job ids, so anything
+/// else — `../../x`, `/abs/path`, `%2F` — is refused before it reaches a path or a URL.
+pub fn is_invocation_id(id: &str) -> bool {
+    id.strip_prefix("inv_").is_some_and(|hex| {
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// The exact bytes an agent signs for one request.
 pub fn signed_message(
     method: &str,
@@ -90,9 +116,240 @@ pub struct Enroll {
     pub ceiling: Ceiling,
 }
 
+/// A field of an enrollment (or an enroll token) that is out of bounds: nothing is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct FieldError {
+    /// The field, e.g. `hostname` or `labels.env`.
+    pub field: String,
+    pub why: String,
+}
+
+fn field_error(field: impl Into<String>, why: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Agent and pool names: `[a-z0-9][a-z0-9.-]{0,62}`. They appear in targets (`agent:NAME`,
+/// `pool:NAME`), the audit trail and logs, so they are short and plain; an `_` can never occur,
+/// so a name never looks like an agent id.
+pub fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = (1..=63).contains(&value.len())
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(field_error(
+            field,
+            format!(
+                "{:?} is not 1-63 characters of a-z, 0-9, '.' and '-' starting with a letter or digit",
+                shorten(value)
+            ),
+        ))
+    }
+}
+
+/// Text of `max` bytes at most from `allowed` characters (never empty unless `may_be_empty`).
+fn check_text(
+    field: &str,
+    value: &str,
+    max: usize,
+    may_be_empty: bool,
+    allowed: fn(u8) -> bool,
+    described: &str,
+) -> Result<(), FieldError> {
+    if (value.is_empty() && !may_be_empty) || value.len() > max || !value.bytes().all(allowed) {
+        return Err(field_error(
+            field,
+            format!(
+                "{:?} is not {}{max} characters of {described}",
+                shorten(value),
+                if may_be_empty { "0-" } else { "1-" }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The start of a long value, for an error message that must stay short itself.
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &value[..i]),
+        None => value.to_string(),
+    }
+}
+
+const MAX_LABELS: usize = 32;
+const MAX_POOLS: usize = 32;
+const MAX_LIST: usize = 32;
+
+/// Pools: at most 32 names.
+pub fn check_pools(pools: &[String]) -> Result<(), FieldError> {
+    if pools.len() > MAX_POOLS {
+        return Err(field_error("pools", format!("at most {MAX_POOLS} pools")));
+    }
+    pools.iter().try_for_each(|p| check_name("pools", p))
+}
+
+/// Labels: at most 32, keys like names (plus `_` and `/`), values up to 128 plain characters.
+pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), FieldError> {
+    if labels.len() > MAX_LABELS {
+        return Err(field_error(
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in labels {
+        check_text(
+            "labels",
+            k,
+            63,
+            false,
+            |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-".contains(&b),
+            "a-z, 0-9, '.', '_', '/' and '-'",
+        )?;
+        check_text(
+            &format!("labels.{k}"),
+            v,
+            128,
+            true,
+            |b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b),
+            "letters, digits and ._:/@+-",
+        )?;
+    }
+    Ok(())
+}
+
+/// The capability kinds a ceiling can allow.
+pub const CAPABILITY_KINDS: [&str; 6] = ["fs_read", "fs_write", "exec", "services", "http", "tcp"];
+
+impl Ceiling {
+    /// Bounds on what an agent declares about itself.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self.max_level > 3 {
+            return Err(field_error("ceiling.max_level", "is 0 to 3"));
+        }
+        if self.publishers.len() > MAX_LIST {
+            return Err(field_error(
+                "ceiling.publishers",
+                format!("at most {MAX_LIST}"),
+            ));
+        }
+        for p in &self.publishers {
+            check_text(
+                "ceiling.publishers",
+                p,
+                128,
+                false,
+                |b| b.is_ascii_alphanumeric() || b"._@-".contains(&b),
+                "letters, digits and ._@-",
+            )?;
+        }
+        if let Some(c) = self
+            .capabilities
+            .iter()
+            .find(|c| !CAPABILITY_KINDS.contains(&c.as_str()))
+        {
+            return Err(field_error(
+                "ceiling.capabilities",
+                format!("{:?} is not one of {CAPABILITY_KINDS:?}", shorten(c)),
+            ));
+        }
+        if let Some((_, c)) = self
+            .capabilities
+            .iter()
+            .enumerate()
+            .find(|(i, c)| self.capabilities[..*i].contains(c))
+        {
+            return Err(field_error(
+                "ceiling.capabilities",
+                format!("lists {c} twice"),
+            ));
+        }
+        if self.paths.len() > MAX_LIST {
+            return Err(field_error("ceiling.paths", format!("at most {MAX_LIST}")));
+        }
+        for p in &self.paths {
+            if !p.starts_with('/') {
+                return Err(field_error(
+                    "ceiling.paths",
+                    format!("{:?} is not an absolute path", shorten(p)),
+                ));
+            }
+            check_text(
+                "ceiling.paths",
+                p,
+                1024,
+                false,
+                |b| b.is_ascii_graphic(),
+                "printable characters",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Enroll {
+    /// Bounds on every field before anything is stored or audited: an enrollment is not yet
+    /// authenticated, so nothing it says may be large or strange.
+    pub fn check(&self) -> Result<(), FieldError> {
+        check_text(
+            "token",
+            &self.token,
+            128,
+            false,
+            |b| b.is_ascii_alphanumeric() || b"_-".contains(&b),
+            "letters, digits, '_' and '-'",
+        )?;
+        check_name("name", &self.name)?;
+        check_text(
+            "hostname",
+            &self.hostname,
+            253,
+            false,
+            |b| b.is_ascii_alphanumeric() || b".-_".contains(&b),
+            "letters, digits, '.', '-' and '_'",
+        )?;
+        for (field, value) in [("os", &self.os), ("arch", &self.arch)] {
+            check_text(
+                field,
+                value,
+                32,
+                false,
+                |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_',
+                "a-z, 0-9 and '_'",
+            )?;
+        }
+        check_labels(&self.labels)?;
+        check_pools(&self.pools)?;
+        check_text(
+            "public_key",
+            &self.public_key,
+            128,
+            false,
+            |b| b.is_ascii_alphanumeric() || b"+/=:".contains(&b),
+            "base64",
+        )?;
+        self.ceiling.check()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Enrolled {
     pub agent_id: String,
+    /// Where the enroll token placed the agent (the orchestrator's record, not its claim).
+    #[serde(default)]
+    pub pools: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -146,6 +403,41 @@ pub struct JobResult {
     pub report: Option<serde_json::Value>,
     #[serde(default)]
     pub refusal: Option<String>,
+}
+
+impl JobResult {
+    /// What the orchestrator takes: `ran` with a report object, or `refused` with a reason of
+    /// at most [`MAX_REFUSAL_BYTES`] (it is recorded in the audit trail).
+    pub fn check(&self) -> Result<(), FieldError> {
+        if self
+            .refusal
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REFUSAL_BYTES)
+        {
+            return Err(field_error(
+                "refusal",
+                format!("is more than {MAX_REFUSAL_BYTES} bytes"),
+            ));
+        }
+        match self.outcome.as_str() {
+            "ran" if self.report.as_ref().is_some_and(|r| r.is_object()) => {}
+            "ran" => {
+                return Err(field_error(
+                    "report",
+                    "a `ran` result carries a report object",
+                ));
+            }
+            "refused" if self.refusal.is_some() => {}
+            "refused" => return Err(field_error("refusal", "a `refused` result says why")),
+            other => {
+                return Err(field_error(
+                    "outcome",
+                    format!("{:?} is neither ran nor refused", shorten(other)),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An agent as `GET /api/v1/agents` shows it.
