@@ -358,7 +358,8 @@ async fn a_refused_result_goes_to_the_dead_letters_and_blocks_nothing() {
     .expect("write");
     let big = json!({
         "outcome": "refused",
-        "refusal": "x".repeat(tend_orchestrator::protocol::MAX_RESULT_BYTES),
+        // Above the protocol's MAX_RESULT_BYTES (a 32 MiB report plus 64 KiB).
+        "refusal": "x".repeat(33 * 1024 * 1024),
     });
     std::fs::write(
         spool.join(format!("{huge}.json")),
@@ -401,7 +402,7 @@ async fn a_four_mib_result_is_delivered() {
         &admin,
         "acme-flood",
         "agent:web-1",
-        json!({"action": "flood", "bytes": 4 * 1024 * 1024}),
+        json!({"do": "flood", "bytes": 4 * 1024 * 1024}),
     )
     .await;
     assert_eq!(s, 201, "{v}");
