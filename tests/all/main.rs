@@ -12,5 +12,6 @@ mod hostile;
 mod oci;
 mod orchestrator;
 mod registry;
+mod sandbox_hardening;
 mod signing;
 mod support;
