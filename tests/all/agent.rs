@@ -332,7 +332,7 @@ async fn an_agent_refuses_what_its_own_policy_forbids_even_when_approved() {
     let wasm = w.signed_with(
         "acme-reader",
         &guest("trivial"),
-        "[skill]\nname = \"acme-reader\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n[capabilities]\nfs_read = [\"/etc\"]\n",
+        "[skill]\nname = \"acme-reader\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n[capabilities]\nfs_read = [\"/etc/ssl/certs\"]\n",
     );
     w.published(&reg.url, &wasm, &token);
     let _strict = AgentProc::start(&w, "strict");
@@ -343,7 +343,7 @@ async fn an_agent_refuses_what_its_own_policy_forbids_even_when_approved() {
     let done = api.wait_for(&admin, &id, "failed").await;
     let why = done["result"]["error"].as_str().expect("refusal");
     assert!(
-        why.contains("/etc, outside the paths this agent allows"),
+        why.contains("/etc/ssl/certs, outside the paths this agent allows"),
         "{why}"
     );
 

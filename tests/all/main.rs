@@ -14,5 +14,6 @@ mod hostile;
 mod oci;
 mod orchestrator;
 mod registry;
+mod sandbox_hardening;
 mod signing;
 mod support;

@@ -329,35 +329,14 @@ impl Verdict {
     }
 }
 
-const SYSTEM_ROOTS: &[&str] = &[
-    "/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/root", "/home", "/var/lib",
-    "/opt", "/srv",
-];
-const PRIVATE_DATA: &[&str] = &[
-    "/root",
-    "/home",
-    "/var/lib",
-    "/etc/ssl/private",
-    "/etc/shadow",
-    "/etc/gshadow",
-    "/srv",
-];
+pub mod paths;
+
 const INTERPRETERS: &[&str] = &[
     "sh", "bash", "dash", "zsh", "ksh", "fish", "busybox", "env", "sudo", "su", "doas", "python",
     "python3", "perl", "ruby", "node", "php", "lua", "awk", "gawk", "xargs", "find", "nsenter",
     "chroot", "docker", "kubectl", "ssh",
 ];
 const POWER: &[&str] = &["reboot", "shutdown", "poweroff", "halt", "init", "telinit"];
-
-/// `path` is `root` or inside it (by path components, not string prefix).
-fn within(path: &str, root: &str) -> bool {
-    let path = path.trim_end_matches('/');
-    let root = root.trim_end_matches('/');
-    if root.is_empty() {
-        return true;
-    }
-    path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
-}
 
 fn program_name(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
@@ -383,40 +362,14 @@ pub fn capability_floors(grants: &Grants) -> Vec<Reason> {
             why: why.to_string(),
         });
     };
+    // Judged after normalisation and by containment both ways (see [`paths`]).
     for p in &grants.fs_read {
-        let cap = format!("fs_read {p}");
-        if p.trim_end_matches('/').is_empty() {
-            floor(
-                cap,
-                Level::L3,
-                "reading the whole filesystem is broad power",
-            );
-        } else if PRIVATE_DATA.iter().any(|r| within(p, r)) {
-            floor(cap, Level::L2, "it may read private data");
-        } else {
-            floor(cap, Level::L0, "reading is observing");
-        }
+        let (level, why) = paths::read_floor(p);
+        floor(format!("fs_read {p}"), level, &why);
     }
     for p in &grants.fs_write {
-        let cap = format!("fs_write {p}");
-        let system = p.trim_end_matches('/').is_empty()
-            || SYSTEM_ROOTS
-                .iter()
-                .filter(|r| **r != "/")
-                .any(|r| within(p, r));
-        if system {
-            floor(
-                cap,
-                Level::L3,
-                "writing system or user data directories can change anything",
-            );
-        } else {
-            floor(
-                cap,
-                Level::L1,
-                "writes under a granted directory are an adjustment",
-            );
-        }
+        let (level, why) = paths::write_floor(p);
+        floor(format!("fs_write {p}"), level, &why);
     }
     for e in &grants.exec {
         let cap = format!("exec {}", e.program);

@@ -56,7 +56,7 @@ fn every_capability_has_its_floor() {
                 fs_read: vec!["/proc".into()],
                 ..g()
             },
-            Level::L0,
+            Level::L3,
         ),
         (
             Grants {
@@ -456,4 +456,127 @@ fn verdicts_serialise_as_data() {
     let back: Verdict = serde_json::from_value(json).expect("round trip");
     assert_eq!(back, v);
     assert!(serde_json::from_str::<Level>("4").is_err());
+}
+
+/// Each grant path the security review used, judged after normalisation and by containment.
+#[test]
+fn grant_paths_are_judged_by_what_they_reach() {
+    let read = |p: &str| {
+        floor_of(Grants {
+            fs_read: vec![p.into()],
+            ..Grants::default()
+        })
+    };
+    let write = |p: &str| {
+        floor_of(Grants {
+            fs_write: vec![p.into()],
+            ..Grants::default()
+        })
+    };
+    for (path, expected) in [
+        // Containment: a grant holding a sensitive path is as sensitive as that path.
+        ("/etc", Level::L2),
+        ("/var", Level::L2),
+        ("/run", Level::L2),
+        // Aliases and non-normalised spellings of private places.
+        ("/./root", Level::L2),
+        ("//root", Level::L2),
+        ("/root/", Level::L2),
+        ("/tmp/../root", Level::L2),
+        ("/proc/self/root/etc", Level::L2),
+        ("/proc/1/root/etc/shadow", Level::L2),
+        ("/proc/thread-self/root/home", Level::L2),
+        ("/proc/self/task/7/root/root", Level::L2),
+        ("/proc/self/root", Level::L3),
+        ("/proc/self/root/", Level::L3),
+        ("/proc/1/cwd", Level::L3),
+        ("/proc/self/fd", Level::L3),
+        ("//", Level::L3),
+        ("/.", Level::L3),
+        // Other processes, the kernel and devices.
+        ("/proc", Level::L3),
+        ("/proc/1", Level::L2),
+        ("/proc/self/environ", Level::L2),
+        ("/proc/kcore", Level::L3),
+        ("/sys", Level::L2),
+        ("/sys/firmware/efi/efivars", Level::L2),
+        ("/dev", Level::L3),
+        ("/dev/shm", Level::L3),
+        ("/etc/ssh", Level::L2),
+        ("/var/backups", Level::L2),
+        // Narrow, system-wide places stay observing.
+        ("/proc/pressure", Level::L0),
+        ("/proc/sys/vm", Level::L0),
+        ("/var/log", Level::L0),
+        ("/etc/nginx", Level::L0),
+        ("/etc/ssl/certs", Level::L0),
+        ("/etc/sshd", Level::L0),
+        ("/procfs", Level::L0),
+    ] {
+        assert_eq!(read(path), expected, "fs_read {path}");
+    }
+    for (path, expected) in [
+        ("/./etc", Level::L3),
+        ("/var", Level::L3),
+        ("/var/", Level::L3),
+        ("/dev", Level::L3),
+        ("/dev/shm", Level::L3),
+        ("/proc/sys", Level::L3),
+        ("/proc/sys/vm", Level::L3),
+        ("/sys/class", Level::L3),
+        ("/run", Level::L3),
+        ("/var/spool/cron", Level::L3),
+        ("/proc/self/root/tmp", Level::L1),
+        ("/proc/self/cwd", Level::L3),
+        ("/var/log", Level::L1),
+        ("/var/log/nginx/", Level::L1),
+        ("/tmp/scratch", Level::L1),
+        ("/var/tmp", Level::L1),
+    ] {
+        assert_eq!(write(path), expected, "fs_write {path}");
+    }
+}
+
+#[test]
+fn normalisation_resolves_spellings_and_process_views() {
+    use crate::paths::normalise;
+    for (input, path, alias) in [
+        ("/", "/", false),
+        ("//root", "/root", false),
+        ("/./root/", "/root", false),
+        ("/a/../b", "/b", false),
+        ("/../..", "/", false),
+        ("/proc/self/root/etc", "/etc", true),
+        ("/proc/42/root/proc/self/root/etc", "/etc", true),
+        ("/proc/self/cwd/x", "/", true),
+        ("/proc/self/status", "/proc/self/status", false),
+        ("/proc/meminfo", "/proc/meminfo", false),
+    ] {
+        let n = normalise(input);
+        assert_eq!((n.path.as_str(), n.alias), (path, alias), "{input}");
+    }
+}
+
+#[test]
+fn the_reason_names_what_was_reached() {
+    let floors = capability_floors(&Grants {
+        fs_read: vec!["/etc".into()],
+        ..Grants::default()
+    });
+    assert_eq!(
+        floors[0].to_string(),
+        "fs_read /etc implies at least L2 disrupt: it contains /etc/shadow, and it may read private data"
+    );
+}
+
+#[test]
+fn a_containing_write_grant_says_what_it_contains() {
+    let floors = capability_floors(&Grants {
+        fs_write: vec!["/var".into()],
+        ..Grants::default()
+    });
+    assert_eq!(
+        floors[0].to_string(),
+        "fs_write /var implies at least L3 critical: it contains /var/lib, and writing system or user data directories can change anything"
+    );
 }

@@ -25,7 +25,9 @@ mod state;
 
 pub use limits::{HOST_MAXIMA, LimitOverrides, Limits};
 pub use manifest::{Manifest, ManifestError, SkillKind};
-pub use report::{ExecutionReport, Export, Outcome, ReportError};
+pub use report::{
+    ExecutionReport, Export, MAX_REPORT_JSON_BYTES, Outcome, ReportError, max_report_json_bytes,
+};
 pub use runtime::{
     InvokeError, LoadError, LoadedSkill, Provenance, Runtime, RuntimeConfig, RuntimeStats,
 };

@@ -142,6 +142,14 @@ pub enum ManifestError {
         key: String,
         message: String,
     },
+    /// An invalid value whose line is known.
+    #[error("{path}:{line}: {key}: {message}")]
+    InvalidAt {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
 }
 
 impl Manifest {
@@ -167,7 +175,39 @@ impl Manifest {
             }
         })?;
         manifest.validate(origin)?;
+        manifest.validate_grant_paths(text, origin)?;
         Ok(manifest)
+    }
+
+    /// Grant paths must be written in the one form the policy classifies: an alias or a
+    /// spelling like `/./root` could otherwise be judged as one place and open another.
+    fn validate_grant_paths(&self, text: &str, origin: &str) -> Result<(), ManifestError> {
+        let c = &self.capabilities;
+        for (key, paths) in [
+            ("capabilities.fs_read", &c.fs_read),
+            ("capabilities.fs_write", &c.fs_write),
+        ] {
+            for (i, p) in paths.iter().enumerate() {
+                if let Some(why) = grant_path_problem(p) {
+                    let key = format!("{key}[{i}]");
+                    let message = format!("{p:?} is not a grant path Tend accepts: {why}");
+                    return Err(match grant_path_line(text, &key) {
+                        Some(line) => ManifestError::InvalidAt {
+                            path: origin.to_string(),
+                            line,
+                            key,
+                            message,
+                        },
+                        None => ManifestError::Invalid {
+                            path: origin.to_string(),
+                            key,
+                            message,
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, origin: &str) -> Result<(), ManifestError> {
@@ -221,19 +261,6 @@ impl Manifest {
             }
         }
         let c = &self.capabilities;
-        for (key, paths) in [
-            ("capabilities.fs_read", &c.fs_read),
-            ("capabilities.fs_write", &c.fs_write),
-        ] {
-            for p in paths {
-                if !p.starts_with('/') || p.split('/').any(|part| part == "..") {
-                    return Err(invalid(
-                        key,
-                        format!("{p:?} must be an absolute path without '..'"),
-                    ));
-                }
-            }
-        }
         if self.skill.kind == SkillKind::Diagnose
             && (!c.exec.is_empty()
                 || !c.fs_write.is_empty()
@@ -294,6 +321,79 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Why `path` is not a normalised absolute grant path, if it is not: relative, `.`/`..` or
+/// empty components, a trailing `/`, control characters or surrounding spaces, or a path
+/// through a process's view of the filesystem (`/proc/self/root/...`, `/proc/<pid>/cwd`).
+pub fn grant_path_problem(path: &str) -> Option<String> {
+    let problem = if !path.starts_with('/') {
+        "it must be an absolute path"
+    } else if path.len() > 4096 {
+        "it is longer than 4096 bytes"
+    } else if path.chars().any(char::is_control) {
+        "it contains a control character"
+    } else if path.trim() != path {
+        "it starts or ends with white space"
+    } else if path != "/" && path.ends_with('/') {
+        "it ends with '/'"
+    } else if path.contains("//") {
+        "it has an empty component ('//')"
+    } else if path.split('/').any(|c| c == "." || c == "..") {
+        "it has a '.' or '..' component"
+    } else if is_process_view(path) {
+        return Some(
+            "it goes through a process's view of the filesystem (/proc/<pid>/...), which can reach other places; grant the real path"
+                .into(),
+        );
+    } else {
+        return None;
+    };
+    Some(format!("{problem}; write it as a normalised absolute path"))
+}
+
+/// `/proc/self/...`, `/proc/thread-self/...` or `/proc/<pid>/...`.
+fn is_process_view(path: &str) -> bool {
+    let mut parts = path.split('/').skip(1);
+    parts.next() == Some("proc")
+        && parts.next().is_some_and(|p| {
+            p == "self"
+                || p == "thread-self"
+                || (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// The line of `capabilities.fs_read[i]` (or `fs_write`) in the manifest text.
+fn grant_path_line(text: &str, key: &str) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Spans {
+        #[serde(default)]
+        capabilities: Option<CapSpans>,
+    }
+    #[derive(Deserialize)]
+    struct CapSpans {
+        #[serde(default)]
+        fs_read: Vec<toml::Spanned<String>>,
+        #[serde(default)]
+        fs_write: Vec<toml::Spanned<String>>,
+    }
+    let spans: Spans = toml::from_str(text).ok()?;
+    let caps = spans.capabilities?;
+    let (list, index) = key.strip_prefix("capabilities.")?.split_once('[')?;
+    let index: usize = index.strip_suffix(']')?.parse().ok()?;
+    let value = match list {
+        "fs_read" => caps.fs_read.get(index)?,
+        "fs_write" => caps.fs_write.get(index)?,
+        _ => return None,
+    };
+    let start = value.span().start.min(text.len());
+    Some(
+        text.as_bytes()[..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1,
+    )
 }
 
 /// The 1-based line of `text` a TOML error points at (1 when it points nowhere).
@@ -402,8 +502,6 @@ tcp = ["127.0.0.1:5432"]
             ("version = \"1.0.0\"", "version = \"1.0\"", "skill.version"),
             ("level = 2", "level = 7", "skill.level"),
             ("fuel = 2_000_000_000", "fuel = 0", "limits.fuel"),
-            ("\"/var/log\"", "\"var/log\"", "capabilities.fs_read"),
-            ("\"/proc\"", "\"/proc/../etc\"", "capabilities.fs_read"),
             (
                 "program = \"/usr/bin/systemctl\"",
                 "program = \"systemctl\"",
@@ -423,6 +521,60 @@ tcp = ["127.0.0.1:5432"]
                 .expect_err("must be refused")
                 .to_string();
             assert!(err.starts_with(&format!("m.toml: {key}:")), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn grant_paths_must_be_normalised_and_errors_name_line_and_key() {
+        // `fs_read = ["/proc", "/var/log"]` is on line 16 of GOOD.
+        for (bad, why) in [
+            ("var/log", "must be an absolute path"),
+            ("/proc/../etc", "'.' or '..' component"),
+            ("/./root", "'.' or '..' component"),
+            ("/root/.", "'.' or '..' component"),
+            ("//root", "empty component"),
+            ("/a//b", "empty component"),
+            ("/var/log/", "ends with '/'"),
+            ("/var/log ", "white space"),
+            ("/var/log\\n", "control character"),
+            ("/var/log\\u0000", "control character"),
+            ("/proc/self/root/etc", "process's view of the filesystem"),
+            ("/proc/1/root", "process's view of the filesystem"),
+            ("/proc/thread-self/cwd", "process's view of the filesystem"),
+        ] {
+            let text = GOOD.replace("\"/var/log\"", &format!("\"{bad}\""));
+            assert_ne!(text, GOOD);
+            let err = Manifest::parse(&text, "m.toml")
+                .expect_err("must be refused")
+                .to_string();
+            assert!(
+                err.starts_with("m.toml:16: capabilities.fs_read[1]: "),
+                "{bad}: {err}"
+            );
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        // fs_write too, on its own line.
+        let text = GOOD.replace(
+            "services = {",
+            "fs_write = [\"/var/tmp\", \"/./etc\"]\nservices = {",
+        );
+        let err = Manifest::parse(&text, "m.toml")
+            .expect_err("must be refused")
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:18: capabilities.fs_write[1]: \"/./etc\""),
+            "{err}"
+        );
+        // Normalised paths, including /proc's system-wide files, are fine.
+        for good in [
+            "/",
+            "/var/log",
+            "/proc/pressure",
+            "/proc/meminfo",
+            "/home/a b",
+        ] {
+            let text = GOOD.replace("\"/var/log\"", &format!("\"{good}\""));
+            Manifest::parse(&text, "m.toml").unwrap_or_else(|e| panic!("{good}: {e}"));
         }
     }
 

@@ -15,7 +15,7 @@ use crate::bindings::SkillError;
 use crate::bindings::diagnose::DiagnosePre;
 use crate::bindings::repair::RepairPre;
 use crate::cache::{self, CacheError, ComponentCache};
-use crate::capabilities::{self, exec::ExecPolicy, log::LogBuffer};
+use crate::capabilities::{self, HostNotes, exec::ExecPolicy, log::LogBuffer};
 use crate::engine::{self, EpochTicker};
 use crate::limits::{HOST_MAXIMA, LimitOverrides, Limits, StoreLimiter};
 use crate::manifest::{Manifest, SkillKind};
@@ -500,11 +500,14 @@ impl Runtime {
             wasi: builder.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            http_policy: capabilities::http::HttpPolicy::new(&[], Arc::default()),
+            http_policy: capabilities::http::HttpPolicy::new(&[], HostNotes::default()),
             limiter: StoreLimiter::new(&limits),
             log: LogBuffer::new(limits.output_bytes()),
             exec: ExecPolicy::default(),
             exec_records: Vec::new(),
+            exec_refused_unrecorded: 0,
+            lookup_names: Default::default(),
+            host_notes: HostNotes::default(),
             deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
             output_cap: limits.output_bytes(),
         };
@@ -580,14 +583,22 @@ impl Runtime {
                 message,
             });
             report.notes = notes;
+            report.bound(limits.output_bytes());
             return Ok(report);
         }
 
         let output_cap = limits.output_bytes();
         let timeout = Duration::from_millis(limits.timeout_ms);
-        let caps = manifest.map(|m| m.capabilities.clone()).unwrap_or_default();
-        let http_notes = Arc::new(Mutex::new(Vec::new()));
-        let setup = capabilities::wasi_for(&caps, output_cap, &mut notes, http_notes.clone()).await;
+        let mut caps = manifest.map(|m| m.capabilities.clone()).unwrap_or_default();
+        // A repair's `plan` is shown before anyone approves the repair: it runs read-only.
+        let exec = if export == Export::Plan {
+            caps = capabilities::read_only(&caps, &mut notes);
+            skill.exec.for_plan()
+        } else {
+            skill.exec.clone()
+        };
+        let host_notes = HostNotes::default();
+        let setup = capabilities::wasi_for(&caps, output_cap, &mut notes, host_notes.clone()).await;
         let mut builder = setup.builder;
         let state = SkillState {
             wasi: builder.build(),
@@ -596,8 +607,11 @@ impl Runtime {
             http_policy: setup.http,
             limiter: StoreLimiter::new(&limits),
             log: LogBuffer::new(output_cap),
-            exec: skill.exec.clone(),
+            exec,
             exec_records: Vec::new(),
+            exec_refused_unrecorded: 0,
+            lookup_names: setup.lookup_names,
+            host_notes: host_notes.clone(),
             deadline: Instant::now() + timeout,
             output_cap,
         };
@@ -667,18 +681,20 @@ impl Runtime {
         report.logs = logs;
         report.logs_dropped = dropped;
         report.exec = std::mem::take(&mut state.exec_records);
+        if state.exec_refused_unrecorded > 0 {
+            notes.push(format!(
+                "{} more exec calls refused and not recorded: at most {} per invocation",
+                state.exec_refused_unrecorded,
+                crate::report::MAX_EXEC_RECORDS
+            ));
+        }
         let out = setup.stdout.captured();
         let err = setup.stderr.captured();
         report.stdout = String::from_utf8_lossy(&out.bytes).into_owned();
         report.stdout_dropped_bytes = out.dropped;
         report.stderr = String::from_utf8_lossy(&err.bytes).into_owned();
         report.stderr_dropped_bytes = err.dropped;
-        notes.extend(
-            http_notes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..),
-        );
+        notes.extend(host_notes.take());
         if out.dropped > 0 {
             notes.push(format!("stdout truncated: {} bytes dropped", out.dropped));
         }
@@ -686,6 +702,7 @@ impl Runtime {
             notes.push(format!("stderr truncated: {} bytes dropped", err.dropped));
         }
         report.notes = notes;
+        report.bound(output_cap);
         report.duration_us = started.elapsed().as_micros() as u64;
         tracing::info!(outcome = %report.outcome, fuel = report.fuel_consumed, us = report.duration_us, "invocation finished");
         Ok(report)

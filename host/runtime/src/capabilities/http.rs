@@ -6,7 +6,9 @@
 //! change between check and connect; for `https://` the connection goes by name and the
 //! certificate check binds it to that name.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use super::HostNotes;
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
@@ -60,11 +62,11 @@ impl HttpGrant {
 #[derive(Debug, Clone)]
 pub struct HttpPolicy {
     grants: Arc<Vec<HttpGrant>>,
-    notes: Arc<Mutex<Vec<String>>>,
+    notes: HostNotes,
 }
 
 impl HttpPolicy {
-    pub fn new(grants: &[String], notes: Arc<Mutex<Vec<String>>>) -> Self {
+    pub fn new(grants: &[String], notes: HostNotes) -> Self {
         HttpPolicy {
             grants: Arc::new(
                 grants
@@ -77,12 +79,9 @@ impl HttpPolicy {
     }
 }
 
-fn note(notes: &Arc<Mutex<Vec<String>>>, message: String) {
+fn note(notes: &HostNotes, message: String) {
     tracing::info!("{message}");
-    notes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(message);
+    notes.push(message);
 }
 
 type SendResult = Result<

@@ -155,6 +155,8 @@ pub async fn resolve_guarded(host: &str, port: u16) -> (Vec<SocketAddr>, Vec<Str
 pub struct TcpPolicy {
     pub allowed: HashSet<SocketAddr>,
     pub uses_names: bool,
+    /// The host names the grants name (lower-case): the only names a guest may look up.
+    pub names: HashSet<String>,
 }
 
 impl TcpPolicy {
@@ -166,6 +168,7 @@ impl TcpPolicy {
             };
             if grant.host.parse::<IpAddr>().is_err() {
                 policy.uses_names = true;
+                policy.names.insert(grant.host.clone());
             }
             let (addrs, mut n) = resolve_guarded(&grant.host, grant.port).await;
             policy.allowed.extend(addrs);

@@ -44,6 +44,28 @@ fn http_get(authority: &str) -> Value {
     }
 }
 
+/// Resolve `name` through wasi:sockets/ip-name-lookup; reports the addresses or the error code.
+fn lookup(name: &str) -> Value {
+    use wasi::sockets::instance_network::instance_network;
+    use wasi::sockets::ip_name_lookup::resolve_addresses;
+    use wasi::sockets::network::ErrorCode;
+    let network = instance_network();
+    let stream = match resolve_addresses(&network, name) {
+        Ok(s) => s,
+        Err(code) => return json!({ "ok": false, "error": format!("{code:?}") }),
+    };
+    let mut addresses = Vec::new();
+    loop {
+        match stream.resolve_next_address() {
+            Ok(Some(a)) => addresses.push(format!("{a:?}")),
+            Ok(None) => break,
+            Err(ErrorCode::WouldBlock) => stream.subscribe().block(),
+            Err(code) => return json!({ "ok": false, "error": format!("{code:?}") }),
+        }
+    }
+    json!({ "ok": true, "addresses": addresses })
+}
+
 struct Hostile;
 
 impl Diagnose for Hostile {
@@ -110,6 +132,7 @@ impl Diagnose for Hostile {
                 Err(e) => Ok(json!({ "connected": false, "error": e.to_string() })),
             },
             "http" => Ok(http_get(&input.addr)),
+            "lookup" => Ok(lookup(&input.addr)),
             "calls" => Ok(json!({ "calls": calls })),
             "panic" => panic!("hostile guest panics on purpose after {calls} calls"),
             "facts" => {

@@ -8,6 +8,10 @@ use crate::bindings::exec::{Host, Output, SkillError};
 use crate::state::SkillState;
 
 use super::SAFE_PATH;
+use crate::report::{
+    MAX_EXEC_ARGS, MAX_EXEC_ARGS_BYTES, MAX_EXEC_PROGRAM_BYTES, MAX_EXEC_REASON_BYTES,
+    MAX_EXEC_RECORDS, clip, json_len,
+};
 
 /// Default timeout of one program when the skill does not give one.
 const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,6 +30,70 @@ pub struct ExecRecord {
     pub status: Option<i32>,
     pub timed_out: bool,
     pub duration_ms: u64,
+    /// The program path or arguments were too long to record in full (see
+    /// [`crate::report::MAX_EXEC_ARGS_BYTES`]); what is kept is their head.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl ExecRecord {
+    /// A record of `program args`, bounded: a skill chooses these, and may choose megabytes.
+    pub fn new(program: &str, args: &[String]) -> ExecRecord {
+        let mut record = ExecRecord {
+            program: head(program, MAX_EXEC_PROGRAM_BYTES * 2),
+            args: Vec::new(),
+            denied: None,
+            start_error: None,
+            status: None,
+            timed_out: false,
+            duration_ms: 0,
+            truncated: false,
+        };
+        let mut budget = MAX_EXEC_ARGS_BYTES;
+        for arg in args.iter().take(MAX_EXEC_ARGS) {
+            let mut arg = head(arg, budget + 1);
+            if clip(&mut arg, budget) > 0 {
+                record.truncated = true;
+            }
+            budget = budget.saturating_sub(json_len(&arg));
+            record.args.push(arg);
+            if budget == 0 {
+                break;
+            }
+        }
+        record.truncated |= record.args.len() < args.len();
+        record.bound();
+        record
+    }
+
+    /// Apply the per-field bounds of [`crate::report`].
+    pub(crate) fn bound(&mut self) {
+        self.truncated |= clip(&mut self.program, MAX_EXEC_PROGRAM_BYTES) > 0;
+        if self.args.len() > MAX_EXEC_ARGS {
+            self.args.truncate(MAX_EXEC_ARGS);
+            self.truncated = true;
+        }
+        let mut budget = MAX_EXEC_ARGS_BYTES;
+        for arg in &mut self.args {
+            self.truncated |= clip(arg, budget) > 0;
+            budget = budget.saturating_sub(json_len(arg));
+        }
+        for reason in [&mut self.denied, &mut self.start_error]
+            .into_iter()
+            .flatten()
+        {
+            clip(reason, MAX_EXEC_REASON_BYTES);
+        }
+    }
+}
+
+/// At most the first `max` bytes of `s` (on a character boundary), copied.
+fn head(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// Read a stream to its end, keeping at most `cap` bytes.
@@ -55,18 +123,21 @@ impl Host for SkillState {
         args: Vec<String>,
         timeout_ms: Option<u32>,
     ) -> wasmtime::Result<Result<Output, SkillError>> {
-        let mut record = ExecRecord {
-            program: program.clone(),
-            args: args.clone(),
-            denied: None,
-            start_error: None,
-            status: None,
-            timed_out: false,
-            duration_ms: 0,
-        };
+        let mut record = ExecRecord::new(&program, &args);
+        if self.exec_records.len() >= MAX_EXEC_RECORDS {
+            // Refused without running, so every program that ran is in the report.
+            self.exec_refused_unrecorded += 1;
+            return Ok(Err(SkillError {
+                code: "denied".into(),
+                message: format!(
+                    "exec refused: a skill may make at most {MAX_EXEC_RECORDS} exec calls per invocation"
+                ),
+            }));
+        }
         if let Err(reason) = self.exec.check(&program, &args) {
-            tracing::info!(%program, ?args, "{reason}");
             record.denied = Some(reason.clone());
+            record.bound();
+            tracing::info!(program = %record.program, args = ?record.args, "exec denied");
             self.exec_records.push(record);
             return Ok(Err(SkillError {
                 code: "denied".into(),
@@ -96,6 +167,7 @@ impl Host for SkillState {
             Err(e) => {
                 let message = format!("cannot start {program}: {e}");
                 record.start_error = Some(message.clone());
+                record.bound();
                 self.exec_records.push(record);
                 return Ok(Err(SkillError {
                     code: "exec-failed".into(),

@@ -78,6 +78,35 @@ fn matches(patterns: &[ArgPattern], args: &[String]) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct ExecPolicy {
     grants: Vec<(String, Vec<ArgPattern>)>,
+    /// Set when this invocation may run no program at all (a repair's `plan`), with why.
+    refuse_all: Option<&'static str>,
+}
+
+/// A short, bounded rendering of a skill-chosen program or argument list for a message.
+fn preview(text: &str) -> String {
+    let mut end = text.len().min(256);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}... ({} bytes)", &text[..end], text.len())
+    } else {
+        text.to_string()
+    }
+}
+
+fn preview_args(args: &[String]) -> String {
+    let shown: Vec<String> = args
+        .iter()
+        .take(8)
+        .map(|a| format!("{:?}", preview(a)))
+        .collect();
+    let more = if args.len() > 8 {
+        format!(", ... {} more", args.len() - 8)
+    } else {
+        String::new()
+    };
+    format!("[{}{more}]", shown.join(", "))
 }
 
 impl ExecPolicy {
@@ -94,12 +123,28 @@ impl ExecPolicy {
                     (g.program.clone(), patterns)
                 })
                 .collect(),
+            refuse_all: None,
+        }
+    }
+
+    /// The same grants, refusing every call: `plan` must not change anything, so it runs
+    /// no program (its calls are still recorded, as refused).
+    pub fn for_plan(&self) -> ExecPolicy {
+        ExecPolicy {
+            grants: self.grants.clone(),
+            refuse_all: Some(
+                "a repair's `plan` must not change anything, so it may not run programs",
+            ),
         }
     }
 
     /// `Ok(())` if some grant allows this exact call, else the reason in words.
     pub fn check(&self, program: &str, args: &[String]) -> Result<(), String> {
+        if let Some(why) = self.refuse_all {
+            return Err(format!("exec of {} refused: {why}", preview(program)));
+        }
         let for_program: Vec<_> = self.grants.iter().filter(|(p, _)| p == program).collect();
+        let program = preview(program);
         if for_program.is_empty() {
             return Err(if self.grants.is_empty() {
                 format!("exec of {program} denied: the manifest grants no programs")
@@ -111,7 +156,8 @@ impl ExecPolicy {
             Ok(())
         } else {
             Err(format!(
-                "exec of {program} denied: arguments {args:?} match no granted pattern"
+                "exec of {program} denied: arguments {} match no granted pattern",
+                preview_args(args)
             ))
         }
     }

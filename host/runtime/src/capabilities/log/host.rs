@@ -3,10 +3,12 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::log::{Host, Level};
 use crate::state::SkillState;
 
-/// Longest single message kept; longer ones are cut and marked.
+/// Longest single message kept (as JSON text); longer ones are cut and marked.
 const MAX_MESSAGE_BYTES: usize = 4096;
 /// Most lines kept per invocation.
-const MAX_ENTRIES: usize = 1000;
+pub(crate) const MAX_ENTRIES: usize = 1000;
+/// JSON text of one entry besides its message: `{"level":"debug","message":""},`.
+pub(crate) const ENTRY_OVERHEAD_JSON: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
@@ -14,7 +16,8 @@ pub struct LogEntry {
     pub message: String,
 }
 
-/// Log lines of one invocation: at most `MAX_ENTRIES` lines and `capacity` bytes in all.
+/// Log lines of one invocation: at most `MAX_ENTRIES` lines and `capacity` bytes of messages
+/// in all, measured as JSON text (so control characters cannot multiply the report's size).
 #[derive(Debug)]
 pub struct LogBuffer {
     entries: Vec<LogEntry>,
@@ -34,20 +37,23 @@ impl LogBuffer {
     }
 
     pub fn push(&mut self, level: &str, message: &str) {
-        let mut message = message.to_string();
-        if message.len() > MAX_MESSAGE_BYTES {
-            let mut cut = MAX_MESSAGE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(" [truncated]");
-        }
-        if self.entries.len() >= MAX_ENTRIES || self.bytes + message.len() > self.capacity {
+        if self.entries.len() >= MAX_ENTRIES || self.bytes >= self.capacity {
             self.dropped += 1;
             return;
         }
-        self.bytes += message.len();
+        // Cut before copying: a message may be as large as the guest's memory.
+        let mut end = message.len().min(MAX_MESSAGE_BYTES * 2);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut message = message[..end].to_string();
+        crate::report::clip(&mut message, MAX_MESSAGE_BYTES);
+        let len = crate::report::json_len(&message);
+        if self.bytes + len > self.capacity {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += len;
         self.entries.push(LogEntry {
             level: level.to_string(),
             message,
@@ -95,6 +101,6 @@ mod tests {
         b.push("warn", &"é".repeat(5000));
         let (entries, _) = b.take();
         assert!(entries[0].message.ends_with(" [truncated]"));
-        assert!(entries[0].message.len() <= MAX_MESSAGE_BYTES + 12);
+        assert!(entries[0].message.len() <= MAX_MESSAGE_BYTES);
     }
 }

@@ -2,4 +2,5 @@
 
 mod host;
 
+pub(crate) use host::{ENTRY_OVERHEAD_JSON, MAX_ENTRIES};
 pub use host::{LogBuffer, LogEntry};
