@@ -358,8 +358,8 @@ async fn a_refused_result_goes_to_the_dead_letters_and_blocks_nothing() {
     .expect("write");
     let big = json!({
         "outcome": "refused",
-        // Above the protocol's MAX_RESULT_BYTES (a 32 MiB report plus 64 KiB).
-        "refusal": "x".repeat(33 * 1024 * 1024),
+        // Above the protocol's MAX_RESULT_BYTES: never sent, straight to the dead letters.
+        "refusal": "x".repeat(tend_orchestrator::protocol::MAX_RESULT_BYTES),
     });
     std::fs::write(
         spool.join(format!("{huge}.json")),

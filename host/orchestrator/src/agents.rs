@@ -294,12 +294,16 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<crate::protocol::Enrolled, 
         Err(why) => {
             // Nothing spent: the token stays usable for an enrollment within its scope.
             tx.rollback().await?;
+            // Recorded under the token that was shown, never the name the caller chose
+            // (which goes, checked and bounded, in the detail).
             audit::append(
                 db,
-                &req.name,
+                &format!("enroll-token:{prefix}"),
                 "agent.enroll_refused",
-                &req.hostname,
-                serde_json::json!({ "why": why, "enroll_token": prefix }),
+                "enroll",
+                serde_json::json!({
+                    "why": why, "claimed_name": req.name, "claimed_hostname": req.hostname,
+                }),
             )
             .await?;
             return Err(refused(&why).into());

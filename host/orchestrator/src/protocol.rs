@@ -18,16 +18,19 @@ pub const SIGNATURE_HEADER: &str = "tend-signature";
 /// Largest accepted difference between an agent's clock and the orchestrator's.
 pub const MAX_SKEW_MS: i64 = 60_000;
 
-/// Largest serialized `ExecutionReport` an agent sends. A report's bulk is its output, stdout,
-/// stderr and logs, each capped at `output_kib` (at most [`tend_runtime::HOST_MAXIMA`]'s); the
-/// bound is twice the largest output, room for a full output plus JSON escaping. An agent never
-/// sends more: it replaces a bigger report with a bounded stand-in that says why, so no result
-/// can be refused for its size and wedge the agent's spool.
-pub const MAX_REPORT_BYTES: usize = 2 * tend_runtime::HOST_MAXIMA.output_kib as usize * 1024;
+/// Largest serialized `ExecutionReport` an agent sends: the runtime's own hard bound on a
+/// report under this host's maxima (every field of a report is capped, see
+/// `tend_runtime::max_report_json_bytes`). An agent never sends more: it replaces a bigger
+/// report (one made under other maxima) with a bounded stand-in that says why, so no result is
+/// refused for its size and wedges the agent's spool.
+pub const MAX_REPORT_BYTES: usize = tend_runtime::MAX_REPORT_JSON_BYTES;
 
 /// Largest body the orchestrator accepts on an agent route: a report plus the envelope of a
 /// [`JobResult`] (outcome, a bounded refusal).
 pub const MAX_RESULT_BYTES: usize = MAX_REPORT_BYTES + 64 * 1024;
+
+// Any report the runtime can produce fits in a result body.
+const _: () = assert!(tend_runtime::MAX_REPORT_JSON_BYTES + 64 * 1024 <= MAX_RESULT_BYTES);
 
 /// Longest refusal text an agent sends (a registry error can quote a lot).
 pub const MAX_REFUSAL_BYTES: usize = 8 * 1024;
