@@ -151,6 +151,9 @@ struct Shared {
         std::collections::HashMap<(String, String, String), Arc<tend_registry::trust::Verified>>,
     >,
     running: std::sync::atomic::AtomicU32,
+    /// One flush at a time: two flushers sending the same result would see the second one
+    /// refused (409) and dead-letter a result that was delivered.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// Run until `shutdown` resolves: then stop polling, let running jobs finish within the grace
@@ -173,6 +176,7 @@ pub async fn run(
         loaded: Default::default(),
         verified: Default::default(),
         running: Default::default(),
+        flushing: Default::default(),
         config,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -295,6 +299,7 @@ fn definitive(status: u16) -> bool {
 /// orchestrator refuses for good goes to `spool/dead/` and the flush goes on with the next one,
 /// so one bad result never holds up the others; only a transient failure stops the flush.
 async fn flush_spool(shared: &Shared) {
+    let _one_at_a_time = shared.flushing.lock().await;
     for (id, result) in shared.spool.pending() {
         let path = format!("/api/v1/agent/jobs/{id}/result");
         let body = serde_json::to_value(&result).unwrap_or_default();
