@@ -492,7 +492,8 @@ mod tests {
     fn approvals_are_counted_by_the_rule_table() {
         let human = Trigger::Human;
         let open = local(Level::L0, Level::L3);
-        let cases: &[(&str, Level, Vec<Approval>, Result<usize, &str>)] = &[
+        type Case<'a> = (&'a str, Level, Vec<Approval>, Result<usize, &'a str>);
+        let cases: &[Case] = &[
             (
                 "one approval at L2",
                 Level::L2,

@@ -37,10 +37,12 @@ fn act(input: Input) -> Result<Value, SkillError> {
     if input.error_bytes > 0 {
         return Err(SkillError::new("huge", "e".repeat(input.error_bytes)));
     }
-    let written = input.write.map(|path| match std::fs::write(&path, b"changed") {
-        Ok(()) => json!({ "ok": true }),
-        Err(e) => json!({ "ok": false, "error": e.to_string() }),
-    });
+    let written = input
+        .write
+        .map(|path| match std::fs::write(&path, b"changed") {
+            Ok(()) => json!({ "ok": true }),
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        });
     let ran = input.exec.map(|p| {
         let mut args = p.args;
         if input.arg_bytes > 0 {
