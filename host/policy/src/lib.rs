@@ -421,25 +421,19 @@ pub fn capability_floors(grants: &Grants) -> Vec<Reason> {
 
 /// The one place that says allow, approve or deny.
 pub fn decide(request: &Request) -> Verdict {
-    let mut reasons = vec![Reason::Declared {
-        level: request.declared,
-    }];
-    let mut level = request.declared;
-    for r in capability_floors(&request.grants) {
-        if let Reason::CapabilityFloor { level: l, .. } = &r {
-            level = level.max(*l);
-        }
-        reasons.push(r);
-    }
-    if request.target.floor > Level::L0 {
-        reasons.push(Reason::EnvironmentFloor {
-            target: request.target.name.clone(),
-            environment: request.target.environment.clone(),
-            level: request.target.floor,
-        });
-        level = level.max(request.target.floor);
-    }
-    reasons.push(Reason::Effective { level });
+    // The same level `admit` recomputes on every host just before the run.
+    let (level, mut reasons) = admit::effective_level(
+        &admit::Verified {
+            declared: request.declared,
+            grants: &request.grants,
+        },
+        &admit::Local {
+            name: &request.target.name,
+            environment: &request.target.environment,
+            floor: request.target.floor,
+            ceiling: request.target.ceiling,
+        },
+    );
 
     let deny = |reason: DenyReason, mut reasons: Vec<Reason>| {
         reasons.push(Reason::Denied {
