@@ -37,6 +37,8 @@ pub enum ClientError {
     Untrusted(#[from] VerifyError),
     #[error("{0}")]
     Local(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl ClientError {
@@ -156,8 +158,21 @@ impl RegistryClient {
         Ok((entry, created))
     }
 
-    /// `version` is a semver or `latest`.
+    /// `version` is a semver or `latest`. Both are checked before they become part of a URL:
+    /// they may come from a peer (an agent pulls what the orchestrator names).
     pub async fn resolve(&self, name: &str, version: &str) -> Result<Entry, ClientError> {
+        if !tend_runtime::manifest::is_skill_name(name) {
+            return Err(ClientError::BadRequest(format!(
+                "{:?} is not a skill name (1-64 characters of [a-z0-9-])",
+                name.chars().take(80).collect::<String>()
+            )));
+        }
+        if version != "latest" && semver::Version::parse(version).is_err() {
+            return Err(ClientError::BadRequest(format!(
+                "{:?} is not a skill version (a semantic version or latest)",
+                version.chars().take(80).collect::<String>()
+            )));
+        }
         self.get_json(&format!("/api/v1/skills/{name}/{version}"))
             .await
     }
@@ -279,4 +294,33 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name or version from a peer never shapes the request: nothing is sent (the registry
+    /// address here is unreachable, so a request would fail differently).
+    #[tokio::test]
+    async fn names_and_versions_are_checked_before_any_request() {
+        let client = RegistryClient::new("http://127.0.0.1:9", None).expect("client");
+        for (name, version) in [
+            ("../../admin?x=", "1.0.0"),
+            ("disk-usage", "../../log"),
+            ("Disk", "1.0.0"),
+            ("disk-usage", "1.0.0/../x"),
+        ] {
+            let err = client.resolve(name, version).await.expect_err(name);
+            assert!(
+                matches!(err, ClientError::BadRequest(_)),
+                "{name} {version}: {err}"
+            );
+        }
+        let err = client
+            .resolve("disk-usage", "latest")
+            .await
+            .expect_err("unreachable");
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    }
 }

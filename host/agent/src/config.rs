@@ -57,14 +57,24 @@ impl AgentConfig {
                 path.display()
             )
         })?;
-        toml::from_str(&text).map_err(|e| {
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| {
             format!(
                 "{}:{}: {}",
                 path.display(),
                 tend_runtime::manifest::toml_error_line(&text, &e),
                 e.message().trim()
             )
-        })
+        })?;
+        // The ceiling is this host's own word against the orchestrator's: an edited or
+        // corrupted one is refused here, never read as something more permissive.
+        config
+            .ceiling
+            .check()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if config.floor.is_some_and(|f| f > 3) {
+            return Err(format!("{}: floor is 0 to 3", path.display()));
+        }
+        Ok(config)
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), String> {
@@ -78,5 +88,35 @@ impl AgentConfig {
         tmp.persist(Self::path(dir))
             .map_err(|e| e.error.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_out_of_range_ceiling_or_floor_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("dir");
+        let base = "orchestrator = \"http://127.0.0.1:1\"\nagent_id = \"agent_1\"\nname = \"a\"\nregistry = \"http://127.0.0.1:2\"\ntrust = \"/t.toml\"\n";
+        for (extra, says) in [
+            ("[ceiling]\nmax_level = 9\n", "ceiling.max_level"),
+            ("floor = 7\n[ceiling]\nmax_level = 0\n", "floor is 0 to 3"),
+            (
+                "[ceiling]\nmax_level = 1\ncapabilities = [\"root\"]\n",
+                "ceiling.capabilities",
+            ),
+        ] {
+            std::fs::write(AgentConfig::path(dir.path()), format!("{base}{extra}")).expect("write");
+            let err = AgentConfig::load(dir.path()).expect_err(extra);
+            assert!(err.contains(says), "{extra}: {err}");
+        }
+        std::fs::write(
+            AgentConfig::path(dir.path()),
+            format!("{base}floor = 1\n[ceiling]\nmax_level = 2\n"),
+        )
+        .expect("write");
+        let ok = AgentConfig::load(dir.path()).expect("a valid config loads");
+        assert_eq!(ok.floor(), tend_policy::Level::L1);
     }
 }

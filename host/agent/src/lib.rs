@@ -492,8 +492,9 @@ async fn check(
                 .get("env")
                 .map_or("default", String::as_str),
             floor: shared.config.floor(),
+            // Checked when agent.toml was loaded; were it not, nothing above L0 would run.
             ceiling: tend_policy::Level::try_from(ceiling.max_level)
-                .unwrap_or(tend_policy::Level::L3),
+                .unwrap_or(tend_policy::Level::L0),
         },
         tend_orchestrator::db::now_ms(),
     )

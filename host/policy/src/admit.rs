@@ -14,6 +14,10 @@
 //!   other than the requester — each approver once;
 //! - nothing above this host's ceiling runs, approved or not.
 //!
+//! What it cannot check yet: approvals are names the orchestrator asserts, not signatures by
+//! approvers' own keys, so a compromised orchestrator can invent them. Against that, the
+//! host's ceiling is the defence (see docs/security.md).
+//!
 //! Pure: no I/O and no clock (the caller passes `now`), so every rule is a table test.
 
 use std::fmt;

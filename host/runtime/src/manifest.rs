@@ -217,15 +217,7 @@ impl Manifest {
             message,
         };
         let s = &self.skill;
-        if s.name.is_empty()
-            || s.name.len() > 64
-            || !s
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            || s.name.starts_with('-')
-            || s.name.ends_with('-')
-        {
+        if !is_skill_name(&s.name) {
             return Err(invalid(
                 "skill.name",
                 format!(
@@ -397,6 +389,17 @@ fn grant_path_line(text: &str, key: &str) -> Option<usize> {
 }
 
 /// The 1-based line of `text` a TOML error points at (1 when it points nowhere).
+/// The skill-name rule: 1-64 characters of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn is_skill_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 pub fn toml_error_line(text: &str, err: &toml::de::Error) -> usize {
     err.span()
         .map(|span| {
