@@ -43,6 +43,21 @@ ensure_js_sdk() {
 
 # Build every catalog skill with `tend skill build` (each into skills/<name>/dist/, checked
 # against its manifest and precompiled). $1: the tend binary.
+# The agent depends on the protocol crate, never on the orchestrator: its dependency tree must
+# hold no HTTP server, no SQL and no orchestrator (wasmtime is expected: it runs skills).
+check_agent_tree() {
+    local tree bad=()
+    tree=$(cargo tree -p tend-agent -e normal --prefix none | sed 's/ v.*//' | sort -u)
+    for crate in axum sqlx sqlx-core utoipa oci-client tend-orchestrator; do
+        if grep -qx "$crate" <<<"$tree"; then bad+=("$crate"); fi
+    done
+    if ((${#bad[@]})); then
+        echo "tend-agent must not depend on: ${bad[*]} (see: cargo tree -p tend-agent -i ${bad[0]})" >&2
+        return 1
+    fi
+    echo "tend-agent's dependency tree has no axum, sqlx, utoipa, OCI client or orchestrator"
+}
+
 build_catalog() {
     local tend="$1"
     step "building the skill catalog (skills/*) with tend skill build"

@@ -11,9 +11,8 @@ use reqwest::StatusCode;
 use crate::envelope::{Envelope, sha256_hex};
 use crate::local::LocalStore;
 use crate::publog::verify_chain;
-use crate::server::{ErrorBody, LogResponse, SIGNATURE_HEADER, SkillList};
-use crate::store::Entry;
 use crate::trust::{TrustPolicy, Verified, VerifyError, VerifyOptions};
+use crate::wire::{Entry, ErrorBody, LogResponse, SIGNATURE_HEADER, SkillList};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -161,12 +160,8 @@ impl RegistryClient {
     /// `version` is a semver or `latest`. Both are checked before they become part of a URL:
     /// they may come from a peer (an agent pulls what the orchestrator names).
     pub async fn resolve(&self, name: &str, version: &str) -> Result<Entry, ClientError> {
-        if !tend_runtime::manifest::is_skill_name(name) {
-            return Err(ClientError::BadRequest(format!(
-                "{:?} is not a skill name (1-64 characters of [a-z0-9-])",
-                name.chars().take(80).collect::<String>()
-            )));
-        }
+        tend_manifest::SkillName::parse(name)
+            .map_err(|e| ClientError::BadRequest(e.to_string()))?;
         if version != "latest" && semver::Version::parse(version).is_err() {
             return Err(ClientError::BadRequest(format!(
                 "{:?} is not a skill version (a semantic version or latest)",

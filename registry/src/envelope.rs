@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tend_runtime::{Manifest, ManifestError};
+use tend_manifest::{Manifest, ManifestError};
 
 use crate::keys::PublicKey;
 

@@ -14,13 +14,21 @@
 //! - [`client`]: publish, list, and a pull that re-checks everything the server says.
 //! - [`local`]: the host's store of pulled skills and the versions it has seen.
 //! - [`oci`]: push/pull to any OCI registry with the wasm media types.
+//! - [`wire`]: what the HTTP API says, shared by server and client.
+//!
+//! Features: `server` (the service: axum, SQLite) and `oci` (the OCI client), both on by
+//! default. An agent turns both off: it verifies, pulls over HTTP and keeps a local store.
 
 pub mod client;
 pub mod envelope;
 pub mod keys;
 pub mod local;
+#[cfg(feature = "oci")]
 pub mod oci;
 pub mod publog;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod store;
 pub mod trust;
+pub mod wire;

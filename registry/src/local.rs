@@ -100,7 +100,7 @@ impl LocalStore {
                 format!(
                     "{}:{}: {}",
                     path.display(),
-                    tend_runtime::manifest::toml_error_line(&text, &e),
+                    tend_manifest::toml_error_line(&text, &e),
                     e.message().trim()
                 )
             }),
@@ -176,10 +176,10 @@ impl LocalStore {
         let mut seen = self.seen()?;
         let record = seen
             .versions
-            .get(name)
+            .get(name.as_str())
             .is_none_or(|old| higher(version, old));
         if record {
-            seen.versions.insert(name.clone(), version.clone());
+            seen.versions.insert(name.to_string(), version.clone());
             self.save_seen(&seen)?;
         }
         Ok(self.installed(name, version))

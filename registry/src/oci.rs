@@ -125,12 +125,12 @@ pub async fn push(
     let digest = format!("sha256:{}", sha256_hex(&component));
     let manifest = Envelope::parse(envelope.to_json().as_bytes())
         .ok()
-        .and_then(|e| tend_runtime::Manifest::parse(&e.manifest, "manifest").ok());
+        .and_then(|e| tend_manifest::Manifest::parse(&e.manifest, "manifest").ok());
     let mut annotations = BTreeMap::new();
     if let Some(m) = &manifest {
         annotations.insert(
             "org.opencontainers.image.title".to_string(),
-            m.skill.name.clone(),
+            m.skill.name.to_string(),
         );
         annotations.insert(
             "org.opencontainers.image.version".to_string(),

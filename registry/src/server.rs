@@ -23,15 +23,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::envelope::Envelope;
-use crate::publog::{Checkpoint, LogEntry};
+use crate::publog::Checkpoint;
 use crate::store::{Caller, Entry, Role, Store, StoreError};
 use crate::trust::{TrustPolicy, VerifyOptions};
-
-/// The header that carries the signature envelope on publish (base64 of its JSON).
-pub const SIGNATURE_HEADER: &str = "tend-signature";
+pub use crate::wire::{ErrorBody, ErrorDetail, LogResponse, SIGNATURE_HEADER, SkillList};
 
 /// Largest component accepted (64 MiB; a Python skill is ~18 MiB).
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -61,17 +59,6 @@ impl ApiError {
             message: message.into(),
         }
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -161,11 +148,6 @@ async fn may_read(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     q: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SkillList {
-    pub skills: Vec<Entry>,
 }
 
 async fn list(
@@ -328,13 +310,6 @@ async fn blob(
         .ok_or_else(missing)?;
     let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LogResponse {
-    pub entries: Vec<LogEntry>,
-    /// The newest entry: anchor it elsewhere to detect a rewritten history later.
-    pub head: Option<Checkpoint>,
 }
 
 async fn log(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<LogResponse>> {

@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 use crate::envelope::sha256_hex;
 use crate::publog::{GENESIS, LogEntry};
 use crate::trust::Verified;
+pub use crate::wire::Entry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,26 +83,6 @@ impl FromStr for Role {
 pub struct Caller {
     pub name: String,
     pub role: Role,
-}
-
-/// One published version, as the index and the API show it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Entry {
-    pub name: String,
-    pub version: String,
-    pub kind: String,
-    pub level: u8,
-    pub description: String,
-    /// `sha256:<hex>` of the component.
-    pub digest: String,
-    pub size: u64,
-    pub key_id: String,
-    pub publisher: String,
-    pub published_by: String,
-    pub published_at: String,
-    pub log_index: u64,
-    /// The signature envelope (JSON text) exactly as published.
-    pub envelope: String,
 }
 
 /// The outcome of a publish: a new entry, or the same bytes published again (a no-op).
@@ -259,7 +240,7 @@ impl Store {
                 });
             }
             return Err(StoreError::Conflict {
-                name: name.clone(),
+                name: name.to_string(),
                 version: version.clone(),
                 existing: existing.digest,
             });
@@ -299,7 +280,7 @@ impl Store {
             "INSERT INTO publication_log (idx, name, version, digest, key_id, published_at, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(index as i64)
-        .bind(name)
+        .bind(name.as_str())
         .bind(version)
         .bind(&verified.digest)
         .bind(&verified.key_id)
@@ -310,7 +291,7 @@ impl Store {
         .await?;
         let m = &verified.manifest.skill;
         let entry = Entry {
-            name: name.clone(),
+            name: name.to_string(),
             version: version.clone(),
             kind: m.kind.to_string(),
             level: m.level,

@@ -22,7 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
-use tend_runtime::Manifest;
+use tend_manifest::Manifest;
 
 use crate::envelope::{Envelope, sha256_hex, signed_bytes};
 use crate::keys::PublicKey;
@@ -79,7 +79,7 @@ impl Revoked {
         }
         let view: View = toml::from_str(text).map_err(|e| TrustError::Parse {
             path: origin.to_string(),
-            line: tend_runtime::manifest::toml_error_line(text, &e),
+            line: tend_manifest::toml_error_line(text, &e),
             message: e.message().trim().to_string(),
         })?;
         let refuse = |entry: &toml::Spanned<String>, message: String| TrustError::Parse {
@@ -207,6 +207,15 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// `sha256:<hex>` of the signed manifest's text: with the component digest, it names what
+    /// a loaded skill is (a cache key that holds everything that changes behaviour).
+    pub fn manifest_digest(&self) -> String {
+        format!(
+            "sha256:{}",
+            crate::envelope::sha256_hex(self.manifest_text.as_bytes())
+        )
+    }
+
     /// What was pulled is what was asked for: the signed name and version must be exactly
     /// `name` and `version` (a registry that resolved `latest` names the version it chose).
     /// A registry or an OCI tag cannot pass one signed skill off as another, or as another
@@ -242,7 +251,7 @@ impl TrustPolicy {
     pub fn parse(text: &str, origin: &str) -> Result<TrustPolicy, TrustError> {
         let policy: TrustPolicy = toml::from_str(text).map_err(|e| TrustError::Parse {
             path: origin.to_string(),
-            line: tend_runtime::manifest::toml_error_line(text, &e),
+            line: tend_manifest::toml_error_line(text, &e),
             message: e.message().trim().to_string(),
         })?;
         let invalid = |key: String, message: String| TrustError::Invalid {
@@ -350,7 +359,7 @@ impl TrustPolicy {
             .ok_or_else(|| VerifyError::OutsidePrefix {
                 publisher: publisher.name.clone(),
                 key_id: key_id.clone(),
-                name: name.clone(),
+                name: name.to_string(),
                 prefixes: format!("{:?}", publisher.prefixes),
             })?;
         let mut reasons = vec![
@@ -371,13 +380,13 @@ impl TrustPolicy {
         ];
         let version = semver::Version::parse(&manifest.skill.version)
             .map_err(|e| VerifyError::Manifest(e.to_string()))?;
-        if let Some(seen) = self.versions.get(name) {
+        if let Some(seen) = self.versions.get(name.as_str()) {
             let seen_v =
                 semver::Version::parse(seen).map_err(|e| VerifyError::Manifest(e.to_string()))?;
             if version < seen_v {
                 if !options.allow_downgrade {
                     return Err(VerifyError::Downgrade {
-                        name: name.clone(),
+                        name: name.to_string(),
                         version: version.to_string(),
                         seen: seen.clone(),
                     });

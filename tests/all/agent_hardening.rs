@@ -359,7 +359,7 @@ async fn a_refused_result_goes_to_the_dead_letters_and_blocks_nothing() {
     let big = json!({
         "outcome": "refused",
         // Above the protocol's MAX_RESULT_BYTES: never sent, straight to the dead letters.
-        "refusal": "x".repeat(tend_orchestrator::protocol::MAX_RESULT_BYTES),
+        "refusal": "x".repeat(tend_protocol::MAX_RESULT_BYTES),
     });
     std::fs::write(
         spool.join(format!("{huge}.json")),

@@ -2,12 +2,8 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signer, SigningKey};
-use tend_orchestrator::protocol::{
-    AGENT_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_message,
-};
+use ed25519_dalek::SigningKey;
+use tend_protocol::sign_request;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -38,12 +34,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The signing headers for one request (public so tests can replay one on purpose).
 pub fn sign(
     key: &SigningKey,
@@ -52,17 +42,11 @@ pub fn sign(
     path: &str,
     body: &[u8],
 ) -> Vec<(&'static str, String)> {
-    let ts = now_ms();
+    let ts = tend_protocol::now_ms();
     let mut nonce = [0u8; 16];
     let _ = getrandom::fill(&mut nonce);
     let nonce = hex::encode(nonce);
-    let signature = key.sign(&signed_message(method, path, ts, &nonce, body));
-    vec![
-        (AGENT_HEADER, agent_id.to_string()),
-        (TIMESTAMP_HEADER, ts.to_string()),
-        (NONCE_HEADER, nonce),
-        (SIGNATURE_HEADER, B64.encode(signature.to_bytes())),
-    ]
+    sign_request(key, agent_id, method, path, ts, &nonce, body)
 }
 
 impl Client {

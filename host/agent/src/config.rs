@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tend_orchestrator::protocol::Ceiling;
+use tend_protocol::Ceiling;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +61,7 @@ impl AgentConfig {
             format!(
                 "{}:{}: {}",
                 path.display(),
-                tend_runtime::manifest::toml_error_line(&text, &e),
+                tend_manifest::toml_error_line(&text, &e),
                 e.message().trim()
             )
         })?;

@@ -12,12 +12,15 @@ pub mod client;
 pub mod config;
 pub mod spool;
 
+// An agent never sends a report bigger than the orchestrator takes; the bound is the runtime's.
+const _: () = assert!(tend_protocol::MAX_REPORT_BYTES == tend_runtime::MAX_REPORT_JSON_BYTES);
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tend_orchestrator::protocol::{
+use tend_protocol::{
     Ceiling, Enroll, Job, JobResult, MAX_REFUSAL_BYTES, MAX_REPORT_BYTES, MAX_RESULT_BYTES,
     is_invocation_id,
 };
@@ -96,7 +99,7 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
     if !status.is_success() {
         return Err(format!("enrollment refused ({status}): {text}"));
     }
-    let enrolled: tend_orchestrator::protocol::Enrolled =
+    let enrolled: tend_protocol::Enrolled =
         serde_json::from_str(&text).map_err(|e| format!("unreadable answer {text:?}: {e}"))?;
     keys::write_private_key(&key_path, &key).map_err(|e| e.to_string())?;
     let config = AgentConfig {
@@ -215,7 +218,7 @@ pub async fn run(
             Ok(None) => drop(permits),
             Ok(Some(value)) => {
                 backoff = Duration::from_millis(200);
-                match serde_json::from_value::<tend_orchestrator::protocol::Jobs>(value) {
+                match serde_json::from_value::<tend_protocol::Jobs>(value) {
                     Ok(batch) => {
                         for job in batch.jobs {
                             let Some(permit) = permits.pop() else { break };
@@ -456,8 +459,8 @@ async fn check(
     }
     // The approvals must be for this exact invocation, as this agent computes it, and as many
     // as the level this agent computes needs.
-    let grants = tend_orchestrator::skills::grants(&v.manifest);
-    let digest = tend_orchestrator::protocol::invocation_digest(
+    let grants = v.manifest.grants();
+    let digest = tend_protocol::invocation_digest(
         &inv.skill,
         &inv.version,
         &v.digest,
@@ -467,7 +470,7 @@ async fn check(
         &serde_json::to_value(&v.manifest.limits).unwrap_or_default(),
         job.expires_ms,
     );
-    let approvals = tend_orchestrator::invocation::approval_facts(&inv.approvals);
+    let approvals = tend_protocol::approval_facts(&inv.approvals);
     let admitted = tend_policy::admit(
         &tend_policy::admit::Job {
             skill: &inv.skill,
@@ -481,7 +484,7 @@ async fn check(
             approvals: &approvals,
         },
         &tend_policy::admit::Verified {
-            declared: tend_orchestrator::worker::declared_level(&v.manifest),
+            declared: v.manifest.declared_level(),
             grants: &grants,
         },
         &tend_policy::admit::Local {
@@ -496,7 +499,7 @@ async fn check(
             ceiling: tend_policy::Level::try_from(ceiling.max_level)
                 .unwrap_or(tend_policy::Level::L0),
         },
-        tend_orchestrator::db::now_ms(),
+        tend_protocol::now_ms(),
     )
     .map_err(|refusal| refusal.to_string())?;
     tracing::info!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");
@@ -505,10 +508,7 @@ async fn check(
         key_id: v.key_id.clone(),
         digest: v.digest.clone(),
     };
-    let loaded_key = (
-        v.digest.clone(),
-        tend_orchestrator::skills::manifest_digest(&v.manifest_text),
-    );
+    let loaded_key = (v.digest.clone(), v.manifest_digest());
     let cached = shared
         .loaded
         .lock()

@@ -18,7 +18,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tend_orchestrator::protocol::{JobResult, is_invocation_id};
+use tend_protocol::{JobResult, is_invocation_id};
 
 /// Why a spool operation did nothing.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tend_orchestrator::protocol::{CAPABILITY_KINDS, Ceiling};
+use tend_protocol::{CAPABILITY_KINDS, Ceiling};
 
 use crate::orchestrator::DatabaseArgs;
 use crate::{CacheArgs, Failure};

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
-use ed25519_dalek::Signature;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -17,9 +16,7 @@ use tend_registry::keys::PublicKey;
 use crate::audit;
 use crate::db::{Db, DbError, now_ms, random_id, rfc3339};
 use crate::invocation::{self, FlowError};
-use crate::protocol::{
-    AgentView, Ceiling, Enroll, Heartbeat, JobResult, MAX_SKEW_MS, signed_message,
-};
+use crate::protocol::{AgentView, Ceiling, Enroll, Heartbeat, JobResult, MAX_SKEW_MS};
 
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
@@ -407,8 +404,6 @@ pub enum SignedError {
     Db(#[from] DbError),
 }
 
-/// Verify a signed agent request; returns the agent. Refuses unknown agents, bad signatures,
-/// clock skew beyond the limit and replayed nonces (each refusal is audited by the caller).
 /// The parts of a signed agent request.
 #[derive(Debug)]
 pub struct SignedRequest<'a> {
@@ -421,6 +416,8 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
+/// Verify a signed agent request; returns the agent. Refuses unknown agents, bad signatures,
+/// clock skew beyond the limit and replayed nonces (each refusal is audited by the caller).
 pub async fn verify_request(db: &Db, req: &SignedRequest<'_>) -> Result<Agent, SignedError> {
     let SignedRequest {
         agent_id,
@@ -435,34 +432,21 @@ pub async fn verify_request(db: &Db, req: &SignedRequest<'_>) -> Result<Agent, S
     let agent = get(db, agent_id)
         .await?
         .ok_or_else(|| refuse(format!("unknown agent {agent_id}")))?;
-    let ts: i64 = timestamp
-        .parse()
-        .map_err(|_| refuse("timestamp is not unix milliseconds".into()))?;
-    let now = now_ms();
-    if (now - ts).abs() > MAX_SKEW_MS {
-        return Err(refuse(format!(
-            "timestamp is {} ms from the orchestrator's clock (at most {MAX_SKEW_MS} ms allowed): fix the agent's clock",
-            now - ts
-        )));
-    }
-    if nonce.len() < 16 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(refuse("nonce must be 16-64 hex characters".into()));
-    }
     let key: PublicKey = agent
         .public_key
         .parse()
         .map_err(|_| refuse("stored agent key is unreadable".into()))?;
-    let sig: [u8; 64] = B64
-        .decode(signature)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| refuse("signature is not base64 of 64 bytes".into()))?;
-    key.0
-        .verify_strict(
-            &signed_message(method, path, ts, nonce, body),
-            &Signature::from_bytes(&sig),
-        )
-        .map_err(|_| refuse("signature does not verify with the agent's enrolled key".into()))?;
+    let ts = tend_protocol::verify_request(
+        &key.0,
+        method,
+        path,
+        timestamp,
+        nonce,
+        signature,
+        body,
+        now_ms(),
+    )
+    .map_err(|e| refuse(e.to_string()))?;
     let fresh =
         sqlx::query("INSERT INTO agent_nonces (nonce, agent_id, expires_ms) VALUES ($1, $2, $3)")
             .bind(nonce)

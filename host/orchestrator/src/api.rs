@@ -21,7 +21,7 @@ use crate::auth::{self, Actor};
 use crate::db::Db;
 use crate::invocation::{self, FlowError, NewInvocation, State as InvState};
 use crate::metrics::Metrics;
-use crate::skills::{Catalog, ResolveError, grants};
+use crate::skills::{Catalog, ResolveError};
 use crate::worker::Worker;
 
 /// What the server was started with that handlers need.
@@ -430,18 +430,7 @@ async fn submit(
     let Json(req) = body.map_err(bad_json)?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
     check_submit_bounds(&req)?;
-    let name_ok = !req.skill.is_empty()
-        && req.skill.len() <= 64
-        && req
-            .skill
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !name_ok {
-        return Err(bad(format!(
-            "`skill` {:?} is not a skill name ([a-z0-9-], at most 64)",
-            req.skill
-        )));
-    }
+    tend_manifest::SkillName::parse(&req.skill).map_err(|e| bad(format!("`skill`: {e}")))?;
     if let Some(v) = &req.version
         && semver::Version::parse(v).is_err()
     {
@@ -492,7 +481,7 @@ async fn submit(
             skill: skill.name.clone(),
             declared: tend_policy::Level::try_from(skill.manifest.skill.level)
                 .unwrap_or(tend_policy::Level::L3),
-            grants: grants(&skill.manifest),
+            grants: skill.manifest.grants(),
             target: policy_target,
             trigger: Trigger::Human,
             requester: who.name.clone(),

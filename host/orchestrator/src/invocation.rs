@@ -11,7 +11,6 @@
 //! An approval binds the invocation digest — the skill digest, input, target, grants, limits
 //! and expiry — so nothing can be changed after approval.
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use tend_policy::{Decision, Verdict};
@@ -19,90 +18,8 @@ use tend_policy::{Decision, Verdict};
 use crate::audit;
 use crate::auth::Actor;
 use crate::db::{Backend, Db, DbError, now_ms, random_id, rfc3339};
-use crate::skills::{Resolved, grants};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    PendingApproval,
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Rejected,
-    Expired,
-    Cancelled,
-    /// A repair whose agent vanished after it started: it may or may not have acted. Escalated
-    /// to a human; never run again on its own.
-    Unknown,
-}
-
-impl State {
-    pub const ALL: [State; 9] = [
-        State::PendingApproval,
-        State::Queued,
-        State::Running,
-        State::Succeeded,
-        State::Failed,
-        State::Rejected,
-        State::Expired,
-        State::Cancelled,
-        State::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::PendingApproval => "pending_approval",
-            State::Queued => "queued",
-            State::Running => "running",
-            State::Succeeded => "succeeded",
-            State::Failed => "failed",
-            State::Rejected => "rejected",
-            State::Expired => "expired",
-            State::Cancelled => "cancelled",
-            State::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<State> {
-        State::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-}
-
-/// An invocation as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Invocation {
-    pub id: String,
-    pub skill: String,
-    pub version: String,
-    pub digest: String,
-    pub target: String,
-    #[schema(value_type = Object)]
-    pub input: serde_json::Value,
-    pub reason: String,
-    pub requester: String,
-    pub level: u8,
-    pub approvals_required: u8,
-    pub invocation_digest: String,
-    pub state: State,
-    /// The policy decision: `decision`, `level`, and `reasons` as data.
-    #[schema(value_type = Object)]
-    pub verdict: Verdict,
-    pub reasons: Vec<String>,
-    pub created_at: String,
-    pub expires_at: String,
-    pub approvals: Vec<Approval>,
-    /// The execution report, once it ran.
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Approval {
-    pub approver: String,
-    pub invocation_digest: String,
-    pub at: String,
-}
+use crate::skills::Resolved;
+pub use tend_protocol::{Approval, Invocation, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -135,7 +52,7 @@ pub fn invocation_digest(
         &skill.digest,
         target,
         input,
-        &grants(&skill.manifest),
+        &skill.manifest.grants(),
         &serde_json::to_value(&skill.manifest.limits).unwrap_or_default(),
         expires_ms,
     )
@@ -410,25 +327,11 @@ async fn transition(
 }
 
 /// Approvals as [`tend_policy::admit`] reads them. A time that does not parse never counts.
-pub fn approval_facts(approvals: &[Approval]) -> Vec<tend_policy::admit::Approval> {
-    approvals
-        .iter()
-        .map(|a| tend_policy::admit::Approval {
-            approver: a.approver.clone(),
-            invocation_digest: a.invocation_digest.clone(),
-            at_ms: humantime::parse_rfc3339(&a.at)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(i64::MAX, |d| d.as_millis() as i64),
-        })
-        .collect()
-}
-
 /// Count the approvals that still stand for this exact invocation, by the one rule in
 /// [`tend_policy::admit::valid_approvers`].
 fn valid_approvals(inv: &Invocation, expires_ms: i64) -> usize {
     tend_policy::admit::valid_approvers(
-        &approval_facts(&inv.approvals),
+        &tend_protocol::approval_facts(&inv.approvals),
         &inv.requester,
         &inv.invocation_digest,
         expires_ms,

@@ -24,7 +24,11 @@ pub mod auth;
 pub mod db;
 pub mod invocation;
 pub mod metrics;
-pub mod protocol;
+pub use tend_protocol as protocol;
+
+// The protocol's report bound is the runtime's, exactly: a report the runtime can make always
+// fits an agent's result, and the agent never has to replace one the orchestrator would take.
+const _: () = assert!(tend_protocol::MAX_REPORT_BYTES == tend_runtime::MAX_REPORT_JSON_BYTES);
 pub mod skills;
 pub mod worker;
 

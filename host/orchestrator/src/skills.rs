@@ -144,11 +144,12 @@ impl Catalog {
             .as_ref()
             .and_then(|s| jsonschema::validator_for(&s.schema).ok())
             .map(Arc::new);
+        let manifest_digest = v.manifest_digest();
         let resolved = Arc::new(Resolved {
-            name: v.manifest.skill.name.clone(),
+            name: v.manifest.skill.name.to_string(),
             version: v.manifest.skill.version.clone(),
             digest: v.digest,
-            manifest_digest: manifest_digest(&v.manifest_text),
+            manifest_digest,
             manifest: v.manifest,
             publisher: v.publisher,
             key_id: v.key_id,
@@ -173,39 +174,10 @@ impl Catalog {
     }
 }
 
-/// `sha256:<hex>` of a signed manifest's text.
-pub fn manifest_digest(text: &str) -> String {
-    format!(
-        "sha256:{}",
-        tend_registry::envelope::sha256_hex(text.as_bytes())
-    )
-}
-
 fn map_client(e: ClientError) -> ResolveError {
     match e {
         ClientError::Api { status: 404, .. } => ResolveError::NotFound(e.to_string()),
         e if e.is_refusal() => ResolveError::Untrusted(e.to_string()),
         e => ResolveError::Registry(e.to_string()),
-    }
-}
-
-/// The policy's view of what a manifest grants.
-pub fn grants(m: &Manifest) -> tend_policy::Grants {
-    let c = &m.capabilities;
-    tend_policy::Grants {
-        fs_read: c.fs_read.clone(),
-        fs_write: c.fs_write.clone(),
-        exec: c
-            .exec
-            .iter()
-            .map(|e| tend_policy::ExecGrant {
-                program: e.program.clone(),
-                args: e.args.clone(),
-            })
-            .collect(),
-        service_restart: c.services.restart.clone(),
-        service_reload: c.services.reload.clone(),
-        http: c.http.clone(),
-        tcp: c.tcp.clone(),
     }
 }

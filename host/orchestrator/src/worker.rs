@@ -191,8 +191,8 @@ impl Worker {
             .await
             .map_err(|e| e.to_string())?;
         let digest = invocation::invocation_digest(&skill, &inv.target, &inv.input, expires_ms);
-        let approvals = invocation::approval_facts(&inv.approvals);
-        let grants = crate::skills::grants(&skill.manifest);
+        let approvals = tend_protocol::approval_facts(&inv.approvals);
+        let grants = skill.manifest.grants();
         let admitted = tend_policy::admit(
             &tend_policy::admit::Job {
                 skill: &inv.skill,
@@ -205,7 +205,7 @@ impl Worker {
                 approvals: &approvals,
             },
             &tend_policy::admit::Verified {
-                declared: declared_level(&skill.manifest),
+                declared: skill.manifest.declared_level(),
                 grants: &grants,
             },
             &tend_policy::admit::Local {
@@ -229,10 +229,4 @@ impl Worker {
             .await
             .map_err(|e| e.to_string())
     }
-}
-
-/// The level a manifest declares (an out-of-range value, which manifest parsing refuses, counts
-/// as the highest).
-pub fn declared_level(m: &tend_runtime::Manifest) -> tend_policy::Level {
-    tend_policy::Level::try_from(m.skill.level).unwrap_or(tend_policy::Level::L3)
 }

@@ -17,7 +17,7 @@ pub mod capabilities;
 pub mod engine;
 pub mod inspect;
 pub mod limits;
-pub mod manifest;
+pub use tend_manifest as manifest;
 pub mod output;
 pub mod report;
 mod runtime;

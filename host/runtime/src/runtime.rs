@@ -551,7 +551,7 @@ impl Runtime {
             output: None,
             error: None,
             digest: skill.digest(),
-            skill: manifest.map(|m| m.skill.name.clone()),
+            skill: manifest.map(|m| m.skill.name.to_string()),
             version: manifest.map(|m| m.skill.version.clone()),
             export,
             fuel_consumed: 0,

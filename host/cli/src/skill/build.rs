@@ -306,7 +306,7 @@ pub fn build(dir: &Path, json: bool, cache: &CacheArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::host(format!("cannot write {}: {e}", out.display())))?;
 
     let report = BuildReport {
-        name: manifest.skill.name.clone(),
+        name: manifest.skill.name.to_string(),
         version: manifest.skill.version.clone(),
         lang,
         kind: world,

@@ -81,7 +81,7 @@ fn signed_artifact(
 fn name_version(envelope: &Envelope) -> Result<(String, String), Failure> {
     let m = tend_runtime::Manifest::parse(&envelope.manifest, "signed manifest")
         .map_err(Failure::bad_input)?;
-    Ok((m.skill.name, m.skill.version))
+    Ok((m.skill.name.into(), m.skill.version))
 }
 
 pub async fn publish(
@@ -211,10 +211,7 @@ pub async fn pull(
     }
     let (name, version) = what.split_once('@').unwrap_or((what, "latest"));
     let version_ok = version == "latest" || semver::Version::parse(version).is_ok();
-    let name_ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let name_ok = tend_manifest::is_skill_name(name);
     if !name_ok || !version_ok {
         return Err(Failure::bad_input(format!(
             "{what:?} is not NAME@VERSION, NAME@latest or oci://host/repo:tag"

@@ -14,49 +14,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 use super::net::resolve_guarded;
 
-/// One granted origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpGrant {
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl HttpGrant {
-    pub fn parse(text: &str) -> Result<HttpGrant, String> {
-        let (https, rest) = if let Some(r) = text.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = text.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(format!("{text:?} must start with http:// or https://"));
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
-            return Err(format!(
-                "{text:?} must be an origin (scheme://host[:port]) without path, query or credentials"
-            ));
-        }
-        let default_port = if https { 443 } else { 80 };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{text:?}: bad port {p:?}"))?,
-            ),
-            _ => (authority, default_port),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{text:?}: missing host"));
-        }
-        Ok(HttpGrant {
-            https,
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
+pub use tend_manifest::grant::HttpGrant;
 
 /// Per-invocation HTTP policy; notes what it refused into the report.
 #[derive(Debug, Clone)]

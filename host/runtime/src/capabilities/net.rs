@@ -86,33 +86,7 @@ fn classify_v4(ip: Ipv4Addr) -> AddressClass {
     }
 }
 
-/// One `host:port` TCP grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpGrant {
-    pub host: String,
-    pub port: u16,
-}
-
-impl TcpGrant {
-    pub fn parse(text: &str) -> Result<TcpGrant, String> {
-        let (host, port) = text
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{text:?} must be host:port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{text:?}: port must be 1-65535"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains(['/', ' ', '@']) {
-            return Err(format!("{text:?}: bad host"));
-        }
-        Ok(TcpGrant {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
+pub use tend_manifest::grant::TcpGrant;
 
 /// Resolve `host` for a grant and keep the addresses the SSRF guard lets through. Returns the
 /// allowed addresses and a note for each one refused.

@@ -1,49 +1,5 @@
 use crate::manifest::ExecGrant;
-
-/// One argument pattern of an exec grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ArgPattern {
-    /// Must be equal.
-    Literal(String),
-    /// `{name}`: exactly one safe argument.
-    One(String),
-    /// `{name...}`: any number (including zero) of safe arguments; last only.
-    Rest(String),
-}
-
-impl ArgPattern {
-    pub fn parse(text: &str) -> Result<ArgPattern, String> {
-        if let Some(inner) = text.strip_prefix('{') {
-            let Some(inner) = inner.strip_suffix('}') else {
-                return Err(format!(
-                    "{text:?}: a placeholder must look like {{name}} or {{name...}}"
-                ));
-            };
-            let (name, rest) = match inner.strip_suffix("...") {
-                Some(n) => (n, true),
-                None => (inner, false),
-            };
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
-                return Err(format!("{text:?}: placeholder names use [a-z0-9_]"));
-            }
-            Ok(if rest {
-                ArgPattern::Rest(name.to_string())
-            } else {
-                ArgPattern::One(name.to_string())
-            })
-        } else if text.contains(['{', '}']) {
-            Err(format!(
-                "{text:?}: a literal argument may not contain '{{' or '}}'; a placeholder is a whole argument"
-            ))
-        } else {
-            Ok(ArgPattern::Literal(text.to_string()))
-        }
-    }
-}
+pub use tend_manifest::grant::ArgPattern;
 
 /// An argument a placeholder accepts: not an option, and nothing a shell or parser could
 /// give a second meaning to.

@@ -1,5 +1,10 @@
-//! The agent protocol: what an agent and the orchestrator say to each other, and how an agent
-//! signs every request. Shared by both sides so that neither can drift.
+//! # tend-protocol — the wire between orchestrator and agent
+//!
+//! What an agent and the orchestrator say to each other ([`Job`], [`JobResult`], [`Enroll`],
+//! ...), the [`Invocation`] a job carries with its [`State`] and [`Approval`]s, the
+//! [`invocation_digest`] an approval binds, and how an agent signs every request. A leaf
+//! (serde, sha2, ed25519): both ends depend on it, so neither can drift, and the agent links
+//! no server code.
 //!
 //! Every request from an enrolled agent carries
 //! `Tend-Agent: <agent id>`, `Tend-Timestamp: <unix ms>`, `Tend-Nonce: <32 hex>` and
@@ -7,8 +12,15 @@
 //! unknown agent, a bad signature, a timestamp more than [`MAX_SKEW_MS`] away from its clock,
 //! and a nonce it has seen before (a replay).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+mod invocation;
+
+pub use invocation::{Approval, Invocation, State, approval_facts};
 
 pub const AGENT_HEADER: &str = "tend-agent";
 pub const TIMESTAMP_HEADER: &str = "tend-timestamp";
@@ -19,21 +31,26 @@ pub const SIGNATURE_HEADER: &str = "tend-signature";
 pub const MAX_SKEW_MS: i64 = 60_000;
 
 /// Largest serialized `ExecutionReport` an agent sends: the runtime's own hard bound on a
-/// report under this host's maxima (every field of a report is capped, see
-/// `tend_runtime::max_report_json_bytes`). An agent never sends more: it replaces a bigger
-/// report (one made under other maxima) with a bounded stand-in that says why, so no result is
-/// refused for its size and wedges the agent's spool.
-pub const MAX_REPORT_BYTES: usize = tend_runtime::MAX_REPORT_JSON_BYTES;
+/// report under the host's maxima (`tend_runtime::MAX_REPORT_JSON_BYTES`; every field of a
+/// report is capped). The agent and the orchestrator both assert at compile time that the
+/// runtime's bound is exactly this, so the two cannot drift. An agent never sends more: it
+/// replaces a bigger report (one made under other maxima) with a bounded stand-in that says
+/// why, so no result is refused for its size and wedges the agent's spool.
+pub const MAX_REPORT_BYTES: usize = 101_392_295;
 
 /// Largest body the orchestrator accepts on an agent route: a report plus the envelope of a
 /// [`JobResult`] (outcome, a bounded refusal).
 pub const MAX_RESULT_BYTES: usize = MAX_REPORT_BYTES + 64 * 1024;
 
-// Any report the runtime can produce fits in a result body.
-const _: () = assert!(tend_runtime::MAX_REPORT_JSON_BYTES + 64 * 1024 <= MAX_RESULT_BYTES);
-
 /// Longest refusal text an agent sends (a registry error can quote a lot).
 pub const MAX_REFUSAL_BYTES: usize = 8 * 1024;
+
+/// Unix time in milliseconds: the clock both ends state timestamps and expiries in.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Whether `id` has the form the orchestrator gives invocations (`inv_` and 16 lower-case hex
 /// digits, see `db::random_id`). An agent builds spool paths and URLs from job ids, so anything
@@ -62,6 +79,77 @@ pub fn signed_message(
     .into_bytes()
 }
 
+/// The signing headers for one request: `Tend-Agent`, `Tend-Timestamp`, `Tend-Nonce` and
+/// `Tend-Signature` over [`signed_message`].
+pub fn sign_request(
+    key: &SigningKey,
+    agent_id: &str,
+    method: &str,
+    path: &str,
+    timestamp_ms: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let signature = key.sign(&signed_message(method, path, timestamp_ms, nonce, body));
+    vec![
+        (AGENT_HEADER, agent_id.to_string()),
+        (TIMESTAMP_HEADER, timestamp_ms.to_string()),
+        (NONCE_HEADER, nonce.to_string()),
+        (SIGNATURE_HEADER, B64.encode(signature.to_bytes())),
+    ]
+}
+
+/// Why a signed request is refused before its agent's records are consulted further.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("timestamp is not unix milliseconds")]
+    Timestamp,
+    #[error(
+        "timestamp is {0} ms from the orchestrator's clock (at most {MAX_SKEW_MS} ms allowed): fix the agent's clock"
+    )]
+    Skew(i64),
+    #[error("nonce must be 16-64 hex characters")]
+    Nonce,
+    #[error("signature is not base64 of 64 bytes")]
+    Encoding,
+    #[error("signature does not verify with the agent's enrolled key")]
+    Mismatch,
+}
+
+/// Check one signed request against the agent's enrolled key at time `now_ms`: the timestamp
+/// is fresh, the nonce well-formed and the signature strict-verifies over [`signed_message`].
+/// Returns the timestamp; remembering the nonce (replay) is the caller's part.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_request(
+    key: &VerifyingKey,
+    method: &str,
+    path: &str,
+    timestamp: &str,
+    nonce: &str,
+    signature: &str,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<i64, SignatureError> {
+    let ts: i64 = timestamp.parse().map_err(|_| SignatureError::Timestamp)?;
+    if (now_ms - ts).abs() > MAX_SKEW_MS {
+        return Err(SignatureError::Skew(now_ms - ts));
+    }
+    if nonce.len() < 16 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(SignatureError::Nonce);
+    }
+    let sig: [u8; 64] = B64
+        .decode(signature)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or(SignatureError::Encoding)?;
+    key.verify_strict(
+        &signed_message(method, path, ts, nonce, body),
+        &Signature::from_bytes(&sig),
+    )
+    .map_err(|_| SignatureError::Mismatch)?;
+    Ok(ts)
+}
+
 /// The digest an approval binds (see docs/orchestrator.md): skill, version, component digest,
 /// target, input, granted capabilities, limits and expiry. The agent recomputes it from the
 /// manifest it verified itself.
@@ -84,7 +172,8 @@ pub fn invocation_digest(
 }
 
 /// What an agent will run whatever the orchestrator says.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Ceiling {
     /// Highest zero-trust level (0-3).
@@ -102,7 +191,8 @@ pub struct Ceiling {
     pub paths: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Enroll {
     pub token: String,
@@ -345,7 +435,8 @@ impl Enroll {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enrolled {
     pub agent_id: String,
     /// Where the enroll token placed the agent (the orchestrator's record, not its claim).
@@ -355,7 +446,8 @@ pub struct Enrolled {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub interval_ms: u64,
@@ -364,7 +456,8 @@ pub struct Heartbeat {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Poll {
     /// How long to hold the request open waiting for a job (long-poll), at most 30 s.
@@ -379,16 +472,18 @@ fn one() -> u32 {
 }
 
 /// The answer to a poll that found work.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Jobs {
     pub jobs: Vec<Job>,
 }
 
 /// A job handed to an agent: the invocation, with everything the agent needs to check it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
-    #[schema(value_type = Object)]
-    pub invocation: crate::invocation::Invocation,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub invocation: Invocation,
     pub kind: String,
     pub expires_ms: i64,
     pub lease_until_ms: i64,
@@ -396,13 +491,14 @@ pub struct Job {
 }
 
 /// What an agent reports for a job.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobResult {
     /// `ran` (with the report) or `refused` (with the reason).
     pub outcome: String,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub report: Option<serde_json::Value>,
     #[serde(default)]
     pub refusal: Option<String>,
@@ -444,7 +540,8 @@ impl JobResult {
 }
 
 /// An agent as `GET /api/v1/agents` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentView {
     pub id: String,
     pub name: String,
@@ -463,4 +560,126 @@ pub struct AgentView {
     pub capacity: u32,
     pub jobs_ok: u64,
     pub jobs_failed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn header<'a>(h: &'a [(&'static str, String)], name: &str) -> &'a str {
+        h.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_signed_request_verifies_and_any_change_is_refused() {
+        let now = 1_800_000_000_000;
+        let nonce = "00112233445566778899aabbccddeeff";
+        let h = sign_request(
+            &key(),
+            "agt_1",
+            "POST",
+            "/api/v1/agent/poll",
+            now,
+            nonce,
+            b"{}",
+        );
+        let public = key().verifying_key();
+        let check = |method: &str, path: &str, body: &[u8], at: i64| {
+            verify_request(
+                &public,
+                method,
+                path,
+                header(&h, TIMESTAMP_HEADER),
+                header(&h, NONCE_HEADER),
+                header(&h, SIGNATURE_HEADER),
+                body,
+                at,
+            )
+        };
+        assert_eq!(check("POST", "/api/v1/agent/poll", b"{}", now), Ok(now));
+        assert_eq!(
+            check("POST", "/api/v1/agent/heartbeat", b"{}", now),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            check("POST", "/api/v1/agent/poll", b"{ }", now),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            check("POST", "/api/v1/agent/poll", b"{}", now + MAX_SKEW_MS + 1),
+            Err(SignatureError::Skew(MAX_SKEW_MS + 1))
+        );
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        assert_eq!(
+            verify_request(
+                &other,
+                "POST",
+                "/api/v1/agent/poll",
+                header(&h, TIMESTAMP_HEADER),
+                nonce,
+                header(&h, SIGNATURE_HEADER),
+                b"{}",
+                now
+            ),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    /// The canonical texts are fixed: a change here breaks every agent in the field and every
+    /// approval given, so it must be a deliberate new version.
+    #[test]
+    fn canonical_forms_have_fixed_vectors() {
+        assert_eq!(
+            String::from_utf8(signed_message("GET", "/x", 5, "ab", b"")).unwrap_or_default(),
+            "tend-agent-request/v1\nGET\n/x\n5\nab\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
+        );
+        let digest = invocation_digest(
+            "disk-usage",
+            "1.0.0",
+            "sha256:00",
+            "local",
+            &serde_json::json!({"path": "/"}),
+            &tend_policy::Grants::default(),
+            &serde_json::json!({}),
+            1_800_000_000_000,
+        );
+        // sha256 of the text, computed independently of this crate.
+        assert_eq!(
+            digest,
+            "0b99f437f4657ead22c341dc7760d0f57951418d506def2419b3648531735119"
+        );
+        assert_ne!(
+            digest,
+            invocation_digest(
+                "disk-usage",
+                "1.0.0",
+                "sha256:00",
+                "local",
+                &serde_json::json!({"path": "/tmp"}),
+                &tend_policy::Grants::default(),
+                &serde_json::json!({}),
+                1_800_000_000_000,
+            )
+        );
+    }
+
+    #[test]
+    fn invocation_ids_are_checked_before_they_become_paths() {
+        assert!(is_invocation_id("inv_0123456789abcdef"));
+        for bad in [
+            "inv_0123456789ABCDEF",
+            "../../x",
+            "inv_",
+            "inv_0123456789abcdef0",
+        ] {
+            assert!(!is_invocation_id(bad), "{bad}");
+        }
+    }
 }

@@ -1,4 +1,9 @@
+//! # tend-manifest — what a skill says about itself
+//!
 //! `skill.toml`: what a skill is, the limits it asks for and the capabilities it may use.
+//! Takes the text of a manifest and hands on a validated [`Manifest`] (or a [`ManifestError`]
+//! naming the file, line and key). A leaf: the registry, the orchestrator, the agent and the
+//! runtime all read manifests through this crate, and it pulls in no WebAssembly engine.
 //!
 //! Every table is `deny_unknown_fields`: a typo is an error that names the file, line and key,
 //! never a silently ignored grant. Nothing is granted that is not listed under `[capabilities]`.
@@ -7,6 +12,11 @@ use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+pub mod grant;
+mod name;
+
+pub use name::{NameError, SkillName};
 
 /// A parsed and validated skill manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +47,7 @@ pub struct SchemaSection {
 #[serde(deny_unknown_fields)]
 pub struct SkillMeta {
     /// `[a-z0-9-]+`, at most 64 characters.
-    pub name: String,
+    pub name: SkillName,
     /// Semantic version (`MAJOR.MINOR.PATCH` with optional pre-release).
     pub version: String,
     pub kind: SkillKind,
@@ -165,6 +175,14 @@ impl Manifest {
     /// Parse and validate manifest text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            // A bad name fails deserialisation (`SkillName` checks itself); say which key.
+            if let Some(err) = name_problem(text) {
+                return ManifestError::Invalid {
+                    path: origin.to_string(),
+                    key: "skill.name".to_string(),
+                    message: err.to_string(),
+                };
+            }
             let line = toml_error_line(text, &e);
             // toml's message starts with its own position banner; keep only the explanation.
             let message = e.message().trim().to_string();
@@ -177,6 +195,34 @@ impl Manifest {
         manifest.validate(origin)?;
         manifest.validate_grant_paths(text, origin)?;
         Ok(manifest)
+    }
+
+    /// The policy's view of what this manifest grants: the grants a job carries and an
+    /// approval binds.
+    pub fn grants(&self) -> tend_policy::Grants {
+        let c = &self.capabilities;
+        tend_policy::Grants {
+            fs_read: c.fs_read.clone(),
+            fs_write: c.fs_write.clone(),
+            exec: c
+                .exec
+                .iter()
+                .map(|e| tend_policy::ExecGrant {
+                    program: e.program.clone(),
+                    args: e.args.clone(),
+                })
+                .collect(),
+            service_restart: c.services.restart.clone(),
+            service_reload: c.services.reload.clone(),
+            http: c.http.clone(),
+            tcp: c.tcp.clone(),
+        }
+    }
+
+    /// The level the publisher declared (validation refuses one above 3; were it ever out of
+    /// range it would count as the highest).
+    pub fn declared_level(&self) -> tend_policy::Level {
+        tend_policy::Level::try_from(self.skill.level).unwrap_or(tend_policy::Level::L3)
     }
 
     /// Grant paths must be written in the one form the policy classifies: an alias or a
@@ -217,15 +263,6 @@ impl Manifest {
             message,
         };
         let s = &self.skill;
-        if !is_skill_name(&s.name) {
-            return Err(invalid(
-                "skill.name",
-                format!(
-                    "{:?} is not a valid name: use 1-64 characters of [a-z0-9-], not starting or ending with '-'",
-                    s.name
-                ),
-            ));
-        }
         if !is_semver(&s.version) {
             return Err(invalid(
                 "skill.version",
@@ -276,7 +313,7 @@ impl Manifest {
                 ));
             }
             for (j, arg) in grant.args.iter().enumerate() {
-                if let Err(message) = crate::capabilities::exec::ArgPattern::parse(arg) {
+                if let Err(message) = crate::grant::ArgPattern::parse(arg) {
                     return Err(invalid(
                         &format!("capabilities.exec[{i}].args[{j}]"),
                         message,
@@ -292,7 +329,7 @@ impl Manifest {
             }
         }
         for (i, origin_url) in c.http.iter().enumerate() {
-            if let Err(message) = crate::capabilities::http::HttpGrant::parse(origin_url) {
+            if let Err(message) = crate::grant::HttpGrant::parse(origin_url) {
                 return Err(invalid(&format!("capabilities.http[{i}]"), message));
             }
         }
@@ -307,7 +344,7 @@ impl Manifest {
             }
         }
         for (i, addr) in c.tcp.iter().enumerate() {
-            if let Err(message) = crate::capabilities::net::TcpGrant::parse(addr) {
+            if let Err(message) = crate::grant::TcpGrant::parse(addr) {
                 return Err(invalid(&format!("capabilities.tcp[{i}]"), message));
             }
         }
@@ -388,18 +425,19 @@ fn grant_path_line(text: &str, key: &str) -> Option<usize> {
     )
 }
 
-/// The 1-based line of `text` a TOML error points at (1 when it points nowhere).
-/// The skill-name rule: 1-64 characters of `[a-z0-9-]`, not starting or ending with `-`.
-pub fn is_skill_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+/// The name rule's complaint about `[skill] name`, if it is a string that breaks it.
+fn name_problem(text: &str) -> Option<NameError> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let name = table.get("skill")?.get("name")?.as_str()?;
+    SkillName::parse(name).err()
 }
 
+/// Whether `name` follows the skill-name rule (see [`SkillName`]).
+pub fn is_skill_name(name: &str) -> bool {
+    SkillName::parse(name).is_ok()
+}
+
+/// The 1-based line of `text` a TOML error points at (1 when it points nowhere).
 pub fn toml_error_line(text: &str, err: &toml::de::Error) -> usize {
     err.span()
         .map(|span| {
