@@ -30,6 +30,7 @@ use crate::publog::Checkpoint;
 use crate::store::{Caller, Entry, Role, Store, StoreError};
 use crate::trust::{TrustPolicy, VerifyOptions};
 pub use crate::wire::{ErrorBody, ErrorDetail, LogResponse, SIGNATURE_HEADER, SkillList};
+pub use tend_http::{ApiError, ApiResult};
 
 /// Largest component accepted (64 MiB; a Python skill is ~18 MiB).
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -41,36 +42,6 @@ pub struct AppState {
     pub trust: Arc<TrustPolicy>,
     /// Reads need a token too.
     pub private: bool,
-}
-
-/// `{"error": {"code", "message"}}` with the right status.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
-        (self.status, Json(body)).into_response()
-    }
 }
 
 impl From<StoreError> for ApiError {
@@ -91,8 +62,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
-
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -106,21 +75,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let Some(token) = tend_http::bearer_token(headers)? else {
         return Ok(None);
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the Authorization header must be `Bearer <token>`",
-            )
-        })?;
-    match state.store.authenticate(token.trim()).await? {
+    match state.store.authenticate(token).await? {
         Some(c) => Ok(Some(c)),
         None => {
             tracing::warn!("request with an unknown registry token refused");

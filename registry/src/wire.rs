@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::publog::{Checkpoint, LogEntry};
 
+pub use tend_http::{ErrorBody, ErrorDetail};
+
 /// The header that carries the signature envelope on publish (base64 of its JSON).
 pub const SIGNATURE_HEADER: &str = "tend-signature";
 
@@ -26,17 +28,6 @@ pub struct Entry {
     pub log_index: u64,
     /// The signature envelope (JSON text) exactly as published.
     pub envelope: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ mod hostile;
 mod oci;
 mod orchestrator;
 mod registry;
+mod router;
 mod sandbox_hardening;
 mod signing;
 mod support;

@@ -579,6 +579,18 @@ async fn approvals_bind_one_invocation_and_come_from_someone_else(backend: Backe
         .iter()
         .map(|e| e["action"].as_str().expect("action"))
         .collect();
+    // Every invocation records what started it, with it and in its audit event.
+    for e in audit["events"].as_array().expect("events") {
+        if e["action"] == "invocation.create" {
+            assert_eq!(e["detail"]["trigger"], "api", "{e}");
+        }
+    }
+    let (_, listed) = api
+        .call("GET", "/api/v1/invocations", Some(&victor), None)
+        .await;
+    for inv in listed["invocations"].as_array().expect("invocations") {
+        assert_eq!(inv["trigger"], "api", "{inv}");
+    }
     for a in [
         "invocation.create",
         "approval.refused",

@@ -4,26 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tend_policy::Role;
 
-use crate::agents::{self, Agent, SignedError};
-use crate::api::{ApiError, AppState, ErrorBody, actor};
-use crate::audit;
+use crate::agents;
+use crate::api::{ApiError, ApiJson, ApiResult, AppState, ErrorBody};
+use crate::extract::{Admin, Caller, JobId, SignedAgent, Viewer};
 use crate::invocation::{self, Queue};
 use crate::protocol::{
-    AGENT_HEADER, AgentView, Enroll, Enrolled, Heartbeat, Job, JobResult, Jobs, NONCE_HEADER, Poll,
-    SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    AgentView, Enroll, Enrolled, Heartbeat, Job, JobResult, Jobs, MAX_RESULT_BYTES, Poll,
 };
-
-type ApiResult<T> = Result<T, ApiError>;
 
 /// Largest body of any agent route but the result: these carry a few small fields.
 const SMALL_BODY: usize = 64 * 1024;
@@ -46,93 +41,19 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/agent/jobs/{id}/release",
             post(release).layer(small),
         )
-        // The body is read by the handler, within MAX_RESULT_BYTES, once the sender is known.
+        // The body is read within MAX_RESULT_BYTES, once the sender is known (SignedAgent).
         .route(
             "/api/v1/agent/jobs/{id}/result",
-            post(result).layer(DefaultBodyLimit::disable()),
+            post(result).layer(DefaultBodyLimit::max(MAX_RESULT_BYTES)),
         )
-}
-
-/// A job id in a path must be one the orchestrator could have made (nothing is looked up or
-/// stored for anything else).
-fn job_id(id: &str) -> ApiResult<()> {
-    if crate::protocol::is_invocation_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such job: a job id is inv_ and 16 hex digits",
-        ))
-    }
-}
-
-fn bad(m: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
-}
-
-/// The agent behind a signed request — or 401, audited.
-async fn signed(
-    state: &AppState,
-    headers: &HeaderMap,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> ApiResult<Agent> {
-    let h = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let agent_id = h(AGENT_HEADER);
-    let (timestamp, nonce, signature) = (h(TIMESTAMP_HEADER), h(NONCE_HEADER), h(SIGNATURE_HEADER));
-    let verified = agents::verify_request(
-        &state.db,
-        &agents::SignedRequest {
-            agent_id: &agent_id,
-            timestamp: &timestamp,
-            nonce: &nonce,
-            signature: &signature,
-            method: method.as_str(),
-            path,
-            body,
-        },
-    )
-    .await;
-    match verified {
-        Ok(agent) => Ok(agent),
-        Err(SignedError::Db(e)) => Err(e.into()),
-        Err(SignedError::Refused(why)) => {
-            // Unauthenticated: recorded as `anonymous`; the claimed agent is detail (bounded).
-            audit::refused(
-                &state.db,
-                "agent.request_refused",
-                path,
-                serde_json::json!({ "why": why, "claimed_agent": agent_id }),
-            )
-            .await?;
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                format!("signed agent request refused: {why}"),
-            ))
-        }
-    }
-}
-
-fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents", security(("bearer" = [])),
     responses((status = 200, body = [AgentView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Caller<Viewer>,
 ) -> ApiResult<Json<Vec<AgentView>>> {
-    actor(&state, &headers, Role::Viewer, "listing agents").await?;
     let all = agents::list(&state.db).await?;
     Ok(Json(
         all.iter()
@@ -150,10 +71,9 @@ pub struct Removed {
     responses((status = 200, body = Removed), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(who, ..): Caller<Admin>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Removed>> {
-    let who = actor(&state, &headers, Role::Admin, "removing an agent").await?;
     let requeued_jobs = agents::delete(&state.db, &id, &who.name).await?;
     state.kick_agents().await;
     Ok(Json(Removed { requeued_jobs }))
@@ -203,13 +123,13 @@ fn invalid(e: crate::protocol::FieldError) -> ApiError {
     responses((status = 201, body = EnrollToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_enroll_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Caller(who, ..): Caller<Admin>,
+    ApiJson(req): ApiJson<NewEnrollToken>,
 ) -> ApiResult<Response> {
-    let who = actor(&state, &headers, Role::Admin, "creating enroll tokens").await?;
-    let req: NewEnrollToken = json_body(&body)?;
     if req.uses == 0 || req.uses > 10_000 || req.ttl_s == 0 || req.ttl_s > 30 * 86_400 {
-        return Err(bad("uses must be 1-10000 and ttl_s 1-2592000"));
+        return Err(ApiError::bad_request(
+            "uses must be 1-10000 and ttl_s 1-2592000",
+        ));
     }
     let scope = agents::TokenScope {
         pools: req.pools,
@@ -230,8 +150,10 @@ pub async fn create_enroll_token(
 
 #[utoipa::path(post, path = "/api/v1/agents/enroll", tag = "agents", request_body = Enroll,
     responses((status = 201, body = Enrolled), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn enroll(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    let req: Enroll = json_body(&body)?;
+pub async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<Enroll>,
+) -> ApiResult<Response> {
     let enrolled = agents::enroll(&state.db, &req).await.map_err(|e| match e {
         agents::EnrollError::Invalid(e) => invalid(e),
         agents::EnrollError::Flow(e) => e.into(),
@@ -239,32 +161,16 @@ pub async fn enroll(State(state): State<AppState>, body: Bytes) -> ApiResult<Res
     Ok((StatusCode::CREATED, Json(enrolled)).into_response())
 }
 
-pub async fn heartbeat(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<StatusCode> {
-    let agent = signed(
-        &state,
-        &headers,
-        &Method::POST,
-        "/api/v1/agent/heartbeat",
-        &body,
-    )
-    .await?;
-    let hb: Heartbeat = json_body(&body)?;
-    agents::heartbeat(&state.db, &agent, &hb).await?;
+pub async fn heartbeat(State(state): State<AppState>, req: SignedAgent) -> ApiResult<StatusCode> {
+    let hb: Heartbeat = req.json()?;
+    agents::heartbeat(&state.db, &req.agent, &hb).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Long-poll: hold the request until a job is assigned to this agent or `wait_ms` passes.
-pub async fn poll(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let agent = signed(&state, &headers, &Method::POST, "/api/v1/agent/poll", &body).await?;
-    let req: Poll = json_body(&body)?;
+pub async fn poll(State(state): State<AppState>, signed: SignedAgent) -> ApiResult<Response> {
+    let req: Poll = signed.json()?;
+    let agent = signed.agent;
     // A poll is a sign of life too (heartbeats are the regular one).
     agents::seen(&state.db, &agent).await?;
     let deadline = Instant::now() + Duration::from_millis(req.wait_ms.min(30_000));
@@ -305,29 +211,21 @@ pub struct Lease {
 
 pub async fn start(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    JobId(id): JobId,
+    req: SignedAgent,
 ) -> ApiResult<StatusCode> {
-    job_id(&id)?;
-    let path = format!("/api/v1/agent/jobs/{id}/start");
-    let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
-    agents::start(&state.db, &agent, &id).await?;
+    agents::start(&state.db, &req.agent, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn renew(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    JobId(id): JobId,
+    req: SignedAgent,
 ) -> ApiResult<Json<Lease>> {
-    job_id(&id)?;
-    let path = format!("/api/v1/agent/jobs/{id}/renew");
-    let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
     let lease_until_ms = agents::renew(
         &state.db,
-        &agent,
+        &req.agent,
         &id,
         state.settings.agent_lease.as_millis() as i64,
     )
@@ -337,14 +235,10 @@ pub async fn renew(
 
 pub async fn release(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    JobId(id): JobId,
+    req: SignedAgent,
 ) -> ApiResult<StatusCode> {
-    job_id(&id)?;
-    let path = format!("/api/v1/agent/jobs/{id}/release");
-    let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
-    agents::release(&state.db, &agent, &id).await?;
+    agents::release(&state.db, &req.agent, &id).await?;
     state.kick_agents().await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -357,37 +251,12 @@ pub struct Ack {
 
 pub async fn result(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Body,
+    JobId(id): JobId,
+    req: SignedAgent,
 ) -> ApiResult<Json<Ack>> {
-    job_id(&id)?;
-    let path = format!("/api/v1/agent/jobs/{id}/result");
-    // A result may be large (a report of up to MAX_REPORT_BYTES): read it only for a sender
-    // that names an enrolled agent; anyone else is refused (and audited) on the headers alone.
-    let sender = headers
-        .get(AGENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if agents::get(&state.db, sender).await?.is_none() {
-        signed(&state, &headers, &Method::POST, &path, &[]).await?;
-    }
-    let body = axum::body::to_bytes(body, crate::protocol::MAX_RESULT_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "a job result is at most {} bytes",
-                    crate::protocol::MAX_RESULT_BYTES
-                ),
-            )
-        })?;
-    let agent = signed(&state, &headers, &Method::POST, &path, &body).await?;
-    let r: JobResult = json_body(&body)?;
+    let r: JobResult = req.json()?;
     r.check().map_err(invalid)?;
-    let status = agents::report(&state.db, &agent, &id, &r).await?;
+    let status = agents::report(&state.db, &req.agent, &id, &r).await?;
     if let Some(report) = &r.report {
         let outcome = report["outcome"].as_str().unwrap_or("trap").to_string();
         state.metrics.job_finished(

@@ -1,27 +1,29 @@
-//! The HTTP API (axum). Handlers return `Result<_, ApiError>`; errors are
-//! `{"error": {"code", "message"}}` (plus `reasons` for a policy refusal) with the right status.
-//! A missing or wrong token is 401, too weak a role 403, and both are audited.
+//! The HTTP API (axum). Handlers are thin: extractors say who is asking ([`Caller`],
+//! [`crate::extract::SignedAgent`]) and parse the body ([`ApiJson`]); the handler calls the
+//! flow and answers. Errors are one [`ApiError`] shape, `{"error": {"code", "message"}}` (plus
+//! `reasons` for a policy refusal) with the right status. A missing or wrong token is 401, too
+//! weak a role 403, and both are audited.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tend_policy::{Decision, Request, Role, Trigger};
 use tokio::sync::Notify;
 
+pub use tend_http::{ApiError, ApiJson, ApiResult, ErrorBody};
+
 use crate::audit;
-use crate::auth::{self, Actor};
 use crate::db::Db;
-use crate::invocation::{self, FlowError, NewInvocation, State as InvState};
+use crate::extract::{Approver, Caller, Operator, TokenCache, Viewer};
+use crate::flow::{self, Submission, SubmitError, Trigger};
+use crate::invocation::{self, FlowError, State as InvState};
 use crate::metrics::Metrics;
-use crate::skills::{Catalog, ResolveError};
+use crate::skills::Catalog;
 use crate::worker::Worker;
 
 /// What the server was started with that handlers need.
@@ -49,7 +51,7 @@ pub struct AppState {
     pub started: Instant,
     /// Wakes long-polling agents when work is assigned.
     pub agents_notify: Arc<Notify>,
-    tokens: Arc<Mutex<HashMap<String, (Instant, Actor)>>>,
+    pub(crate) tokens: Arc<TokenCache>,
 }
 
 impl AppState {
@@ -86,109 +88,6 @@ impl AppState {
             Err(e) => tracing::warn!(error = %e, "dispatching agent jobs failed"),
         }
     }
-
-    /// The policy's view of a target: `local`, `pool:NAME` or `agent:NAME`.
-    async fn resolve_target(&self, target: &str) -> ApiResult<tend_policy::Target> {
-        if target == self.settings.target.name {
-            return Ok(self.settings.target.clone());
-        }
-        let unknown = || {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_target",
-                format!(
-                    "no target {target:?}: use {:?} (this host), pool:NAME or agent:NAME of an enrolled agent",
-                    self.settings.target.name
-                ),
-            )
-        };
-        let (kind, name) = target.split_once(':').ok_or_else(unknown)?;
-        let all = crate::agents::list(&self.db).await?;
-        let members: Vec<_> = all
-            .iter()
-            .filter(|a| match kind {
-                "pool" => a.pools.iter().any(|p| p == name),
-                "agent" => a.name == name || a.id == name,
-                _ => false,
-            })
-            .collect();
-        if members.is_empty() {
-            return Err(unknown());
-        }
-        let floor_of = |a: &crate::agents::Agent| {
-            a.labels
-                .get("env")
-                .and_then(|e| self.settings.env_floors.get(e))
-                .copied()
-                .unwrap_or(tend_policy::Level::L0)
-        };
-        let floor = members
-            .iter()
-            .map(|a| floor_of(a))
-            .max()
-            .unwrap_or(tend_policy::Level::L0);
-        // The most any member would accept: each agent still enforces its own ceiling.
-        let ceiling = members
-            .iter()
-            .filter_map(|a| tend_policy::Level::try_from(a.ceiling.max_level).ok())
-            .max()
-            .unwrap_or(tend_policy::Level::L0);
-        let environment = members
-            .iter()
-            .find_map(|a| a.labels.get("env").cloned())
-            .unwrap_or_else(|| "default".into());
-        Ok(tend_policy::Target {
-            name: target.to_string(),
-            environment,
-            floor,
-            ceiling,
-        })
-    }
-}
-
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub reasons: Option<Vec<String>>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            reasons: None,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasons: Option<Vec<String>>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-                reasons: self.reasons,
-            },
-        };
-        (self.status, Json(body)).into_response()
-    }
 }
 
 impl From<FlowError> for ApiError {
@@ -212,16 +111,6 @@ impl From<crate::db::DbError> for ApiError {
         )
     }
 }
-
-fn bad_json(e: JsonRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        format!("request body: {}", e.body_text()),
-    )
-}
-
-type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -271,86 +160,6 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-/// The caller, at least `min` — or 401/403, audited.
-pub(crate) async fn actor(
-    state: &AppState,
-    headers: &HeaderMap,
-    min: Role,
-    what: &str,
-) -> ApiResult<Actor> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let found = match token {
-        None => None,
-        Some(t) => {
-            let cached = state
-                .tokens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(t)
-                .filter(|(at, _)| at.elapsed() < Duration::from_secs(10))
-                .map(|(_, a)| a.clone());
-            match cached {
-                Some(a) => Some(a),
-                None => {
-                    let a = auth::authenticate(&state.db, t).await?;
-                    if let Some(a) = &a {
-                        state
-                            .tokens
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(t.to_string(), (Instant::now(), a.clone()));
-                    }
-                    a
-                }
-            }
-        }
-    };
-    let Some(actor) = found else {
-        let why = if token.is_some() {
-            "unknown token"
-        } else {
-            "no token"
-        };
-        audit::refused(
-            &state.db,
-            "auth.refused",
-            what,
-            serde_json::json!({ "why": why }),
-        )
-        .await?;
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            format!("{why}: send `Authorization: Bearer <token>` (tend token create)"),
-        ));
-    };
-    if actor.role < min {
-        audit::append(
-            &state.db,
-            &actor.name,
-            "auth.forbidden",
-            what,
-            serde_json::json!({ "role": actor.role.as_str(), "needs": min.as_str() }),
-        )
-        .await?;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{} has role {}; {what} needs {} or above",
-                actor.name,
-                actor.role.as_str(),
-                min.as_str()
-            ),
-        ));
-    }
-    Ok(actor)
-}
-
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the database answers", body = String), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     match sqlx::query("SELECT 1").execute(&state.db.pool).await {
@@ -387,174 +196,59 @@ pub struct Status {
 }
 
 #[utoipa::path(get, path = "/api/v1/status", tag = "health", security(("bearer" = [])), responses((status = 200, body = Status), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-async fn status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Status>> {
-    actor(&state, &headers, Role::Viewer, "status").await?;
-    Ok(Json(Status {
+async fn status(State(state): State<AppState>, _: Caller<Viewer>) -> Json<Status> {
+    Json(Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         database: format!("{:?}", state.db.backend).to_lowercase(),
         uptime_s: state.started.elapsed().as_secs(),
         target: state.settings.target.name.clone(),
         worker: state.worker.owner.clone(),
-    }))
+    })
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Submit {
-    pub skill: String,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub target: Option<String>,
-    #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
-    pub input: serde_json::Value,
-    pub reason: String,
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            SubmitError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            SubmitError::InputTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "input_too_large"),
+            SubmitError::FieldTooLong { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "field_too_long")
+            }
+            SubmitError::InvalidTarget(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_target"),
+            SubmitError::UnknownTarget(_) => (StatusCode::NOT_FOUND, "unknown_target"),
+            SubmitError::UnknownSkill(_) => (StatusCode::NOT_FOUND, "unknown_skill"),
+            SubmitError::NotTrusted(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_trusted"),
+            SubmitError::Registry(_) => (StatusCode::BAD_GATEWAY, "registry_unavailable"),
+            SubmitError::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+            SubmitError::Denied { reasons, .. } => {
+                return ApiError::new(StatusCode::FORBIDDEN, "policy_denied", message)
+                    .with_reasons(reasons.clone());
+            }
+            SubmitError::Flow(_) => {
+                let SubmitError::Flow(e) = e else {
+                    unreachable!("matched above")
+                };
+                return e.into();
+            }
+        };
+        ApiError::new(status, code, message)
+    }
 }
 
 /// Submit an invocation: resolved and verified through the registry, input checked against
 /// the skill's schema, then decided: queued (201), pending approval (201) or refused (403).
-#[utoipa::path(post, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), request_body = Submit,
+#[utoipa::path(post, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), request_body = Submission,
     responses((status = 201, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<Submit>, JsonRejection>,
+    Caller(who, ..): Caller<Viewer>,
+    ApiJson(request): ApiJson<Submission>,
 ) -> ApiResult<Response> {
-    let who = actor(&state, &headers, Role::Viewer, "invoking a skill").await?;
-    let Json(req) = body.map_err(bad_json)?;
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
-    check_submit_bounds(&req)?;
-    tend_manifest::SkillName::parse(&req.skill).map_err(|e| bad(format!("`skill`: {e}")))?;
-    if let Some(v) = &req.version
-        && semver::Version::parse(v).is_err()
-    {
-        return Err(bad(format!("`version` {v:?} is not a semantic version")));
-    }
-    if req.reason.trim().is_empty() {
-        return Err(bad("`reason` must say why this invocation is wanted".into()));
-    }
-    let target = req
-        .target
-        .unwrap_or_else(|| state.settings.target.name.clone());
-    let policy_target = state.resolve_target(&target).await?;
-    let skill = state
-        .catalog
-        .resolve(&req.skill, req.version.as_deref())
-        .await
-        .map_err(|e| match e {
-            ResolveError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "unknown_skill", m),
-            ResolveError::Untrusted(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_trusted", m)
-            }
-            ResolveError::Registry(m) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "registry_unavailable", m)
-            }
-        })?;
-    if let Some(schema) = &skill.input_schema {
-        let errors: Vec<String> = schema
-            .iter_errors(&req.input)
-            .take(3)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        if !errors.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                format!(
-                    "input does not match the input schema of {} {}: {}",
-                    skill.name,
-                    skill.version,
-                    errors.join("; ")
-                ),
-            ));
-        }
-    }
-    let verdict = {
-        let _span = tracing::info_span!("decide", skill = %skill.name).entered();
-        tend_policy::decide(&Request {
-            skill: skill.name.clone(),
-            declared: tend_policy::Level::try_from(skill.manifest.skill.level)
-                .unwrap_or(tend_policy::Level::L3),
-            grants: skill.manifest.grants(),
-            target: policy_target,
-            trigger: Trigger::Human,
-            requester: who.name.clone(),
-            role: who.role,
-        })
-    };
-    let decision = match &verdict.decision {
-        Decision::Allow => "allow",
-        Decision::NeedsApproval { .. } => "needs_approval",
-        Decision::Deny(_) => "deny",
-    };
-    state.metrics.decision(decision);
-    if let Decision::Deny(why) = &verdict.decision {
-        audit::append(
-            &state.db,
-            &who.name,
-            "invocation.denied",
-            &skill.name,
-            serde_json::json!({
-                "skill": skill.name, "version": skill.version, "target": target,
-                "reason": req.reason, "decision": verdict.explain(),
-            }),
-        )
-        .await?;
-        let mut e = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "policy_denied",
-            format!("refused by policy: {why}"),
-        );
-        e.reasons = Some(verdict.explain());
-        return Err(e);
-    }
-    // Compile (or load precompiled) now, off the request path, so the run compiles nothing.
-    {
-        let worker = state.worker.clone();
-        let skill = skill.clone();
-        tokio::spawn(async move {
-            if let Err(e) = worker.prepare(&skill).await {
-                tracing::warn!(skill = %skill.name, error = %e, "precompiling failed");
-            }
-        });
-    }
-    let inv = invocation::create(
-        &state.db,
-        NewInvocation {
-            skill: &skill,
-            target: &target,
-            input: req.input,
-            reason: &req.reason,
-            requester: &who,
-            verdict: &verdict,
-            approval_ttl_ms: state.settings.approval_ttl.as_millis() as i64,
-        },
-    )
-    .await?;
-    if inv.state == InvState::Queued {
-        if inv.target == state.settings.target.name {
-            state.notify.notify_waiters();
-        } else {
-            state.kick_agents_for(Some(&inv.id)).await;
-        }
-    }
+    let inv = flow::submit(&state, Trigger::Api, &who, request).await?;
     Ok((StatusCode::CREATED, Json(inv)).into_response())
 }
-
-/// Largest stored invocation input (bytes of JSON text).
-pub const MAX_INPUT: usize = 64 * 1024;
-/// Longest `reason` and reject `comment` (bytes).
-pub const MAX_REASON: usize = 1024;
-/// Longest target name (`pool:NAME`, `agent:NAME`).
-pub const MAX_TARGET: usize = 160;
-/// Longest `version`.
-pub const MAX_VERSION: usize = 64;
 
 fn too_long(field: &str, len: usize, max: usize) -> ApiError {
     ApiError::new(
@@ -564,54 +258,26 @@ fn too_long(field: &str, len: usize, max: usize) -> ApiError {
     )
 }
 
-/// Every field of a submission that is stored is bounded before anything is resolved or
-/// written: 413 for an oversize input, 422 naming the field otherwise.
-fn check_submit_bounds(req: &Submit) -> ApiResult<()> {
-    let input = req.input.to_string().len();
-    if input > MAX_INPUT {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "input_too_large",
-            format!("`input` is {input} bytes of JSON; at most {MAX_INPUT} are accepted"),
-        ));
-    }
-    if req.reason.len() > MAX_REASON {
-        return Err(too_long("reason", req.reason.len(), MAX_REASON));
-    }
-    if let Some(v) = &req.version
-        && v.len() > MAX_VERSION
-    {
-        return Err(too_long("version", v.len(), MAX_VERSION));
-    }
-    if let Some(t) = &req.target {
-        if t.len() > MAX_TARGET {
-            return Err(too_long("target", t.len(), MAX_TARGET));
-        }
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:@".contains(c);
-        if t.is_empty() || !t.chars().all(allowed) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_target",
-                format!(
-                    "`target` {:?} may only hold letters, digits and - _ . : @",
-                    audit::safe_field(t, 64)
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// An invocation id from the path: anything longer is not one of ours (404, not echoed).
-fn check_id(id: &str) -> ApiResult<()> {
-    if id.len() > 64 {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such invocation",
-        ));
+#[derive(Debug)]
+struct InvocationId(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for InvocationId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> ApiResult<Self> {
+        let not_found = || ApiError::not_found("not_found", "no such invocation");
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found())?;
+        if id.len() > 64 {
+            return Err(not_found());
+        }
+        Ok(InvocationId(id))
     }
-    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -638,19 +304,15 @@ pub struct AuditPage {
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Caller<Viewer>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<InvocationList>> {
-    actor(&state, &headers, Role::Viewer, "listing invocations").await?;
     let filter = match q.state.as_deref() {
         None => None,
-        Some(s) => Some(InvState::parse(s).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("unknown state {s:?}"),
-            )
-        })?),
+        Some(s) => Some(
+            InvState::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?}")))?,
+        ),
     };
     let items = invocation::list(&state.db, filter, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     Ok(Json(InvocationList { invocations: items }))
@@ -660,11 +322,9 @@ async fn list(
     responses((status = 200, body = invocation::Invocation), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    _: Caller<Viewer>,
+    InvocationId(id): InvocationId,
 ) -> ApiResult<Json<invocation::Invocation>> {
-    actor(&state, &headers, Role::Viewer, "reading an invocation").await?;
-    check_id(&id)?;
     Ok(Json(invocation::get(&state.db, &id).await?))
 }
 
@@ -681,13 +341,10 @@ pub struct ApproveBody {
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn approve(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Result<Json<ApproveBody>, JsonRejection>,
+    Caller(who, ..): Caller<Approver>,
+    InvocationId(id): InvocationId,
+    ApiJson(body): ApiJson<ApproveBody>,
 ) -> ApiResult<Json<invocation::Invocation>> {
-    let who = actor(&state, &headers, Role::Approver, "approving").await?;
-    check_id(&id)?;
-    let Json(body) = body.map_err(bad_json)?;
     if body.invocation_digest.len() > 128 {
         return Err(too_long(
             "invocation_digest",
@@ -719,15 +376,13 @@ pub struct RejectBody {
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn reject(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    Caller(who, ..): Caller<Approver>,
+    InvocationId(id): InvocationId,
     body: Option<Json<RejectBody>>,
 ) -> ApiResult<Json<invocation::Invocation>> {
-    let who = actor(&state, &headers, Role::Approver, "rejecting").await?;
-    check_id(&id)?;
     let comment = body.map(|Json(b)| b.comment).unwrap_or_default();
-    if comment.len() > MAX_REASON {
-        return Err(too_long("comment", comment.len(), MAX_REASON));
+    if comment.len() > flow::MAX_REASON {
+        return Err(too_long("comment", comment.len(), flow::MAX_REASON));
     }
     Ok(Json(
         invocation::reject(&state.db, &id, &who, &comment).await?,
@@ -739,11 +394,9 @@ async fn reject(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    Caller(who, ..): Caller<Operator>,
+    InvocationId(id): InvocationId,
 ) -> ApiResult<Json<invocation::Invocation>> {
-    let who = actor(&state, &headers, Role::Operator, "cancelling").await?;
-    check_id(&id)?;
     Ok(Json(invocation::cancel(&state.db, &id, &who).await?))
 }
 
@@ -760,10 +413,9 @@ struct AuditQuery {
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn audit_list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Caller<Viewer>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    actor(&state, &headers, Role::Viewer, "reading the audit trail").await?;
     let events = audit::list(
         &state.db,
         q.after.unwrap_or(0).max(0),
@@ -778,8 +430,7 @@ async fn audit_list(
     responses((status = 200, body = audit::Head), (status = 401, body = ErrorBody)))]
 async fn audit_head(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Caller<Viewer>,
 ) -> ApiResult<Json<audit::Head>> {
-    actor(&state, &headers, Role::Viewer, "reading the audit head").await?;
     Ok(Json(audit::head(&state.db).await?))
 }

@@ -61,7 +61,8 @@ const SCHEMA: &[&str] = &[
         result TEXT,
         kind TEXT NOT NULL DEFAULT 'diagnose',
         assigned_agent TEXT,
-        run_started_ms BIGINT
+        run_started_ms BIGINT,
+        trigger TEXT NOT NULL DEFAULT 'api'
     )",
     "CREATE INDEX IF NOT EXISTS invocations_state ON invocations (state, created_ms)",
     "CREATE TABLE IF NOT EXISTS approvals (

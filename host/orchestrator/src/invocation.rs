@@ -67,6 +67,8 @@ pub struct NewInvocation<'a> {
     pub requester: &'a Actor,
     pub verdict: &'a Verdict,
     pub approval_ttl_ms: i64,
+    /// What started it (recorded with it and in the audit trail).
+    pub trigger: crate::flow::Trigger,
 }
 
 pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowError> {
@@ -87,7 +89,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     let digest = invocation_digest(new.skill, new.target, &new.input, expires);
     let mut tx = db.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
     .bind(&id)
     .bind(&new.skill.name)
@@ -106,6 +108,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     .bind(expires)
     .bind((state == State::Queued).then_some(now))
     .bind(new.skill.manifest.skill.kind.to_string())
+    .bind(new.trigger.as_str())
     .execute(&mut *tx)
     .await?;
     audit::append_tx(
@@ -116,6 +119,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         serde_json::json!({
             "skill": new.skill.name, "version": new.skill.version, "digest": new.skill.digest,
             "target": new.target, "reason": new.reason, "state": state.as_str(),
+            "trigger": new.trigger.as_str(),
             "level": u8::from(new.verdict.level), "approvals_required": required,
             "invocation_digest": digest, "decision": new.verdict.explain(),
         }),
@@ -131,6 +135,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         input: new.input,
         reason: new.reason.to_string(),
         requester: new.requester.name.clone(),
+        trigger: new.trigger.as_str().to_string(),
         level: u8::from(new.verdict.level),
         approvals_required: required,
         invocation_digest: digest,
@@ -160,6 +165,7 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         input: serde_json::from_str(&input).unwrap_or(serde_json::Value::Null),
         reason: r.try_get("reason")?,
         requester: r.try_get("requester")?,
+        trigger: r.try_get("trigger")?,
         level: r.try_get::<i64, _>("level")? as u8,
         approvals_required: r.try_get::<i64, _>("approvals_required")? as u8,
         invocation_digest: r.try_get("invocation_digest")?,

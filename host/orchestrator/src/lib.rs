@@ -14,7 +14,9 @@
 //! - [`invocation`]: the state machine, approvals, claims.
 //! - [`worker`]: the local worker.
 //! - [`audit`]: the hash chain and its verification.
-//! - [`api`]: the axum routes; [`metrics`]: `/metrics`.
+//! - [`flow`]: the one submit flow every trigger calls.
+//! - [`api`] + [`agent_api`]: the axum routes, thin; [`extract`]: who is asking (callers with
+//!   roles, signed agents); [`metrics`]: `/metrics`.
 
 pub mod agent_api;
 pub mod agents;
@@ -22,6 +24,8 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod db;
+pub mod extract;
+pub mod flow;
 pub mod invocation;
 pub mod metrics;
 pub use tend_protocol as protocol;

@@ -67,6 +67,9 @@ pub struct Invocation {
     pub input: serde_json::Value,
     pub reason: String,
     pub requester: String,
+    /// What started it: `api`, `cli`, `webhook`, `console`, `mcp` or `schedule`.
+    #[serde(default = "api")]
+    pub trigger: String,
     pub level: u8,
     pub approvals_required: u8,
     pub invocation_digest: String,
@@ -81,6 +84,10 @@ pub struct Invocation {
     /// The execution report, once it ran.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub result: Option<serde_json::Value>,
+}
+
+fn api() -> String {
+    "api".to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,289 @@
+//! Who is asking, as axum extractors, so a handler reads as the decision it makes:
+//!
+//! - [`Caller<R>`]: a person or script with a bearer token whose role is at least `R`
+//!   ([`Viewer`], [`Operator`], [`Approver`], [`Admin`]) — or 401/403, audited.
+//! - [`SignedAgent`]: an enrolled agent whose request is signed over the method, the path it
+//!   was sent to and the body — or 401, audited. The path is read from the request, never
+//!   retyped per route, so what is checked is what was signed.
+//! - [`JobId`]: a job id in the path that the orchestrator could have made (404 otherwise,
+//!   before anything is looked up).
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use axum::RequestExt as _;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use tend_http::{ApiError, ApiResult};
+use tend_policy::Role;
+
+use crate::agents::{self, Agent, SignedError};
+use crate::api::AppState;
+use crate::audit;
+use crate::auth::{self, Actor};
+use crate::protocol::{AGENT_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+/// The least role a route needs, as a type.
+pub trait MinRole: Send + Sync + 'static {
+    const ROLE: Role;
+}
+
+#[derive(Debug)]
+pub struct Viewer;
+#[derive(Debug)]
+pub struct Operator;
+#[derive(Debug)]
+pub struct Approver;
+#[derive(Debug)]
+pub struct Admin;
+
+impl MinRole for Viewer {
+    const ROLE: Role = Role::Viewer;
+}
+impl MinRole for Operator {
+    const ROLE: Role = Role::Operator;
+}
+impl MinRole for Approver {
+    const ROLE: Role = Role::Approver;
+}
+impl MinRole for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// An authenticated caller whose role is at least `R::ROLE`.
+#[derive(Debug)]
+pub struct Caller<R: MinRole>(pub Actor, pub PhantomData<R>);
+
+impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let what = route_of(parts);
+        let actor = authorize(state, &parts.headers, R::ROLE, &what).await?;
+        Ok(Caller(actor, PhantomData))
+    }
+}
+
+/// `METHOD /route/{template}`: what a caller asked for, as the audit trail names it (the
+/// template, not the raw path, so nothing a caller typed reaches the subject).
+fn route_of(parts: &Parts) -> String {
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or("(unmatched)", MatchedPath::as_str);
+    format!("{} {route}", parts.method)
+}
+
+/// The caller, at least `min` — or 401/403, audited (a refusal without a known token is
+/// recorded as `anonymous`).
+pub async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    min: Role,
+    what: &str,
+) -> ApiResult<Actor> {
+    let token = tend_http::bearer_token(headers).ok().flatten();
+    let found = match token {
+        None => None,
+        Some(t) => match state.tokens.get(t) {
+            Some(a) => Some(a),
+            None => {
+                let a = auth::authenticate(&state.db, t).await?;
+                if let Some(a) = &a {
+                    state.tokens.put(t, a.clone());
+                }
+                a
+            }
+        },
+    };
+    let Some(actor) = found else {
+        let why = if token.is_some() {
+            "unknown token"
+        } else {
+            "no token"
+        };
+        audit::refused(
+            &state.db,
+            "auth.refused",
+            what,
+            serde_json::json!({ "why": why }),
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            format!("{why}: send `Authorization: Bearer <token>` (tend token create)"),
+        ));
+    };
+    if actor.role < min {
+        audit::append(
+            &state.db,
+            &actor.name,
+            "auth.forbidden",
+            what,
+            serde_json::json!({ "role": actor.role.as_str(), "needs": min.as_str() }),
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} has role {}; {what} needs {} or above",
+                actor.name,
+                actor.role.as_str(),
+                min.as_str()
+            ),
+        ));
+    }
+    Ok(actor)
+}
+
+/// Recently authenticated tokens (10 s), so a busy caller does not hash and look up its token
+/// on every request; a revoked token stops working within that time.
+#[derive(Debug, Default)]
+pub struct TokenCache(std::sync::Mutex<std::collections::HashMap<String, (Instant, Actor)>>);
+
+impl TokenCache {
+    const TTL: Duration = Duration::from_secs(10);
+    const MAX: usize = 10_000;
+
+    fn get(&self, token: &str) -> Option<Actor> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, a)| a.clone())
+    }
+
+    fn put(&self, token: &str, actor: Actor) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+        }
+        map.insert(token.to_string(), (Instant::now(), actor));
+    }
+}
+
+/// A job id from the path: `inv_` and 16 hex digits, or 404 (not echoed, nothing looked up).
+#[derive(Debug)]
+pub struct JobId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_a_job())?;
+        if crate::protocol::is_invocation_id(&id) {
+            Ok(JobId(id))
+        } else {
+            Err(not_a_job())
+        }
+    }
+}
+
+fn not_a_job() -> ApiError {
+    ApiError::not_found(
+        "not_found",
+        "no such job: a job id is inv_ and 16 hex digits",
+    )
+}
+
+/// An enrolled agent's signed request and its body. The body is read only once the sender
+/// names an enrolled agent (anyone else is refused on the headers alone), within the route's
+/// body limit (413 beyond it).
+#[derive(Debug)]
+pub struct SignedAgent {
+    pub agent: Agent,
+    pub body: Bytes,
+}
+
+impl SignedAgent {
+    /// The body as `T`, or 400 naming what was wrong.
+    pub fn json<T: DeserializeOwned>(&self) -> ApiResult<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+    }
+}
+
+impl FromRequest<AppState> for SignedAgent {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let headers = req.headers().clone();
+        let sender = header(&headers, AGENT_HEADER);
+        if agents::get(&state.db, &sender).await?.is_none() {
+            // Refused (and audited) as an unknown agent without reading a byte of the body.
+            verify(state, &headers, &method, &path, &[]).await?;
+        }
+        let body = axum::body::to_bytes(req.into_limited_body(), usize::MAX)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request body: {e}"),
+                )
+            })?;
+        let agent = verify(state, &headers, &method, &path, &body).await?;
+        Ok(SignedAgent { agent, body })
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The agent behind a signed request — or 401, audited.
+async fn verify(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> ApiResult<Agent> {
+    let agent_id = header(headers, AGENT_HEADER);
+    let verified = agents::verify_request(
+        &state.db,
+        &agents::SignedRequest {
+            agent_id: &agent_id,
+            timestamp: &header(headers, TIMESTAMP_HEADER),
+            nonce: &header(headers, NONCE_HEADER),
+            signature: &header(headers, SIGNATURE_HEADER),
+            method,
+            path,
+            body,
+        },
+    )
+    .await;
+    match verified {
+        Ok(agent) => Ok(agent),
+        Err(SignedError::Db(e)) => Err(e.into()),
+        Err(SignedError::Refused(why)) => {
+            // Unauthenticated: recorded as `anonymous`; the claimed agent is detail (bounded).
+            audit::refused(
+                &state.db,
+                "agent.request_refused",
+                path,
+                serde_json::json!({ "why": why, "claimed_agent": agent_id }),
+            )
+            .await?;
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                format!("signed agent request refused: {why}"),
+            ))
+        }
+    }
+}

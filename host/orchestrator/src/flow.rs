@@ -1,0 +1,342 @@
+//! The one submit flow. Every way of starting an invocation — the HTTP API, the CLI, an
+//! Alertmanager webhook, the console, an MCP tool call, a schedule — calls [`submit`]:
+//!
+//! validate → resolve and verify the skill → check the input schema → decide → audit →
+//! precompile → store → notify.
+//!
+//! It knows nothing of HTTP: it takes the services, the trigger, the caller and the request,
+//! and returns the recorded [`Invocation`] or a typed [`SubmitError`] (the API turns that into
+//! a status; another trigger into whatever it speaks). The trigger is recorded with the
+//! invocation and in its audit event.
+
+use serde::Deserialize;
+use tend_policy::{Decision, Request};
+
+use crate::api::AppState;
+use crate::audit;
+use crate::auth::Actor;
+use crate::invocation::{self, FlowError, Invocation, NewInvocation, State};
+use crate::skills::ResolveError;
+
+/// What started an invocation. Recorded with it and in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A request to the HTTP API.
+    Api,
+    /// The `tend` command line.
+    Cli,
+    /// An Alertmanager webhook (an incident).
+    Webhook,
+    /// The web console.
+    Console,
+    /// An MCP tool call.
+    Mcp,
+    /// A schedule.
+    Schedule,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 6] = [
+        Trigger::Api,
+        Trigger::Cli,
+        Trigger::Webhook,
+        Trigger::Console,
+        Trigger::Mcp,
+        Trigger::Schedule,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Cli => "cli",
+            Trigger::Webhook => "webhook",
+            Trigger::Console => "console",
+            Trigger::Mcp => "mcp",
+            Trigger::Schedule => "schedule",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Trigger::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// How the policy sees it. Every trigger today acts for a person; a healing policy's
+    /// trigger (with its `auto_heal`) comes with the healing loop.
+    fn policy(self) -> tend_policy::Trigger {
+        tend_policy::Trigger::Human
+    }
+}
+
+/// A request to run a skill.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    pub skill: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// `local` (this host), `pool:NAME` or `agent:NAME`; default `local`.
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// Why this invocation is wanted (recorded in the audit trail).
+    pub reason: String,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// Largest stored invocation input (bytes of JSON text).
+pub const MAX_INPUT: usize = 64 * 1024;
+/// Longest `reason` and reject `comment` (bytes).
+pub const MAX_REASON: usize = 1024;
+/// Longest target name (`pool:NAME`, `agent:NAME`).
+pub const MAX_TARGET: usize = 160;
+/// Longest `version`.
+pub const MAX_VERSION: usize = 64;
+
+/// Why a submission was not recorded. Nothing is stored for any of these but `Denied`, which
+/// is audited.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("`input` is {0} bytes of JSON; at most {MAX_INPUT} are accepted")]
+    InputTooLarge(usize),
+    #[error("`{field}` is {len} bytes; at most {max} are accepted")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("`target` {0:?} may only hold letters, digits and - _ . : @")]
+    InvalidTarget(String),
+    #[error("{0}")]
+    UnknownTarget(String),
+    #[error("{0}")]
+    UnknownSkill(String),
+    #[error("{0}")]
+    NotTrusted(String),
+    #[error("{0}")]
+    Registry(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("refused by policy: {why}")]
+    Denied { why: String, reasons: Vec<String> },
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+}
+
+impl From<crate::db::DbError> for SubmitError {
+    fn from(e: crate::db::DbError) -> Self {
+        SubmitError::Flow(FlowError::Db(e))
+    }
+}
+
+/// Submit an invocation for `caller`, started by `trigger`: the whole flow, in order.
+pub async fn submit(
+    services: &AppState,
+    trigger: Trigger,
+    caller: &Actor,
+    request: Submission,
+) -> Result<Invocation, SubmitError> {
+    validate(&request)?;
+    let target = request
+        .target
+        .clone()
+        .unwrap_or_else(|| services.settings.target.name.clone());
+    let policy_target = resolve_target(services, &target).await?;
+    let skill = services
+        .catalog
+        .resolve(&request.skill, request.version.as_deref())
+        .await
+        .map_err(|e| match e {
+            ResolveError::NotFound(m) => SubmitError::UnknownSkill(m),
+            ResolveError::Untrusted(m) => SubmitError::NotTrusted(m),
+            ResolveError::Registry(m) => SubmitError::Registry(m),
+        })?;
+    if let Some(schema) = &skill.input_schema {
+        let errors: Vec<String> = schema
+            .iter_errors(&request.input)
+            .take(3)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        if !errors.is_empty() {
+            return Err(SubmitError::InvalidInput(format!(
+                "input does not match the input schema of {} {}: {}",
+                skill.name,
+                skill.version,
+                errors.join("; ")
+            )));
+        }
+    }
+    let verdict = {
+        let _span = tracing::info_span!("decide", skill = %skill.name).entered();
+        tend_policy::decide(&Request {
+            skill: skill.name.clone(),
+            declared: skill.manifest.declared_level(),
+            grants: skill.manifest.grants(),
+            target: policy_target,
+            trigger: trigger.policy(),
+            requester: caller.name.clone(),
+            role: caller.role,
+        })
+    };
+    services.metrics.decision(match &verdict.decision {
+        Decision::Allow => "allow",
+        Decision::NeedsApproval { .. } => "needs_approval",
+        Decision::Deny(_) => "deny",
+    });
+    if let Decision::Deny(why) = &verdict.decision {
+        audit::append(
+            &services.db,
+            &caller.name,
+            "invocation.denied",
+            &skill.name,
+            serde_json::json!({
+                "skill": skill.name, "version": skill.version, "target": target,
+                "reason": request.reason, "trigger": trigger.as_str(),
+                "decision": verdict.explain(),
+            }),
+        )
+        .await?;
+        return Err(SubmitError::Denied {
+            why: why.to_string(),
+            reasons: verdict.explain(),
+        });
+    }
+    // Compile (or load precompiled) now, off the request path, so the run compiles nothing.
+    {
+        let worker = services.worker.clone();
+        let skill = skill.clone();
+        tokio::spawn(async move {
+            if let Err(e) = worker.prepare(&skill).await {
+                tracing::warn!(skill = %skill.name, error = %e, "precompiling failed");
+            }
+        });
+    }
+    let inv = invocation::create(
+        &services.db,
+        NewInvocation {
+            skill: &skill,
+            target: &target,
+            input: request.input,
+            reason: &request.reason,
+            requester: caller,
+            verdict: &verdict,
+            approval_ttl_ms: services.settings.approval_ttl.as_millis() as i64,
+            trigger,
+        },
+    )
+    .await?;
+    if inv.state == State::Queued {
+        if inv.target == services.settings.target.name {
+            services.notify.notify_waiters();
+        } else {
+            services.kick_agents_for(Some(&inv.id)).await;
+        }
+    }
+    Ok(inv)
+}
+
+/// Everything checkable without I/O, before anything is resolved or written: every stored
+/// field is bounded, and the name and version are well-formed.
+fn validate(req: &Submission) -> Result<(), SubmitError> {
+    let input = req.input.to_string().len();
+    if input > MAX_INPUT {
+        return Err(SubmitError::InputTooLarge(input));
+    }
+    let too_long = |field, len, max| SubmitError::FieldTooLong { field, len, max };
+    if req.reason.len() > MAX_REASON {
+        return Err(too_long("reason", req.reason.len(), MAX_REASON));
+    }
+    if let Some(v) = &req.version
+        && v.len() > MAX_VERSION
+    {
+        return Err(too_long("version", v.len(), MAX_VERSION));
+    }
+    if let Some(t) = &req.target {
+        if t.len() > MAX_TARGET {
+            return Err(too_long("target", t.len(), MAX_TARGET));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:@".contains(c);
+        if t.is_empty() || !t.chars().all(allowed) {
+            return Err(SubmitError::InvalidTarget(audit::safe_field(t, 64)));
+        }
+    }
+    tend_manifest::SkillName::parse(&req.skill)
+        .map_err(|e| SubmitError::BadRequest(format!("`skill`: {e}")))?;
+    if let Some(v) = &req.version
+        && semver::Version::parse(v).is_err()
+    {
+        return Err(SubmitError::BadRequest(format!(
+            "`version` {v:?} is not a semantic version"
+        )));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(SubmitError::BadRequest(
+            "`reason` must say why this invocation is wanted".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The policy's view of a target: `local`, `pool:NAME` or `agent:NAME`.
+async fn resolve_target(
+    services: &AppState,
+    target: &str,
+) -> Result<tend_policy::Target, SubmitError> {
+    let settings = &services.settings;
+    if target == settings.target.name {
+        return Ok(settings.target.clone());
+    }
+    let unknown = || {
+        SubmitError::UnknownTarget(format!(
+            "no target {target:?}: use {:?} (this host), pool:NAME or agent:NAME of an enrolled agent",
+            settings.target.name
+        ))
+    };
+    let (kind, name) = target.split_once(':').ok_or_else(unknown)?;
+    let all = crate::agents::list(&services.db).await?;
+    let members: Vec<_> = all
+        .iter()
+        .filter(|a| match kind {
+            "pool" => a.pools.iter().any(|p| p == name),
+            "agent" => a.name == name || a.id == name,
+            _ => false,
+        })
+        .collect();
+    if members.is_empty() {
+        return Err(unknown());
+    }
+    let floor_of = |a: &crate::agents::Agent| {
+        a.labels
+            .get("env")
+            .and_then(|e| settings.env_floors.get(e))
+            .copied()
+            .unwrap_or(tend_policy::Level::L0)
+    };
+    let floor = members
+        .iter()
+        .map(|a| floor_of(a))
+        .max()
+        .unwrap_or(tend_policy::Level::L0);
+    // The most any member would accept: each agent still enforces its own ceiling.
+    let ceiling = members
+        .iter()
+        .filter_map(|a| tend_policy::Level::try_from(a.ceiling.max_level).ok())
+        .max()
+        .unwrap_or(tend_policy::Level::L0);
+    let environment = members
+        .iter()
+        .find_map(|a| a.labels.get("env").cloned())
+        .unwrap_or_else(|| "default".into());
+    Ok(tend_policy::Target {
+        name: target.to_string(),
+        environment,
+        floor,
+        ceiling,
+    })
+}
