@@ -45,17 +45,21 @@ ensure_js_sdk() {
 # against its manifest and precompiled). $1: the tend binary.
 # The agent depends on the protocol crate, never on the orchestrator: its dependency tree must
 # hold no HTTP server, no SQL and no orchestrator (wasmtime is expected: it runs skills).
+# The same holds for the agent-only `tend` binary (`--no-default-features --features agent`).
 check_agent_tree() {
-    local tree bad=()
-    tree=$(cargo tree -p tend-agent -e normal --prefix none | sed 's/ v.*//' | sort -u)
-    for crate in axum sqlx sqlx-core utoipa oci-client tend-orchestrator; do
-        if grep -qx "$crate" <<<"$tree"; then bad+=("$crate"); fi
+    local tree bad=() what
+    for what in "-p tend-agent" "-p tend-cli --no-default-features --features agent"; do
+        # shellcheck disable=SC2086
+        tree=$(cargo tree $what -e normal --prefix none | sed 's/ v.*//' | sort -u)
+        for crate in axum sqlx sqlx-core utoipa oci-client tend-orchestrator; do
+            if grep -qx "$crate" <<<"$tree"; then bad+=("$crate"); fi
+        done
+        if ((${#bad[@]})); then
+            echo "cargo tree $what must not contain: ${bad[*]} (see: cargo tree $what -i ${bad[0]})" >&2
+            return 1
+        fi
+        echo "cargo tree $what: no axum, sqlx, utoipa, OCI client or orchestrator"
     done
-    if ((${#bad[@]})); then
-        echo "tend-agent must not depend on: ${bad[*]} (see: cargo tree -p tend-agent -i ${bad[0]})" >&2
-        return 1
-    fi
-    echo "tend-agent's dependency tree has no axum, sqlx, utoipa, OCI client or orchestrator"
 }
 
 build_catalog() {

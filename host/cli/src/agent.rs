@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tend_protocol::{CAPABILITY_KINDS, Ceiling};
 
+#[cfg(feature = "orchestrator")]
 use crate::orchestrator::DatabaseArgs;
 use crate::{CacheArgs, Failure};
 
@@ -43,6 +44,7 @@ pub enum AgentCommand {
         grace: Duration,
     },
     /// Enroll tokens (written to the orchestrator's database directly)
+    #[cfg(feature = "orchestrator")]
     #[command(subcommand)]
     Token(EnrollTokenCommand),
     /// Write a hardened systemd unit for `tend agent run` and say how to enable it
@@ -96,6 +98,7 @@ pub struct EnrollArgs {
     dir: Option<PathBuf>,
 }
 
+#[cfg(feature = "orchestrator")]
 #[derive(Debug, clap::Subcommand)]
 pub enum EnrollTokenCommand {
     /// Create an enroll token: usable --uses times until --ttl has passed, placing agents in
@@ -200,6 +203,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             eprintln!("tend agent stopped");
             Ok(0)
         }
+        #[cfg(feature = "orchestrator")]
         AgentCommand::Token(EnrollTokenCommand::Create {
             database,
             uses,

@@ -6,12 +6,35 @@
 //! and the host agent (`tend-agent`). Exit status: 0 ok, 1 the skill reported
 //! an error, 2 bad usage or input, 3 the sandbox stopped the skill (a limit or a trap), 4 the
 //! host itself failed.
+//!
+//! Cargo features per role (all on by default): `agent`, `orchestrator`, `registry` (the
+//! registry service and the OCI client) and `authoring` (new, build, sign, publish, keys,
+//! bench). `cargo build -p tend-cli --no-default-features --features agent` is an agent that
+//! links no SQL, no HTTP server, no OpenAPI and no OCI client; `run`, `skill pull`, `verify`
+//! and `inspect` are in every build.
+
+// A build with fewer roles leaves helpers of the others unused; the full build (CI's clippy
+// with -D warnings) still flags anything truly dead.
+#![cfg_attr(
+    not(all(
+        feature = "agent",
+        feature = "orchestrator",
+        feature = "registry",
+        feature = "authoring"
+    )),
+    allow(unused_imports, dead_code)
+)]
 
 mod admit;
+#[cfg(feature = "agent")]
 mod agent;
+#[cfg(feature = "authoring")]
 mod bench;
+#[cfg(feature = "authoring")]
 mod key;
+#[cfg(feature = "orchestrator")]
 mod orchestrator;
+#[cfg(feature = "registry")]
 mod registry;
 mod run;
 mod skill;
@@ -75,23 +98,30 @@ enum Command {
     #[command(subcommand)]
     Skill(skill::SkillCommand),
     /// Measure invoke latency (cold, warm, hot) beside process sandboxes
+    #[cfg(feature = "authoring")]
     Bench(bench::BenchArgs),
     /// Publisher keys for signing skills
+    #[cfg(feature = "authoring")]
     #[command(subcommand)]
     Key(key::KeyCommand),
     /// Run a skill registry (signed skills, tokens, a hash-chained publication log)
+    #[cfg(feature = "registry")]
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
     /// Run the orchestrator: policy decisions, approvals, jobs and the audit trail (HTTP API)
+    #[cfg(feature = "orchestrator")]
     #[command(subcommand)]
     Orchestrator(orchestrator::OrchestratorCommand),
     /// API tokens for the orchestrator
+    #[cfg(feature = "orchestrator")]
     #[command(subcommand)]
     Token(orchestrator::TokenCommand),
     /// The orchestrator's audit trail
+    #[cfg(feature = "orchestrator")]
     #[command(subcommand)]
     Audit(orchestrator::AuditCommand),
     /// The host agent: enroll, run, install as a systemd service
+    #[cfg(feature = "agent")]
     #[command(subcommand)]
     Agent(agent::AgentCommand),
 }
@@ -122,12 +152,19 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args, &cli.cache).await,
             Command::Skill(cmd) => skill::run(cmd, &cli.cache).await,
+            #[cfg(feature = "authoring")]
             Command::Bench(args) => bench::run(args).await,
+            #[cfg(feature = "authoring")]
             Command::Key(cmd) => key::run(cmd),
+            #[cfg(feature = "registry")]
             Command::Registry(cmd) => registry::run(cmd).await,
+            #[cfg(feature = "orchestrator")]
             Command::Orchestrator(cmd) => orchestrator::serve(cmd, &cli.cache).await,
+            #[cfg(feature = "orchestrator")]
             Command::Token(cmd) => orchestrator::token(cmd).await,
+            #[cfg(feature = "orchestrator")]
             Command::Audit(cmd) => orchestrator::audit(cmd).await,
+            #[cfg(feature = "agent")]
             Command::Agent(cmd) => agent::run(cmd, &cli.cache).await,
         }
     });

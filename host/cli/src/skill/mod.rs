@@ -1,12 +1,15 @@
 //! `tend skill ...`: scaffold, build, sign, inspect, publish and pull skills.
 
+#[cfg(feature = "authoring")]
 mod build;
+#[cfg(feature = "authoring")]
 mod new;
 mod remote;
 mod sign;
 
 use std::path::PathBuf;
 
+#[cfg(feature = "authoring")]
 pub use build::Lang;
 pub use sign::default_signature_path;
 
@@ -14,6 +17,7 @@ use tend_runtime::{Runtime, inspect};
 
 use crate::{CacheArgs, Failure, read_component};
 
+#[cfg(feature = "authoring")]
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Kind {
     Diagnose,
@@ -22,6 +26,7 @@ pub enum Kind {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SkillCommand {
+    #[cfg(feature = "authoring")]
     /// Create a skill folder (skill.toml, source, example input) that builds and runs unchanged
     #[command(
         after_help = "Example:\n  tend skill new disk-report --lang python --kind diagnose\n  tend skill build disk-report\n  tend run disk-report/dist/disk-report-0.1.0.wasm --manifest disk-report/skill.toml --insecure-unsigned --input @disk-report/input.example.json\n\nThen sign it (tend skill sign) to run it without --insecure-unsigned, or publish it."
@@ -39,6 +44,7 @@ pub enum SkillCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    #[cfg(feature = "authoring")]
     /// Sign a component and its manifest with a publisher key (writes <component>.sig)
     Sign {
         /// The component (.wasm)
@@ -71,6 +77,7 @@ pub enum SkillCommand {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "authoring")]
     /// Publish a signed component to a Tend registry (needs a publisher token)
     #[command(
         after_help = "Example:\n  tend skill publish dist/disk-usage-0.1.0.wasm --registry http://127.0.0.1:7070 --token $TOKEN\n\nThe registry verifies the signature against its own trust policy before it stores anything;\na published version is immutable."
@@ -102,6 +109,7 @@ pub enum SkillCommand {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(all(feature = "authoring", feature = "registry"))]
     /// Push a signed component to an OCI registry (component and envelope as two layers)
     #[command(
         after_help = "Example:\n  tend skill push oci://127.0.0.1:5000/tend/disk-usage:0.1.0 dist/disk-usage-0.1.0.wasm\n\nLoopback registries are spoken to over HTTP, others over HTTPS; set TEND_OCI_USERNAME and\nTEND_OCI_PASSWORD for basic auth. Layout: docs/artifact-format.md."
@@ -133,6 +141,7 @@ pub enum SkillCommand {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "authoring")]
     /// Build a skill folder into dist/<name>-<version>.wasm, check it against its manifest and precompile it
     Build {
         /// The skill folder (with skill.toml and Cargo.toml, app.py or app.js)
@@ -153,6 +162,7 @@ pub enum SkillCommand {
 
 pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
     match cmd {
+        #[cfg(feature = "authoring")]
         SkillCommand::New {
             name,
             lang,
@@ -165,7 +175,9 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             };
             new::new(&name, lang, kind, &dir)
         }
+        #[cfg(feature = "authoring")]
         SkillCommand::Build { dir, json } => build::build(&dir, json, cache),
+        #[cfg(feature = "authoring")]
         SkillCommand::Sign {
             component,
             manifest,
@@ -179,6 +191,7 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             allow_downgrade,
             json,
         } => sign::verify(&component, &trust, signature, allow_downgrade, json),
+        #[cfg(feature = "authoring")]
         SkillCommand::Publish {
             component,
             signature,
@@ -191,6 +204,7 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             trust,
             json,
         } => remote::pull(&what, &registry, &trust, cache, json).await,
+        #[cfg(all(feature = "authoring", feature = "registry"))]
         SkillCommand::Push {
             reference,
             component,

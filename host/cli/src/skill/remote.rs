@@ -8,9 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 use tend_registry::client::{ClientError, RegistryClient};
 use tend_registry::envelope::{Envelope, sha256_hex};
+#[cfg(feature = "registry")]
 use tend_registry::oci;
-use tend_registry::store::Entry;
 use tend_registry::trust::Verified;
+use tend_registry::wire::Entry;
 use tend_runtime::{Provenance, Runtime};
 
 use crate::admit::{TrustArgs, local_store};
@@ -51,6 +52,7 @@ fn client_failure(e: ClientError) -> Failure {
 }
 
 /// Read a component and its envelope, and check that they belong together.
+#[cfg(feature = "authoring")]
 fn signed_artifact(
     component: &Path,
     signature: Option<PathBuf>,
@@ -78,12 +80,14 @@ fn signed_artifact(
     Ok((bytes, envelope))
 }
 
+#[cfg(feature = "authoring")]
 fn name_version(envelope: &Envelope) -> Result<(String, String), Failure> {
     let m = tend_runtime::Manifest::parse(&envelope.manifest, "signed manifest")
         .map_err(Failure::bad_input)?;
     Ok((m.skill.name.into(), m.skill.version))
 }
 
+#[cfg(feature = "authoring")]
 pub async fn publish(
     component: &Path,
     signature: Option<PathBuf>,
@@ -194,6 +198,13 @@ pub async fn pull(
     let policy = trust.policy()?;
     let store = local_store()?;
     let started = Instant::now();
+    #[cfg(not(feature = "registry"))]
+    if what.starts_with("oci://") {
+        return Err(Failure::bad_input(format!(
+            "{what}: this build of tend has no OCI client (it was built without the `registry` feature)"
+        )));
+    }
+    #[cfg(feature = "registry")]
     if what.starts_with("oci://") {
         let reference = oci::parse_reference(what).map_err(Failure::bad_input)?;
         let (name, version) = oci::named_skill(&reference).map_err(Failure::bad_input)?;
@@ -237,6 +248,7 @@ pub async fn pull(
     )
 }
 
+#[cfg(all(feature = "authoring", feature = "registry"))]
 pub async fn push(
     reference: &str,
     component: &Path,

@@ -16,6 +16,7 @@ pub fn default_signature_path(component: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+#[cfg(feature = "authoring")]
 pub fn sign(
     component: &Path,
     manifest: &Path,
