@@ -31,11 +31,20 @@ pub enum ClientError {
     )]
     BlobMismatch { expected: String, actual: String },
     #[error("the registry's publication log does not check out: {0}")]
-    Log(String),
+    Log(#[from] crate::publog::ChainError),
+    #[error(
+        "the registry's publication log does not check out: {name} {version} ({digest}) is not in the publication log at index {index} as the registry claims"
+    )]
+    NotInLog {
+        name: String,
+        version: String,
+        digest: String,
+        index: u64,
+    },
     #[error("not trusted: {0}")]
     Untrusted(#[from] VerifyError),
-    #[error("{0}")]
-    Local(String),
+    #[error(transparent)]
+    Local(#[from] crate::local::LocalError),
     #[error("{0}")]
     BadRequest(String),
 }
@@ -45,7 +54,10 @@ impl ClientError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            ClientError::BlobMismatch { .. } | ClientError::Log(_) | ClientError::Untrusted(_)
+            ClientError::BlobMismatch { .. }
+                | ClientError::Log(_)
+                | ClientError::NotInLog { .. }
+                | ClientError::Untrusted(_)
         )
     }
 }
@@ -217,8 +229,8 @@ impl RegistryClient {
     ) -> Result<Pulled, ClientError> {
         let entry = self.resolve(name, version).await?;
         let log = self.log().await?;
-        let checkpoint = local.checkpoint(&self.base).map_err(ClientError::Local)?;
-        verify_chain(&log.entries, checkpoint.as_ref()).map_err(ClientError::Log)?;
+        let checkpoint = local.checkpoint(&self.base)?;
+        verify_chain(&log.entries, checkpoint.as_ref())?;
         let logged = log
             .entries
             .get((entry.log_index as usize).wrapping_sub(1))
@@ -229,10 +241,12 @@ impl RegistryClient {
                     && e.key_id == entry.key_id
             });
         if logged.is_none() {
-            return Err(ClientError::Log(format!(
-                "{} {} ({}) is not in the publication log at index {} as the registry claims",
-                entry.name, entry.version, entry.digest, entry.log_index
-            )));
+            return Err(ClientError::NotInLog {
+                name: entry.name.clone(),
+                version: entry.version.clone(),
+                digest: entry.digest.clone(),
+                index: entry.log_index,
+            });
         }
         let component = self.blob(&entry.digest).await?;
         let envelope = Envelope::parse(entry.envelope.as_bytes()).map_err(|e| {
@@ -241,8 +255,7 @@ impl RegistryClient {
             )))
         })?;
         let verified = local
-            .with_seen_floors(trust)
-            .map_err(ClientError::Local)?
+            .with_seen_floors(trust)?
             .verify(&component, &envelope, options)?;
         // `latest` is whatever the registry resolved it to, as its (checked) log records.
         let asked = if version == "latest" {
@@ -252,13 +265,9 @@ impl RegistryClient {
         };
         verified.ensure_requested(name, asked)?;
         verified.ensure_requested(&entry.name, &entry.version)?;
-        local
-            .install(&component, &envelope, &verified)
-            .map_err(ClientError::Local)?;
+        local.install(&component, &envelope, &verified)?;
         if let Some(head) = log.head {
-            local
-                .set_checkpoint(&self.base, &head)
-                .map_err(ClientError::Local)?;
+            local.set_checkpoint(&self.base, &head)?;
         }
         Ok(Pulled {
             verified,

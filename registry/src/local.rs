@@ -49,15 +49,41 @@ fn higher(a: &str, b: &str) -> bool {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// The local skill store could not be read or written; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `seen.toml` is not what tend writes.
+    #[error("{}:{line}: {message}", path.display())]
+    Seen {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LocalError {
+    let path = path.to_path_buf();
+    move |source| LocalError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("write in", dir))?;
     std::io::Write::write_all(&mut tmp, bytes)
         .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| format!("cannot write {}: {}", path.display(), e.error))?;
+        .map_err(io("write", path))?;
+    tmp.persist(path).map_err(|e| io("write", path)(e.error))?;
     Ok(())
 }
 
@@ -71,10 +97,9 @@ impl LocalStore {
         home.join(".local/share/tend")
     }
 
-    pub fn open(root: &Path) -> Result<LocalStore, String> {
+    pub fn open(root: &Path) -> Result<LocalStore, LocalError> {
         let skills = root.join("skills");
-        std::fs::create_dir_all(&skills)
-            .map_err(|e| format!("cannot create {}: {e}", skills.display()))?;
+        std::fs::create_dir_all(&skills).map_err(io("create", &skills))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -93,24 +118,25 @@ impl LocalStore {
         self.root.join("seen.toml")
     }
 
-    fn seen(&self) -> Result<Seen, String> {
+    fn seen(&self) -> Result<Seen, LocalError> {
         let path = self.seen_path();
         match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| {
-                format!(
-                    "{}:{}: {}",
-                    path.display(),
-                    tend_manifest::toml_error_line(&text, &e),
-                    e.message().trim()
-                )
+            Ok(text) => toml::from_str(&text).map_err(|e| LocalError::Seen {
+                line: tend_manifest::toml_error_line(&text, &e),
+                message: e.message().trim().to_string(),
+                path,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Seen::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(io("read", &path)(e)),
         }
     }
 
-    fn save_seen(&self, seen: &Seen) -> Result<(), String> {
-        let text = toml::to_string(seen).map_err(|e| e.to_string())?;
+    fn save_seen(&self, seen: &Seen) -> Result<(), LocalError> {
+        let text = toml::to_string(seen).map_err(|e| LocalError::Seen {
+            path: self.seen_path(),
+            line: 1,
+            message: e.to_string(),
+        })?;
         write_atomic(
             &self.seen_path(),
             format!("# Written by tend: the highest version seen per skill, and the last\n# publication-log head seen per registry. Rollback protection reads it.\n{text}").as_bytes(),
@@ -118,7 +144,7 @@ impl LocalStore {
     }
 
     /// The trust policy with this host's seen versions added as rollback floors.
-    pub fn with_seen_floors(&self, trust: &TrustPolicy) -> Result<TrustPolicy, String> {
+    pub fn with_seen_floors(&self, trust: &TrustPolicy) -> Result<TrustPolicy, LocalError> {
         let mut policy = trust.clone();
         for (name, v) in self.seen()?.versions {
             let floor = policy.versions.entry(name).or_insert_with(|| v.clone());
@@ -129,11 +155,11 @@ impl LocalStore {
         Ok(policy)
     }
 
-    pub fn checkpoint(&self, registry: &str) -> Result<Option<Checkpoint>, String> {
+    pub fn checkpoint(&self, registry: &str) -> Result<Option<Checkpoint>, LocalError> {
         Ok(self.seen()?.registries.get(registry).cloned())
     }
 
-    pub fn set_checkpoint(&self, registry: &str, head: &Checkpoint) -> Result<(), String> {
+    pub fn set_checkpoint(&self, registry: &str, head: &Checkpoint) -> Result<(), LocalError> {
         let mut seen = self.seen()?;
         seen.registries.insert(registry.to_string(), head.clone());
         self.save_seen(&seen)
@@ -145,14 +171,12 @@ impl LocalStore {
         component: &[u8],
         envelope: &Envelope,
         verified: &Verified,
-    ) -> Result<Installed, String> {
+    ) -> Result<Installed, LocalError> {
         let name = &verified.manifest.skill.name;
         let version = &verified.manifest.skill.version;
         let parent = self.root.join("skills").join(name);
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        let staging = tempfile::TempDir::new_in(&parent)
-            .map_err(|e| format!("cannot write in {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+        let staging = tempfile::TempDir::new_in(&parent).map_err(io("write in", &parent))?;
         write_atomic(&staging.path().join("component.wasm"), component)?;
         write_atomic(
             &staging.path().join("component.wasm.sig"),
@@ -165,13 +189,10 @@ impl LocalStore {
         if !same {
             // Swap in the new directory whole: move any old one aside first, then rename.
             if dest.exists() {
-                let aside = tempfile::TempDir::new_in(&parent)
-                    .map_err(|e| format!("cannot write in {}: {e}", parent.display()))?;
-                std::fs::rename(&dest, aside.path().join("old"))
-                    .map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
+                let aside = tempfile::TempDir::new_in(&parent).map_err(io("write in", &parent))?;
+                std::fs::rename(&dest, aside.path().join("old")).map_err(io("replace", &dest))?;
             }
-            std::fs::rename(staging.keep(), &dest)
-                .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+            std::fs::rename(staging.keep(), &dest).map_err(io("write", &dest))?;
         }
         let mut seen = self.seen()?;
         let record = seen

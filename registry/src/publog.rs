@@ -103,51 +103,81 @@ pub struct Checkpoint {
     pub hash: String,
 }
 
+/// Why a publication log is not to be believed; each names the first entry that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error(
+        "publication log entry {expected} is missing or out of order (found index {found} there)"
+    )]
+    OutOfOrder { expected: u64, found: u64 },
+    #[error(
+        "publication log entry {index} ({name} {version}) does not link to entry {}: an entry was dropped, inserted or swapped",
+        index - 1
+    )]
+    Unlinked {
+        index: u64,
+        name: String,
+        version: String,
+    },
+    #[error(
+        "publication log entry {index} ({name} {version}) was altered: its hash does not match its content"
+    )]
+    Altered {
+        index: u64,
+        name: String,
+        version: String,
+    },
+    #[error(
+        "publication log entry {index} differs from the one this client saw before: the registry rewrote its history"
+    )]
+    Rewritten { index: u64 },
+    #[error(
+        "the publication log has {len} entries, fewer than the {seen} this client saw before: the registry dropped entries"
+    )]
+    Truncated { len: usize, seen: u64 },
+}
+
 /// Check a whole log: indexes 1..=n in order, each entry linked to the one before and hashing
 /// to what it claims, and (if given) still containing `checkpoint`. The error names the first
 /// entry that is wrong.
-pub fn verify_chain(entries: &[LogEntry], checkpoint: Option<&Checkpoint>) -> Result<(), String> {
+pub fn verify_chain(
+    entries: &[LogEntry],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), ChainError> {
     let mut prev = GENESIS.to_string();
     for (i, e) in entries.iter().enumerate() {
         let expected = i as u64 + 1;
         if e.index != expected {
-            return Err(format!(
-                "publication log entry {expected} is missing or out of order (found index {} there)",
-                e.index
-            ));
+            return Err(ChainError::OutOfOrder {
+                expected,
+                found: e.index,
+            });
         }
         if e.prev_hash != prev {
-            return Err(format!(
-                "publication log entry {} ({} {}) does not link to entry {}: an entry was dropped, inserted or swapped",
-                e.index,
-                e.name,
-                e.version,
-                e.index - 1
-            ));
+            return Err(ChainError::Unlinked {
+                index: e.index,
+                name: e.name.clone(),
+                version: e.version.clone(),
+            });
         }
         if e.recomputed() != e.hash {
-            return Err(format!(
-                "publication log entry {} ({} {}) was altered: its hash does not match its content",
-                e.index, e.name, e.version
-            ));
+            return Err(ChainError::Altered {
+                index: e.index,
+                name: e.name.clone(),
+                version: e.version.clone(),
+            });
         }
         prev = e.hash.clone();
     }
     if let Some(cp) = checkpoint {
         match entries.get((cp.index as usize).wrapping_sub(1)) {
             Some(e) if e.hash == cp.hash => {}
-            Some(_) => {
-                return Err(format!(
-                    "publication log entry {} differs from the one this client saw before: the registry rewrote its history",
-                    cp.index
-                ));
-            }
+            Some(_) => return Err(ChainError::Rewritten { index: cp.index }),
             None => {
-                return Err(format!(
-                    "the publication log has {} entries, fewer than the {} this client saw before: the registry dropped entries",
-                    entries.len(),
-                    cp.index
-                ));
+                return Err(ChainError::Truncated {
+                    len: entries.len(),
+                    seen: cp.index,
+                });
             }
         }
     }
@@ -214,6 +244,7 @@ mod tests {
         assert!(
             verify_chain(&dropped, None)
                 .expect_err("dropped")
+                .to_string()
                 .contains("entry 2")
         );
 
@@ -223,13 +254,17 @@ mod tests {
 
         let mut altered = good.clone();
         altered[1].digest = "sha256:ff".into();
-        let err = verify_chain(&altered, None).expect_err("altered");
+        let err = verify_chain(&altered, None)
+            .expect_err("altered")
+            .to_string();
         assert!(err.contains("entry 2") && err.contains("altered"), "{err}");
 
         // A registry that rewrote the whole chain consistently is caught by the checkpoint.
         let mut rewritten = good.clone();
         rewritten.truncate(1);
-        let err = verify_chain(&rewritten, Some(&cp)).expect_err("truncated");
+        let err = verify_chain(&rewritten, Some(&cp))
+            .expect_err("truncated")
+            .to_string();
         assert!(err.contains("dropped"), "{err}");
     }
 }

@@ -173,7 +173,7 @@ pub async fn run(
         client: client::Client::new(&config.orchestrator, &config.agent_id, key),
         registry: RegistryClient::new(&config.registry, None).map_err(|e| e.to_string())?,
         trust,
-        store: LocalStore::open(&options.dir.join("store"))?,
+        store: LocalStore::open(&options.dir.join("store")).map_err(|e| e.to_string())?,
         spool: spool::Spool::open(&options.dir)?,
         runtime: Runtime::new(options.runtime.clone()).map_err(|e| e.to_string())?,
         loaded: Default::default(),
@@ -376,7 +376,8 @@ async fn check(
         Some(v) => {
             shared
                 .store
-                .with_seen_floors(&shared.trust)?
+                .with_seen_floors(&shared.trust)
+                .map_err(|e| e.to_string())?
                 .recheck(&inv.skill, &inv.version, &v.digest, &v.key_id)
                 .map_err(|e| format!("the artifact is no longer trusted here: {e}"))?;
             (v, None)

@@ -77,6 +77,8 @@ pub struct Config {
 pub enum ServeError {
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error(transparent)]
+    Store(#[from] tend_registry::local::LocalError),
     #[error("{0}")]
     Setup(String),
 }
@@ -98,7 +100,7 @@ impl Orchestrator {
         let db = Db::connect(&config.database_url).await?;
         let client = RegistryClient::new(&config.registry_url, config.registry_token.clone())
             .map_err(|e| ServeError::Setup(e.to_string()))?;
-        let store = LocalStore::open(&config.data_dir).map_err(ServeError::Setup)?;
+        let store = LocalStore::open(&config.data_dir)?;
         let catalog = Arc::new(skills::Catalog::new(client, config.trust.clone(), store));
         let runtime =
             Runtime::new(config.runtime.clone()).map_err(|e| ServeError::Setup(e.to_string()))?;

@@ -167,7 +167,7 @@ impl Catalog {
     fn recheck(&self, r: Arc<Resolved>) -> Result<Arc<Resolved>, ResolveError> {
         self.store
             .with_seen_floors(&self.trust)
-            .map_err(ResolveError::Registry)?
+            .map_err(|e| ResolveError::Registry(e.to_string()))?
             .recheck(&r.name, &r.version, &r.digest, &r.key_id)
             .map_err(|e| ResolveError::Untrusted(format!("not trusted: {e}")))?;
         Ok(r)
