@@ -398,6 +398,40 @@ async fn a_failed_migration_changes_nothing_and_names_itself(backend: Backend) {
     assert!(has_table(&database, "agent_nonces"));
 }
 
+/// Processes that open one new database at the same moment (replicas, CLI commands) upgrade
+/// it once between them, and every one of them works.
+async fn starts_at_once_upgrade_once(backend: Backend) {
+    let w = World::new();
+    let database = match backend {
+        Backend::Sqlite => format!("sqlite://{}", w.path("together.db").display()),
+        Backend::Postgres => load(backend, &w, "together", "/dev/null"),
+    };
+    let children: Vec<_> = (0..6)
+        .map(|n| {
+            tend()
+                .args(["token", "create", "--role", "viewer", "--name"])
+                .arg(format!("v{n}"))
+                .args(["--database", &database])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in children {
+        let o = child.wait_with_output().expect("wait");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        rows(&database, "SELECT COUNT(*) FROM _sqlx_migrations"),
+        ["1"]
+    );
+    assert_eq!(rows(&database, "SELECT COUNT(*) FROM tokens"), ["6"]);
+    let (code, report, stderr) = verify(&w, &database);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["events"], 6, "{report}");
+}
+
 mod on {
     use super::*;
 
@@ -420,6 +454,7 @@ mod on {
         upgrade_pre_migrations => a_database_from_before_migrations_upgrades_without_loss,
         upgrade_first_release => a_database_from_the_first_release_gains_what_it_lacks,
         failed_migration => a_failed_migration_changes_nothing_and_names_itself,
+        starts_at_once => starts_at_once_upgrade_once,
     }
 }
 

@@ -101,12 +101,6 @@ impl Db {
             .connect(&url)
             .await?;
         upgrade(&pool, backend).await?;
-        sqlx::query(
-            "INSERT INTO audit_head (id, idx, hash) SELECT 1, 0, $1 WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1)",
-        )
-        .bind(crate::audit::GENESIS)
-        .execute(&pool)
-        .await?;
         if backend == Backend::Sqlite {
             // The WAL and shared-memory files exist now; an older release left them 0644.
             secure_sqlite_file(&url)?;
@@ -147,6 +141,13 @@ async fn upgrade(pool: &AnyPool, backend: Backend) -> Result<(), DbError> {
         .run(&mut *tx)
         .await
         .map_err(|e| migration_error(&MIGRATOR, e))?;
+    // The chain's head row, under the same lock (two first starts cannot both insert it).
+    sqlx::query(
+        "INSERT INTO audit_head (id, idx, hash) SELECT 1, 0, $1 WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1)",
+    )
+    .bind(crate::audit::GENESIS)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
