@@ -9,6 +9,9 @@
 //! - `orchestrator-first-release.sql`: the first release's schema, which lacks tables and
 //!   columns added later (and whose audit events are in the v1 form).
 //! - `registry-pre-migrations/`: a registry index, its blob and the publisher's key.
+//!
+//! The databases were made by running that release and dumped with `tests/fixtures/dump.py`
+//! (table definitions as stored, one `INSERT` per row), which both backends load.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -456,6 +459,24 @@ mod on {
         failed_migration => a_failed_migration_changes_nothing_and_names_itself,
         starts_at_once => starts_at_once_upgrade_once,
     }
+}
+
+/// A database a newer release has upgraded is refused, with the reason, and left alone.
+#[test]
+fn a_database_from_a_newer_release_is_refused() {
+    let w = World::new();
+    let database = format!("sqlite://{}", w.path("newer.db").display());
+    assert_eq!(verify(&w, &database).0, Some(0));
+    script(
+        &database,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'from the future', 1, X'00', 0)",
+    );
+    let (code, _, stderr) = verify(&w, &database);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("schema migration 9999, which this release does not know"),
+        "{stderr}"
+    );
 }
 
 /// A registry index from before migrations: upgraded on open, its skills still list and pull

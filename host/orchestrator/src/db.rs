@@ -1,6 +1,7 @@
 //! Storage through sqlx's `Any` driver: one SQLite file by default (WAL), PostgreSQL when the
 //! URL is `postgres://`, with the same schema and the same queries (`$1` placeholders, portable
-//! types: TEXT, BIGINT). Only the job claim differs, where PostgreSQL has `SKIP LOCKED`.
+//! types: TEXT, BIGINT). Only the job claim differs, where PostgreSQL has `SKIP LOCKED`. The
+//! schema is versioned: `migrations/*.sql`, applied at connect by [`upgrade`].
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
