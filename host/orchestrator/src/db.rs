@@ -40,7 +40,13 @@ pub struct Db {
 
 /// The schema: numbered SQL files in `host/orchestrator/migrations/`, embedded at build time and
 /// applied in order by [`upgrade`]. One set serves both backends (portable SQL).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    // `upgrade` holds its own lock for the whole transaction. (sqlx's PostgreSQL lock is a
+    // session lock that a failed migration would leave held on a pooled connection.)
+    migrator.set_locking(false);
+    migrator
+}
 
 /// Columns that releases before versioned migrations added to a table an older release had
 /// already made: `CREATE TABLE IF NOT EXISTS` never added them, so a database started on an
@@ -65,8 +71,8 @@ const UNVERSIONED_COLUMNS: &[(&str, &str, &str)] = &[
 const UPGRADE_LOCK: i64 = 0x7465_6e64;
 
 impl Db {
-    /// Connect and create the schema. `sqlite://path` creates the file (WAL); `postgres://...`
-    /// uses an existing database.
+    /// Connect and bring the schema up to date ([`upgrade`]). `sqlite://path` creates the file
+    /// (WAL); `postgres://...` uses an existing database.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -138,10 +144,11 @@ async fn upgrade(pool: &AnyPool, backend: Backend) -> Result<(), DbError> {
     if !table_exists(&mut tx, backend, "_sqlx_migrations").await? {
         adopt_unversioned(&mut tx, backend).await?;
     }
-    MIGRATOR
+    let migrator = migrator();
+    migrator
         .run(&mut *tx)
         .await
-        .map_err(|e| migration_error(&MIGRATOR, e))?;
+        .map_err(|e| migration_error(&migrator, e))?;
     // The chain's head row, under the same lock (two first starts cannot both insert it).
     sqlx::query(
         "INSERT INTO audit_head (id, idx, hash) SELECT 1, 0, $1 WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1)",
