@@ -30,6 +30,16 @@ pub enum StoreError {
     #[error("registry index: {0}")]
     Db(#[from] sqlx::Error),
     #[error(
+        "registry index: schema migration {migration} failed, the index is unchanged: {message}"
+    )]
+    Migration { migration: String, message: String },
+    #[error(
+        "registry index: it has schema migration {0}, which this release does not know: it was upgraded by a newer Tend"
+    )]
+    Newer(i64),
+    #[error("registry index: schema migrations: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error(
         "{name} {version} is already published with digest {existing}; a published version is immutable (publish a new version)"
     )]
     Conflict {
@@ -99,41 +109,36 @@ pub struct Store {
     publish_lock: Mutex<()>,
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS tokens (
-        prefix TEXT PRIMARY KEY,
-        hash TEXT NOT NULL,
-        name TEXT NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('viewer', 'publisher')),
-        created_at TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS skills (
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        level INTEGER NOT NULL,
-        description TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        key_id TEXT NOT NULL,
-        publisher TEXT NOT NULL,
-        published_by TEXT NOT NULL,
-        published_at TEXT NOT NULL,
-        log_index INTEGER NOT NULL,
-        envelope TEXT NOT NULL,
-        PRIMARY KEY (name, version)
-    )",
-    "CREATE TABLE IF NOT EXISTS publication_log (
-        idx INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        published_at TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL
-    )",
-];
+/// The index schema: numbered SQL files in `registry/migrations/`, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Apply pending migrations, all or nothing, holding the writer lock (`BEGIN IMMEDIATE`) so
+/// that two processes opening one index upgrade it once. An index made before migrations
+/// existed has every table the baseline declares (`IF NOT EXISTS`, so a no-op there).
+async fn upgrade(pool: &SqlitePool) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateError;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let name = |version: i64| {
+        MIGRATOR.iter().find(|m| m.version == version).map_or_else(
+            || format!("{version:04}"),
+            |m| format!("{version:04} {}", m.description),
+        )
+    };
+    MIGRATOR.run(&mut *tx).await.map_err(|e| match e {
+        MigrateError::ExecuteMigration(error, version) => StoreError::Migration {
+            migration: name(version),
+            message: error.to_string(),
+        },
+        MigrateError::VersionMissing(version) => StoreError::Newer(version),
+        MigrateError::VersionMismatch(version) => StoreError::Migration {
+            migration: name(version),
+            message: "the migration applied to this index differs from this release's file of the same number".to_string(),
+        },
+        other => StoreError::Migrate(other),
+    })?;
+    tx.commit().await?;
+    Ok(())
+}
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -159,9 +164,7 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
-        }
+        upgrade(&pool).await?;
         Ok(Store {
             pool,
             blobs,

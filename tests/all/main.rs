@@ -11,6 +11,7 @@ mod catalog;
 mod cli;
 mod facts;
 mod hostile;
+mod migrations;
 mod oci;
 mod orchestrator;
 mod registry;

@@ -1,6 +1,7 @@
 //! Storage through sqlx's `Any` driver: one SQLite file by default (WAL), PostgreSQL when the
 //! URL is `postgres://`, with the same schema and the same queries (`$1` placeholders, portable
-//! types: TEXT, BIGINT). Only the job claim differs, where PostgreSQL has `SKIP LOCKED`.
+//! types: TEXT, BIGINT). Only the job claim differs, where PostgreSQL has `SKIP LOCKED`. The
+//! schema is versioned: `migrations/*.sql`, applied at connect by [`upgrade`].
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
@@ -19,6 +20,14 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
+    #[error("schema migration {migration} failed, the database is unchanged: {message}")]
+    Migration { migration: String, message: String },
+    #[error(
+        "the database has schema migration {0}, which this release does not know: it was upgraded by a newer Tend"
+    )]
+    Newer(i64),
+    #[error("schema migrations: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
 }
 
 #[derive(Debug, Clone)]
@@ -29,108 +38,41 @@ pub struct Db {
     pub refusals: std::sync::Arc<crate::audit::RefusalGate>,
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS tokens (
-        prefix TEXT PRIMARY KEY,
-        hash TEXT NOT NULL,
-        name TEXT NOT NULL,
-        role TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS invocations (
-        id TEXT PRIMARY KEY,
-        skill TEXT NOT NULL,
-        version TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        target TEXT NOT NULL,
-        input TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        requester TEXT NOT NULL,
-        level BIGINT NOT NULL,
-        approvals_required BIGINT NOT NULL,
-        invocation_digest TEXT NOT NULL,
-        verdict TEXT NOT NULL,
-        state TEXT NOT NULL,
-        created_ms BIGINT NOT NULL,
-        expires_ms BIGINT NOT NULL,
-        queued_ms BIGINT,
-        started_ms BIGINT,
-        finished_ms BIGINT,
-        lease_owner TEXT,
-        lease_until_ms BIGINT,
-        result TEXT,
-        kind TEXT NOT NULL DEFAULT 'diagnose',
-        assigned_agent TEXT,
-        run_started_ms BIGINT,
-        trigger TEXT NOT NULL DEFAULT 'api'
-    )",
-    "CREATE INDEX IF NOT EXISTS invocations_state ON invocations (state, created_ms)",
-    "CREATE TABLE IF NOT EXISTS approvals (
-        invocation_id TEXT NOT NULL,
-        approver TEXT NOT NULL,
-        invocation_digest TEXT NOT NULL,
-        created_ms BIGINT NOT NULL,
-        PRIMARY KEY (invocation_id, approver)
-    )",
-    "CREATE TABLE IF NOT EXISTS audit (
-        idx BIGINT PRIMARY KEY,
-        at TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        v BIGINT NOT NULL DEFAULT 1
-    )",
-    "CREATE TABLE IF NOT EXISTS agents (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        hostname TEXT NOT NULL,
-        os TEXT NOT NULL,
-        arch TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        pools TEXT NOT NULL,
-        public_key TEXT NOT NULL,
-        ceiling TEXT NOT NULL,
-        enrolled_ms BIGINT NOT NULL,
-        last_seen_ms BIGINT NOT NULL,
-        heartbeat_ms BIGINT NOT NULL,
-        running BIGINT NOT NULL,
-        capacity BIGINT NOT NULL,
-        jobs_ok BIGINT NOT NULL,
-        jobs_failed BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS enroll_tokens (
-        prefix TEXT PRIMARY KEY,
-        hash TEXT NOT NULL,
-        uses_left BIGINT NOT NULL,
-        expires_ms BIGINT NOT NULL,
-        created_by TEXT NOT NULL,
-        pools TEXT NOT NULL DEFAULT '[]',
-        labels TEXT NOT NULL DEFAULT '{}',
-        max_level BIGINT NOT NULL DEFAULT 0
-    )",
-    // Agent names are identities in targets (`agent:NAME`): never two of the same.
-    "CREATE UNIQUE INDEX IF NOT EXISTS agents_name ON agents (name)",
-    // Nonces of signed agent requests, kept until their timestamp is too old to be accepted.
-    "CREATE TABLE IF NOT EXISTS agent_nonces (
-        nonce TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL,
-        expires_ms BIGINT NOT NULL
-    )",
-    // One row: the chain's head. Updating it inside each append's transaction serialises
-    // appends across orchestrator replicas (a row lock on PostgreSQL, the writer lock on SQLite).
-    "CREATE TABLE IF NOT EXISTS audit_head (
-        id BIGINT PRIMARY KEY,
-        idx BIGINT NOT NULL,
-        hash TEXT NOT NULL
-    )",
+/// The schema: numbered SQL files in `host/orchestrator/migrations/`, embedded at build time and
+/// applied in order by [`upgrade`]. One set serves both backends (portable SQL).
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    // `upgrade` holds its own lock for the whole transaction. (sqlx's PostgreSQL lock is a
+    // session lock that a failed migration would leave held on a pooled connection.)
+    migrator.set_locking(false);
+    migrator
+}
+
+/// Columns that releases before versioned migrations added to a table an older release had
+/// already made: `CREATE TABLE IF NOT EXISTS` never added them, so a database started on an
+/// old enough release lacks them. Added (with the default those releases declared) before the
+/// baseline migration runs on a database without migration history. Frozen: a column added
+/// from now on is a migration.
+const UNVERSIONED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Host agents.
+    ("invocations", "kind", "TEXT NOT NULL DEFAULT 'diagnose'"),
+    ("invocations", "assigned_agent", "TEXT"),
+    ("invocations", "run_started_ms", "BIGINT"),
+    // Enroll tokens fix the pools, labels and highest ceiling of the agent they enroll.
+    ("enroll_tokens", "pools", "TEXT NOT NULL DEFAULT '[]'"),
+    ("enroll_tokens", "labels", "TEXT NOT NULL DEFAULT '{}'"),
+    ("enroll_tokens", "max_level", "BIGINT NOT NULL DEFAULT 0"),
+    // The canonical form each audit event was hashed with: rows from before v2 are v1.
+    ("audit", "v", "BIGINT NOT NULL DEFAULT 1"),
 ];
 
+/// Key of the PostgreSQL advisory lock that serialises schema upgrades across replicas
+/// (`tend` in ASCII).
+const UPGRADE_LOCK: i64 = 0x7465_6e64;
+
 impl Db {
-    /// Connect and create the schema. `sqlite://path` creates the file (WAL); `postgres://...`
-    /// uses an existing database.
+    /// Connect and bring the schema up to date ([`upgrade`]). `sqlite://path` creates the file
+    /// (WAL); `postgres://...` uses an existing database.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -165,16 +107,7 @@ impl Db {
             })
             .connect(&url)
             .await?;
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
-        }
-        migrate(&pool, backend).await?;
-        sqlx::query(
-            "INSERT INTO audit_head (id, idx, hash) SELECT 1, 0, $1 WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1)",
-        )
-        .bind(crate::audit::GENESIS)
-        .execute(&pool)
-        .await?;
+        upgrade(&pool, backend).await?;
         if backend == Backend::Sqlite {
             // The WAL and shared-memory files exist now; an older release left them 0644.
             secure_sqlite_file(&url)?;
@@ -191,38 +124,128 @@ impl Db {
     }
 }
 
-/// Columns added since the first release, for databases made by an older one. Each step
-/// checks first, so it runs once; a concurrent start on PostgreSQL is harmless (`IF NOT
-/// EXISTS`).
-async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), DbError> {
-    // The canonical form each audit event was hashed with: rows from before are v1.
-    match backend {
+/// Bring the schema up to date, all or nothing: every pending migration (and, on a database
+/// made before migrations existed, its missing columns) in one transaction that holds the
+/// upgrade lock: the writer lock on SQLite (`BEGIN IMMEDIATE`), an advisory lock on PostgreSQL,
+/// so replicas or CLI commands starting together upgrade once. A failure rolls everything
+/// back and names the migration.
+async fn upgrade(pool: &AnyPool, backend: Backend) -> Result<(), DbError> {
+    let mut tx = match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
         Backend::Postgres => {
-            sqlx::query("ALTER TABLE audit ADD COLUMN IF NOT EXISTS v BIGINT NOT NULL DEFAULT 1")
-                .execute(pool)
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(UPGRADE_LOCK)
+                .execute(&mut *tx)
                 .await?;
+            tx
         }
-        Backend::Sqlite => {
-            let has: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM pragma_table_info('audit') WHERE name = 'v'",
-            )
-            .fetch_one(pool)
-            .await?
-            .try_get("n")?;
-            if has == 0 {
-                let added = sqlx::query("ALTER TABLE audit ADD COLUMN v BIGINT NOT NULL DEFAULT 1")
-                    .execute(pool)
-                    .await;
-                // Another process may have added it meanwhile.
-                if let Err(e) = added
-                    && !e.to_string().contains("duplicate column")
-                {
-                    return Err(e.into());
-                }
-            }
+    };
+    if !table_exists(&mut tx, backend, "_sqlx_migrations").await? {
+        adopt_unversioned(&mut tx, backend).await?;
+    }
+    let migrator = migrator();
+    migrator
+        .run(&mut *tx)
+        .await
+        .map_err(|e| migration_error(&migrator, e))?;
+    // The chain's head row, under the same lock (two first starts cannot both insert it).
+    sqlx::query(
+        "INSERT INTO audit_head (id, idx, hash) SELECT 1, 0, $1 WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1)",
+    )
+    .bind(crate::audit::GENESIS)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A database without migration history (new, or made by a release before migrations): add
+/// the columns an old release's tables lack, so that the baseline (all `IF NOT EXISTS`)
+/// leaves it exactly as a new database.
+async fn adopt_unversioned(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+) -> Result<(), DbError> {
+    for (table, column, declaration) in UNVERSIONED_COLUMNS {
+        if table_exists(tx, backend, table).await?
+            && !column_exists(tx, backend, table, column).await?
+        {
+            // Names and declarations are the constants above, never input.
+            sqlx::query(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+            ))
+            .execute(&mut **tx)
+            .await?;
         }
     }
     Ok(())
+}
+
+async fn table_exists(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    table: &str,
+) -> Result<bool, DbError> {
+    let sql = match backend {
+        Backend::Sqlite => {
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1"
+        }
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
+        }
+    };
+    let n: i64 = sqlx::query(sql)
+        .bind(table)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+    Ok(n > 0)
+}
+
+async fn column_exists(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    table: &str,
+    column: &str,
+) -> Result<bool, DbError> {
+    let sql = match backend {
+        Backend::Sqlite => "SELECT COUNT(*) AS n FROM pragma_table_info($1) WHERE name = $2",
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS n FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+        }
+    };
+    let n: i64 = sqlx::query(sql)
+        .bind(table)
+        .bind(column)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+    Ok(n > 0)
+}
+
+/// Name the migration that failed, and say plainly when the database is newer than this
+/// release.
+fn migration_error(migrator: &sqlx::migrate::Migrator, e: sqlx::migrate::MigrateError) -> DbError {
+    use sqlx::migrate::MigrateError;
+    let name = |version: i64| {
+        migrator.iter().find(|m| m.version == version).map_or_else(
+            || format!("{version:04}"),
+            |m| format!("{version:04} {}", m.description),
+        )
+    };
+    match e {
+        MigrateError::ExecuteMigration(error, version) => DbError::Migration {
+            migration: name(version),
+            message: error.to_string(),
+        },
+        MigrateError::VersionMissing(version) => DbError::Newer(version),
+        MigrateError::VersionMismatch(version) => DbError::Migration {
+            migration: name(version),
+            message: "the migration applied to this database differs from this release's file of the same number".to_string(),
+        },
+        other => DbError::Migrate(other),
+    }
 }
 
 /// The SQLite database holds inputs, results and the audit trail: its file (and its `-wal` and
