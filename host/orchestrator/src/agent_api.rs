@@ -108,7 +108,7 @@ async fn signed(
             // Unauthenticated: recorded as `anonymous`; the claimed agent is detail (bounded).
             audit::refused(
                 &state.db,
-                "agent.request_refused",
+                audit::Action::AgentRequestRefused,
                 path,
                 serde_json::json!({ "why": why, "claimed_agent": agent_id }),
             )

@@ -317,7 +317,7 @@ pub(crate) async fn actor(
         };
         audit::refused(
             &state.db,
-            "auth.refused",
+            audit::Action::AuthRefused,
             what,
             serde_json::json!({ "why": why }),
         )
@@ -332,7 +332,7 @@ pub(crate) async fn actor(
         audit::append(
             &state.db,
             &actor.name,
-            "auth.forbidden",
+            audit::Action::AuthForbidden,
             what,
             serde_json::json!({ "role": actor.role.as_str(), "needs": min.as_str() }),
         )
@@ -498,7 +498,7 @@ async fn submit(
         audit::append(
             &state.db,
             &who.name,
-            "invocation.denied",
+            audit::Action::InvocationDenied,
             &skill.name,
             serde_json::json!({
                 "skill": skill.name, "version": skill.version, "target": target,
