@@ -696,10 +696,10 @@ pub async fn record_result(
     });
     let recorded = Transition {
         target: Target::Id(id),
-        from: from,
-        to: to,
+        from,
+        to,
         set: &[Set::Result(outcome.result), Set::FinishedNow, Set::NoLease],
-        audit: audit,
+        audit,
     };
     let mut tx = db.pool.begin().await?;
     if let Err(e) = apply_in(&mut tx, &recorded).await {
@@ -735,7 +735,7 @@ async fn fail_running(
         let failed = Transition {
             target: Target::Id(&id),
             from: &[(State::Running, &[])],
-            to: to,
+            to,
             set: &[Set::FinishedNow, Set::Result(&result), Set::NoLease],
             audit: vec![Audit {
                 actor,
