@@ -17,3 +17,4 @@ mod registry;
 mod sandbox_hardening;
 mod signing;
 mod support;
+mod transitions;

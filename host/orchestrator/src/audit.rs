@@ -823,6 +823,26 @@ mod tests {
         );
     }
 
+    /// The chain stores and hashes these texts, and people search for them: each is distinct,
+    /// stored as written (no escaping, no cut), and never changes for a variant.
+    #[test]
+    fn every_action_has_its_one_text() {
+        let texts: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        let mut unique = texts.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), texts.len(), "{texts:?}");
+        for t in &texts {
+            assert_eq!(safe_field(t, MAX_ACTION), *t);
+        }
+        assert_eq!(Action::InvocationCreate.as_str(), "invocation.create");
+        assert_eq!(Action::AgentEnrollRefused.as_str(), "agent.enroll_refused");
+        assert_eq!(
+            Action::AuditRefusalsSuppressed.as_str(),
+            "audit.refusals_suppressed"
+        );
+    }
+
     #[test]
     fn fields_are_bounded_and_single_line() {
         let f = safe_field("alice\naction approval.grant", MAX_ACTOR);

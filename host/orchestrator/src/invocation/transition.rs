@@ -215,14 +215,14 @@ fn update<'a>(
     sql
 }
 
-/// Run `t` and commit: the invocation's row as it is now, or a conflict naming the state it
-/// is in (nothing written).
-pub async fn apply(db: &Db, t: &Transition<'_>) -> Result<AnyRow, FlowError> {
+/// Run `t` and commit, or answer a conflict naming the state the invocation is in (and
+/// write nothing).
+pub async fn apply(db: &Db, t: &Transition<'_>) -> Result<(), FlowError> {
     let mut tx = db.pool.begin().await?;
     match apply_in(&mut tx, t).await {
-        Ok(Some(row)) => {
+        Ok(Some(_)) => {
             tx.commit().await?;
-            Ok(row)
+            Ok(())
         }
         Ok(None) => {
             tx.rollback().await?;
@@ -237,8 +237,8 @@ pub async fn apply(db: &Db, t: &Transition<'_>) -> Result<AnyRow, FlowError> {
     }
 }
 
-/// Run `t` inside the caller's transaction (the caller commits, or rolls back on an error).
-/// `None` only for [`Target::Oldest`]: nothing was waiting.
+/// Run `t` inside the caller's transaction (the caller commits, or rolls back on an error):
+/// the row as it is now. `None` only for [`Target::Oldest`]: nothing was waiting.
 pub async fn apply_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     t: &Transition<'_>,
