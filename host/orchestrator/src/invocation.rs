@@ -356,20 +356,17 @@ pub async fn approve(
     let mut tx = db.pool.begin().await?;
     // Lock the invocation first (a row lock on PostgreSQL, the writer lock on SQLite), so two
     // approvers finishing the count together serialise and the second sees the first.
-    let locked = sqlx::query("UPDATE invocations SET state = state WHERE id = $1 AND state = $2")
-        .bind(id)
-        .bind(State::PendingApproval.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if locked != 1 {
+    // (A transition to the state it is in, with nothing to write or record.)
+    let hold = Transition::new(
+        id,
+        &[(State::PendingApproval, &[])],
+        State::PendingApproval,
+        &[],
+        Vec::new(),
+    );
+    if let Err(e) = apply_in(&mut tx, &hold).await {
         tx.rollback().await?;
-        let now = get(db, id).await?;
-        return refuse(FlowError::Conflict(format!(
-            "invocation {id} is {}, not pending approval",
-            now.state.as_str()
-        )))
-        .await;
+        return refuse(e).await;
     }
     let inserted = sqlx::query(
         "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ($1, $2, $3, $4)",
