@@ -175,6 +175,46 @@ async fn a_result_is_taken_only_from_the_holder_of_the_lease(backend: Backend) {
         events_for(&db, "inv_run", Action::InvocationSucceeded).await,
         1
     );
+
+    // An agent's late result for a job marked `unknown` is taken from the agent it was
+    // assigned to, and from no other.
+    seed(&db, "inv_late", State::Unknown, None).await;
+    sqlx::query("UPDATE invocations SET assigned_agent = $1 WHERE id = $2")
+        .bind("agent_a")
+        .bind("inv_late")
+        .execute(&db.pool)
+        .await
+        .expect("assign");
+    let failed = json!({ "outcome": "trap" });
+    let late = || JobOutcome {
+        succeeded: false,
+        result: &failed,
+        detail: json!({ "late": true }),
+        refused: false,
+    };
+    let other = Runner::Agent {
+        id: "agent_b",
+        name: "b",
+    };
+    let err = invocation::record_result(&db, "inv_late", other, late())
+        .await
+        .expect_err("agent_b was not assigned the job");
+    assert!(
+        matches!(&err, FlowError::Conflict(m) if m.contains("is unknown") && m.contains("assigned to agent_b")),
+        "{err:?}"
+    );
+    let assigned = Runner::Agent {
+        id: "agent_a",
+        name: "a",
+    };
+    invocation::record_result(&db, "inv_late", assigned, late())
+        .await
+        .expect("the assigned agent's late result is recorded");
+    assert_eq!(state_of(&db, "inv_late").await, State::Failed);
+    assert_eq!(
+        events_for(&db, "inv_late", Action::InvocationFailed).await,
+        1
+    );
     db.close().await;
 }
 

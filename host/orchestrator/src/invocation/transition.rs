@@ -226,7 +226,9 @@ pub async fn apply(db: &Db, t: &Transition<'_>) -> Result<(), FlowError> {
         }
         Ok(None) => {
             tx.rollback().await?;
-            Err(FlowError::Conflict("nothing to claim".into()))
+            Err(FlowError::Conflict(
+                "no invocation is waiting to be claimed".into(),
+            ))
         }
         Err(e) => {
             // Roll back now: a dropped transaction gives its locks back only when the pooled
