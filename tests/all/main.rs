@@ -19,3 +19,4 @@ mod router;
 mod sandbox_hardening;
 mod signing;
 mod support;
+mod transitions;

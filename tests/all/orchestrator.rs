@@ -77,7 +77,7 @@ pub fn tamper(database: &str, sql: &str) {
 
 impl Backend {
     /// A fresh, empty database.
-    fn database(self, w: &World, name: &str) -> String {
+    pub fn database(self, w: &World, name: &str) -> String {
         match self {
             Backend::Sqlite => format!("sqlite://{}", w.path(&format!("{name}.db")).display()),
             Backend::Postgres => {

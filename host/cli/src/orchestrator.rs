@@ -297,7 +297,7 @@ pub async fn token(cmd: TokenCommand) -> Result<u8, Failure> {
     audit::append(
         &db,
         "local-admin",
-        "token.create",
+        audit::Action::TokenCreate,
         &name,
         serde_json::json!({ "role": role.as_str() }),
     )
@@ -517,7 +517,7 @@ pub async fn audit_bench(
                 audit::append(
                     &db,
                     "bench",
-                    "bench.append",
+                    audit::Action::BenchAppend,
                     "bench",
                     serde_json::json!({"n": 1}),
                 )

@@ -13,9 +13,11 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tend_registry::keys::PublicKey;
 
-use crate::audit;
+use crate::audit::{self, Action};
 use crate::db::{Db, DbError, now_ms, random_id, rfc3339};
-use crate::invocation::{self, FlowError};
+use crate::invocation::{
+    self, Audit, FlowError, Guard, JobOutcome, Runner, Set, State, Target, Transition,
+};
 use crate::protocol::{AgentView, Ceiling, Enroll, Heartbeat, JobResult, MAX_SKEW_MS};
 
 fn sha256_hex(s: &str) -> String {
@@ -222,7 +224,7 @@ pub async fn create_enroll_token(
     audit::append_tx(
         &mut tx,
         by,
-        "enroll_token.create",
+        Action::EnrollTokenCreate,
         &prefix,
         serde_json::json!({
             "uses": uses, "expires_at": rfc3339(expires),
@@ -265,7 +267,7 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<crate::protocol::Enrolled, 
         // Unauthenticated: recorded as `anonymous`; what it claimed is detail (bounded).
         audit::refused(
             db,
-            "agent.enroll_refused",
+            Action::AgentEnrollRefused,
             "enroll",
             serde_json::json!({
                 "why": "unknown, used-up or expired enroll token",
@@ -296,7 +298,7 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<crate::protocol::Enrolled, 
             audit::append(
                 db,
                 &format!("enroll-token:{prefix}"),
-                "agent.enroll_refused",
+                Action::AgentEnrollRefused,
                 "enroll",
                 serde_json::json!({
                     "why": why, "claimed_name": req.name, "claimed_hostname": req.hostname,
@@ -350,7 +352,7 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<crate::protocol::Enrolled, 
     audit::append_tx(
         &mut tx,
         &req.name,
-        "agent.enroll",
+        Action::AgentEnroll,
         &id,
         serde_json::json!({
             "hostname": req.hostname, "os": req.os, "arch": req.arch, "labels": labels,
@@ -497,16 +499,18 @@ pub async fn dispatch(
     let rows = match only {
         Some(id) => {
             sqlx::query(
-                "SELECT id, target, level, assigned_agent FROM invocations WHERE id = $1 AND state = 'queued' AND target <> 'local'",
+                "SELECT id, target, level, assigned_agent FROM invocations WHERE id = $1 AND state = $2 AND target <> 'local'",
             )
             .bind(id)
+            .bind(State::Queued.as_str())
             .fetch_all(&db.pool)
             .await?
         }
         None => {
             sqlx::query(
-                "SELECT id, target, level, assigned_agent FROM invocations WHERE state = 'queued' AND target <> 'local' ORDER BY created_ms LIMIT 500",
+                "SELECT id, target, level, assigned_agent FROM invocations WHERE state = $1 AND target <> 'local' ORDER BY created_ms LIMIT 500",
             )
+            .bind(State::Queued.as_str())
             .fetch_all(&db.pool)
             .await?
         }
@@ -545,28 +549,22 @@ pub async fn dispatch(
             .filter(|(a, _)| fits(a))
             .max_by_key(|(a, score)| (*score, -(a.running)));
         let Some((agent, score)) = best else { continue };
-        let mut tx = db.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE invocations SET assigned_agent = $1 WHERE id = $2 AND state = 'queued'",
-        )
-        .bind(&agent.id)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            audit::append_tx(
-                &mut tx,
-                "tend",
-                "invocation.assign",
-                &id,
-                serde_json::json!({ "agent": agent.name, "agent_id": agent.id, "health": score, "previous": assigned }),
-            )
-            .await?;
-            tx.commit().await?;
-            n += 1;
-        } else {
-            tx.rollback().await?;
+        let assign = Transition {
+            target: Target::Id(&id),
+            from: &[(State::Queued, &[])],
+            to: State::Queued,
+            set: &[Set::AssignedTo(&agent.id)],
+            audit: vec![Audit {
+                actor: "tend",
+                action: Action::InvocationAssign,
+                detail: serde_json::json!({ "agent": agent.name, "agent_id": agent.id, "health": score, "previous": assigned }),
+            }],
+        };
+        match invocation::apply(db, &assign).await {
+            Ok(_) => n += 1,
+            Err(FlowError::Db(e)) => return Err(e),
+            // A conflict: claimed, cancelled or assigned meanwhile, so nothing to do.
+            Err(_) => {}
         }
     }
     Ok(n)
@@ -574,83 +572,67 @@ pub async fn dispatch(
 
 /// Mark a claimed job as started (after the agent's own checks passed).
 pub async fn start(db: &Db, agent: &Agent, id: &str) -> Result<(), FlowError> {
-    let mut tx = db.pool.begin().await?;
-    let n = sqlx::query(
-        "UPDATE invocations SET run_started_ms = $1 WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+    invocation::apply(
+        db,
+        &Transition::new(
+            id,
+            &[(State::Running, &[Guard::HeldBy(&agent.id)])],
+            State::Running,
+            &[Set::StartedNow],
+            vec![Audit {
+                actor: &agent.name,
+                action: Action::InvocationStarted,
+                detail: serde_json::json!({ "agent_id": agent.id }),
+            }],
+        ),
     )
-    .bind(now_ms())
-    .bind(id)
-    .bind(&agent.id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    invocation::commit_one(
-        tx,
-        n,
-        || format!("invocation {id} is not held by agent {}", agent.name),
-        invocation::Recorded {
-            actor: &agent.name,
-            action: "invocation.started",
-            subject: id,
-            detail: serde_json::json!({ "agent_id": agent.id }),
-        },
-    )
-    .await
+    .await?;
+    Ok(())
 }
 
+/// Extend the lease on a job this agent holds (not audited: nothing changes but the time).
 pub async fn renew(db: &Db, agent: &Agent, id: &str, lease_ms: i64) -> Result<i64, FlowError> {
     let until = now_ms() + lease_ms;
-    let n = sqlx::query(
-        "UPDATE invocations SET lease_until_ms = $1 WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+    invocation::apply(
+        db,
+        &Transition::new(
+            id,
+            &[(State::Running, &[Guard::HeldBy(&agent.id)])],
+            State::Running,
+            &[Set::LeaseUntil(until)],
+            Vec::new(),
+        ),
     )
-    .bind(until)
-    .bind(id)
-    .bind(&agent.id)
-    .execute(&db.pool)
-    .await?
-    .rows_affected();
-    if n != 1 {
-        return Err(FlowError::Conflict(format!(
-            "invocation {id} is not held by agent {}",
-            agent.name
-        )));
-    }
+    .await?;
     Ok(until)
 }
 
 /// Give back a claimed job that has not started (graceful shutdown).
 pub async fn release(db: &Db, agent: &Agent, id: &str) -> Result<(), FlowError> {
-    let mut tx = db.pool.begin().await?;
-    let n = sqlx::query(
-        "UPDATE invocations SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, assigned_agent = CASE WHEN target LIKE 'pool:%' THEN NULL ELSE assigned_agent END WHERE id = $1 AND state = 'running' AND lease_owner = $2 AND run_started_ms IS NULL",
+    invocation::apply(
+        db,
+        &Transition::new(
+            id,
+            &[(
+                State::Running,
+                &[Guard::HeldBy(&agent.id), Guard::NotStarted],
+            )],
+            State::Queued,
+            &[Set::NoLease, Set::UnassignedIfPool],
+            vec![Audit {
+                actor: &agent.name,
+                action: Action::InvocationReleased,
+                detail: serde_json::json!({ "why": "the agent is shutting down" }),
+            }],
+        ),
     )
-    .bind(id)
-    .bind(&agent.id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    invocation::commit_one(
-        tx,
-        n,
-        || {
-            format!(
-                "invocation {id} is not an unstarted job held by agent {}",
-                agent.name
-            )
-        },
-        invocation::Recorded {
-            actor: &agent.name,
-            action: "invocation.released",
-            subject: id,
-            detail: serde_json::json!({ "why": "the agent is shutting down" }),
-        },
-    )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Record what an agent reports. Exactly once: the first report for a job held by this agent
-/// (or a late one for a job marked `unknown`) is recorded; a repeat is acknowledged and changes
-/// nothing.
+/// (or a late one for a job marked `unknown`) is recorded, by the path every result takes
+/// ([`invocation::record_result`]); a repeat is acknowledged and changes nothing.
 pub async fn report(
     db: &Db,
     agent: &Agent,
@@ -658,18 +640,14 @@ pub async fn report(
     result: &JobResult,
 ) -> Result<&'static str, FlowError> {
     let inv = invocation::get(db, id).await?;
-    let terminal = matches!(
-        inv.state,
-        invocation::State::Succeeded | invocation::State::Failed
-    );
-    if terminal {
+    if matches!(inv.state, State::Succeeded | State::Failed) {
         return Ok("already recorded");
     }
-    let (ok, body, action) = match result.outcome.as_str() {
+    let (ok, body, refused) = match result.outcome.as_str() {
         "ran" => {
             let report = result.report.clone().unwrap_or_default();
             let ok = report["outcome"] == "ok";
-            (ok, report, None)
+            (ok, report, false)
         }
         "refused" => {
             let why = result
@@ -679,7 +657,7 @@ pub async fn report(
             (
                 false,
                 serde_json::json!({ "refused_by_agent": agent.name, "error": why }),
-                Some("agent.refused"),
+                true,
             )
         }
         other => {
@@ -688,53 +666,26 @@ pub async fn report(
             )));
         }
     };
-    let to = if ok { "succeeded" } else { "failed" };
-    let mut tx = db.pool.begin().await?;
-    let n = sqlx::query(
-        "UPDATE invocations SET state = $1, result = $2, finished_ms = $3, lease_owner = NULL, lease_until_ms = NULL
-         WHERE id = $4 AND ((state = 'running' AND lease_owner = $5) OR (state = 'unknown' AND assigned_agent = $6))",
-    )
-    .bind(to)
-    .bind(body.to_string())
-    .bind(now_ms())
-    .bind(id)
-    .bind(&agent.id)
-    .bind(&agent.id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if n != 1 {
-        tx.rollback().await?;
-        return Err(FlowError::Conflict(format!(
-            "invocation {id} is {} and not held by agent {}",
-            inv.state.as_str(),
-            agent.name
-        )));
-    }
-    let counter = if ok { "jobs_ok" } else { "jobs_failed" };
-    sqlx::query(&format!(
-        "UPDATE agents SET {counter} = {counter} + 1 WHERE id = $1"
-    ))
-    .bind(&agent.id)
-    .execute(&mut *tx)
-    .await?;
     let detail = serde_json::json!({
-        "state": to, "agent": agent.name,
+        "agent": agent.name,
         "outcome": body.get("outcome").cloned().unwrap_or(serde_json::Value::Null),
-        "refusal": result.refusal, "late": inv.state == invocation::State::Unknown,
+        "refusal": result.refusal, "late": inv.state == State::Unknown,
     });
-    if let Some(a) = action {
-        audit::append_tx(&mut tx, &agent.name, a, id, detail.clone()).await?;
-    }
-    audit::append_tx(
-        &mut tx,
-        &agent.name,
-        &format!("invocation.{to}"),
+    invocation::record_result(
+        db,
         id,
-        detail,
+        Runner::Agent {
+            id: &agent.id,
+            name: &agent.name,
+        },
+        JobOutcome {
+            succeeded: ok,
+            result: &body,
+            detail,
+            refused,
+        },
     )
     .await?;
-    tx.commit().await?;
     Ok("recorded")
 }
 
@@ -750,18 +701,42 @@ pub async fn delete(db: &Db, id: &str, by: &str) -> Result<usize, FlowError> {
         tx.rollback().await?;
         return Err(FlowError::NotFound(format!("no agent {id}")));
     }
-    let requeued = sqlx::query(
-        "UPDATE invocations SET state = 'queued', assigned_agent = NULL, lease_owner = NULL, lease_until_ms = NULL
-         WHERE assigned_agent = $1 AND (state = 'queued' OR (state = 'running' AND run_started_ms IS NULL))",
+    // Its queued jobs and the ones it claimed but never started go back to the queue, for
+    // any agent; `agent.delete` records how many.
+    let jobs = sqlx::query(
+        "SELECT id FROM invocations WHERE assigned_agent = $1 AND (state = $2 OR (state = $3 AND run_started_ms IS NULL))",
     )
     .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .bind(State::Queued.as_str())
+    .bind(State::Running.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut requeued = 0u64;
+    for job in jobs {
+        let job: String = job.try_get("id")?;
+        let back = Transition {
+            target: Target::Id(&job),
+            from: &[
+                (State::Queued, &[Guard::AssignedTo(id)]),
+                (State::Running, &[Guard::AssignedTo(id), Guard::NotStarted]),
+            ],
+            to: State::Queued,
+            set: &[Set::Unassigned, Set::NoLease],
+            audit: Vec::new(),
+        };
+        match invocation::apply_in(&mut tx, &back).await {
+            Ok(_) => requeued += 1,
+            Err(FlowError::Conflict(_) | FlowError::NotFound(_)) => {}
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        }
+    }
     audit::append_tx(
         &mut tx,
         by,
-        "agent.delete",
+        Action::AgentDelete,
         id,
         serde_json::json!({ "requeued_jobs": requeued }),
     )

@@ -67,6 +67,144 @@ pub const MAX_SUBJECT: usize = 256;
 pub const MAX_DETAIL_STRING: usize = 1024;
 pub const MAX_DETAIL: usize = 8 * 1024;
 
+/// What an audit event records: a fixed set named by the code, never by a caller. The text
+/// form (`verb.noun`) is what the chain stores and hashes, so it never changes for a variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// An API token was created.
+    TokenCreate,
+    /// An enroll token was created.
+    EnrollTokenCreate,
+    /// A request without a known token was refused (recorded as `anonymous`).
+    AuthRefused,
+    /// A known caller asked for more than its role allows.
+    AuthForbidden,
+    /// An invocation was recorded (queued, or pending approval).
+    InvocationCreate,
+    /// Policy denied a submission; nothing was recorded but this.
+    InvocationDenied,
+    /// An approval was recorded.
+    ApprovalGrant,
+    /// An approval was refused.
+    ApprovalRefused,
+    /// `pending_approval -> queued`: the approvals are complete.
+    InvocationQueued,
+    /// `pending_approval -> rejected`.
+    InvocationRejected,
+    /// `pending_approval -> expired`: no sufficient approval in time.
+    InvocationExpired,
+    /// `pending_approval | queued -> cancelled`.
+    InvocationCancelled,
+    /// A queued pool or agent job was assigned to an agent.
+    InvocationAssign,
+    /// `queued -> running`: a worker or agent claimed the job with a lease.
+    InvocationRunning,
+    /// An agent's own checks passed and it started a claimed job.
+    InvocationStarted,
+    /// `running -> queued`: an agent gave back a job it had not started.
+    InvocationReleased,
+    /// `running -> queued`: a lease ran out where running again is harmless.
+    InvocationRequeued,
+    /// `running -> unknown`: a started repair's lease ran out; a human must check.
+    InvocationUnknown,
+    /// `running | unknown -> succeeded`: a result was recorded.
+    InvocationSucceeded,
+    /// `running | unknown -> failed`: a result was recorded, or the holder is gone.
+    InvocationFailed,
+    /// An agent enrolled.
+    AgentEnroll,
+    /// An enrollment was refused.
+    AgentEnrollRefused,
+    /// A signed agent request was refused (recorded as `anonymous`).
+    AgentRequestRefused,
+    /// An agent refused to run a job it was given (its own admission check).
+    AgentRefused,
+    /// An agent was removed; its unstarted jobs went back to the queue.
+    AgentDelete,
+    /// An orchestrator process started serving.
+    OrchestratorStart,
+    /// An orchestrator process stopped.
+    OrchestratorStop,
+    /// Flood control left refusals out of one window; this says how many.
+    AuditRefusalsSuppressed,
+    /// Written by `tend audit bench` into a scratch database to measure appends.
+    BenchAppend,
+}
+
+impl Action {
+    pub const ALL: [Action; 29] = [
+        Action::TokenCreate,
+        Action::EnrollTokenCreate,
+        Action::AuthRefused,
+        Action::AuthForbidden,
+        Action::InvocationCreate,
+        Action::InvocationDenied,
+        Action::ApprovalGrant,
+        Action::ApprovalRefused,
+        Action::InvocationQueued,
+        Action::InvocationRejected,
+        Action::InvocationExpired,
+        Action::InvocationCancelled,
+        Action::InvocationAssign,
+        Action::InvocationRunning,
+        Action::InvocationStarted,
+        Action::InvocationReleased,
+        Action::InvocationRequeued,
+        Action::InvocationUnknown,
+        Action::InvocationSucceeded,
+        Action::InvocationFailed,
+        Action::AgentEnroll,
+        Action::AgentEnrollRefused,
+        Action::AgentRequestRefused,
+        Action::AgentRefused,
+        Action::AgentDelete,
+        Action::OrchestratorStart,
+        Action::OrchestratorStop,
+        Action::AuditRefusalsSuppressed,
+        Action::BenchAppend,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::TokenCreate => "token.create",
+            Action::EnrollTokenCreate => "enroll_token.create",
+            Action::AuthRefused => "auth.refused",
+            Action::AuthForbidden => "auth.forbidden",
+            Action::InvocationCreate => "invocation.create",
+            Action::InvocationDenied => "invocation.denied",
+            Action::ApprovalGrant => "approval.grant",
+            Action::ApprovalRefused => "approval.refused",
+            Action::InvocationQueued => "invocation.queued",
+            Action::InvocationRejected => "invocation.rejected",
+            Action::InvocationExpired => "invocation.expired",
+            Action::InvocationCancelled => "invocation.cancelled",
+            Action::InvocationAssign => "invocation.assign",
+            Action::InvocationRunning => "invocation.running",
+            Action::InvocationStarted => "invocation.started",
+            Action::InvocationReleased => "invocation.released",
+            Action::InvocationRequeued => "invocation.requeued",
+            Action::InvocationUnknown => "invocation.unknown",
+            Action::InvocationSucceeded => "invocation.succeeded",
+            Action::InvocationFailed => "invocation.failed",
+            Action::AgentEnroll => "agent.enroll",
+            Action::AgentEnrollRefused => "agent.enroll_refused",
+            Action::AgentRequestRefused => "agent.request_refused",
+            Action::AgentRefused => "agent.refused",
+            Action::AgentDelete => "agent.delete",
+            Action::OrchestratorStart => "orchestrator.start",
+            Action::OrchestratorStop => "orchestrator.stop",
+            Action::AuditRefusalsSuppressed => "audit.refusals_suppressed",
+            Action::BenchAppend => "bench.append",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub index: i64,
@@ -230,7 +368,7 @@ pub fn chain_hash(prev_hash: &str, canonical: &str) -> String {
 pub async fn append(
     db: &Db,
     actor: &str,
-    action: &str,
+    action: Action,
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<Head, DbError> {
@@ -246,12 +384,12 @@ pub async fn append(
 pub async fn append_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     actor: &str,
-    action: &str,
+    action: Action,
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<Head, DbError> {
     let actor = safe_field(actor, MAX_ACTOR);
-    let action = safe_field(action, MAX_ACTION);
+    let action = safe_field(action.as_str(), MAX_ACTION);
     let subject = safe_field(subject, MAX_SUBJECT);
     let detail = bounded_detail(detail);
     let at = rfc3339(now_ms());
@@ -421,11 +559,11 @@ impl RefusalGate {
 /// flood gate. Returns whether it was written.
 pub async fn refused(
     db: &Db,
-    action: &str,
+    action: Action,
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<bool, DbError> {
-    if !db.refusals.admit(action, Instant::now(), now_ms()) {
+    if !db.refusals.admit(action.as_str(), Instant::now(), now_ms()) {
         return Ok(false);
     }
     append(db, ANONYMOUS, action, subject, detail).await?;
@@ -437,7 +575,7 @@ async fn write_suppressed(db: &Db, all: Vec<Suppressed>) -> Result<(), DbError> 
         append(
             db,
             "tend",
-            "audit.refusals_suppressed",
+            Action::AuditRefusalsSuppressed,
             &s.action,
             serde_json::json!({
                 "action": s.action, "suppressed": s.count,
@@ -682,6 +820,26 @@ mod tests {
         assert_eq!(
             v2(resplit),
             "0c793382cd59ef0e5d727ab2c881f69cbde281e97be4e460be908dc207ab5679"
+        );
+    }
+
+    /// The chain stores and hashes these texts, and people search for them: each is distinct,
+    /// stored as written (no escaping, no cut), and never changes for a variant.
+    #[test]
+    fn every_action_has_its_one_text() {
+        let texts: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        let mut unique = texts.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), texts.len(), "{texts:?}");
+        for t in &texts {
+            assert_eq!(safe_field(t, MAX_ACTION), *t);
+        }
+        assert_eq!(Action::InvocationCreate.as_str(), "invocation.create");
+        assert_eq!(Action::AgentEnrollRefused.as_str(), "agent.enroll_refused");
+        assert_eq!(
+            Action::AuditRefusalsSuppressed.as_str(),
+            "audit.refusals_suppressed"
         );
     }
 

@@ -107,7 +107,7 @@ pub async fn authorize(
         };
         audit::refused(
             &state.db,
-            "auth.refused",
+            audit::Action::AuthRefused,
             what,
             serde_json::json!({ "why": why }),
         )
@@ -122,7 +122,7 @@ pub async fn authorize(
         audit::append(
             &state.db,
             &actor.name,
-            "auth.forbidden",
+            audit::Action::AuthForbidden,
             what,
             serde_json::json!({ "role": actor.role.as_str(), "needs": min.as_str() }),
         )
@@ -274,7 +274,7 @@ async fn verify(
             // Unauthenticated: recorded as `anonymous`; the claimed agent is detail (bounded).
             audit::refused(
                 &state.db,
-                "agent.request_refused",
+                audit::Action::AgentRequestRefused,
                 path,
                 serde_json::json!({ "why": why, "claimed_agent": agent_id }),
             )

@@ -193,7 +193,7 @@ pub async fn submit(
         audit::append(
             &services.db,
             &caller.name,
-            "invocation.denied",
+            audit::Action::InvocationDenied,
             &skill.name,
             serde_json::json!({
                 "skill": skill.name, "version": skill.version, "target": target,

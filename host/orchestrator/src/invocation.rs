@@ -6,8 +6,10 @@
 //! queued -> cancelled
 //! ```
 //!
-//! Every transition is one conditional `UPDATE ... WHERE state = <from>`, so two racing
-//! requests cannot both win; a transition that does not apply is a conflict (HTTP 409).
+//! (and `running -> queued | unknown` when a lease runs out, `unknown -> succeeded | failed`
+//! for a late result). Every transition is a [`Transition`], run by the one [`apply`]: a
+//! conditional `UPDATE ... WHERE state = <from>`, so two racing requests cannot both win; a
+//! transition that does not apply is a conflict (HTTP 409) naming the current state.
 //! An approval binds the invocation digest — the skill digest, input, target, grants, limits
 //! and expiry — so nothing can be changed after approval.
 
@@ -15,11 +17,14 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tend_policy::{Decision, Verdict};
 
-use crate::audit;
+use crate::audit::{self, Action};
 use crate::auth::Actor;
-use crate::db::{Backend, Db, DbError, now_ms, random_id, rfc3339};
+use crate::db::{Db, DbError, now_ms, random_id, rfc3339};
 use crate::skills::Resolved;
 pub use tend_protocol::{Approval, Invocation, State};
+
+mod transition;
+pub use transition::{Audit, Guard, Set, Target, Transition, apply, apply_in};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -114,7 +119,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     audit::append_tx(
         &mut tx,
         &new.requester.name,
-        "invocation.create",
+        Action::InvocationCreate,
         &id,
         serde_json::json!({
             "skill": new.skill.name, "version": new.skill.version, "digest": new.skill.digest,
@@ -262,76 +267,6 @@ async fn approvals_of(
     Ok(by_id)
 }
 
-/// Move `id` from one of `from` to `to`; a conflict names the state it is really in.
-async fn transition(
-    db: &Db,
-    id: &str,
-    from: &[State],
-    to: State,
-    actor: &str,
-    detail: serde_json::Value,
-) -> Result<(), FlowError> {
-    let now = now_ms();
-    let mut done = false;
-    let mut tx = db.pool.begin().await?;
-    let stamp = match to {
-        State::Queued => Some("queued_ms"),
-        State::Succeeded | State::Failed | State::Rejected | State::Expired | State::Cancelled => {
-            Some("finished_ms")
-        }
-        State::PendingApproval | State::Running | State::Unknown => None,
-    };
-    for f in from {
-        let affected = match stamp {
-            Some(col) => {
-                let sql = format!(
-                    "UPDATE invocations SET state = $1, {col} = $2 WHERE id = $3 AND state = $4"
-                );
-                sqlx::query(&sql)
-                    .bind(to.as_str())
-                    .bind(now)
-                    .bind(id)
-                    .bind(f.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-            }
-            None => sqlx::query("UPDATE invocations SET state = $1 WHERE id = $2 AND state = $3")
-                .bind(to.as_str())
-                .bind(id)
-                .bind(f.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        };
-        if affected == 1 {
-            done = true;
-            break;
-        }
-    }
-    if !done {
-        tx.rollback().await?;
-        let current = get(db, id).await?;
-        return Err(FlowError::Conflict(format!(
-            "invocation {id} is {}, so it cannot become {}",
-            current.state.as_str(),
-            to.as_str()
-        )));
-    }
-    let mut detail = detail;
-    detail["state"] = serde_json::Value::String(to.as_str().into());
-    audit::append_tx(
-        &mut tx,
-        actor,
-        &format!("invocation.{}", to.as_str()),
-        id,
-        detail,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 /// Approvals as [`tend_policy::admit`] reads them. A time that does not parse never counts.
 /// Count the approvals that still stand for this exact invocation, by the one rule in
 /// [`tend_policy::admit::valid_approvers`].
@@ -383,7 +318,7 @@ pub async fn approve(
         let _ = audit::append(
             db,
             &approver.name,
-            "approval.refused",
+            Action::ApprovalRefused,
             id,
             serde_json::json!({ "why": e.to_string() }),
         )
@@ -427,21 +362,17 @@ pub async fn approve(
     let mut tx = db.pool.begin().await?;
     // Lock the invocation first (a row lock on PostgreSQL, the writer lock on SQLite), so two
     // approvers finishing the count together serialise and the second sees the first.
-    let locked = sqlx::query(
-        "UPDATE invocations SET state = state WHERE id = $1 AND state = 'pending_approval'",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if locked != 1 {
+    // (A transition to the state it is in, with nothing to write or record.)
+    let hold = Transition::new(
+        id,
+        &[(State::PendingApproval, &[])],
+        State::PendingApproval,
+        &[],
+        Vec::new(),
+    );
+    if let Err(e) = apply_in(&mut tx, &hold).await {
         tx.rollback().await?;
-        let now = get(db, id).await?;
-        return refuse(FlowError::Conflict(format!(
-            "invocation {id} is {}, not pending approval",
-            now.state.as_str()
-        )))
-        .await;
+        return refuse(e).await;
     }
     let inserted = sqlx::query(
         "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ($1, $2, $3, $4)",
@@ -460,7 +391,7 @@ pub async fn approve(
     audit::append_tx(
         &mut tx,
         &approver.name,
-        "approval.grant",
+        Action::ApprovalGrant,
         id,
         serde_json::json!({ "invocation_digest": digest }),
     )
@@ -492,9 +423,10 @@ async fn queue_if_approved(
     recovered: bool,
 ) -> Result<bool, FlowError> {
     let Some(row) = sqlx::query(
-        "SELECT requester, invocation_digest, approvals_required, expires_ms FROM invocations WHERE id = $1 AND state = 'pending_approval'",
+        "SELECT requester, invocation_digest, approvals_required, expires_ms FROM invocations WHERE id = $1 AND state = $2",
     )
     .bind(id)
+    .bind(State::PendingApproval.as_str())
     .fetch_optional(&mut **tx)
     .await?
     else {
@@ -525,25 +457,28 @@ async fn queue_if_approved(
     if (approvers.len() as i64) < required {
         return Ok(false);
     }
-    let moved = sqlx::query(
-        "UPDATE invocations SET state = 'queued', queued_ms = $1 WHERE id = $2 AND state = 'pending_approval'",
-    )
-    .bind(now)
-    .bind(id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if moved != 1 {
-        return Ok(false);
-    }
-    let mut detail = serde_json::json!({ "state": "queued", "approvers": approvers });
+    let mut detail = serde_json::json!({ "state": State::Queued.as_str(), "approvers": approvers });
     if recovered {
         detail["recovered"] = serde_json::json!(
             "the approvals were complete but the invocation was still pending: queued on the approver's retry"
         );
     }
-    audit::append_tx(tx, actor, "invocation.queued", id, detail).await?;
-    Ok(true)
+    let queued = Transition::new(
+        id,
+        &[(State::PendingApproval, &[])],
+        State::Queued,
+        &[Set::QueuedNow],
+        vec![Audit {
+            actor,
+            action: Action::InvocationQueued,
+            detail,
+        }],
+    );
+    match apply_in(tx, &queued).await {
+        Ok(_) => Ok(true),
+        Err(FlowError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn reject(
@@ -552,13 +487,20 @@ pub async fn reject(
     actor: &Actor,
     comment: &str,
 ) -> Result<Invocation, FlowError> {
-    transition(
+    let to = State::Rejected;
+    apply(
         db,
-        id,
-        &[State::PendingApproval],
-        State::Rejected,
-        &actor.name,
-        serde_json::json!({ "comment": comment }),
+        &Transition::new(
+            id,
+            &[(State::PendingApproval, &[])],
+            to,
+            &[Set::FinishedNow],
+            vec![Audit {
+                actor: &actor.name,
+                action: Action::InvocationRejected,
+                detail: serde_json::json!({ "comment": comment, "state": to.as_str() }),
+            }],
+        ),
     )
     .await?;
     get(db, id).await
@@ -572,13 +514,20 @@ pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, Flow
             inv.requester
         )));
     }
-    transition(
+    let to = State::Cancelled;
+    apply(
         db,
-        id,
-        &[State::PendingApproval, State::Queued],
-        State::Cancelled,
-        &actor.name,
-        serde_json::json!({}),
+        &Transition::new(
+            id,
+            &[(State::PendingApproval, &[]), (State::Queued, &[])],
+            to,
+            &[Set::FinishedNow],
+            vec![Audit {
+                actor: &actor.name,
+                action: Action::InvocationCancelled,
+                detail: serde_json::json!({ "state": to.as_str() }),
+            }],
+        ),
     )
     .await?;
     get(db, id).await
@@ -586,26 +535,29 @@ pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, Flow
 
 /// Expire pending invocations whose approval window has closed.
 pub async fn expire_due(db: &Db) -> Result<usize, FlowError> {
-    let rows = sqlx::query(
-        "SELECT id FROM invocations WHERE state = 'pending_approval' AND expires_ms < $1",
-    )
-    .bind(now_ms())
-    .fetch_all(&db.pool)
-    .await?;
+    let rows = sqlx::query("SELECT id FROM invocations WHERE state = $1 AND expires_ms < $2")
+        .bind(State::PendingApproval.as_str())
+        .bind(now_ms())
+        .fetch_all(&db.pool)
+        .await?;
     let mut n = 0;
     for r in rows {
         let id: String = r.try_get("id")?;
-        if transition(
-            db,
+        let to = State::Expired;
+        let expired = Transition::new(
             &id,
-            &[State::PendingApproval],
-            State::Expired,
-            "tend",
-            serde_json::json!({ "why": "no sufficient approval before expiry" }),
-        )
-        .await
-        .is_ok()
-        {
+            &[(State::PendingApproval, &[])],
+            to,
+            &[Set::FinishedNow],
+            vec![Audit {
+                actor: "tend",
+                action: Action::InvocationExpired,
+                detail: serde_json::json!({
+                    "why": "no sufficient approval before expiry", "state": to.as_str(),
+                }),
+            }],
+        );
+        if apply(db, &expired).await.is_ok() {
             n += 1;
         }
     }
@@ -629,38 +581,33 @@ pub async fn claim(
     lease_ms: i64,
     queue: Queue<'_>,
 ) -> Result<Option<Invocation>, FlowError> {
-    let now = now_ms();
-    let (column, value) = match queue {
-        Queue::Local => ("target", "local"),
-        Queue::Agent(id) => ("assigned_agent", id),
-    };
-    let lock = match db.backend {
-        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
+    let until_ms = now_ms() + lease_ms;
+    let lease = Set::Lease { owner, until_ms };
     // The local worker starts a job the moment it claims it; an agent says when it starts.
-    let started = match queue {
-        Queue::Local => ", run_started_ms = $3",
-        Queue::Agent(_) => "",
+    let set: &[Set] = match queue {
+        Queue::Local => &[lease, Set::ClaimedNow, Set::StartedNow],
+        Queue::Agent(_) => &[lease, Set::ClaimedNow],
     };
-    let sql = format!(
-        "UPDATE invocations SET state = 'running', lease_owner = $1, lease_until_ms = $2, started_ms = $3{started}
-         WHERE id = (SELECT id FROM invocations WHERE state = 'queued' AND {column} = $4 ORDER BY created_ms LIMIT 1{lock}) AND state = 'queued'
-         RETURNING *"
-    );
+    let claim = Transition {
+        target: Target::Oldest(queue),
+        from: &[(State::Queued, &[])],
+        to: State::Running,
+        set,
+        audit: vec![Audit {
+            actor: owner,
+            action: Action::InvocationRunning,
+            detail: serde_json::json!({ "state": State::Running.as_str(), "lease_ms": lease_ms }),
+        }],
+    };
     let mut tx = db.pool.begin().await?;
-    let Some(row) = sqlx::query(&sql)
-        .bind(owner)
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(value)
-        .fetch_optional(&mut *tx)
-        .await?
-    else {
-        // Roll back now: a dropped transaction gives its lock back only when the pooled
-        // connection is next used.
-        tx.rollback().await?;
-        return Ok(None);
+    let row = match apply_in(&mut tx, &claim).await {
+        Ok(Some(row)) => row,
+        other => {
+            // Roll back now: a dropped transaction gives its lock back only when the pooled
+            // connection is next used.
+            tx.rollback().await?;
+            return other.map(|_| None);
+        }
     };
     // A queued job's approvals are read with it: the worker checks them again before it runs.
     let id: String = row.try_get("id")?;
@@ -670,14 +617,6 @@ pub async fn claim(
     .bind(&id)
     .fetch_all(&mut *tx)
     .await?;
-    audit::append_tx(
-        &mut tx,
-        owner,
-        "invocation.running",
-        &id,
-        serde_json::json!({ "state": "running", "lease_ms": lease_ms }),
-    )
-    .await?;
     tx.commit().await?;
     let approvals = approval_rows
         .iter()
@@ -686,76 +625,98 @@ pub async fn claim(
     Ok(Some(from_row(&row, approvals)?))
 }
 
-/// Record the outcome of a job this worker holds.
-pub async fn finish(
+/// Who ran a job and reports its result.
+#[derive(Debug, Clone, Copy)]
+pub enum Runner<'a> {
+    /// The built-in worker, by the name its leases carry.
+    Worker(&'a str),
+    /// An enrolled agent: its leases carry its id, the audit its name.
+    Agent { id: &'a str, name: &'a str },
+}
+
+/// A job's result, as its runner reports it.
+#[derive(Debug, Clone)]
+pub struct JobOutcome<'a> {
+    pub succeeded: bool,
+    /// Stored as the invocation's result.
+    pub result: &'a serde_json::Value,
+    /// The audit detail (its `state` is set here).
+    pub detail: serde_json::Value,
+    /// The runner refused to run it (an agent's own admission check): recorded as
+    /// `agent.refused` too.
+    pub refused: bool,
+}
+
+/// Record the result of a job, whoever ran it: `running -> succeeded | failed` for the holder
+/// of its lease, in one transaction with its audit event. An agent's result is also taken
+/// late, for a job it was assigned that was marked `unknown` meanwhile, and counts towards its
+/// health. Anyone else's result is a conflict that changes nothing.
+pub async fn record_result(
     db: &Db,
     id: &str,
-    owner: &str,
-    succeeded: bool,
-    result: &serde_json::Value,
-    summary: serde_json::Value,
+    runner: Runner<'_>,
+    outcome: JobOutcome<'_>,
 ) -> Result<(), FlowError> {
-    let to = if succeeded {
+    let to = if outcome.succeeded {
         State::Succeeded
     } else {
         State::Failed
     };
-    let mut tx = db.pool.begin().await?;
-    let n = sqlx::query(
-        "UPDATE invocations SET state = $1, result = $2, finished_ms = $3, lease_owner = NULL, lease_until_ms = NULL WHERE id = $4 AND state = 'running' AND lease_owner = $5",
-    )
-    .bind(to.as_str())
-    .bind(result.to_string())
-    .bind(now_ms())
-    .bind(id)
-    .bind(owner)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let mut summary = summary;
-    summary["state"] = serde_json::Value::String(to.as_str().into());
-    commit_one(
-        tx,
-        n,
-        || format!("invocation {id} is no longer held by {owner}"),
-        Recorded {
-            actor: owner,
-            action: &format!("invocation.{}", to.as_str()),
-            subject: id,
-            detail: summary,
-        },
-    )
-    .await
-}
-
-/// The audit event that records one change.
-pub(crate) struct Recorded<'a> {
-    pub actor: &'a str,
-    pub action: &'a str,
-    pub subject: &'a str,
-    pub detail: serde_json::Value,
-}
-
-/// Finish a one-row change made inside `tx`: if it touched exactly one row, append its audit
-/// event and commit both; otherwise roll back and report `conflict` (a 409).
-pub(crate) async fn commit_one(
-    mut tx: sqlx::Transaction<'_, sqlx::Any>,
-    changed: u64,
-    conflict: impl FnOnce() -> String,
-    event: Recorded<'_>,
-) -> Result<(), FlowError> {
-    if changed != 1 {
-        tx.rollback().await?;
-        return Err(FlowError::Conflict(conflict()));
+    let action = if outcome.succeeded {
+        Action::InvocationSucceeded
+    } else {
+        Action::InvocationFailed
+    };
+    let mut detail = outcome.detail;
+    detail["state"] = serde_json::Value::String(to.as_str().into());
+    let (actor, holder, agent) = match runner {
+        Runner::Worker(owner) => (owner, owner, None),
+        Runner::Agent { id, name } => (name, id, Some(id)),
+    };
+    let held = [Guard::HeldBy(holder)];
+    let late = agent.map(|a| [Guard::AssignedTo(a)]);
+    let by_worker = [(State::Running, &held[..])];
+    let by_agent;
+    let from: &[(State, &[Guard])] = match &late {
+        None => &by_worker,
+        Some(late) => {
+            by_agent = [(State::Running, &held[..]), (State::Unknown, &late[..])];
+            &by_agent
+        }
+    };
+    let mut audit = Vec::with_capacity(2);
+    if outcome.refused {
+        audit.push(Audit {
+            actor,
+            action: Action::AgentRefused,
+            detail: detail.clone(),
+        });
     }
-    audit::append_tx(
-        &mut tx,
-        event.actor,
-        event.action,
-        event.subject,
-        event.detail,
-    )
-    .await?;
+    audit.push(Audit {
+        actor,
+        action,
+        detail,
+    });
+    let recorded = Transition {
+        target: Target::Id(id),
+        from,
+        to,
+        set: &[Set::Result(outcome.result), Set::FinishedNow, Set::NoLease],
+        audit,
+    };
+    let mut tx = db.pool.begin().await?;
+    if let Err(e) = apply_in(&mut tx, &recorded).await {
+        tx.rollback().await?;
+        return Err(e);
+    }
+    if let Some(agent) = agent {
+        let count = if outcome.succeeded {
+            "UPDATE agents SET jobs_ok = jobs_ok + 1 WHERE id = $1"
+        } else {
+            "UPDATE agents SET jobs_failed = jobs_failed + 1 WHERE id = $1"
+        };
+        sqlx::query(count).bind(agent).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -769,32 +730,26 @@ async fn fail_running(
     why: &str,
 ) -> Result<usize, FlowError> {
     let mut n = 0;
+    let result = serde_json::json!({ "error": why });
     for r in candidates {
         let id: String = r.try_get("id")?;
         let owner: Option<String> = r.try_get("lease_owner")?;
-        let mut tx = db.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE invocations SET state = 'failed', finished_ms = $1, result = $2, lease_owner = NULL WHERE id = $3 AND state = 'running'",
-        )
-        .bind(now_ms())
-        .bind(serde_json::json!({ "error": why }).to_string())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            audit::append_tx(
-                &mut tx,
+        let to = State::Failed;
+        let failed = Transition {
+            target: Target::Id(&id),
+            from: &[(State::Running, &[])],
+            to,
+            set: &[Set::FinishedNow, Set::Result(&result), Set::NoLease],
+            audit: vec![Audit {
                 actor,
-                "invocation.failed",
-                &id,
-                serde_json::json!({ "state": "failed", "why": why, "lease_owner": owner }),
-            )
-            .await?;
-            tx.commit().await?;
-            n += 1;
-        } else {
-            tx.rollback().await?;
+                action: Action::InvocationFailed,
+                detail: serde_json::json!({ "state": to.as_str(), "why": why, "lease_owner": owner }),
+            }],
+        };
+        match apply(db, &failed).await {
+            Ok(_) => n += 1,
+            Err(FlowError::Conflict(_) | FlowError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(n)
@@ -803,10 +758,12 @@ async fn fail_running(
 /// Jobs whose lease ran out while their holder was gone (a crash, a lost network):
 /// not started yet → queued again; a started diagnose skill → queued again (reading twice is
 /// harmless); a started **repair** → `unknown`, escalated to a human, never run again on its own.
+/// A `pool:` job queued again may go to any agent of its pool.
 pub async fn expire_leases(db: &Db) -> Result<usize, FlowError> {
     let rows = sqlx::query(
-        "SELECT id, lease_owner, kind, target, run_started_ms FROM invocations WHERE state = 'running' AND lease_until_ms < $1",
+        "SELECT id, lease_owner, kind, run_started_ms FROM invocations WHERE state = $1 AND lease_until_ms < $2",
     )
+    .bind(State::Running.as_str())
     .bind(now_ms())
     .fetch_all(&db.pool)
     .await?;
@@ -815,52 +772,48 @@ pub async fn expire_leases(db: &Db) -> Result<usize, FlowError> {
         let id: String = r.try_get("id")?;
         let owner: Option<String> = r.try_get("lease_owner")?;
         let kind: String = r.try_get("kind")?;
-        let target: String = r.try_get("target")?;
         let started: Option<i64> = r.try_get("run_started_ms")?;
-        let mut tx = db.pool.begin().await?;
-        let (sql, action, why) = match (started, kind.as_str()) {
+        let (to, set, action, why): (_, &[Set], _, _) = match (started, kind.as_str()) {
             (Some(_), "repair") => (
-                "UPDATE invocations SET state = 'unknown', lease_owner = NULL, lease_until_ms = NULL, finished_ms = $1 WHERE id = $2 AND state = 'running'",
-                "invocation.unknown",
+                State::Unknown,
+                &[Set::NoLease, Set::FinishedNow],
+                Action::InvocationUnknown,
                 "the lease expired after this repair started: it may or may not have acted. Escalated: a human must check the target; it will not run again on its own",
             ),
             (Some(_), _) => (
-                "UPDATE invocations SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, run_started_ms = NULL, queued_ms = $1 WHERE id = $2 AND state = 'running'",
-                "invocation.requeued",
+                State::Queued,
+                &[
+                    Set::NoLease,
+                    Set::NotStarted,
+                    Set::QueuedNow,
+                    Set::UnassignedIfPool,
+                ],
+                Action::InvocationRequeued,
                 "the lease expired after this diagnose skill started; reading again is harmless, so it is queued again",
             ),
             (None, _) => (
-                "UPDATE invocations SET state = 'queued', lease_owner = NULL, lease_until_ms = NULL, queued_ms = $1 WHERE id = $2 AND state = 'running'",
-                "invocation.requeued",
+                State::Queued,
+                &[Set::NoLease, Set::QueuedNow, Set::UnassignedIfPool],
+                Action::InvocationRequeued,
                 "the lease expired before the job started: queued again",
             ),
         };
-        let changed = sqlx::query(sql)
-            .bind(now_ms())
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if changed != 1 {
-            tx.rollback().await?;
-            continue;
-        }
-        if action == "invocation.requeued" && target.starts_with("pool:") {
-            sqlx::query("UPDATE invocations SET assigned_agent = NULL WHERE id = $1")
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        audit::append_tx(
-            &mut tx,
-            "tend",
-            action,
+        let expired = Transition::new(
             &id,
-            serde_json::json!({ "why": why, "lease_owner": owner }),
-        )
-        .await?;
-        tx.commit().await?;
-        n += 1;
+            &[(State::Running, &[])],
+            to,
+            set,
+            vec![Audit {
+                actor: "tend",
+                action,
+                detail: serde_json::json!({ "why": why, "lease_owner": owner }),
+            }],
+        );
+        match apply(db, &expired).await {
+            Ok(_) => n += 1,
+            Err(FlowError::Conflict(_) | FlowError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(n)
 }
@@ -869,8 +822,9 @@ pub async fn expire_leases(db: &Db) -> Result<usize, FlowError> {
 /// reason, so none stays claimed by a process that is gone.
 pub async fn release_owned(db: &Db, owner: &str, why: &str) -> Result<usize, FlowError> {
     let rows = sqlx::query(
-        "SELECT id, lease_owner FROM invocations WHERE state = 'running' AND lease_owner = $1",
+        "SELECT id, lease_owner FROM invocations WHERE state = $1 AND lease_owner = $2",
     )
+    .bind(State::Running.as_str())
     .bind(owner)
     .fetch_all(&db.pool)
     .await?;

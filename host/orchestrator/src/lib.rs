@@ -146,7 +146,7 @@ impl Orchestrator {
         audit::append(
             &self.state.db,
             "tend",
-            "token.create",
+            audit::Action::TokenCreate,
             "admin",
             serde_json::json!({ "role": "admin", "why": "first start" }),
         )
@@ -165,7 +165,7 @@ impl Orchestrator {
         audit::append(
             &state.db,
             "tend",
-            "orchestrator.start",
+            audit::Action::OrchestratorStart,
             &state.worker.owner,
             serde_json::json!({
                 "target": self.config.target.name, "environment": self.config.target.environment,
@@ -218,7 +218,7 @@ impl Orchestrator {
         let _ = audit::append(
             &state.db,
             "tend",
-            "orchestrator.stop",
+            audit::Action::OrchestratorStop,
             &state.worker.owner,
             serde_json::json!({}),
         )

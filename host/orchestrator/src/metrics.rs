@@ -81,7 +81,7 @@ impl Metrics {
         }
         let pending = by_state
             .iter()
-            .find(|(s, _)| s == "pending_approval")
+            .find(|(s, _)| s == crate::invocation::State::PendingApproval.as_str())
             .map_or(0, |(_, n)| *n);
         let _ = writeln!(
             out,

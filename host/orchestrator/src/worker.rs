@@ -164,9 +164,14 @@ impl Worker {
             }
         };
         let outcome = summary["outcome"].as_str().unwrap_or("refused").to_string();
-        if let Err(e) =
-            invocation::finish(&self.db, &inv.id, &self.owner, ok, &result, summary).await
-        {
+        let outcome_of_job = invocation::JobOutcome {
+            succeeded: ok,
+            result: &result,
+            detail: summary,
+            refused: false,
+        };
+        let runner = invocation::Runner::Worker(&self.owner);
+        if let Err(e) = invocation::record_result(&self.db, &inv.id, runner, outcome_of_job).await {
             tracing::error!(error = %e, "recording a job result failed");
         }
         self.metrics
