@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tend_protocol::Ceiling;
 
+use crate::error::ConfigError;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -49,44 +51,51 @@ impl AgentConfig {
         dir.join("agent.key")
     }
 
-    pub fn load(dir: &Path) -> Result<AgentConfig, String> {
+    pub fn load(dir: &Path) -> Result<AgentConfig, ConfigError> {
         let path = Self::path(dir);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            format!(
-                "cannot read {} ({e}): enroll first with `tend agent enroll`",
-                path.display()
-            )
-        })?;
-        let config: AgentConfig = toml::from_str(&text).map_err(|e| {
-            format!(
-                "{}:{}: {}",
-                path.display(),
-                tend_manifest::toml_error_line(&text, &e),
-                e.message().trim()
-            )
-        })?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let config: AgentConfig = match toml::from_str(&text) {
+            Ok(config) => config,
+            Err(e) => {
+                return Err(ConfigError::Parse {
+                    line: tend_manifest::toml_error_line(&text, &e),
+                    message: e.message().trim().to_string(),
+                    path,
+                });
+            }
+        };
         // The ceiling is this host's own word against the orchestrator's: an edited or
         // corrupted one is refused here, never read as something more permissive.
-        config
-            .ceiling
-            .check()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        config.ceiling.check().map_err(|e| invalid(e.to_string()))?;
         if config.floor.is_some_and(|f| f > 3) {
-            return Err(format!("{}: floor is 0 to 3", path.display()));
+            return Err(invalid("floor is 0 to 3".into()));
         }
         Ok(config)
     }
 
-    pub fn save(&self, dir: &Path) -> Result<(), String> {
-        let text = toml::to_string_pretty(self).map_err(|e| e.to_string())?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| e.to_string())?;
+    /// Write `agent.toml` whole (temporary file, then rename): a crash leaves the old one.
+    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
+        let path = Self::path(dir);
+        let failed = |message: String| ConfigError::Write {
+            path: path.clone(),
+            message,
+        };
+        let text = toml::to_string_pretty(self).map_err(|e| failed(e.to_string()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| failed(e.to_string()))?;
         std::io::Write::write_all(
             &mut tmp,
             format!("# Written by `tend agent enroll`.\n{text}").as_bytes(),
         )
-        .map_err(|e| e.to_string())?;
-        tmp.persist(Self::path(dir))
-            .map_err(|e| e.error.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
+        tmp.persist(&path)
+            .map_err(|e| failed(e.error.to_string()))?;
         Ok(())
     }
 }
@@ -108,7 +117,7 @@ mod tests {
             ),
         ] {
             std::fs::write(AgentConfig::path(dir.path()), format!("{base}{extra}")).expect("write");
-            let err = AgentConfig::load(dir.path()).expect_err(extra);
+            let err = AgentConfig::load(dir.path()).expect_err(extra).to_string();
             assert!(err.contains(says), "{extra}: {err}");
         }
         std::fs::write(

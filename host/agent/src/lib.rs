@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod error;
 pub mod spool;
 
 // An agent never sends a report bigger than the orchestrator takes; the bound is the runtime's.
@@ -32,6 +33,7 @@ use tend_runtime::{Export, LimitOverrides, Provenance, Runtime, RuntimeConfig};
 use tokio::sync::{Semaphore, watch};
 
 pub use config::AgentConfig;
+pub use error::{ConfigError, EnrollError, Refusal, StartError};
 
 /// What `tend agent enroll` needs.
 #[derive(Debug, Clone)]
@@ -48,8 +50,11 @@ pub struct EnrollRequest {
 }
 
 /// Make an identity (0600), register with the orchestrator, write `agent.toml`.
-pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
-    std::fs::create_dir_all(&req.dir).map_err(|e| format!("{}: {e}", req.dir.display()))?;
+pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, EnrollError> {
+    std::fs::create_dir_all(&req.dir).map_err(|source| EnrollError::Dir {
+        path: req.dir.clone(),
+        source,
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -57,13 +62,10 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
     }
     let key_path = AgentConfig::key_path(&req.dir);
     if key_path.exists() || AgentConfig::path(&req.dir).exists() {
-        return Err(format!(
-            "{} already holds an agent identity: remove it (see docs/agent.md, rotating identity) or use another --dir",
-            req.dir.display()
-        ));
+        return Err(EnrollError::AlreadyEnrolled(req.dir.clone()));
     }
-    TrustPolicy::from_file(&req.trust).map_err(|e| e.to_string())?;
-    let key = keys::generate().map_err(|e| e.to_string())?;
+    TrustPolicy::from_file(&req.trust)?;
+    let key = keys::generate()?;
     let hostname = rustix_hostname();
     let body = Enroll {
         token: req.token.clone(),
@@ -77,8 +79,7 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
         ceiling: req.ceiling.clone(),
     };
     // The orchestrator checks the same bounds; saying so here names the flag before any request.
-    body.check()
-        .map_err(|e| format!("enrollment not sent: {e}"))?;
+    body.check()?;
     let url = format!(
         "{}/api/v1/agents/enroll",
         req.orchestrator.trim_end_matches('/')
@@ -88,20 +89,24 @@ pub async fn enroll(req: EnrollRequest) -> Result<AgentConfig, String> {
         .json(&body)
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "cannot reach {url}: {}",
-                tend_registry::client::error_chain(&e)
-            )
+        .map_err(|e| EnrollError::Unreachable {
+            url: url.clone(),
+            message: tend_registry::client::error_chain(&e),
         })?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if !status.is_success() {
-        return Err(format!("enrollment refused ({status}): {text}"));
+        return Err(EnrollError::Refused {
+            status: status.as_u16(),
+            body: text,
+        });
     }
     let enrolled: tend_protocol::Enrolled =
-        serde_json::from_str(&text).map_err(|e| format!("unreadable answer {text:?}: {e}"))?;
-    keys::write_private_key(&key_path, &key).map_err(|e| e.to_string())?;
+        serde_json::from_str(&text).map_err(|e| EnrollError::Garbled {
+            message: e.to_string(),
+            body: text.clone(),
+        })?;
+    keys::write_private_key(&key_path, &key)?;
     let config = AgentConfig {
         orchestrator: req.orchestrator.trim_end_matches('/').to_string(),
         agent_id: enrolled.agent_id,
@@ -164,18 +169,17 @@ struct Shared {
 pub async fn run(
     options: RunOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let config = AgentConfig::load(&options.dir)?;
-    let key =
-        keys::read_private_key(&AgentConfig::key_path(&options.dir)).map_err(|e| e.to_string())?;
-    let trust = TrustPolicy::from_file(&config.trust).map_err(|e| e.to_string())?;
+    let key = keys::read_private_key(&AgentConfig::key_path(&options.dir))?;
+    let trust = TrustPolicy::from_file(&config.trust)?;
     let shared = Arc::new(Shared {
         client: client::Client::new(&config.orchestrator, &config.agent_id, key),
-        registry: RegistryClient::new(&config.registry, None).map_err(|e| e.to_string())?,
+        registry: RegistryClient::new(&config.registry, None)?,
         trust,
-        store: LocalStore::open(&options.dir.join("store")).map_err(|e| e.to_string())?,
+        store: LocalStore::open(&options.dir.join("store"))?,
         spool: spool::Spool::open(&options.dir)?,
-        runtime: Runtime::new(options.runtime.clone()).map_err(|e| e.to_string())?,
+        runtime: Runtime::new(options.runtime.clone())?,
         loaded: Default::default(),
         verified: Default::default(),
         running: Default::default(),
@@ -202,7 +206,11 @@ pub async fn run(
     loop {
         // Wait for one free slot, then take every other free one: one poll may bring that many.
         let first = tokio::select! {
-            p = slots.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+            // The semaphore is never closed; were it, there would be nothing left to run.
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
             _ = stop.wait_for(|s| *s) => break,
         };
         let mut permits = vec![first];
@@ -353,13 +361,13 @@ async fn flush_spool(shared: &Shared) {
     }
 }
 
-/// The agent's own checks, in order; `Err` is the refusal, in words. Nothing the orchestrator
+/// The agent's own checks, in order; `Err` is the refusal (its text is the reason sent). Nothing the orchestrator
 /// says about level, approvals needed or trigger is taken on its word: the job is admitted by
 /// [`tend_policy::admit`] from the manifest this agent verified itself.
 async fn check(
     shared: &Shared,
     job: &Job,
-) -> Result<(Arc<tend_runtime::LoadedSkill>, Provenance), String> {
+) -> Result<(Arc<tend_runtime::LoadedSkill>, Provenance), Refusal> {
     let inv = &job.invocation;
     let ceiling = &shared.config.ceiling;
     // Pull and verify with this host's own trust policy (and its own rollback floors), once
@@ -376,10 +384,9 @@ async fn check(
         Some(v) => {
             shared
                 .store
-                .with_seen_floors(&shared.trust)
-                .map_err(|e| e.to_string())?
+                .with_seen_floors(&shared.trust)?
                 .recheck(&inv.skill, &inv.version, &v.digest, &v.key_id)
-                .map_err(|e| format!("the artifact is no longer trusted here: {e}"))?;
+                .map_err(Refusal::NoLongerTrusted)?;
             (v, None)
         }
         None => {
@@ -393,7 +400,7 @@ async fn check(
                     VerifyOptions::default(),
                 )
                 .await
-                .map_err(|e| format!("the artifact does not verify here: {e}"))?;
+                .map_err(Refusal::DoesNotVerify)?;
             let v = Arc::new(pulled.verified);
             if v.digest == inv.digest {
                 shared
@@ -406,16 +413,18 @@ async fn check(
         }
     };
     if v.digest != inv.digest {
-        return Err(format!(
-            "the registry's {} {} is {}, not the {} that was decided on",
-            inv.skill, inv.version, v.digest, inv.digest
-        ));
+        return Err(Refusal::OtherDigest {
+            skill: inv.skill.clone(),
+            version: inv.version.clone(),
+            served: v.digest.clone(),
+            decided: inv.digest.clone(),
+        });
     }
     if !ceiling.publishers.is_empty() && !ceiling.publishers.contains(&v.publisher) {
-        return Err(format!(
-            "publisher {:?} is not one this agent runs ({:?})",
-            v.publisher, ceiling.publishers
-        ));
+        return Err(Refusal::Publisher {
+            publisher: v.publisher.clone(),
+            allowed: ceiling.publishers.clone(),
+        });
     }
     let caps = &v.manifest.capabilities;
     let used = [
@@ -431,10 +440,10 @@ async fn check(
     ];
     for (kind, granted) in used {
         if granted && !ceiling.capabilities.iter().any(|c| c == kind) {
-            return Err(format!(
-                "the skill is granted {kind}, which this agent does not allow (allowed: {:?})",
-                ceiling.capabilities
-            ));
+            return Err(Refusal::Capability {
+                kind,
+                allowed: ceiling.capabilities.clone(),
+            });
         }
     }
     if !ceiling.paths.is_empty() {
@@ -452,10 +461,10 @@ async fn check(
             .chain(&caps.fs_write)
             .find(|p| !inside(p))
         {
-            return Err(format!(
-                "the skill is granted {p}, outside the paths this agent allows ({:?})",
-                ceiling.paths
-            ));
+            return Err(Refusal::Path {
+                path: p.clone(),
+                allowed: ceiling.paths.clone(),
+            });
         }
     }
     // The approvals must be for this exact invocation, as this agent computes it, and as many
@@ -501,8 +510,7 @@ async fn check(
                 .unwrap_or(tend_policy::Level::L0),
         },
         tend_protocol::now_ms(),
-    )
-    .map_err(|refusal| refusal.to_string())?;
+    )?;
     tracing::info!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");
     let provenance = Provenance::Signed {
         publisher: v.publisher.clone(),
@@ -526,9 +534,9 @@ async fn check(
                     let path = shared
                         .store
                         .find(&inv.skill, Some(&inv.version))
-                        .ok_or("the verified skill is missing from the local store")?
+                        .ok_or(Refusal::Missing)?
                         .component;
-                    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?
+                    std::fs::read(&path).map_err(|source| Refusal::Read { path, source })?
                 }
             };
             let (manifest, prov) = (v.manifest.clone(), provenance.clone());
@@ -536,8 +544,8 @@ async fn check(
                 runtime.load_admitted(&bytes, Some(manifest), prov)
             })
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot load the skill: {e}"))?;
+            .map_err(|e| Refusal::Load(e.to_string()))?
+            .map_err(|e| Refusal::Load(e.to_string()))?;
             let l = Arc::new(l);
             shared
                 .loaded
@@ -643,7 +651,7 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
             let result = JobResult {
                 outcome: "refused".into(),
                 report: None,
-                refusal: Some(why),
+                refusal: Some(why.to_string()),
             };
             deliver(shared, &id, result).await;
             return;

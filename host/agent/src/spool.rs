@@ -57,9 +57,9 @@ fn tmp_id(name: &str) -> Option<&str> {
 
 impl Spool {
     /// Open (or create) `<agent_dir>/spool` and recover what a crash left there.
-    pub fn open(agent_dir: &Path) -> Result<Spool, String> {
+    pub fn open(agent_dir: &Path) -> Result<Spool, SpoolError> {
         let dir = agent_dir.join("spool");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         let spool = Spool {
             dir,
             refusals: Arc::default(),

@@ -68,7 +68,7 @@ impl Worker {
     /// Compile (or fetch from the precompile cache) and link a resolved skill, once per
     /// (component, signed manifest) pair. Called when an invocation is accepted, so that
     /// running it compiles nothing.
-    pub async fn prepare(&self, skill: &Resolved) -> Result<Arc<LoadedSkill>, String> {
+    pub async fn prepare(&self, skill: &Resolved) -> Result<Arc<LoadedSkill>, RunError> {
         let key = (skill.digest.clone(), skill.manifest_digest.clone());
         if let Some(l) = self
             .loaded
@@ -87,13 +87,11 @@ impl Worker {
             digest: skill.digest.clone(),
         };
         let loaded = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            runtime
-                .load_admitted(&bytes, Some(manifest), provenance)
-                .map_err(|e| e.to_string())
+            let bytes = std::fs::read(&path).map_err(|source| RunError::Read { path, source })?;
+            Ok::<_, RunError>(runtime.load_admitted(&bytes, Some(manifest), provenance)?)
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| RunError::Task(e.to_string()))??;
         let loaded = Arc::new(loaded);
         self.loaded
             .lock()
@@ -156,6 +154,7 @@ impl Worker {
             }
             Err(why) => {
                 tracing::warn!(%why, "job refused or failed before running");
+                let why = why.to_string();
                 (
                     false,
                     serde_json::json!({ "error": why }),
@@ -178,23 +177,23 @@ impl Worker {
             .job_finished(&outcome, inv.level, started.elapsed());
     }
 
-    async fn execute(&self, inv: &Invocation) -> Result<tend_runtime::ExecutionReport, String> {
+    async fn execute(&self, inv: &Invocation) -> Result<tend_runtime::ExecutionReport, RunError> {
         let skill = self
             .catalog
             .resolve(&inv.skill, Some(&inv.version))
             .await
-            .map_err(|e| format!("refused at run time: {e}"))?;
+            .map_err(RunError::Resolve)?;
         if skill.digest != inv.digest {
-            return Err(format!(
-                "refused at run time: {} {} is now {}, not the {} that was decided on",
-                inv.skill, inv.version, skill.digest, inv.digest
-            ));
+            return Err(RunError::OtherDigest {
+                skill: inv.skill.clone(),
+                version: inv.version.clone(),
+                now: skill.digest.clone(),
+                decided: inv.digest.clone(),
+            });
         }
         // The invariant, checked where it matters: admitted from the verified manifest and
         // this target, not from the row's level, approvals_required or trigger.
-        let (_, expires_ms) = invocation::kind_and_expiry(&self.db, &inv.id)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (_, expires_ms) = invocation::kind_and_expiry(&self.db, &inv.id).await?;
         let digest = invocation::invocation_digest(&skill, &inv.target, &inv.input, expires_ms);
         let approvals = tend_protocol::approval_facts(&inv.approvals);
         let grants = skill.manifest.grants();
@@ -221,7 +220,7 @@ impl Worker {
             },
             crate::db::now_ms(),
         )
-        .map_err(|refusal| format!("refused at run time: {refusal}"))?;
+        .map_err(RunError::Refused)?;
         tracing::info!(level = %admitted.level, approvers = ?admitted.approvers, "admitted");
         let loaded = self.prepare(&skill).await?;
         self.runtime
@@ -232,6 +231,38 @@ impl Worker {
                 &LimitOverrides::default(),
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(RunError::Invoke)
     }
+}
+
+/// Why the worker did not run a job; its text is recorded as the job's error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("refused at run time: {0}")]
+    Resolve(crate::skills::ResolveError),
+    #[error(
+        "refused at run time: {skill} {version} is now {now}, not the {decided} that was decided on"
+    )]
+    OtherDigest {
+        skill: String,
+        version: String,
+        now: String,
+        decided: String,
+    },
+    #[error("refused at run time: {0}")]
+    Refused(tend_policy::Refusal),
+    #[error(transparent)]
+    Flow(#[from] invocation::FlowError),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] tend_runtime::LoadError),
+    #[error("{0}")]
+    Task(String),
+    #[error(transparent)]
+    Invoke(tend_runtime::InvokeError),
 }
