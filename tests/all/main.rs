@@ -13,6 +13,7 @@ mod facts;
 mod hostile;
 mod oci;
 mod orchestrator;
+mod precompile_cache;
 mod registry;
 mod sandbox_hardening;
 mod signing;

@@ -130,7 +130,11 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
         args.insecure_unsigned,
     )?;
 
-    let runtime = Runtime::new(cache.runtime_config())?;
+    // One instantiation: the on-demand allocator costs nothing up front, where the pooling
+    // allocator would reserve and set up its slots (and probe the CPU count per pool) for it.
+    let mut config = cache.runtime_config();
+    config.pooling = false;
+    let runtime = Runtime::new(config)?;
     let skill = runtime
         .load_admitted(&bytes, admitted.manifest, admitted.provenance)
         .map_err(|e| match e {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Instrument;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -238,12 +239,7 @@ impl Runtime {
             Some(dir) => Some(ComponentCache::open(dir, &engine)?),
             None => None,
         };
-        let ticker = EpochTicker::start(&engine).map_err(|e| {
-            LoadError::Cache(CacheError::Io {
-                path: PathBuf::from("<epoch thread>"),
-                source: e,
-            })
-        })?;
+        let ticker = EpochTicker::new(&engine);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
@@ -531,7 +527,18 @@ impl Runtime {
         overrides: &LimitOverrides,
     ) -> Result<ExecutionReport, InvokeError> {
         let span = tracing::info_span!("invoke", digest = %skill.digest, %export);
-        let _enter = span.enter();
+        self.invoke_inner(skill, export, input, overrides)
+            .instrument(span)
+            .await
+    }
+
+    async fn invoke_inner(
+        &self,
+        skill: &LoadedSkill,
+        export: Export,
+        input: &str,
+        overrides: &LimitOverrides,
+    ) -> Result<ExecutionReport, InvokeError> {
         if export == Export::Plan && skill.kind == SkillKind::Diagnose {
             return Err(InvokeError::NoPlan);
         }
@@ -616,7 +623,7 @@ impl Runtime {
             output_cap,
         };
         let mut store = self.limited_store(state, &limits)?;
-        let _ticking = self.inner.ticker.enter();
+        let _ticking = self.inner.ticker.enter().map_err(InvokeError::Host)?;
         self.inner
             .counters
             .instantiations
