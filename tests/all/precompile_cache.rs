@@ -188,3 +188,48 @@ fn tend_run_uses_the_entry_a_long_running_host_wrote() {
         "tend run compiled the skill again instead of using the cached entry"
     );
 }
+
+fn signed(digest: &str) -> tend_runtime::Provenance {
+    tend_runtime::Provenance::Signed {
+        publisher: "acme".into(),
+        key_id: "0011223344556677".into(),
+        digest: digest.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_verified_digest_already_precompiled_runs_that_component_and_nothing_else() {
+    // Once the verified digest's code is cached, the bytes in hand are not hashed again: what
+    // runs is the verified component, never the bytes that came with it.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (cache, digest) = cached_trivial(tmp.path());
+    let rt = runtime_at(&cache);
+    let skill = rt
+        .load_admitted(&decoy(), None, signed(&digest))
+        .expect("the verified component loads");
+    assert_eq!(rt.stats().compiles, 0);
+    assert_eq!(skill.digest(), digest);
+    let report = call(&rt, &skill, r#"{"probe":1}"#).await;
+    assert_eq!(
+        report.output,
+        Some(serde_json::json!({"echo": {"probe": 1}, "ok": true}))
+    );
+}
+
+#[test]
+fn a_verified_digest_that_is_not_a_sha256_never_names_a_cache_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (cache, _) = cached_trivial(tmp.path());
+    let rt = runtime_at(&cache);
+    for digest in ["sha256:../../etc/passwd", "sha256:ABC", ""] {
+        let err = rt
+            .load_admitted(&guest_bytes("trivial"), None, signed(digest))
+            .expect_err("not a digest");
+        assert!(
+            matches!(err, tend_runtime::LoadError::NotVerified { .. }),
+            "{err}"
+        );
+    }
+    assert_eq!(rt.stats().disk_cache_hits, 0);
+    assert_eq!(rt.stats().compiles, 0);
+}
