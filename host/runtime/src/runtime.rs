@@ -217,7 +217,9 @@ impl std::fmt::Debug for Runtime {
 
 /// 64 lowercase hex digits: a digest that can name a cache entry.
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether the bytes are a component, a core module, or not wasm at all.
