@@ -470,7 +470,7 @@ fn whole_process_rows(
 /// a fresh runtime with nothing in memory, the precompiled form of the verified digest loaded
 /// from the disk cache (checked, then mapped), linked, instantiated and called once.
 async fn catalog_warm_row(args: &BenchArgs, name: &str, scratch: &Path) -> Result<Row, Failure> {
-    let label = format!("warm: {name}: fresh runtime, verified digest, cache + call");
+    let label = format!("warm: {name}: verified digest, cache + call");
     let dir = args.catalog.join(name);
     let manifest = match Manifest::from_file(&dir.join("skill.toml")) {
         Ok(m) => m,
@@ -525,7 +525,10 @@ async fn catalog_warm_row(args: &BenchArgs, name: &str, scratch: &Path) -> Resul
         }
     }
     let mut r = row(&label, samples);
-    r.name = format!("{label} ({:.1} MiB)", bytes.len() as f64 / (1 << 20) as f64);
+    r.name = format!(
+        "warm: {name} ({:.1} MiB): verified digest, cache + call",
+        bytes.len() as f64 / (1 << 20) as f64
+    );
     Ok(r)
 }
 
