@@ -239,21 +239,33 @@ fn without_room_for_the_pool_it_warns_and_still_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wasm = guest("trivial");
     let exe = target_dir().join("debug/tend");
-    let o = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(r#"ulimit -v 16000000 && exec "$0" --cache-dir "$1" run --insecure-unsigned "$2" --json"#)
-        .arg(&exe)
-        .arg(dir.path())
-        .arg(&wasm)
-        .env("TEND_LOG", "warn")
-        .output()
-        .expect("run tend under ulimit");
+    let under_ulimit = |args: &str| {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                r#"ulimit -v 16000000 && exec "$0" --cache-dir "$1" {args}"#
+            ))
+            .arg(&exe)
+            .arg(dir.path())
+            .arg(&wasm)
+            .env("TEND_LOG", "warn")
+            .output()
+            .expect("run tend under ulimit")
+    };
+    // A command that wants the pool (as the orchestrator and agent do) warns and falls back.
+    let o = under_ulimit(r#"skill inspect "$2" --json"#);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(
         err.contains("falling back to on-demand allocation"),
         "{err}"
     );
+    // A one-shot `tend run` never reserves a pool (it instantiates once), so it has nothing to
+    // fall back from: it just runs.
+    let o = under_ulimit(r#"run --insecure-unsigned "$2" --json"#);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(!err.contains("falling back"), "{err}");
     let report: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(report["outcome"], "ok");
 }

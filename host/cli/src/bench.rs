@@ -1,6 +1,8 @@
 //! `tend bench`: invoke latency of a skill — cold (compile), warm (disk cache), hot
 //! (InstancePre + pooling) — printed beside process sandboxes, plus resident memory with ten
-//! skills loaded, and the cost of verifying a 5 and a 20 MiB component before compile.
+//! skills loaded, and the cost of verifying a 5 and a 20 MiB component before compile; a
+//! whole `tend run` process beside `bwrap` and `tend --version`, timed in the same loop; and
+//! the warm load + call of the catalog's Python and JavaScript skills.
 //! Numbers, not assertions: `docs/benchmarks.md` records what this machine gave.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +45,18 @@ pub struct BenchArgs {
     /// Skip the resident-memory measurement (it compiles ten copies of the component)
     #[arg(long)]
     pub skip_rss: bool,
+    /// The skill catalog, for the warm rows of its Python and JavaScript skills (built with
+    /// `tend skill build`; a skill not built is reported as skipped)
+    #[arg(long, value_name = "DIR", default_value = "skills")]
+    pub catalog: PathBuf,
+    /// Catalog skills to time warm (load from the precompile cache in a fresh runtime + call)
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        default_value = "load-average,http-check"
+    )]
+    pub warm_skills: Vec<String>,
     /// Internal: load the given components from --rss-cache and print resident memory
     #[arg(long, hide = true, num_args = 1.., value_name = "WASM")]
     pub rss_probe: Vec<PathBuf>,
@@ -314,7 +328,16 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
     verify_rows(&mut rows, progress)?;
 
     if !args.skip_process {
+        progress("whole process: tend run beside bwrap and tend --version");
+        whole_process_rows(&mut rows, &args, &bytes, &scratch)?;
         process_rows(&mut rows, args.process.max(1));
+    }
+
+    for name in &args.warm_skills {
+        progress(&format!(
+            "warm: {name} from the precompile cache in a fresh runtime + call"
+        ));
+        rows.push(catalog_warm_row(&args, name, &scratch).await?);
     }
 
     let (rss_baseline, rss_10) = if args.skip_rss {
@@ -342,6 +365,171 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
         print_table(&results);
     }
     Ok(0)
+}
+
+/// A whole `tend run` of the benchmarked component (signed with a throw-away key, verified
+/// against a throw-away trust policy, already in the precompile cache), beside `bwrap` and
+/// `tend --version`: the three are timed in turn in one loop, so they see the same machine.
+fn whole_process_rows(
+    rows: &mut Vec<Row>,
+    args: &BenchArgs,
+    bytes: &[u8],
+    scratch: &Path,
+) -> Result<(), Failure> {
+    use tend_registry::envelope::sign;
+    use tend_registry::keys::{PublicKey, generate};
+
+    let name = "process: tend run <skill> (signed, cached)";
+    let Ok(exe) = std::env::current_exe() else {
+        rows.push(skipped(name, "cannot find this executable"));
+        return Ok(());
+    };
+    let dir = scratch.join("process");
+    std::fs::create_dir_all(&dir).map_err(Failure::host)?;
+    let key = generate().map_err(Failure::host)?;
+    let manifest_text = match &args.manifest {
+        Some(p) => std::fs::read_to_string(p).map_err(Failure::host)?,
+        None => "[skill]\nname = \"bench\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\n".into(),
+    };
+    let component = dir.join("skill.wasm");
+    std::fs::write(&component, bytes).map_err(Failure::host)?;
+    let envelope = sign(bytes, &manifest_text, &key).map_err(Failure::host)?;
+    std::fs::write(dir.join("skill.wasm.sig"), envelope.to_json()).map_err(Failure::host)?;
+    let trust = dir.join("trust.toml");
+    std::fs::write(
+        &trust,
+        format!(
+            "[[publishers]]\nname = \"bench\"\nkey = \"{}\"\nprefixes = [\"*\"]\n",
+            PublicKey(key.verifying_key())
+        ),
+    )
+    .map_err(Failure::host)?;
+    let component_arg = component.display().to_string();
+    let cache = dir.join("cache").display().to_string();
+    let run_args = [
+        "run",
+        component_arg.as_str(),
+        "--input",
+        args.input.as_str(),
+        "--cache-dir",
+        cache.as_str(),
+    ];
+    let timed = |program: &Path, argv: &[&str]| -> Result<Duration, String> {
+        let t = Instant::now();
+        let status = Command::new(program)
+            .args(argv)
+            .env("TEND_TRUST", &trust)
+            .env("TEND_DATA_DIR", dir.join("data"))
+            .env("TEND_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())?;
+        let took = t.elapsed();
+        if status.success() {
+            Ok(took)
+        } else {
+            Err(format!("{} exited with {status}", program.display()))
+        }
+    };
+    // The first run compiles and fills the cache; it is not counted.
+    if let Err(e) = timed(&exe, &run_args) {
+        rows.push(skipped(name, &format!("failed here: {e}")));
+        return Ok(());
+    }
+    let bwrap = on_path("bwrap");
+    let bwrap_args = ["--ro-bind", "/", "/", "--unshare-all", "/bin/true"];
+    let bwrap_name = "process: bwrap --ro-bind / / --unshare-all /bin/true";
+    let (mut run, mut sandbox, mut version) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bwrap_failed = None;
+    for _ in 0..args.process.max(1) {
+        run.push(timed(&exe, &run_args).map_err(Failure::host)?);
+        if let Some(b) = bwrap.as_deref().filter(|_| bwrap_failed.is_none()) {
+            match timed(b, &bwrap_args) {
+                Ok(d) => sandbox.push(d),
+                Err(e) => bwrap_failed = Some(e),
+            }
+        }
+        version.push(timed(&exe, &["--version"]).map_err(Failure::host)?);
+    }
+    rows.push(row(name, run));
+    match (bwrap, bwrap_failed) {
+        (None, _) => rows.push(skipped(
+            bwrap_name,
+            "bwrap not installed (apt-get install bubblewrap)",
+        )),
+        (Some(_), Some(e)) => rows.push(skipped(bwrap_name, &format!("failed here: {e}"))),
+        (Some(_), None) => rows.push(row(bwrap_name, sandbox)),
+    }
+    rows.push(row("process: tend --version", version));
+    Ok(())
+}
+
+/// Warm path of a (large) catalog skill as a new process sees it once the artifact is verified:
+/// a fresh runtime with nothing in memory, the precompiled form of the verified digest loaded
+/// from the disk cache (checked, then mapped), linked, instantiated and called once.
+async fn catalog_warm_row(args: &BenchArgs, name: &str, scratch: &Path) -> Result<Row, Failure> {
+    let label = format!("warm: {name}: verified digest, cache + call");
+    let dir = args.catalog.join(name);
+    let manifest = match Manifest::from_file(&dir.join("skill.toml")) {
+        Ok(m) => m,
+        Err(e) => {
+            return Ok(skipped(
+                &label,
+                &format!("not in {}: {e}", args.catalog.display()),
+            ));
+        }
+    };
+    let wasm = dir
+        .join("dist")
+        .join(format!("{name}-{}.wasm", manifest.skill.version));
+    let Ok(bytes) = std::fs::read(&wasm) else {
+        return Ok(skipped(
+            &label,
+            &format!(
+                "{} not built (tend skill build {})",
+                wasm.display(),
+                dir.display()
+            ),
+        ));
+    };
+    let input =
+        std::fs::read_to_string(dir.join("input.example.json")).unwrap_or_else(|_| "{}".into());
+    let config = RuntimeConfig {
+        cache_dir: Some(scratch.join("catalog-cache")),
+        // As `tend run` builds it: a new process's engine.
+        pooling: false,
+        ..RuntimeConfig::default()
+    };
+    // Compile once into the cache (seconds for a Python or JS skill); not counted.
+    Runtime::new(config.clone())?.load(&bytes, Some(manifest.clone()))?;
+    // What verification hands the runtime (its cost, the sha256 of the component, is in the
+    // verify rows): the digest that was checked.
+    let provenance = tend_runtime::Provenance::Signed {
+        publisher: "bench".into(),
+        key_id: "bench".into(),
+        digest: format!("sha256:{}", tend_runtime::cache::sha256_hex(&bytes)),
+    };
+    let mut samples = Vec::new();
+    for _ in 0..args.warm.clamp(1, 20) {
+        let rt = Runtime::new(config.clone())?;
+        let t = Instant::now();
+        let skill = rt.load_admitted(&bytes, Some(manifest.clone()), provenance.clone())?;
+        rt.invoke(&skill, Export::Run, &input, &LimitOverrides::default())
+            .await
+            .map_err(Failure::host)?;
+        samples.push(t.elapsed());
+        if rt.stats().disk_cache_hits != 1 {
+            return Ok(skipped(&label, "the precompile cache was not used"));
+        }
+    }
+    let mut r = row(&label, samples);
+    r.name = format!(
+        "warm: {name} ({:.1} MiB): verified digest, cache + call",
+        bytes.len() as f64 / (1 << 20) as f64
+    );
+    Ok(r)
 }
 
 /// fork/exec, bwrap and runsc, each where installed.
@@ -443,14 +631,14 @@ fn print_table(r: &Results) {
         r.cpus
     ));
     crate::out(&format!(
-        "{:<50} {:>6} {:>12} {:>12}",
+        "{:<66} {:>6} {:>12} {:>12}",
         "path", "runs", "p50", "p99"
     ));
     for row in &r.rows {
         match &row.note {
-            Some(note) => crate::out(&format!("{:<50} {:>6} {}", row.name, "-", note)),
+            Some(note) => crate::out(&format!("{:<66} {:>6} {}", row.name, "-", note)),
             None => crate::out(&format!(
-                "{:<50} {:>6} {:>12} {:>12}",
+                "{:<66} {:>6} {:>12} {:>12}",
                 row.name,
                 row.runs,
                 fmt_us(row.p50_us),

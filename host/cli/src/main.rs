@@ -138,10 +138,16 @@ fn main() -> ExitCode {
         .init();
 
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A one-shot `tend run` does one thing at a time: a current-thread runtime starts no worker
+    // threads (nor probes the CPU count for them). Servers and the benchmark keep the
+    // multi-threaded one.
+    let one_shot = matches!(cli.command, Command::Run(_) | Command::Key(_));
+    let mut builder = if one_shot {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

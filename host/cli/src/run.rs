@@ -115,6 +115,7 @@ fn pulled_skill(arg: &std::path::Path) -> Result<Option<(PathBuf, PathBuf)>, Fai
 pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
     // Everything a user typed is checked, and the artifact verified, before anything is
     // compiled or cached.
+    let started = std::time::Instant::now();
     let input = read_input(args.input.as_deref())?;
     let (component, signature) = match pulled_skill(&args.component)? {
         Some((component, sig)) => (component, Some(sig)),
@@ -130,7 +131,13 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
         args.insecure_unsigned,
     )?;
 
-    let runtime = Runtime::new(cache.runtime_config())?;
+    let verified = started.elapsed();
+    // One instantiation: the on-demand allocator costs nothing up front, where the pooling
+    // allocator would reserve and set up its slots (and probe the CPU count per pool) for it.
+    let mut config = cache.runtime_config();
+    config.pooling = false;
+    let runtime = Runtime::new(config)?;
+    let ready = started.elapsed();
     let skill = runtime
         .load_admitted(&bytes, admitted.manifest, admitted.provenance)
         .map_err(|e| match e {
@@ -143,6 +150,7 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
             component.display()
         );
     }
+    let loaded = started.elapsed();
     let export = if args.plan { Export::Plan } else { Export::Run };
     let overrides = LimitOverrides {
         fuel: args.fuel,
@@ -157,6 +165,14 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
             tend_runtime::InvokeError::NoPlan => Failure::bad_input(e),
             e => Failure::host(e),
         })?;
+    // Where a one-shot run spends its time (TEND_LOG=debug), cumulative since the command began.
+    tracing::debug!(
+        verified_us = verified.as_micros() as u64,
+        runtime_us = ready.as_micros() as u64,
+        loaded_us = loaded.as_micros() as u64,
+        invoked_us = started.elapsed().as_micros() as u64,
+        "tend run timings"
+    );
 
     if args.json {
         let text = serde_json::to_string(&report).map_err(Failure::host)?;

@@ -1,17 +1,27 @@
 //! On-disk cache of precompiled components, so nothing is compiled on the invoke path.
 //!
 //! An entry is `<sha256>.<wasmtime version>.<engine hash>.cwasm` plus a `.meta` JSON sidecar
-//! holding the digest of the component it was made from and the sha256 of the cwasm itself.
-//! Precompiled code is native code that wasmtime trusts, so before loading an entry the cache
-//! checks that the directory is the owner's alone (0700), that the files are 0600, that the
-//! sidecar names the requested component, and that the cwasm hashes to what was recorded.
-//! Writes go to a temp file and are renamed into place: a crash leaves no half entry.
+//! naming the component it was made from and the identity of the cwasm file as written (inode,
+//! size, modification and change times). Precompiled code is native code that wasmtime trusts,
+//! so before an entry is used the cache checks, on the open file descriptors (no path is
+//! followed twice): that the directory is the current user's and writable by no one else, that
+//! both files are regular files owned by the current user with no group or other permissions,
+//! opened without following a symlink, that the sidecar names the requested component, and
+//! that the cwasm is still the very file this process family wrote (any write, truncate,
+//! rename onto it or chmod changes its change time, which no unprivileged process can set).
+//! It does not re-hash the precompiled file: that cost ~70 ms for a 50 MB Python entry and
+//! protects only against someone who can already write as this user. docs/runtime.md gives the
+//! reasoning. Writes go to a temp file and are renamed into place: a crash leaves no half entry.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,8 +45,64 @@ pub enum CacheError {
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     component_sha256: String,
-    cwasm_sha256: String,
     wasmtime: String,
+    /// The cwasm file as it was when this process family wrote it.
+    cwasm: FileStamp,
+}
+
+/// What identifies one version of a file without reading it: any write, truncate, chmod or
+/// rename onto the path gives a different inode, size or change time (`ctime`, which only the
+/// kernel sets: no unprivileged call can put it back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(md: &fs::Metadata) -> FileStamp {
+        FileStamp {
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
+/// The longest a filesystem's clock may lag the system clock: file times come from the kernel's
+/// coarse clock, which advances once a tick (1–10 ms).
+const COARSE_CLOCK_LAG: Duration = Duration::from_millis(12);
+
+/// Wait until a change made from now on would get a change time other than `ctime`. Called
+/// once per write, after a compile that took far longer; without it a write within the same
+/// clock tick as ours could keep the recorded ctime.
+fn settle(ctime: (i64, i64)) {
+    // A filesystem that keeps whole seconds only shows nanoseconds of 0: wait for the next second.
+    let lag = if ctime.1 == 0 {
+        Duration::from_secs(1)
+    } else {
+        COARSE_CLOCK_LAG
+    };
+    let (Ok(secs), Ok(nanos)) = (u64::try_from(ctime.0), u32::try_from(ctime.1)) else {
+        return;
+    };
+    let stamped = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    let until = stamped + lag;
+    if let Ok(left) = until.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left.min(Duration::from_secs(1) + COARSE_CLOCK_LAG));
+    }
+}
+
+/// Why a cache entry was not used.
+#[derive(Debug)]
+enum Miss {
+    /// No entry: compile.
+    Absent,
+    /// An entry that must not be trusted: remove it and compile.
+    Unsound(String),
 }
 
 /// A directory of precompiled components for one engine configuration.
@@ -104,74 +170,95 @@ impl ComponentCache {
         &self.dir
     }
 
-    fn paths(&self, digest: &str) -> (PathBuf, PathBuf) {
+    /// File names (in [`ComponentCache::dir`]) of the entry for `digest`. The precompiled code
+    /// depends only on the component bytes and the engine (its compiler settings, tunables and
+    /// wasmtime version); the manifest is applied at link and invoke time, from the verified
+    /// envelope, on every load.
+    fn names(&self, digest: &str) -> (String, String) {
         let stem = format!("{digest}.{}", self.engine_key);
-        (
-            self.dir.join(format!("{stem}.cwasm")),
-            self.dir.join(format!("{stem}.meta")),
-        )
+        (format!("{stem}.cwasm"), format!("{stem}.meta"))
     }
 
     /// Load the precompiled component for `digest` (hex sha256 of the component bytes), if a
-    /// sound entry exists. A corrupt or foreign entry is removed and reported as a miss.
+    /// sound entry exists. A foreign, changed or corrupt entry is removed and reported as a miss.
     pub fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
-        let (cwasm, meta) = self.paths(digest);
-        let meta_text = fs::read_to_string(&meta).ok()?;
-        match self.check(&cwasm, &meta_text, digest) {
-            Ok(()) => {}
-            Err(why) => {
-                tracing::warn!(path = %cwasm.display(), "discarding cache entry: {why}");
-                let _ = fs::remove_file(&cwasm);
-                let _ = fs::remove_file(&meta);
-                return None;
-            }
-        }
-        match deserialize(engine, &cwasm) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %cwasm.display(), error = %e, "discarding cache entry");
-                let _ = fs::remove_file(&cwasm);
-                let _ = fs::remove_file(&meta);
-                None
-            }
-        }
+        let (cwasm, meta) = self.names(digest);
+        let why = match self.open_entry(digest, &cwasm, &meta) {
+            Ok(file) => match deserialize(engine, &file, &self.dir.join(&cwasm)) {
+                Ok(c) => return Some(c),
+                Err(e) => format!("{e:#}"),
+            },
+            Err(Miss::Absent) => return None,
+            Err(Miss::Unsound(why)) => why,
+        };
+        tracing::warn!(path = %self.dir.join(&cwasm).display(), "discarding cache entry: {why}");
+        let _ = fs::remove_file(self.dir.join(&cwasm));
+        let _ = fs::remove_file(self.dir.join(&meta));
+        None
     }
 
-    fn check(&self, cwasm: &Path, meta_text: &str, digest: &str) -> Result<(), String> {
-        let meta: Meta =
-            serde_json::from_str(meta_text).map_err(|e| format!("bad sidecar: {e}"))?;
-        if meta.component_sha256 != digest {
-            return Err(format!(
+    /// Open the entry's files through a descriptor of the checked directory, and check them on
+    /// the descriptors: what is checked is what is loaded.
+    fn open_entry(&self, digest: &str, cwasm: &str, meta: &str) -> Result<fs::File, Miss> {
+        let dir = rustix::fs::open(
+            &self.dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Miss::Unsound(format!("cannot open the directory: {e}")))?;
+        let st = rustix::fs::fstat(&dir).map_err(|e| Miss::Unsound(format!("directory: {e}")))?;
+        if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
+            return Err(Miss::Unsound(format!(
+                "the directory is owned by uid {} with mode {:o}",
+                st.st_uid,
+                st.st_mode & 0o777
+            )));
+        }
+        let meta_file = match open_private(&dir, meta) {
+            Ok(f) => f,
+            Err(Miss::Unsound(why)) if why == NOT_FOUND => return Err(Miss::Absent),
+            Err(e) => return Err(e),
+        };
+        let mut meta_text = String::new();
+        (&meta_file.0)
+            .read_to_string(&mut meta_text)
+            .map_err(|e| Miss::Unsound(format!("sidecar: {e}")))?;
+        let m: Meta = serde_json::from_str(&meta_text)
+            .map_err(|e| Miss::Unsound(format!("bad sidecar: {e}")))?;
+        if m.component_sha256 != digest {
+            return Err(Miss::Unsound(format!(
                 "made from {}, not from {digest}",
-                meta.component_sha256
+                m.component_sha256
+            )));
+        }
+        let (file, md) = open_private(&dir, cwasm)?;
+        if FileStamp::of(&md) != m.cwasm {
+            return Err(Miss::Unsound(
+                "the precompiled file changed after it was written".into(),
             ));
         }
-        let md = fs::metadata(cwasm).map_err(|e| e.to_string())?;
-        if md.mode() & 0o077 != 0 || md.uid() != rustix::process::geteuid().as_raw() {
-            return Err(format!("unsafe owner or mode {:o}", md.mode() & 0o777));
-        }
-        let bytes = fs::read(cwasm).map_err(|e| e.to_string())?;
-        if sha256_hex(&bytes) != meta.cwasm_sha256 {
-            return Err("precompiled bytes do not match their recorded hash".into());
-        }
-        Ok(())
+        Ok(file)
     }
 
     /// Store a precompiled component. Atomic: temp file + rename, cwasm before its sidecar.
     pub fn put(&self, digest: &str, cwasm_bytes: &[u8]) -> Result<(), CacheError> {
-        let (cwasm, meta) = self.paths(digest);
+        let (cwasm, meta) = self.names(digest);
+        let (cwasm, meta) = (self.dir.join(cwasm), self.dir.join(meta));
+        let written = self.write_atomic(&cwasm, cwasm_bytes)?;
+        // The stamp is taken after the rename (which itself changes the change time).
+        let stamp = FileStamp::of(&written.metadata().map_err(io(&cwasm))?);
+        settle(stamp.ctime);
         let m = Meta {
             component_sha256: digest.to_string(),
-            cwasm_sha256: sha256_hex(cwasm_bytes),
             wasmtime: wasmtime_version().to_string(),
+            cwasm: stamp,
         };
         let meta_bytes = serde_json::to_vec(&m).unwrap_or_default();
-        self.write_atomic(&cwasm, cwasm_bytes)?;
         self.write_atomic(&meta, &meta_bytes)?;
         Ok(())
     }
 
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<fs::File, CacheError> {
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .permissions(fs::Permissions::from_mode(0o600))
@@ -182,9 +269,42 @@ impl ComponentCache {
         tmp.persist(path).map_err(|e| CacheError::Io {
             path: path.to_path_buf(),
             source: e.error,
-        })?;
-        Ok(())
+        })
     }
+}
+
+const NOT_FOUND: &str = "not found";
+
+/// Open `name` in `dir` without following a symlink, and check that it is a regular file of
+/// the current user's, with one link and no group or other permissions.
+fn open_private(dir: &OwnedFd, name: &str) -> Result<(fs::File, fs::Metadata), Miss> {
+    let fd = match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Err(Miss::Unsound(NOT_FOUND.into())),
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(Miss::Unsound(format!("{name} is a symlink")));
+        }
+        Err(e) => return Err(Miss::Unsound(format!("cannot open {name}: {e}"))),
+    };
+    let file = fs::File::from(fd);
+    let md = file
+        .metadata()
+        .map_err(|e| Miss::Unsound(format!("{name}: {e}")))?;
+    let uid = rustix::process::geteuid().as_raw();
+    if !md.is_file() || md.uid() != uid || md.mode() & 0o077 != 0 || md.nlink() != 1 {
+        return Err(Miss::Unsound(format!(
+            "{name}: not a private regular file of uid {uid} (owner {}, mode {:o}, {} links)",
+            md.uid(),
+            md.mode() & 0o7777,
+            md.nlink()
+        )));
+    }
+    Ok((file, md))
 }
 
 /// The wasmtime version compiled in, part of every cache key.
@@ -194,10 +314,20 @@ pub fn wasmtime_version() -> &'static str {
 }
 
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+fn deserialize(engine: &Engine, file: &fs::File, path: &Path) -> wasmtime::Result<Component> {
+    // wasmtime maps the file by path; `/proc/self/fd/N` names the very file that was checked
+    // (not whatever the path names now). Without /proc, the path in the checked directory,
+    // which only the current user can change, is next best.
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let path = if by_fd.exists() {
+        by_fd.as_path()
+    } else {
+        path
+    };
     // SAFETY: `Component::deserialize_file` trusts the file to be wasmtime output for this
-    // engine. The caller has just checked that the file is owned by us, not writable by
-    // others, and hashes to the value recorded when we wrote it from our own compiler.
+    // engine. The caller has just checked, on its open descriptor, that the file is a private
+    // regular file of the current user's in a directory only that user can write, and that it
+    // is unchanged since it was written from this engine's compiler output (docs/runtime.md).
     unsafe { Component::deserialize_file(engine, path) }
 }
 

@@ -1,11 +1,16 @@
-//! The wasmtime `Engine`: one per process, configured for fuel, epoch deadlines and (on the
-//! warm path) the pooling allocator, plus the thread that advances the epoch.
+//! The wasmtime `Engine`: one per process, configured for fuel, epoch deadlines and, for
+//! long-running hosts (orchestrator, agent), the pooling allocator; plus the thread that
+//! advances the epoch. A one-shot process (`tend run`) uses the on-demand allocator: the pool's
+//! reservation and set-up cost more than the single instantiation it would speed up, and the
+//! precompiled code is the same for both (the cache key does not change).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 use crate::limits::HOST_MAXIMA;
 
@@ -72,22 +77,42 @@ pub fn build(pooling: bool) -> wasmtime::Result<(Engine, bool)> {
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] while any invocation is running, and
-/// sleeps otherwise (an idle agent should cost no CPU). Stops when dropped.
-#[derive(Debug)]
+/// sleeps otherwise (an idle agent should cost no CPU). Stops when dropped. The thread starts
+/// with the first invocation: a process that only loads, inspects or fails early never pays
+/// for it.
 pub struct EpochTicker {
+    engine: EngineWeak,
     stop: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
-    thread: std::thread::Thread,
+    thread: OnceLock<Result<std::thread::Thread, String>>,
+}
+
+impl std::fmt::Debug for EpochTicker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochTicker")
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .field("started", &self.thread.get().is_some())
+            .finish()
+    }
 }
 
 impl EpochTicker {
-    pub fn start(engine: &Engine) -> std::io::Result<EpochTicker> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(AtomicUsize::new(0));
-        let weak = engine.weak();
-        let (flag, busy) = (stop.clone(), active.clone());
+    pub fn new(engine: &Engine) -> EpochTicker {
+        EpochTicker {
+            engine: engine.weak(),
+            stop: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicUsize::new(0)),
+            thread: OnceLock::new(),
+        }
+    }
+
+    fn spawn(&self) -> Result<std::thread::Thread, String> {
+        let weak = self.engine.clone();
+        let (flag, busy) = (self.stop.clone(), self.active.clone());
         let handle = std::thread::Builder::new()
             .name("tend-epoch".into())
+            // It only sleeps and bumps a counter.
+            .stack_size(64 * 1024)
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     if busy.load(Ordering::Acquire) == 0 {
@@ -100,22 +125,22 @@ impl EpochTicker {
                         None => break,
                     }
                 }
-            })?;
-        Ok(EpochTicker {
-            stop,
-            active,
-            thread: handle.thread().clone(),
-        })
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+        Ok(handle.thread().clone())
     }
 
-    /// Mark an invocation as running until the guard is dropped.
-    pub fn enter(&self) -> TickerGuard {
+    /// Mark an invocation as running until the guard is dropped (starting the thread the
+    /// first time). Fails only if the thread cannot be started: then no deadline could be
+    /// enforced, so nothing may run.
+    pub fn enter(&self) -> Result<TickerGuard, String> {
+        let thread = self.thread.get_or_init(|| self.spawn()).as_ref()?;
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.thread.unpark();
+            thread.unpark();
         }
-        TickerGuard {
+        Ok(TickerGuard {
             active: self.active.clone(),
-        }
+        })
     }
 }
 
@@ -134,7 +159,9 @@ impl Drop for TickerGuard {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.unpark();
+        if let Some(Ok(thread)) = self.thread.get() {
+            thread.unpark();
+        }
     }
 }
 
