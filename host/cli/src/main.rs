@@ -141,7 +141,13 @@ fn main() -> ExitCode {
     // A one-shot `tend run` does one thing at a time: a current-thread runtime starts no worker
     // threads (nor probes the CPU count for them). Servers and the benchmark keep the
     // multi-threaded one.
-    let one_shot = matches!(cli.command, Command::Run(_) | Command::Key(_));
+    let one_shot = match &cli.command {
+        Command::Run(_) => true,
+        #[cfg(feature = "authoring")]
+        Command::Key(_) => true,
+        #[allow(unreachable_patterns)]
+        _ => false,
+    };
     let mut builder = if one_shot {
         tokio::runtime::Builder::new_current_thread()
     } else {
