@@ -112,10 +112,10 @@ fn pulled_skill(arg: &std::path::Path) -> Result<Option<(PathBuf, PathBuf)>, Fai
     }
 }
 
-pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
-    // Everything a user typed is checked, and the artifact verified, before anything is
-    // compiled or cached.
-    let started = std::time::Instant::now();
+/// Read the input and the component, and verify the component (nothing is compiled here).
+fn admit_args(
+    args: &RunArgs,
+) -> Result<(String, PathBuf, Vec<u8>, crate::admit::Admitted), Failure> {
     let input = read_input(args.input.as_deref())?;
     let (component, signature) = match pulled_skill(&args.component)? {
         Some((component, sig)) => (component, Some(sig)),
@@ -130,13 +130,42 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
         &args.trust,
         args.insecure_unsigned,
     )?;
+    Ok((input, component, bytes, admitted))
+}
 
-    let verified = started.elapsed();
+pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
+    // Everything a user typed is checked, and the artifact verified, before anything is
+    // compiled or cached.
+    let started = std::time::Instant::now();
     // One instantiation: the on-demand allocator costs nothing up front, where the pooling
     // allocator would reserve and set up its slots (and probe the CPU count per pool) for it.
     let mut config = cache.runtime_config();
     config.pooling = false;
-    let runtime = Runtime::new(config)?;
+    // Building the engine and its linker touches no component: when the cache directory
+    // already exists (so a refused run still changes nothing), it is done on a second thread
+    // while the main one verifies, and nothing is loaded until both are done.
+    let early = config
+        .cache_dir
+        .as_deref()
+        .is_none_or(std::path::Path::is_dir);
+    let (admission, runtime) = std::thread::scope(|scope| {
+        let runtime = early.then(|| scope.spawn(|| Runtime::new(config.clone())));
+        let admission = admit_args(&args);
+        let runtime = runtime.map(|handle| {
+            handle.join().unwrap_or_else(|_| {
+                Err(tend_runtime::LoadError::Invalid(
+                    "engine set-up panicked".into(),
+                ))
+            })
+        });
+        (admission, runtime)
+    });
+    let (input, component, bytes, admitted) = admission?;
+    let verified = started.elapsed();
+    let runtime = match runtime {
+        Some(runtime) => runtime?,
+        None => Runtime::new(config)?,
+    };
     let ready = started.elapsed();
     let skill = runtime
         .load_admitted(&bytes, admitted.manifest, admitted.provenance)
