@@ -141,31 +141,9 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
     // allocator would reserve and set up its slots (and probe the CPU count per pool) for it.
     let mut config = cache.runtime_config();
     config.pooling = false;
-    // Building the engine and its linker touches no component: when the cache directory
-    // already exists (so a refused run still changes nothing), it is done on a second thread
-    // while the main one verifies, and nothing is loaded until both are done.
-    let early = config
-        .cache_dir
-        .as_deref()
-        .is_none_or(std::path::Path::is_dir);
-    let (admission, runtime) = std::thread::scope(|scope| {
-        let runtime = early.then(|| scope.spawn(|| Runtime::new(config.clone())));
-        let admission = admit_args(&args);
-        let runtime = runtime.map(|handle| {
-            handle.join().unwrap_or_else(|_| {
-                Err(tend_runtime::LoadError::Invalid(
-                    "engine set-up panicked".into(),
-                ))
-            })
-        });
-        (admission, runtime)
-    });
-    let (input, component, bytes, admitted) = admission?;
+    let (input, component, bytes, admitted) = admit_args(&args)?;
     let verified = started.elapsed();
-    let runtime = match runtime {
-        Some(runtime) => runtime?,
-        None => Runtime::new(config)?,
-    };
+    let runtime = Runtime::new(config)?;
     let ready = started.elapsed();
     let skill = runtime
         .load_admitted(&bytes, admitted.manifest, admitted.provenance)
