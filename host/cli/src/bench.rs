@@ -333,7 +333,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, Failure> {
         process_rows(&mut rows, args.process.max(1));
     }
 
-    for name in &args.warm_skills {
+    for name in args.warm_skills.iter().filter(|n| !n.is_empty()) {
         progress(&format!(
             "warm: {name} from the precompile cache in a fresh runtime + call"
         ));

@@ -112,10 +112,10 @@ fn pulled_skill(arg: &std::path::Path) -> Result<Option<(PathBuf, PathBuf)>, Fai
     }
 }
 
-pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
-    // Everything a user typed is checked, and the artifact verified, before anything is
-    // compiled or cached.
-    let started = std::time::Instant::now();
+/// Read the input and the component, and verify the component (nothing is compiled here).
+fn admit_args(
+    args: &RunArgs,
+) -> Result<(String, PathBuf, Vec<u8>, crate::admit::Admitted), Failure> {
     let input = read_input(args.input.as_deref())?;
     let (component, signature) = match pulled_skill(&args.component)? {
         Some((component, sig)) => (component, Some(sig)),
@@ -130,12 +130,19 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
         &args.trust,
         args.insecure_unsigned,
     )?;
+    Ok((input, component, bytes, admitted))
+}
 
-    let verified = started.elapsed();
+pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
+    // Everything a user typed is checked, and the artifact verified, before anything is
+    // compiled or cached.
+    let started = std::time::Instant::now();
     // One instantiation: the on-demand allocator costs nothing up front, where the pooling
     // allocator would reserve and set up its slots (and probe the CPU count per pool) for it.
     let mut config = cache.runtime_config();
     config.pooling = false;
+    let (input, component, bytes, admitted) = admit_args(&args)?;
+    let verified = started.elapsed();
     let runtime = Runtime::new(config)?;
     let ready = started.elapsed();
     let skill = runtime
