@@ -209,7 +209,12 @@ async fn status(State(state): State<AppState>, _: Caller<Viewer>) -> Json<Status
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let message = e.to_string();
-        let (status, code) = match &e {
+        let (status, code) = match e {
+            SubmitError::Flow(e) => return e.into(),
+            SubmitError::Denied { reasons, .. } => {
+                return ApiError::new(StatusCode::FORBIDDEN, "policy_denied", message)
+                    .with_reasons(reasons);
+            }
             SubmitError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             SubmitError::InputTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "input_too_large"),
             SubmitError::FieldTooLong { .. } => {
@@ -221,16 +226,6 @@ impl From<SubmitError> for ApiError {
             SubmitError::NotTrusted(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_trusted"),
             SubmitError::Registry(_) => (StatusCode::BAD_GATEWAY, "registry_unavailable"),
             SubmitError::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-            SubmitError::Denied { reasons, .. } => {
-                return ApiError::new(StatusCode::FORBIDDEN, "policy_denied", message)
-                    .with_reasons(reasons.clone());
-            }
-            SubmitError::Flow(_) => {
-                let SubmitError::Flow(e) = e else {
-                    unreachable!("matched above")
-                };
-                return e.into();
-            }
         };
         ApiError::new(status, code, message)
     }
