@@ -343,6 +343,16 @@ async fn malformed_fields_are_422_or_400_naming_the_field() {
         )
         .await;
     refused(s, &b, StatusCode::BAD_REQUEST, "bad_request");
+    // An optional body that is sent but malformed is refused, not read as absent.
+    let (s, b) = app
+        .call(
+            "POST",
+            "/api/v1/invocations/inv_0123456789abcdef/reject",
+            admin,
+            Some(Body::from("{\"comment\": ")),
+        )
+        .await;
+    refused(s, &b, StatusCode::BAD_REQUEST, "bad_request");
     let (s, b) = app
         .json(
             "POST",

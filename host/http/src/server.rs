@@ -1,7 +1,7 @@
 //! The service side: [`ApiError`] as a response, the [`ApiJson`] extractor and bearer tokens.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, OptionalFromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -87,6 +87,21 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
         Ok(ApiJson(value))
+    }
+}
+
+/// An optional JSON body: none without a `Content-Type`, and a body that is sent but does not
+/// parse is still a 400 [`ApiError`] (never silently read as absent).
+impl<T, S> OptionalFromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: OptionalFromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let body = <axum::Json<T> as OptionalFromRequest<S>>::from_request(req, state).await?;
+        Ok(body.map(|axum::Json(value)| ApiJson(value)))
     }
 }
 

@@ -373,9 +373,9 @@ async fn reject(
     State(state): State<AppState>,
     Caller(who, ..): Caller<Approver>,
     InvocationId(id): InvocationId,
-    body: Option<Json<RejectBody>>,
+    body: Option<ApiJson<RejectBody>>,
 ) -> ApiResult<Json<invocation::Invocation>> {
-    let comment = body.map(|Json(b)| b.comment).unwrap_or_default();
+    let comment = body.map(|ApiJson(b)| b.comment).unwrap_or_default();
     if comment.len() > flow::MAX_REASON {
         return Err(too_long("comment", comment.len(), flow::MAX_REASON));
     }
