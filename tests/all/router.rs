@@ -392,7 +392,32 @@ async fn an_unsigned_agent_request_is_401_and_audited() {
         app.audit()
             .await
             .iter()
-            .any(|e| e.action == "agent.request_refused" && e.subject == "/api/v1/agent/poll"),
+            .any(|e| e.action == "agent.request_refused" && e.subject == "POST /api/v1/agent/poll"),
         "not audited"
+    );
+    // A job id spelt with percent-escapes is the same route: the audit names the route
+    // template, not what the caller typed.
+    let (s, b) = app
+        .json(
+            "POST",
+            "/api/v1/agent/jobs/%69nv_0123456789abcdef/start",
+            None,
+            json!({}),
+        )
+        .await;
+    refused(s, &b, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let subjects: Vec<String> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "agent.request_refused")
+        .map(|e| e.subject)
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "POST /api/v1/agent/poll",
+            "POST /api/v1/agent/jobs/{id}/start"
+        ]
     );
 }

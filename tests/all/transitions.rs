@@ -294,7 +294,66 @@ macro_rules! on_both {
     };
 }
 
+/// The holder of a job whose lease ran out cannot start it any more (so the sweep may queue it
+/// again without racing a start), and the sweep queues again only what is still not started.
+async fn a_job_whose_lease_ran_out_is_not_started_and_a_started_one_is_not_requeued(
+    backend: Backend,
+) {
+    let w = World::new();
+    let db = fresh(backend, &w).await;
+    let agent = tend_orchestrator::agents::Agent {
+        id: "agent_0000000000000001".into(),
+        name: "web-1".into(),
+        hostname: "web-1".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        labels: Default::default(),
+        pools: vec!["web".into()],
+        public_key: String::new(),
+        ceiling: Default::default(),
+        last_seen_ms: now_ms(),
+        heartbeat_ms: 30_000,
+        running: 0,
+        capacity: 1,
+        jobs_ok: 0,
+        jobs_failed: 0,
+    };
+    let lapse = |id: &'static str| {
+        sqlx::query("UPDATE invocations SET lease_until_ms = $1, kind = 'repair' WHERE id = $2")
+            .bind(now_ms() - 1_000)
+            .bind(id)
+            .execute(&db.pool)
+    };
+    // Its lease ran out before the holder said it started: the start is refused.
+    seed(&db, "inv_00000000000000a1", State::Running, Some(&agent.id)).await;
+    lapse("inv_00000000000000a1").await.expect("lapse");
+    let refused = tend_orchestrator::agents::start(&db, &agent, "inv_00000000000000a1").await;
+    assert!(
+        matches!(refused, Err(FlowError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        events_for(&db, "inv_00000000000000a1", Action::InvocationStarted).await,
+        0
+    );
+    // A repair that did start before its lease ran out is never queued again: unknown.
+    seed(&db, "inv_00000000000000a2", State::Running, Some(&agent.id)).await;
+    sqlx::query("UPDATE invocations SET kind = 'repair' WHERE id = $1")
+        .bind("inv_00000000000000a2")
+        .execute(&db.pool)
+        .await
+        .expect("kind");
+    tend_orchestrator::agents::start(&db, &agent, "inv_00000000000000a2")
+        .await
+        .expect("started while the lease holds");
+    lapse("inv_00000000000000a2").await.expect("lapse");
+    invocation::expire_leases(&db).await.expect("sweep");
+    assert_eq!(state_of(&db, "inv_00000000000000a1").await, State::Queued);
+    assert_eq!(state_of(&db, "inv_00000000000000a2").await, State::Unknown);
+}
+
 on_both! {
+    lease_and_start => a_job_whose_lease_ran_out_is_not_started_and_a_started_one_is_not_requeued,
     wrong_state_is_a_conflict => a_change_from_the_wrong_state_names_the_state_and_writes_nothing,
     results_come_from_the_holder => a_result_is_taken_only_from_the_holder_of_the_lease,
     racing_changes => of_racing_changes_exactly_one_wins,

@@ -257,7 +257,8 @@ pub async fn result(
     let r: JobResult = req.json()?;
     r.check().map_err(invalid)?;
     let status = agents::report(&state.db, &req.agent, &id, &r).await?;
-    if let Some(report) = &r.report {
+    // Counted once, when recorded: a repeat ("already recorded") adds nothing.
+    if let (Some(report), "recorded") = (&r.report, status) {
         let outcome = report["outcome"].as_str().unwrap_or("trap").to_string();
         state.metrics.job_finished(
             &outcome,

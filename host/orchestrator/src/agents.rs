@@ -570,13 +570,18 @@ pub async fn dispatch(
     Ok(n)
 }
 
-/// Mark a claimed job as started (after the agent's own checks passed).
+/// Mark a claimed job as started (after the agent's own checks passed), while its lease holds:
+/// a start after the lease ran out is refused, so the sweep can requeue a job that never started
+/// without racing a holder that starts it.
 pub async fn start(db: &Db, agent: &Agent, id: &str) -> Result<(), FlowError> {
     invocation::apply(
         db,
         &Transition::new(
             id,
-            &[(State::Running, &[Guard::HeldBy(&agent.id)])],
+            &[(
+                State::Running,
+                &[Guard::HeldBy(&agent.id), Guard::LeaseHoldsAt(now_ms())],
+            )],
             State::Running,
             &[Set::StartedNow],
             vec![Audit {

@@ -219,7 +219,17 @@ impl FromRequest<AppState> for SignedAgent {
 
     async fn from_request(req: Request, state: &AppState) -> ApiResult<Self> {
         let method = req.method().as_str().to_string();
+        // Signed over the path as sent; audited under the route template.
         let path = req.uri().path().to_string();
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "(unmatched)".to_string(), |m| m.as_str().to_string());
+        let at = Where {
+            method: &method,
+            path: &path,
+            route: &route,
+        };
         let headers = req.headers().clone();
         // A body that may be large (a job result: up to MAX_RESULT_BYTES) is read only for a
         // sender that names an enrolled agent: anyone else is refused (and audited) on the
@@ -232,7 +242,7 @@ impl FromRequest<AppState> for SignedAgent {
         if !small {
             let sender = header(&headers, AGENT_HEADER);
             if agents::get(&state.db, &sender).await?.is_none() {
-                verify(state, &headers, &method, &path, &[]).await?;
+                verify(state, &headers, &at, &[]).await?;
             }
         }
         let body = axum::body::to_bytes(req.into_limited_body(), usize::MAX)
@@ -244,7 +254,7 @@ impl FromRequest<AppState> for SignedAgent {
                     format!("request body: {e}"),
                 )
             })?;
-        let agent = verify(state, &headers, &method, &path, &body).await?;
+        let agent = verify(state, &headers, &at, &body).await?;
         Ok(SignedAgent { agent, body })
     }
 }
@@ -257,12 +267,19 @@ fn header(headers: &HeaderMap, name: &str) -> String {
         .to_string()
 }
 
+/// Where a signed request was sent: the method and path it is signed over, and the route
+/// template it is audited under (nothing a caller typed reaches the audit subject).
+struct Where<'a> {
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+}
+
 /// The agent behind a signed request — or 401, audited.
 async fn verify(
     state: &AppState,
     headers: &HeaderMap,
-    method: &str,
-    path: &str,
+    at: &Where<'_>,
     body: &[u8],
 ) -> ApiResult<Agent> {
     let agent_id = header(headers, AGENT_HEADER);
@@ -273,8 +290,8 @@ async fn verify(
             timestamp: &header(headers, TIMESTAMP_HEADER),
             nonce: &header(headers, NONCE_HEADER),
             signature: &header(headers, SIGNATURE_HEADER),
-            method,
-            path,
+            method: at.method,
+            path: at.path,
             body,
         },
     )
@@ -287,7 +304,7 @@ async fn verify(
             audit::refused(
                 &state.db,
                 audit::Action::AgentRequestRefused,
-                path,
+                &format!("{} {}", at.method, at.route),
                 serde_json::json!({ "why": why, "claimed_agent": agent_id }),
             )
             .await?;

@@ -760,11 +760,12 @@ async fn fail_running(
 /// harmless); a started **repair** → `unknown`, escalated to a human, never run again on its own.
 /// A `pool:` job queued again may go to any agent of its pool.
 pub async fn expire_leases(db: &Db) -> Result<usize, FlowError> {
+    let now = now_ms();
     let rows = sqlx::query(
         "SELECT id, lease_owner, kind, run_started_ms FROM invocations WHERE state = $1 AND lease_until_ms < $2",
     )
     .bind(State::Running.as_str())
-    .bind(now_ms())
+    .bind(now)
     .fetch_all(&db.pool)
     .await?;
     let mut n = 0;
@@ -798,9 +799,20 @@ pub async fn expire_leases(db: &Db) -> Result<usize, FlowError> {
                 "the lease expired before the job started: queued again",
             ),
         };
+        // The row as read must still be the row changed: the same holder, its lease still run
+        // out, and (for a job queued again because it never started) still not started. A
+        // holder that renewed or started in between wins; a repair is never queued again
+        // after it started (`start` also refuses once the lease has run out).
+        let owner_guard = owner.as_deref().map(Guard::HeldBy);
+        let mut guards: Vec<Guard> = owner_guard.into_iter().collect();
+        guards.push(Guard::LeaseEndedBefore(now));
+        if started.is_none() {
+            guards.push(Guard::NotStarted);
+        }
+        let from = [(State::Running, guards.as_slice())];
         let expired = Transition::new(
             &id,
-            &[(State::Running, &[])],
+            &from,
             to,
             set,
             vec![Audit {

@@ -31,7 +31,13 @@ impl Metrics {
         *m.decisions.entry(decision.to_string()).or_default() += 1;
     }
 
+    /// Count a finished job. `outcome` may come from an agent's report: only the runtime's own
+    /// outcomes (and `refused`) become a label; anything else counts as `other`, so no peer
+    /// can add label values or text to `/metrics`.
     pub fn job_finished(&self, outcome: &str, level: u8, took: Duration) {
+        let known = outcome == "refused"
+            || serde_json::from_value::<tend_runtime::Outcome>(outcome.into()).is_ok();
+        let outcome = if known { outcome } else { "other" };
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *m.jobs.entry((outcome.to_string(), level)).or_default() += 1;
         let s = took.as_secs_f64();
@@ -126,5 +132,34 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outcome comes from an agent's report: text that is not one of the runtime's outcomes
+    /// is counted as `other` and never reaches `/metrics`.
+    #[test]
+    fn an_outcome_a_peer_makes_up_is_counted_as_other() {
+        let m = Metrics::default();
+        m.job_finished("ok", 0, Duration::from_millis(1));
+        m.job_finished(
+            "x\"} 0\ntend_invocations{state=\"pending_approval\"} 0\n#",
+            0,
+            Duration::from_millis(1),
+        );
+        let text = m.render(&[], 0, &[]);
+        assert!(
+            text.contains("tend_invocations_total{outcome=\"ok\",level=\"0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tend_invocations_total{outcome=\"other\",level=\"0\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("x\\\""), "{text}");
+        assert!(!text.contains("state=\"pending_approval\"} 0\n#"), "{text}");
     }
 }

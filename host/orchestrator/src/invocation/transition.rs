@@ -40,6 +40,10 @@ pub enum Guard<'a> {
     NotStarted,
     /// It is assigned to this agent.
     AssignedTo(&'a str),
+    /// Its lease ran out before this time (unix ms): the holder is gone.
+    LeaseEndedBefore(i64),
+    /// Its lease still holds at this time (unix ms).
+    LeaseHoldsAt(i64),
 }
 
 /// A column a transition writes besides `state`.
@@ -209,6 +213,8 @@ fn update<'a>(
             Guard::HeldBy(owner) => sql.push(" AND lease_owner = ").arg(Arg::Text(owner)),
             Guard::NotStarted => sql.push(" AND run_started_ms IS NULL"),
             Guard::AssignedTo(agent) => sql.push(" AND assigned_agent = ").arg(Arg::Text(agent)),
+            Guard::LeaseEndedBefore(t) => sql.push(" AND lease_until_ms < ").arg(Arg::Int(t)),
+            Guard::LeaseHoldsAt(t) => sql.push(" AND lease_until_ms >= ").arg(Arg::Int(t)),
         };
     }
     sql.push(" RETURNING *");
@@ -300,6 +306,8 @@ async fn conflict(
                     Guard::HeldBy(o) => n.push_str(&format!(" and held by {o}")),
                     Guard::NotStarted => n.push_str(" and not yet started"),
                     Guard::AssignedTo(a) => n.push_str(&format!(" and assigned to {a}")),
+                    Guard::LeaseEndedBefore(_) => n.push_str(" and its lease run out"),
+                    Guard::LeaseHoldsAt(_) => n.push_str(" and its lease still holding"),
                 }
             }
             n
