@@ -579,6 +579,17 @@ async fn approvals_bind_one_invocation_and_come_from_someone_else(backend: Backe
         .iter()
         .map(|e| e["action"].as_str().expect("action"))
         .collect();
+    // The refused cancel is in the trail, under the caller who tried.
+    assert!(
+        audit["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["action"] == "auth.forbidden"
+                && e["actor"] == "carol"
+                && e["subject"] == other_id),
+        "a refused cancel was not audited"
+    );
     // Every invocation records what started it, with it and in its audit event.
     for e in audit["events"].as_array().expect("events") {
         if e["action"] == "invocation.create" {

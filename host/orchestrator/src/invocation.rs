@@ -509,6 +509,15 @@ pub async fn reject(
 pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, FlowError> {
     let inv = get(db, id).await?;
     if inv.requester != actor.name && actor.role != tend_policy::Role::Admin {
+        // A refusal of an authenticated caller is audited like a role refusal.
+        audit::append(
+            db,
+            &actor.name,
+            Action::AuthForbidden,
+            id,
+            serde_json::json!({ "role": actor.role.as_str(), "needs": "the requester or admin" }),
+        )
+        .await?;
         return Err(FlowError::Forbidden(format!(
             "only the requester ({}) or an admin may cancel invocation {id}",
             inv.requester
