@@ -269,3 +269,51 @@ fn without_room_for_the_pool_it_warns_and_still_runs() {
     let report: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(report["outcome"], "ok");
 }
+
+/// A command that reads an orchestrator's database never creates one at a mistyped path (and
+/// then reports on the empty file it made): it refuses, naming the path, and creates nothing.
+#[test]
+fn a_mistyped_database_is_refused_not_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("orchestratr.db");
+    let url = format!("sqlite://{}", missing.display());
+    for args in [
+        vec!["audit", "verify", "--database", url.as_str()],
+        vec!["agent", "token", "create", "--database", url.as_str()],
+    ] {
+        let o = tend()
+            .env("TEND_DATA_DIR", dir.path())
+            .args(&args)
+            .output()
+            .expect("run tend");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no orchestrator database at")
+                && stderr(&o).contains("orchestratr.db"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}
+
+/// `tend key gen --out ~/.config/tend/me.key` on a fresh machine: the directory is made,
+/// private to its owner.
+#[test]
+fn key_gen_makes_the_directory_it_writes_into() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("config/tend/me.key");
+    let o = tend()
+        .args(["key", "gen", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run tend");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.parent().expect("parent"))
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}

@@ -220,7 +220,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             scope
                 .check()
                 .map_err(|e| Failure::bad_input(format!("nothing created: {e}")))?;
-            let db = database.open().await?;
+            let db = database.open_existing().await?;
             let token = tend_orchestrator::agents::create_enroll_token(
                 &db,
                 uses,

@@ -35,6 +35,18 @@ pub fn run(cmd: KeyCommand) -> Result<u8, Failure> {
     match cmd {
         KeyCommand::Gen { out } => {
             let key = keys::generate().map_err(Failure::host)?;
+            // `--out ~/.config/tend/me.key` on a fresh machine: make the directory (0700).
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| Failure::bad_input(format!("{}: {e}", dir.display())))?;
+                }
+            }
             keys::write_private_key(&out, &key).map_err(Failure::bad_input)?;
             let public = PublicKey(key.verifying_key());
             crate::out(&format!(

@@ -42,6 +42,22 @@ impl DatabaseArgs {
         }
         Db::connect(&self.url()).await.map_err(Failure::bad_input)
     }
+
+    /// Open a database that must already exist: a command that reads or adds to an
+    /// orchestrator's database (`audit verify`, `agent token create`) never creates an empty
+    /// one at a mistyped path and reports on that instead.
+    pub async fn open_existing(&self) -> Result<Db, Failure> {
+        let url = self.url();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or(path);
+            if !std::path::Path::new(file).exists() {
+                return Err(Failure::bad_input(format!(
+                    "no orchestrator database at {url}: nothing was created (pass --database with the orchestrator's, or set TEND_DATABASE_URL)"
+                )));
+            }
+        }
+        self.open().await
+    }
 }
 
 /// `$TEND_DATA_DIR` holds the orchestrator's database (inputs, results, the audit trail) and
@@ -321,7 +337,7 @@ pub async fn audit(cmd: AuditCommand) -> Result<u8, Failure> {
             concurrency,
         } => return audit_bench(&database, count, concurrency).await,
     };
-    let db = database.open().await?;
+    let db = database.open_existing().await?;
     let result = audit::verify(&db).await.map_err(Failure::host)?;
     db.close().await;
     match result {

@@ -260,9 +260,11 @@ pub async fn result(
     // Counted once, when recorded: a repeat ("already recorded") adds nothing.
     if let (Some(report), "recorded") = (&r.report, status) {
         let outcome = report["outcome"].as_str().unwrap_or("trap").to_string();
+        // The invocation's decided level, as the local worker counts it.
+        let level = invocation::get(&state.db, &id).await.map_or(0, |i| i.level);
         state.metrics.job_finished(
             &outcome,
-            0,
+            level,
             Duration::from_micros(report["duration_us"].as_u64().unwrap_or(0)),
         );
     }
