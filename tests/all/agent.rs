@@ -14,6 +14,26 @@ use crate::registry::{Registry, World, err};
 use crate::support::*;
 
 /// A `tend agent run` process.
+/// The first line of the agent's log (written by its stderr reader) that mentions `what`.
+async fn wait_for_line(log: &std::path::Path, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(line) = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains(what))
+        {
+            return line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line mentioning {what} in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub struct AgentProc {
     child: Option<Child>,
     dir: PathBuf,
@@ -25,7 +45,9 @@ impl AgentProc {
     fn spawn(dir: &PathBuf, cache: &PathBuf, extra: &[String]) -> Child {
         let mut child = tend()
             .env("TEND_CACHE_DIR", cache)
-            .env("TEND_LOG", "info")
+            // The default log level: what an operator's journal shows.
+            .env_remove("TEND_LOG")
+            .env_remove("RUST_LOG")
             .args(["agent", "run", "--dir"])
             .arg(dir)
             .args(["--heartbeat", "500ms", "--grace", "10s"])
@@ -271,6 +293,13 @@ async fn jobs_go_to_their_pool_and_agents_report_health() {
         assert_eq!(assigned["detail"]["agent"], agent, "{pool} ran elsewhere");
         let started = wait_audit(&api, &admin, &id, "invocation.started").await;
         assert_eq!(started["actor"], agent);
+        // At the default log level the agent says one line for the job it ran.
+        let log = w.path(&format!("agent-{agent}.log"));
+        let line = wait_for_line(&log, &id).await;
+        assert!(
+            line.contains("job done") && line.contains("acme-echo") && line.contains("outcome=ok"),
+            "{line}"
+        );
     }
     // An unknown pool is a clear 404.
     let (s, v) = submit_to(&api, &admin, "acme-echo", "pool:nope", json!({})).await;

@@ -327,7 +327,7 @@ async fn flush_spool(shared: &Shared) {
         };
         match sent {
             Ok(_) => {
-                tracing::info!(invocation = %id, "result delivered");
+                tracing::debug!(invocation = %id, "result delivered");
                 shared.spool.remove(&id);
             }
             Err(client::ClientError::Status {
@@ -511,7 +511,7 @@ async fn check(
         },
         tend_protocol::now_ms(),
     )?;
-    tracing::info!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");
+    tracing::debug!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");
     let provenance = Provenance::Signed {
         publisher: v.publisher.clone(),
         key_id: v.key_id.clone(),
@@ -726,7 +726,20 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
             refusal: Some(format!("the host failed to run it: {e}")),
         },
     };
-    tracing::info!(invocation = %id, took = ?picked.elapsed(), "job done");
+    let outcome = result
+        .report
+        .as_ref()
+        .and_then(|r| r["outcome"].as_str())
+        .unwrap_or(&result.outcome)
+        .to_string();
+    tracing::info!(
+        invocation = %id,
+        skill = %job.invocation.skill,
+        version = %job.invocation.version,
+        %outcome,
+        took = ?picked.elapsed(),
+        "job done"
+    );
     deliver(shared, &id, result).await;
 }
 

@@ -127,9 +127,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Warnings by default; a running agent also says one line per job (what ran, its outcome
+    // and how long it took), which is what an operator reads in its journal.
+    #[allow(unused_mut)]
+    let mut default = "warn";
+    #[cfg(feature = "agent")]
+    if matches!(
+        &cli.command,
+        Command::Agent(agent::AgentCommand::Run { .. })
+    ) {
+        default = "warn,tend_agent=info";
+    }
     let filter = std::env::var("TEND_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".into());
+        .unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -137,7 +149,6 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let cli = Cli::parse();
     // A one-shot `tend run` does one thing at a time: a current-thread runtime starts no worker
     // threads (nor probes the CPU count for them). Servers and the benchmark keep the
     // multi-threaded one.
