@@ -406,6 +406,19 @@ async fn an_observe_skill_runs_at_once_and_reports(backend: Backend) {
     assert_eq!(done["result"]["output"]["echo"]["x"], 7);
     assert_eq!(done["result"]["provenance"]["trust"], "signed");
     assert_eq!(done["result"]["provenance"]["publisher"], "acme");
+    // When it ran is on the invocation; a new one has neither time yet.
+    let (started, finished) = (
+        done["started_at"].as_str().expect("started_at"),
+        done["finished_at"].as_str().expect("finished_at"),
+    );
+    assert!(
+        v["created_at"].as_str().expect("created_at") <= started && started <= finished,
+        "{done}"
+    );
+    assert!(
+        v.get("started_at").is_none() && v.get("finished_at").is_none(),
+        "{v}"
+    );
 
     // Bad input changes nothing and says what and where.
     let (s, v) = api.submit(&alice, "acme-echo", json!({"x": "seven"})).await;

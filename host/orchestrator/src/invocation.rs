@@ -149,6 +149,8 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         reasons: new.verdict.explain(),
         created_at: rfc3339(now),
         expires_at: rfc3339(expires),
+        started_at: None,
+        finished_at: None,
         approvals: Vec::new(),
         result: None,
     })
@@ -160,7 +162,9 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         .map_err(|e| FlowError::Conflict(format!("stored verdict unreadable: {e}")))?;
     let input: String = r.try_get("input")?;
     let result: Option<String> = r.try_get("result")?;
-    let state: String = r.try_get("state")?;
+    let state = State::parse(&r.try_get::<String, _>("state")?).unwrap_or(State::Failed);
+    // A job queued again keeps the time of its earlier claim: it has not started (again).
+    let waiting = matches!(state, State::PendingApproval | State::Queued);
     Ok(Invocation {
         id: r.try_get("id")?,
         skill: r.try_get("skill")?,
@@ -174,11 +178,18 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         level: r.try_get::<i64, _>("level")? as u8,
         approvals_required: r.try_get::<i64, _>("approvals_required")? as u8,
         invocation_digest: r.try_get("invocation_digest")?,
-        state: State::parse(&state).unwrap_or(State::Failed),
+        state,
         reasons: verdict.explain(),
         verdict,
         created_at: rfc3339(r.try_get("created_ms")?),
         expires_at: rfc3339(r.try_get("expires_ms")?),
+        // The holder's own start when it said so (an agent), else the claim (the worker).
+        started_at: r
+            .try_get::<Option<i64>, _>("run_started_ms")?
+            .or(r.try_get::<Option<i64>, _>("started_ms")?)
+            .filter(|_| !waiting)
+            .map(rfc3339),
+        finished_at: r.try_get::<Option<i64>, _>("finished_ms")?.map(rfc3339),
         approvals,
         result: result.and_then(|t| serde_json::from_str(&t).ok()),
     })

@@ -80,6 +80,12 @@ pub struct Invocation {
     pub reasons: Vec<String>,
     pub created_at: String,
     pub expires_at: String,
+    /// When its runner started running it (absent until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it reached an end state (absent until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
     pub approvals: Vec<Approval>,
     /// The execution report, once it ran.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
