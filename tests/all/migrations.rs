@@ -267,11 +267,12 @@ async fn a_database_from_before_migrations_upgrades_without_loss(backend: Backen
         .next(),
         Some("1")
     );
-    // Not a row lost or changed; the only column added is the one a later migration adds
-    // (0002: what started an invocation), and old invocations read as started by the API.
+    // Not a row lost or changed; the only columns added are those later migrations add
+    // (0002: what started an invocation, 0003: a reject's comment), and old invocations read
+    // as started by the API.
     assert_eq!(contents_of(&database, ALL_TABLES, &before_cols), before);
     let mut want = before_cols[1].clone();
-    want.push("trigger".into());
+    want.extend(["trigger".into(), "comment".into()]);
     assert_eq!(columns(&database, "invocations"), want);
     assert_eq!(
         rows(&database, "SELECT DISTINCT trigger FROM invocations"),

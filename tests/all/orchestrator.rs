@@ -554,6 +554,9 @@ async fn approvals_bind_one_invocation_and_come_from_someone_else(backend: Backe
         )
         .await;
     assert_eq!((s, v["state"].as_str()), (200, Some("rejected")), "{v}");
+    // The comment is on the invocation, not only in the audit trail.
+    assert_eq!(v["comment"], "not now", "{v}");
+    assert!(v["finished_at"].is_string(), "{v}");
     let (s, _) = api
         .call(
             "POST",

@@ -151,6 +151,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         expires_at: rfc3339(expires),
         started_at: None,
         finished_at: None,
+        comment: None,
         approvals: Vec::new(),
         result: None,
     })
@@ -190,6 +191,9 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
             .filter(|_| !waiting)
             .map(rfc3339),
         finished_at: r.try_get::<Option<i64>, _>("finished_ms")?.map(rfc3339),
+        comment: r
+            .try_get::<Option<String>, _>("comment")?
+            .filter(|c| !c.is_empty()),
         approvals,
         result: result.and_then(|t| serde_json::from_str(&t).ok()),
     })
@@ -505,7 +509,7 @@ pub async fn reject(
             id,
             &[(State::PendingApproval, &[])],
             to,
-            &[Set::FinishedNow],
+            &[Set::FinishedNow, Set::Comment(comment)],
             vec![Audit {
                 actor: &actor.name,
                 action: Action::InvocationRejected,

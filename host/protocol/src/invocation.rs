@@ -86,6 +86,9 @@ pub struct Invocation {
     /// When it reached an end state (absent until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// What the person who ended it said (a reject's comment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
     pub approvals: Vec<Approval>,
     /// The execution report, once it ran.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]

@@ -61,6 +61,8 @@ pub enum Set<'a> {
     FinishedNow,
     /// `result`: this JSON.
     Result(&'a serde_json::Value),
+    /// `comment`: what the person who ended it said.
+    Comment(&'a str),
     /// A lease for `owner` until `until_ms`.
     Lease { owner: &'a str, until_ms: i64 },
     /// The lease held now, extended to `until_ms`.
@@ -177,6 +179,7 @@ fn update<'a>(
             Set::NotStarted => sql.push(", run_started_ms = NULL"),
             Set::FinishedNow => sql.push(", finished_ms = ").arg(Arg::Int(now)),
             Set::Result(v) => sql.push(", result = ").arg(Arg::Owned(v.to_string())),
+            Set::Comment(c) => sql.push(", comment = ").arg(Arg::Text(c)),
             Set::Lease { owner, until_ms } => sql
                 .push(", lease_owner = ")
                 .arg(Arg::Text(owner))
