@@ -245,12 +245,9 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(inv)).into_response())
 }
 
-fn too_long(field: &str, len: usize, max: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "field_too_long",
-        format!("`{field}` is {len} bytes; at most {max} are accepted"),
-    )
+/// A stored field over its bound: the same 422 a submission's fields get.
+fn too_long(field: &'static str, len: usize, max: usize) -> ApiError {
+    SubmitError::FieldTooLong { field, len, max }.into()
 }
 
 /// An invocation id from the path: anything longer is not one of ours (404, not echoed).

@@ -61,7 +61,7 @@ impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let what = route_of(parts);
+        let what = route_of(&parts.method, &parts.extensions);
         let actor = authorize(state, &parts.headers, R::ROLE, &what).await?;
         Ok(Caller(actor, PhantomData))
     }
@@ -69,12 +69,11 @@ impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
 
 /// `METHOD /route/{template}`: what a caller asked for, as the audit trail names it (the
 /// template, not the raw path, so nothing a caller typed reaches the subject).
-fn route_of(parts: &Parts) -> String {
-    let route = parts
-        .extensions
+fn route_of(method: &axum::http::Method, extensions: &axum::http::Extensions) -> String {
+    let route = extensions
         .get::<MatchedPath>()
         .map_or("(unmatched)", MatchedPath::as_str);
-    format!("{} {route}", parts.method)
+    format!("{method} {route}")
 }
 
 /// The caller, at least `min` — or 401/403, audited (a refusal without a known token is
@@ -221,10 +220,7 @@ impl FromRequest<AppState> for SignedAgent {
         let method = req.method().as_str().to_string();
         // Signed over the path as sent; audited under the route template.
         let path = req.uri().path().to_string();
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| "(unmatched)".to_string(), |m| m.as_str().to_string());
+        let route = route_of(req.method(), req.extensions());
         let at = Where {
             method: &method,
             path: &path,
@@ -272,6 +268,7 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 struct Where<'a> {
     method: &'a str,
     path: &'a str,
+    /// `METHOD /route/{template}` ([`route_of`]).
     route: &'a str,
 }
 
@@ -304,7 +301,7 @@ async fn verify(
             audit::refused(
                 &state.db,
                 audit::Action::AgentRequestRefused,
-                &format!("{} {}", at.method, at.route),
+                at.route,
                 serde_json::json!({ "why": why, "claimed_agent": agent_id }),
             )
             .await?;
