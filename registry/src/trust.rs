@@ -13,6 +13,10 @@
 //!
 //! [versions]                       # highest version seen per skill: older ones are refused
 //! disk-usage = "0.1.0"
+//!
+//! [[approvers]]                    # people whose signed approvals this host counts
+//! name = "alice"
+//! key = "ed25519:BASE64..."
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,6 +41,18 @@ pub struct TrustPolicy {
     /// Highest version seen per skill name; anything older is a downgrade.
     #[serde(default)]
     pub versions: BTreeMap<String, String>,
+    /// Approvers whose signatures this host counts, by the name it knows them under. An
+    /// approval signed by any other key counts for nothing here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<Approver>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approver {
+    pub name: String,
+    /// `ed25519:<base64>`
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,6 +286,36 @@ impl TrustPolicy {
                 ));
             }
         }
+        for (i, a) in policy.approvers.iter().enumerate() {
+            if a.name.is_empty()
+                || a.name.len() > 64
+                || !a
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+            {
+                return Err(invalid(
+                    format!("approvers[{i}].name"),
+                    format!(
+                        "{:?} is not 1-64 letters, digits and ._@-",
+                        a.name.chars().take(64).collect::<String>()
+                    ),
+                ));
+            }
+            let key = a
+                .key
+                .parse::<PublicKey>()
+                .map_err(|e| invalid(format!("approvers[{i}].key"), e.to_string()))?;
+            if let Some(j) = policy.approvers[..i]
+                .iter()
+                .position(|b| b.key.parse::<PublicKey>().ok().as_ref() == Some(&key))
+            {
+                return Err(invalid(
+                    format!("approvers[{i}].key"),
+                    format!("the same key as approvers[{j}]: one key is one person"),
+                ));
+            }
+        }
         let mut policy = policy;
         policy.revoked = Revoked::checked(text, origin)?;
         for (name, v) in &policy.versions {
@@ -281,6 +327,23 @@ impl TrustPolicy {
             }
         }
         Ok(policy)
+    }
+
+    /// The approver keys this policy trusts, with the name of each (checked at parse), minus
+    /// any key under `[revoked]`.
+    pub fn approver_keys(&self) -> Vec<(String, ed25519_dalek::VerifyingKey)> {
+        self.approvers
+            .iter()
+            .filter_map(|a| Some((a.name.clone(), a.key.parse::<PublicKey>().ok()?)))
+            .filter(|(_, k)| {
+                !self
+                    .revoked
+                    .keys
+                    .iter()
+                    .any(|r| *r == k.key_id() || *r == k.to_string())
+            })
+            .map(|(n, k)| (n, k.0))
+            .collect()
     }
 
     /// Verify a component and its envelope. Checks, in order: envelope format, component

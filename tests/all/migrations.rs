@@ -268,11 +268,23 @@ async fn a_database_from_before_migrations_upgrades_without_loss(backend: Backen
         Some("1")
     );
     // Not a row lost or changed; the only columns added are those later migrations add
-    // (0002: what started an invocation, 0003: a reject's comment), and old invocations read
-    // as started by the API.
+    // (0002: what started an invocation, 0003: a reject's comment, 0005: what an approval
+    // binds), and old invocations read as started by the API.
     assert_eq!(contents_of(&database, ALL_TABLES, &before_cols), before);
     let mut want = before_cols[1].clone();
-    want.extend(["trigger".into(), "comment".into()]);
+    want.extend(
+        [
+            "trigger",
+            "comment",
+            "manifest_digest",
+            "hosts",
+            "narrowing",
+            "grants",
+            "limits",
+            "plan",
+        ]
+        .map(String::from),
+    );
     assert_eq!(columns(&database, "invocations"), want);
     assert_eq!(
         rows(&database, "SELECT DISTINCT trigger FROM invocations"),
@@ -333,7 +345,8 @@ async fn a_database_from_the_first_release_gains_what_it_lacks(backend: Backend)
         ("tokens", "prefix"),
         ("approvals", "invocation_id, approver"),
     ];
-    let before = contents(&database, &old);
+    let old_cols: Vec<Vec<String>> = old.iter().map(|(t, _)| columns(&database, t)).collect();
+    let before = contents_of(&database, &old, &old_cols);
     let invocations_before = rows(
         &database,
         "SELECT id, state, result FROM invocations ORDER BY id",
@@ -346,7 +359,7 @@ async fn a_database_from_the_first_release_gains_what_it_lacks(backend: Backend)
     assert_eq!(report["events"], 17, "{report}");
     assert_eq!(rows(&database, "SELECT DISTINCT v FROM audit"), ["1"]);
     // Every table and column this release has, with the defaults of the release that added it.
-    for table in ["agents", "enroll_tokens", "agent_nonces"] {
+    for table in ["agents", "enroll_tokens", "agent_nonces", "approver_keys"] {
         assert!(has_table(&database, table), "{table}");
     }
     let fresh = load(backend, &w, "fresh", "/dev/null");
@@ -358,7 +371,7 @@ async fn a_database_from_the_first_release_gains_what_it_lacks(backend: Backend)
         rows(&database, "SELECT DISTINCT kind FROM invocations"),
         ["diagnose"]
     );
-    assert_eq!(contents(&database, &old), before);
+    assert_eq!(contents_of(&database, &old, &old_cols), before);
     assert_eq!(
         rows(
             &database,

@@ -240,10 +240,21 @@ impl Orch {
             "--database",
             &self.database,
         ]);
-        String::from_utf8(o.stdout)
+        let token = String::from_utf8(o.stdout)
             .expect("utf8")
             .trim()
-            .to_string()
+            .to_string();
+        remember_token(&token, name);
+        if (role == "approver" || role == "admin") && APPROVERS.contains(&name) {
+            let key = tend_protocol::public_key_text(&approver_key(name).verifying_key());
+            tamper(
+                &self.database,
+                &format!(
+                    "INSERT INTO approver_keys (name, public_key, created_ms, created_by) VALUES ('{name}', '{key}', 0, 'test') ON CONFLICT (name) DO NOTHING"
+                ),
+            );
+        }
+        token
     }
 
     pub fn stop(&mut self) {
@@ -324,12 +335,20 @@ impl Api {
         v
     }
 
+    /// Approve as the token's owner would with `tend approve`: their key signs `digest`.
     pub async fn approve(&self, token: &str, id: &str, digest: &str) -> (u16, Value) {
+        let body = match token_name(token) {
+            Some(name) => {
+                let (_, signature) = tend_protocol::sign_approval(&approver_key(&name), digest);
+                json!({ "invocation_digest": digest, "signature": signature })
+            }
+            None => json!({ "invocation_digest": digest }),
+        };
         self.call(
             "POST",
             &format!("/api/v1/invocations/{id}/approve"),
             Some(token),
-            Some(json!({ "invocation_digest": digest })),
+            Some(body),
         )
         .await
     }
@@ -1306,11 +1325,12 @@ async fn a_retried_approval_completes_a_stranded_decision(backend: Backend) {
     let (_, inv) = api.submit(&alice, "acme-disrupt", json!({"n": 1})).await;
     let id = inv["id"].as_str().expect("id");
     let digest = inv["invocation_digest"].as_str().expect("digest");
-    // What a crash right after the approval's commit left behind.
+    // What a crash right after the approval's commit left behind (bob's signed approval).
+    let (key, signature) = tend_protocol::sign_approval(&approver_key("bob"), digest);
     tamper(
         &orch.database,
         &format!(
-            "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ('{id}', 'bob', '{digest}', {})",
+            "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms, public_key, signature) VALUES ('{id}', 'bob', '{digest}', {}, '{key}', '{signature}')",
             now_ms()
         ),
     );

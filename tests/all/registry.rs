@@ -29,7 +29,8 @@ impl World {
         std::fs::write(
             w.path("trust.toml"),
             format!(
-                "[[publishers]]\nname = \"acme\"\nkey = \"{public}\"\nprefixes = [\"acme-\"]\n"
+                "[[publishers]]\nname = \"acme\"\nkey = \"{public}\"\nprefixes = [\"acme-\"]\n{}",
+                approvers_toml()
             ),
         )
         .expect("trust");

@@ -232,3 +232,56 @@ pub fn assert_output_schema(name: &str, output: &serde_json::Value) {
         "{name} output breaks its schema: {errors:?}\n{output:#}"
     );
 }
+
+/// The people who approve in tests. Each has a fixed ed25519 key ([`approver_key`]), listed in
+/// every test world's trust policy ([`approvers_toml`]) and registered with the orchestrator
+/// when their token is made, so that `Api::approve` signs as they would with `tend approve`.
+pub const APPROVERS: [&str; 8] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "victor", "admin",
+];
+
+/// `name`'s approver key: fixed, so a trust policy written before the orchestrator starts
+/// can list it.
+pub fn approver_key(name: &str) -> ed25519_dalek::SigningKey {
+    let mut seed = [0x5a_u8; 32];
+    for (i, b) in name.bytes().take(31).enumerate() {
+        seed[i + 1] = b;
+    }
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+/// `[[approvers]]` entries for [`APPROVERS`], to append to a trust policy.
+pub fn approvers_toml() -> String {
+    APPROVERS
+        .iter()
+        .map(|name| {
+            format!(
+                "\n[[approvers]]\nname = \"{name}\"\nkey = \"{}\"\n",
+                tend_protocol::public_key_text(&approver_key(name).verifying_key())
+            )
+        })
+        .collect()
+}
+
+fn token_names() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static NAMES: OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+/// Remember whose a token is, so an approval made with it can be signed by that person's key.
+pub fn remember_token(token: &str, name: &str) {
+    token_names()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(token.to_string(), name.to_string());
+}
+
+/// The name a token was made for (see [`remember_token`]).
+pub fn token_name(token: &str) -> Option<String> {
+    token_names()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(token)
+        .cloned()
+}

@@ -109,7 +109,7 @@ pub enum Refusal {
     #[error("the skill is granted {path}, outside the paths this agent allows ({allowed:?})")]
     Path { path: String, allowed: Vec<String> },
     #[error("{0}")]
-    Admission(#[from] tend_policy::admit::Refusal),
+    Admission(#[from] tend_protocol::AdmitError),
     #[error("the verified skill is missing from the local store")]
     Missing,
     #[error("{}: {source}", path.display())]

@@ -144,6 +144,8 @@ struct Shared {
     client: client::Client,
     registry: RegistryClient,
     trust: TrustPolicy,
+    /// The approver keys of this agent's own trust policy: only their signatures count.
+    approvers: Vec<tend_protocol::TrustedApprover>,
     store: LocalStore,
     spool: spool::Spool,
     runtime: Runtime,
@@ -173,7 +175,13 @@ pub async fn run(
     let config = AgentConfig::load(&options.dir)?;
     let key = keys::read_private_key(&AgentConfig::key_path(&options.dir))?;
     let trust = TrustPolicy::from_file(&config.trust)?;
+    let approvers = trust
+        .approver_keys()
+        .into_iter()
+        .map(|(name, key)| tend_protocol::TrustedApprover { name, key })
+        .collect();
     let shared = Arc::new(Shared {
+        approvers,
         client: client::Client::new(&config.orchestrator, &config.agent_id, key),
         registry: RegistryClient::new(&config.registry, None)?,
         trust,
@@ -367,7 +375,7 @@ async fn flush_spool(shared: &Shared) {
 async fn check(
     shared: &Shared,
     job: &Job,
-) -> Result<(Arc<tend_runtime::LoadedSkill>, Provenance), Refusal> {
+) -> Result<(Arc<tend_runtime::LoadedSkill>, tend_manifest::Manifest), Refusal> {
     let inv = &job.invocation;
     let ceiling = &shared.config.ceiling;
     // Pull and verify with this host's own trust policy (and its own rollback floors), once
@@ -426,7 +434,12 @@ async fn check(
             allowed: ceiling.publishers.clone(),
         });
     }
-    let caps = &v.manifest.capabilities;
+    // What this invocation may use: the verified manifest, narrowed as the operator asked.
+    let narrowed = v
+        .manifest
+        .narrowed(&inv.narrowing)
+        .map_err(|e| Refusal::Admission(e.into()))?;
+    let caps = &narrowed.capabilities;
     let used = [
         ("fs_read", !caps.fs_read.is_empty()),
         ("fs_write", !caps.fs_write.is_empty()),
@@ -467,36 +480,18 @@ async fn check(
             });
         }
     }
-    // The approvals must be for this exact invocation, as this agent computes it, and as many
-    // as the level this agent computes needs.
-    let grants = v.manifest.grants();
-    let digest = tend_protocol::invocation_digest(
-        &inv.skill,
-        &inv.version,
-        &v.digest,
-        &inv.target,
-        &inv.input,
-        &grants,
-        &serde_json::to_value(&v.manifest.limits).unwrap_or_default(),
+    // The approvals must be for this exact invocation, as this agent computes it, signed by
+    // approver keys this agent's own trust policy lists, and as many as the level this agent
+    // computes needs.
+    let (narrowed, admitted) = tend_protocol::admit_job(
+        inv,
         job.expires_ms,
-    );
-    let approvals = tend_protocol::approval_facts(&inv.approvals);
-    let admitted = tend_policy::admit(
-        &tend_policy::admit::Job {
-            skill: &inv.skill,
-            requester: &inv.requester,
-            invocation_digest: &digest,
-            announced_digest: &inv.invocation_digest,
-            expires_ms: job.expires_ms,
-            // A healing policy's auto-heal is the orchestrator's word, which this agent cannot
-            // verify: every job counts as asked for by a person (so L1 needs an approval).
-            trigger: &tend_policy::Trigger::Human,
-            approvals: &approvals,
+        tend_protocol::VerifiedSkill {
+            manifest: &v.manifest,
+            manifest_digest: &v.manifest_digest(),
+            digest: &v.digest,
         },
-        &tend_policy::admit::Verified {
-            declared: v.manifest.declared_level(),
-            grants: &grants,
-        },
+        &shared.approvers,
         &tend_policy::admit::Local {
             name: "this agent",
             environment: shared
@@ -555,7 +550,7 @@ async fn check(
             l
         }
     };
-    Ok((loaded, provenance))
+    Ok((loaded, narrowed))
 }
 
 /// A result the protocol can always carry: a refusal cut to [`MAX_REFUSAL_BYTES`], and a report
@@ -644,7 +639,7 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
     }
     let picked = Instant::now();
     let checked = check(shared, &job).await;
-    let (loaded, _) = match checked {
+    let (loaded, narrowed) = match checked {
         Ok(x) => x,
         Err(why) => {
             tracing::warn!(invocation = %id, %why, "refusing a job");
@@ -703,11 +698,12 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
     };
     let report = shared
         .runtime
-        .invoke(
+        .invoke_narrowed(
             &loaded,
             Export::Run,
             &job.invocation.input.to_string(),
             &LimitOverrides::default(),
+            Some(&narrowed),
         )
         .await;
     renewer.abort();

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 pub mod grant;
 mod name;
+mod narrow;
 
 pub use name::{NameError, SkillName};
+pub use narrow::{DEFAULT_LIMITS, MAX_NARROWED_PATHS, NarrowError, Narrowing};
 
 /// A parsed and validated skill manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

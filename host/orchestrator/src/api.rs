@@ -96,6 +96,9 @@ impl From<FlowError> for ApiError {
             FlowError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             FlowError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             FlowError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            FlowError::Invalid(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m)
+            }
             FlowError::Db(e) => e.into(),
         }
     }
@@ -127,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit/head", get(audit_head))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::agent_api::routes())
+        .merge(crate::approvers::api::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -138,7 +142,8 @@ pub fn router(state: AppState) -> Router {
 #[openapi(
     info(title = "Tend orchestrator", description = "Zero-trust decisions, human approvals, jobs and a hash-chained audit trail for Tend skills."),
     paths(readyz, metrics, status, submit, list, show, approve, reject, cancel, audit_list, audit_head,
-        crate::agent_api::list, crate::agent_api::remove, crate::agent_api::create_enroll_token, crate::agent_api::enroll),
+        crate::agent_api::list, crate::agent_api::remove, crate::agent_api::create_enroll_token, crate::agent_api::enroll,
+        crate::approvers::api::register, crate::approvers::api::list, crate::approvers::api::remove),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -226,6 +231,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::NotTrusted(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_trusted"),
             SubmitError::Registry(_) => (StatusCode::BAD_GATEWAY, "registry_unavailable"),
             SubmitError::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+            SubmitError::Widens(_) => (StatusCode::UNPROCESSABLE_ENTITY, "widens_grants"),
         };
         ApiError::new(status, code, message)
     }
@@ -323,11 +329,16 @@ async fn show(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveBody {
-    /// The digest of the invocation the approver reviewed.
+    /// The digest of the invocation the approver reviewed, recomputed by their client.
     pub invocation_digest: String,
+    /// Base64 ed25519 signature by the approver's registered key over
+    /// `tend-approval/v1\n<invocation_digest>\n`.
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
-/// Approve one exact invocation: the body names the digest the approver reviewed.
+/// Approve one exact invocation: the body names the digest the approver reviewed and carries
+/// their signature over it (`tend approve` makes both).
 #[utoipa::path(post, path = "/api/v1/invocations/{id}/approve", tag = "approvals", security(("bearer" = [])), params(("id" = String, Path)), request_body = ApproveBody,
     responses((status = 200, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -344,8 +355,18 @@ async fn approve(
             128,
         ));
     }
+    let Some(signature) = body.signature.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsigned_approval",
+            "an approval is a signature by your own approver key over the invocation digest: use `tend approve ID`",
+        ));
+    };
+    if signature.len() > 128 {
+        return Err(too_long("signature", signature.len(), 128));
+    }
     let inv = tracing::Instrument::instrument(
-        invocation::approve(&state.db, &id, &who, &body.invocation_digest),
+        invocation::approve(&state.db, &id, &who, &body.invocation_digest, signature),
         tracing::info_span!("approve", invocation = %id),
     )
     .await?;

@@ -87,6 +87,10 @@ pub enum Action {
     ApprovalGrant,
     /// An approval was refused.
     ApprovalRefused,
+    /// An admin registered an approver's public key.
+    ApproverRegister,
+    /// An admin removed an approver's public key.
+    ApproverRemove,
     /// `pending_approval -> queued`: the approvals are complete.
     InvocationQueued,
     /// `pending_approval -> rejected`.
@@ -132,7 +136,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 29] = [
+    pub const ALL: [Action; 31] = [
         Action::TokenCreate,
         Action::EnrollTokenCreate,
         Action::AuthRefused,
@@ -141,6 +145,8 @@ impl Action {
         Action::InvocationDenied,
         Action::ApprovalGrant,
         Action::ApprovalRefused,
+        Action::ApproverRegister,
+        Action::ApproverRemove,
         Action::InvocationQueued,
         Action::InvocationRejected,
         Action::InvocationExpired,
@@ -174,6 +180,8 @@ impl Action {
             Action::InvocationDenied => "invocation.denied",
             Action::ApprovalGrant => "approval.grant",
             Action::ApprovalRefused => "approval.refused",
+            Action::ApproverRegister => "approver.register",
+            Action::ApproverRemove => "approver.remove",
             Action::InvocationQueued => "invocation.queued",
             Action::InvocationRejected => "invocation.rejected",
             Action::InvocationExpired => "invocation.expired",

@@ -82,6 +82,11 @@ pub struct Submission {
     pub input: serde_json::Value,
     /// Why this invocation is wanted (recorded in the audit trail).
     pub reason: String,
+    /// Less than the skill's signed manifest grants, for this invocation only: path grants
+    /// narrowed to subdirectories, lower limits. Widening is refused.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub narrowing: tend_manifest::Narrowing,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -123,6 +128,9 @@ pub enum SubmitError {
     Registry(String),
     #[error("{0}")]
     InvalidInput(String),
+    /// The narrowing would widen what the signed manifest grants.
+    #[error("{0}")]
+    Widens(#[from] tend_manifest::NarrowError),
     #[error("refused by policy: {why}")]
     Denied { why: String, reasons: Vec<String> },
     #[error(transparent)]
@@ -172,12 +180,13 @@ pub async fn submit(
             )));
         }
     }
+    let narrowed = skill.manifest.narrowed(&request.narrowing)?;
     let verdict = {
         let _span = tracing::info_span!("decide", skill = %skill.name).entered();
         tend_policy::decide(&Request {
             skill: skill.name.clone(),
-            declared: skill.manifest.declared_level(),
-            grants: skill.manifest.grants(),
+            declared: narrowed.declared_level(),
+            grants: narrowed.grants(),
             target: policy_target,
             trigger: trigger.policy(),
             requester: caller.name.clone(),
@@ -221,6 +230,8 @@ pub async fn submit(
         &services.db,
         NewInvocation {
             skill: &skill,
+            narrowed: &narrowed,
+            narrowing: &request.narrowing,
             target: &target,
             input: request.input,
             reason: &request.reason,

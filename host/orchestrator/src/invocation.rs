@@ -34,6 +34,9 @@ pub enum FlowError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// A field of the request is malformed (HTTP 422); nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -44,28 +47,12 @@ impl From<sqlx::Error> for FlowError {
     }
 }
 
-/// The digest an approval binds: every byte that decides what would run, where and how.
-pub fn invocation_digest(
-    skill: &Resolved,
-    target: &str,
-    input: &serde_json::Value,
-    expires_ms: i64,
-) -> String {
-    crate::protocol::invocation_digest(
-        &skill.name,
-        &skill.version,
-        &skill.digest,
-        target,
-        input,
-        &skill.manifest.grants(),
-        &serde_json::to_value(&skill.manifest.limits).unwrap_or_default(),
-        expires_ms,
-    )
-}
-
 /// Everything needed to record a new invocation.
 pub struct NewInvocation<'a> {
     pub skill: &'a Resolved,
+    /// The skill's manifest narrowed as the operator asked (`skill.manifest` when not).
+    pub narrowed: &'a tend_manifest::Manifest,
+    pub narrowing: &'a tend_manifest::Narrowing,
     pub target: &'a str,
     pub input: serde_json::Value,
     pub reason: &'a str,
@@ -91,10 +78,26 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         }
     };
     let id = random_id("inv");
-    let digest = invocation_digest(new.skill, new.target, &new.input, expires);
+    let grants = new.narrowed.grants();
+    let hosts: Vec<String> = Vec::new();
+    let plan: Option<serde_json::Value> = None;
+    let digest = crate::protocol::invocation_digest(&crate::protocol::Bound {
+        skill: &new.skill.name,
+        version: &new.skill.version,
+        digest: &new.skill.digest,
+        manifest_digest: &new.skill.manifest_digest,
+        target: new.target,
+        hosts: &hosts,
+        requester: &new.requester.name,
+        input: &new.input,
+        grants: &grants,
+        limits: &new.narrowed.limits,
+        plan: plan.as_ref(),
+        expires_ms: expires,
+    });
     let mut tx = db.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
     )
     .bind(&id)
     .bind(&new.skill.name)
@@ -114,6 +117,12 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
     .bind((state == State::Queued).then_some(now))
     .bind(new.skill.manifest.skill.kind.to_string())
     .bind(new.trigger.as_str())
+    .bind(&new.skill.manifest_digest)
+    .bind(serde_json::to_string(&hosts).unwrap_or_default())
+    .bind(serde_json::to_string(new.narrowing).unwrap_or_default())
+    .bind(serde_json::to_string(&grants).unwrap_or_default())
+    .bind(serde_json::to_string(&new.narrowed.limits).unwrap_or_default())
+    .bind(plan.as_ref().map(|p| p.to_string()))
     .execute(&mut *tx)
     .await?;
     audit::append_tx(
@@ -125,6 +134,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
             "skill": new.skill.name, "version": new.skill.version, "digest": new.skill.digest,
             "target": new.target, "reason": new.reason, "state": state.as_str(),
             "trigger": new.trigger.as_str(),
+            "narrowing": new.narrowing,
             "level": u8::from(new.verdict.level), "approvals_required": required,
             "invocation_digest": digest, "decision": new.verdict.explain(),
         }),
@@ -136,8 +146,14 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         skill: new.skill.name.clone(),
         version: new.skill.version.clone(),
         digest: new.skill.digest.clone(),
+        manifest_digest: new.skill.manifest_digest.clone(),
         target: new.target.to_string(),
+        hosts,
         input: new.input,
+        narrowing: new.narrowing.clone(),
+        grants,
+        limits: new.narrowed.limits.clone(),
+        plan,
         reason: new.reason.to_string(),
         requester: new.requester.name.clone(),
         trigger: new.trigger.as_str().to_string(),
@@ -149,6 +165,7 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         reasons: new.verdict.explain(),
         created_at: rfc3339(now),
         expires_at: rfc3339(expires),
+        expires_ms: expires,
         started_at: None,
         finished_at: None,
         comment: None,
@@ -171,8 +188,16 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         skill: r.try_get("skill")?,
         version: r.try_get("version")?,
         digest: r.try_get("digest")?,
+        manifest_digest: r
+            .try_get::<Option<String>, _>("manifest_digest")?
+            .unwrap_or_default(),
         target: r.try_get("target")?,
+        hosts: json_column(r, "hosts")?.unwrap_or_default(),
         input: serde_json::from_str(&input).unwrap_or(serde_json::Value::Null),
+        narrowing: json_column(r, "narrowing")?.unwrap_or_default(),
+        grants: json_column(r, "grants")?.unwrap_or_default(),
+        limits: json_column(r, "limits")?.unwrap_or_default(),
+        plan: json_column(r, "plan")?,
         reason: r.try_get("reason")?,
         requester: r.try_get("requester")?,
         trigger: r.try_get("trigger")?,
@@ -184,6 +209,7 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         verdict,
         created_at: rfc3339(r.try_get("created_ms")?),
         expires_at: rfc3339(r.try_get("expires_ms")?),
+        expires_ms: r.try_get("expires_ms")?,
         // The holder's own start when it said so (an agent), else the claim (the worker).
         started_at: r
             .try_get::<Option<i64>, _>("run_started_ms")?
@@ -199,9 +225,23 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
     })
 }
 
+/// A JSON column that rows from before it existed hold as NULL. A stored value that does not
+/// read back is an error, never a silent default (it is bound into the invocation digest).
+fn json_column<T: serde::de::DeserializeOwned>(
+    r: &AnyRow,
+    column: &str,
+) -> Result<Option<T>, FlowError> {
+    match r.try_get::<Option<String>, _>(column)? {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| FlowError::Conflict(format!("stored {column} unreadable: {e}"))),
+    }
+}
+
 async fn approvals(db: &Db, id: &str) -> Result<Vec<Approval>, FlowError> {
     let rows = sqlx::query(
-        "SELECT approver, invocation_digest, created_ms FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
+        "SELECT approver, invocation_digest, created_ms, public_key, signature FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
     )
     .bind(id)
     .fetch_all(&db.pool)
@@ -214,6 +254,8 @@ fn approval_from_row(r: &AnyRow) -> Result<Approval, FlowError> {
         approver: r.try_get("approver")?,
         invocation_digest: r.try_get("invocation_digest")?,
         at: rfc3339(r.try_get("created_ms")?),
+        public_key: r.try_get("public_key")?,
+        signature: r.try_get("signature")?,
     })
 }
 
@@ -268,7 +310,7 @@ async fn approvals_of(
         .collect::<Result<Vec<_>, _>>()?;
     let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
     let sql = format!(
-        "SELECT invocation_id, approver, invocation_digest, created_ms FROM approvals WHERE invocation_id IN ({}) ORDER BY created_ms",
+        "SELECT invocation_id, approver, invocation_digest, created_ms, public_key, signature FROM approvals WHERE invocation_id IN ({}) ORDER BY created_ms",
         placeholders.join(", ")
     );
     let mut q = sqlx::query(&sql);
@@ -286,8 +328,20 @@ async fn approvals_of(
 /// Count the approvals that still stand for this exact invocation, by the one rule in
 /// [`tend_policy::admit::valid_approvers`].
 fn valid_approvals(inv: &Invocation, expires_ms: i64) -> usize {
+    // Every stored signature was verified against the approver's registered key when it was
+    // given (see `approve`); the runner checks each again against its own trust policy.
+    let facts: Vec<tend_policy::admit::Approval> = tend_protocol::approval_facts(&inv.approvals, &[])
+        .into_iter()
+        .zip(&inv.approvals)
+        .map(|(mut fact, a)| {
+            if a.signature.is_some() {
+                fact.signature = tend_policy::admit::Signature::Verified;
+            }
+            fact
+        })
+        .collect();
     tend_policy::admit::valid_approvers(
-        &tend_protocol::approval_facts(&inv.approvals),
+        &facts,
         &inv.requester,
         &inv.invocation_digest,
         expires_ms,
@@ -317,7 +371,9 @@ pub async fn sufficiently_approved(db: &Db, inv: &Invocation) -> Result<bool, Fl
     Ok(valid_approvals(inv, expires) >= inv.approvals_required as usize)
 }
 
-/// Approve `id` for `digest`. The approval and the `pending_approval -> queued` move it
+/// Approve `id` for `digest` with `signature`: the approver's ed25519 signature over
+/// [`tend_protocol::approval_message`] of the digest, which must verify against the key an
+/// admin registered for them. The approval and the `pending_approval -> queued` move it
 /// completes commit in one transaction, so a crash cannot leave an approved invocation
 /// waiting. A retry by the same approver for the same digest is idempotent: it answers with
 /// the current state and, should the invocation still be pending with enough approvals (as a
@@ -327,6 +383,7 @@ pub async fn approve(
     id: &str,
     approver: &Actor,
     digest: &str,
+    signature: &str,
 ) -> Result<Invocation, FlowError> {
     let inv = get(db, id).await?;
     let refuse = |e: FlowError| async {
@@ -374,6 +431,23 @@ pub async fn approve(
         )))
         .await;
     }
+    let registered = crate::approvers::key_of(db, &approver.name).await?;
+    let Some(public_key) = registered else {
+        return refuse(FlowError::Forbidden(format!(
+            "no approver key is registered for {0}: an admin registers it with `tend approver add {0} --key FILE` (the public half of `tend key gen`)",
+            approver.name
+        )))
+        .await;
+    };
+    let verifies = tend_protocol::parse_public_key(&public_key)
+        .is_some_and(|k| tend_protocol::approval_verifies(&k, signature, digest));
+    if !verifies {
+        return refuse(FlowError::Forbidden(format!(
+            "the signature does not verify with {}'s registered approver key over invocation digest {}: `tend approve` signs the digest it recomputes from what it shows",
+            approver.name, inv.invocation_digest
+        )))
+        .await;
+    }
     let mut tx = db.pool.begin().await?;
     // Lock the invocation first (a row lock on PostgreSQL, the writer lock on SQLite), so two
     // approvers finishing the count together serialise and the second sees the first.
@@ -390,12 +464,14 @@ pub async fn approve(
         return refuse(e).await;
     }
     let inserted = sqlx::query(
-        "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO approvals (invocation_id, approver, invocation_digest, created_ms, public_key, signature) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(&approver.name)
     .bind(digest)
     .bind(now_ms())
+    .bind(&public_key)
+    .bind(signature)
     .execute(&mut *tx)
     .await;
     if inserted.is_err() {
@@ -408,7 +484,7 @@ pub async fn approve(
         &approver.name,
         Action::ApprovalGrant,
         id,
-        serde_json::json!({ "invocation_digest": digest }),
+        serde_json::json!({ "invocation_digest": digest, "public_key": public_key }),
     )
     .await?;
     queue_if_approved(&mut tx, id, &approver.name, false).await?;
@@ -456,7 +532,7 @@ async fn queue_if_approved(
         return Ok(false);
     }
     let rows = sqlx::query(
-        "SELECT approver, created_ms FROM approvals WHERE invocation_id = $1 AND invocation_digest = $2 AND approver <> $3 AND created_ms <= $4 ORDER BY created_ms",
+        "SELECT approver, created_ms FROM approvals WHERE invocation_id = $1 AND invocation_digest = $2 AND approver <> $3 AND created_ms <= $4 AND signature IS NOT NULL ORDER BY created_ms",
     )
     .bind(id)
     .bind(&digest)
@@ -636,7 +712,7 @@ pub async fn claim(
     // A queued job's approvals are read with it: the worker checks them again before it runs.
     let id: String = row.try_get("id")?;
     let approval_rows = sqlx::query(
-        "SELECT approver, invocation_digest, created_ms FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
+        "SELECT approver, invocation_digest, created_ms, public_key, signature FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
     )
     .bind(&id)
     .fetch_all(&mut *tx)

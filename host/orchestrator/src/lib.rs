@@ -21,6 +21,7 @@
 pub mod agent_api;
 pub mod agents;
 pub mod api;
+pub mod approvers;
 pub mod audit;
 pub mod auth;
 pub mod db;
@@ -119,6 +120,14 @@ impl Orchestrator {
             notify.clone(),
             metrics.clone(),
             config.target.clone(),
+        )
+        .with_approvers(
+            config
+                .trust
+                .approver_keys()
+                .into_iter()
+                .map(|(name, key)| tend_protocol::TrustedApprover { name, key })
+                .collect(),
         ));
         let state = api::AppState::new(
             db,

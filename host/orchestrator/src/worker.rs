@@ -2,8 +2,9 @@
 //! [`tend_policy::admit`] — the level recomputed from the verified manifest and this target's
 //! floor, the approvals that level needs bound to the invocation digest recomputed here, the
 //! target's ceiling — never from what the database row says, runs it through the runtime for
-//! this host, and records the result (a refusal, with its reason, in the result and the audit). The remote agent (next stage) speaks the
-//! same claim / finish protocol.
+//! this host, and records the result (a refusal, with its reason, in the result and the audit).
+//! Approvals count only when signed by an approver key in the orchestrator's own trust policy
+//! (`[[approvers]]`), exactly as on an agent ([`tend_protocol::admit_job`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// This host as a target: its environment floor and ceiling apply at admission.
     pub target: tend_policy::Target,
+    /// The approver keys of this host's trust policy: only their signatures count.
+    approvers: Vec<tend_protocol::TrustedApprover>,
     /// Loaded skills by (component digest, signed manifest digest): the same bytes under
     /// another manifest are another skill, with other grants.
     loaded: Mutex<HashMap<(String, String), Arc<LoadedSkill>>>,
@@ -61,8 +64,15 @@ impl Worker {
             notify,
             metrics,
             target,
+            approvers: Vec::new(),
             loaded: Mutex::default(),
         }
+    }
+
+    /// Count approvals signed by these keys (and no others).
+    pub fn with_approvers(mut self, approvers: Vec<tend_protocol::TrustedApprover>) -> Worker {
+        self.approvers = approvers;
+        self
     }
 
     /// Compile (or fetch from the precompile cache) and link a resolved skill, once per
@@ -191,27 +201,19 @@ impl Worker {
                 decided: inv.digest.clone(),
             });
         }
-        // The invariant, checked where it matters: admitted from the verified manifest and
-        // this target, not from the row's level, approvals_required or trigger.
+        // The invariant, checked where it matters: admitted from the verified manifest, the
+        // narrowing re-applied to it, approvals signed by keys this host trusts, and this
+        // target — not from the row's level, approvals_required, grants or trigger.
         let (_, expires_ms) = invocation::kind_and_expiry(&self.db, &inv.id).await?;
-        let digest = invocation::invocation_digest(&skill, &inv.target, &inv.input, expires_ms);
-        let approvals = tend_protocol::approval_facts(&inv.approvals);
-        let grants = skill.manifest.grants();
-        let admitted = tend_policy::admit(
-            &tend_policy::admit::Job {
-                skill: &inv.skill,
-                requester: &inv.requester,
-                invocation_digest: &digest,
-                announced_digest: &inv.invocation_digest,
-                expires_ms,
-                // Only people submit today; a healing trigger will have to be verifiable here.
-                trigger: &tend_policy::Trigger::Human,
-                approvals: &approvals,
+        let (narrowed, admitted) = tend_protocol::admit_job(
+            inv,
+            expires_ms,
+            tend_protocol::VerifiedSkill {
+                manifest: &skill.manifest,
+                manifest_digest: &skill.manifest_digest,
+                digest: &skill.digest,
             },
-            &tend_policy::admit::Verified {
-                declared: skill.manifest.declared_level(),
-                grants: &grants,
-            },
+            &self.approvers,
             &tend_policy::admit::Local {
                 name: &format!("target {}", self.target.name),
                 environment: &self.target.environment,
@@ -224,11 +226,12 @@ impl Worker {
         tracing::info!(level = %admitted.level, approvers = ?admitted.approvers, "admitted");
         let loaded = self.prepare(&skill).await?;
         self.runtime
-            .invoke(
+            .invoke_narrowed(
                 &loaded,
                 Export::Run,
                 &inv.input.to_string(),
                 &LimitOverrides::default(),
+                Some(&narrowed),
             )
             .await
             .map_err(RunError::Invoke)
@@ -250,7 +253,7 @@ pub enum RunError {
         decided: String,
     },
     #[error("refused at run time: {0}")]
-    Refused(tend_policy::Refusal),
+    Refused(tend_protocol::AdmitError),
     #[error(transparent)]
     Flow(#[from] invocation::FlowError),
     #[error("{}: {source}", path.display())]

@@ -14,9 +14,11 @@
 //!   other than the requester — each approver once;
 //! - nothing above this host's ceiling runs, approved or not.
 //!
-//! What it cannot check yet: approvals are names the orchestrator asserts, not signatures by
-//! approvers' own keys, so a compromised orchestrator can invent them. Against that, the
-//! host's ceiling is the defence (see docs/security.md).
+//! An approval is a signature by an approver's own ed25519 key over the invocation digest.
+//! The caller checks it against the approver keys in its **own** trust policy (the crypto is
+//! not this crate's) and passes the outcome as [`Signature`]: only a verified signature counts,
+//! under the name this host's policy gives that key, never the name the orchestrator stored.
+//! So a compromised orchestrator or database cannot invent an approval.
 //!
 //! Pure: no I/O and no clock (the caller passes `now`), so every rule is a table test.
 
@@ -29,12 +31,42 @@ use crate::{Grants, Level, Reason, Trigger, capability_floors};
 /// One approval as the admitting host was told of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
+    /// Who approved: for a [`Signature::Verified`] approval the name this host trusts the key
+    /// under; otherwise the name it was announced with (only ever shown in a refusal).
     pub approver: String,
-    /// The invocation digest the approver reviewed.
+    /// The invocation digest the approver signed.
     pub invocation_digest: String,
     /// When it was given (unix ms). An unreadable time should be passed as `i64::MAX`, so it
     /// never counts.
     pub at_ms: i64,
+    /// What this host found when it checked the approval's signature.
+    pub signature: Signature,
+}
+
+/// The outcome of checking one approval's signature against the approver keys this host
+/// trusts. Only `Verified` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signature {
+    /// Made by a key this host trusts, over the approval's `invocation_digest`.
+    Verified,
+    /// The approval carries no signature (a name is not an approval).
+    Missing,
+    /// Signed by a key this host does not trust as an approver's.
+    UnknownKey,
+    /// The signature does not verify (forged, or over other bytes).
+    Invalid,
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Signature::Verified => "signed by a trusted approver key",
+            Signature::Missing => "carries no signature",
+            Signature::UnknownKey => "is signed by a key this host does not trust as an approver",
+            Signature::Invalid => "has a signature that does not verify",
+        })
+    }
 }
 
 /// The job, each fact as the admitting host knows it.
@@ -78,6 +110,11 @@ pub struct Local<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "why", rename_all = "snake_case")]
 pub enum Ignored {
+    /// Not signed by a key this host trusts as an approver's.
+    Unsigned {
+        approver: String,
+        signature: Signature,
+    },
     /// The requester approved their own request.
     Requester { approver: String },
     /// Bound to another invocation digest.
@@ -91,6 +128,10 @@ pub enum Ignored {
 impl fmt::Display for Ignored {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Ignored::Unsigned {
+                approver,
+                signature,
+            } => write!(f, "the approval announced as {approver}'s {signature}"),
             Ignored::Requester { approver } => {
                 write!(f, "{approver} is the requester and cannot approve")
             }
@@ -234,8 +275,8 @@ pub fn approvals_needed(level: Level, trigger: &Trigger) -> u8 {
     }
 }
 
-/// The approvals that stand for `digest`: distinct approvers other than `requester`, each
-/// bound to `digest` and given no later than `expires_ms`. Returns the approvers counted and
+/// The approvals that stand for `digest`: signed by a trusted approver key, distinct approvers
+/// other than `requester`, each bound to `digest` and given no later than `expires_ms`. Returns the approvers counted and
 /// why each other approval was not.
 pub fn valid_approvers(
     approvals: &[Approval],
@@ -247,7 +288,12 @@ pub fn valid_approvers(
     let mut ignored = Vec::new();
     for a in approvals {
         let approver = a.approver.clone();
-        if a.approver == requester {
+        if a.signature != Signature::Verified {
+            ignored.push(Ignored::Unsigned {
+                approver,
+                signature: a.signature,
+            });
+        } else if a.approver == requester {
             ignored.push(Ignored::Requester { approver });
         } else if a.invocation_digest != digest {
             ignored.push(Ignored::OtherDigest {
@@ -350,6 +396,14 @@ mod tests {
             approver: approver.into(),
             invocation_digest: digest.into(),
             at_ms,
+            signature: Signature::Verified,
+        }
+    }
+
+    fn unsigned(approver: &str, signature: Signature) -> Approval {
+        Approval {
+            signature,
+            ..approval(approver, DIGEST, NOW)
         }
     }
 
@@ -543,6 +597,33 @@ mod tests {
                 Level::L3,
                 vec![approval("bob", DIGEST, NOW), approval("carol", DIGEST, NOW)],
                 Ok(2),
+            ),
+            (
+                "an approval with no signature (a name the orchestrator stored)",
+                Level::L2,
+                vec![unsigned("bob", Signature::Missing)],
+                Err("announced as bob's carries no signature"),
+            ),
+            (
+                "an approval signed by a key this host does not trust",
+                Level::L2,
+                vec![unsigned("bob", Signature::UnknownKey)],
+                Err("does not trust as an approver"),
+            ),
+            (
+                "a forged signature",
+                Level::L2,
+                vec![unsigned("bob", Signature::Invalid)],
+                Err("signature that does not verify"),
+            ),
+            (
+                "L3 with one signed and one forged approval",
+                Level::L3,
+                vec![
+                    approval("bob", DIGEST, NOW),
+                    unsigned("carol", Signature::Invalid),
+                ],
+                Err("it has 1"),
             ),
             (
                 "L1 by a human",

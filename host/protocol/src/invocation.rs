@@ -3,7 +3,10 @@
 //! checks it for itself.
 
 use serde::{Deserialize, Serialize};
-use tend_policy::Verdict;
+use tend_manifest::{ManifestLimits, Narrowing};
+use tend_policy::{Grants, Verdict};
+
+use crate::Bound;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -61,10 +64,34 @@ pub struct Invocation {
     pub id: String,
     pub skill: String,
     pub version: String,
+    /// `sha256:<hex>` of the component.
     pub digest: String,
+    /// `sha256:<hex>` of the signed manifest.
+    #[serde(default)]
+    pub manifest_digest: String,
     pub target: String,
+    /// The agents it runs on when fixed at submit (a pool run); empty when one runner of the
+    /// target is chosen when it runs.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub input: serde_json::Value,
+    /// What the operator narrowed at submit (path grants, limits); empty when nothing.
+    #[serde(default, skip_serializing_if = "Narrowing::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub narrowing: Narrowing,
+    /// The grants it runs with: the signed manifest's, narrowed.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub grants: Grants,
+    /// The limits it runs with: the signed manifest's, lowered.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub limits: ManifestLimits,
+    /// A repair's plan, as shown to approvers and bound into the digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub plan: Option<serde_json::Value>,
     pub reason: String,
     pub requester: String,
     /// What started it: `api`, `cli`, `webhook`, `console`, `mcp` or `schedule`.
@@ -80,6 +107,9 @@ pub struct Invocation {
     pub reasons: Vec<String>,
     pub created_at: String,
     pub expires_at: String,
+    /// The end of the approval window in unix ms (as bound into the digest).
+    #[serde(default)]
+    pub expires_ms: i64,
     /// When its runner started running it (absent until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
@@ -99,26 +129,39 @@ fn api() -> String {
     "api".to_string()
 }
 
+impl Invocation {
+    /// What an approval of this invocation binds, from the fields it shows: recompute
+    /// [`crate::invocation_digest`] from this, never take `invocation_digest` on trust.
+    pub fn bound(&self) -> Bound<'_> {
+        Bound {
+            skill: &self.skill,
+            version: &self.version,
+            digest: &self.digest,
+            manifest_digest: &self.manifest_digest,
+            target: &self.target,
+            hosts: &self.hosts,
+            requester: &self.requester,
+            input: &self.input,
+            grants: &self.grants,
+            limits: &self.limits,
+            plan: self.plan.as_ref(),
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Approval {
+    /// The approver as the orchestrator knows them (an agent counts the name its own trust
+    /// policy gives the key).
     pub approver: String,
     pub invocation_digest: String,
     pub at: String,
-}
-
-/// The approvals in the form [`tend_policy::admit`] counts them. An unreadable time reads as
-/// the end of time, which is after any expiry, so such an approval never counts.
-pub fn approval_facts(approvals: &[Approval]) -> Vec<tend_policy::admit::Approval> {
-    approvals
-        .iter()
-        .map(|a| tend_policy::admit::Approval {
-            approver: a.approver.clone(),
-            invocation_digest: a.invocation_digest.clone(),
-            at_ms: humantime::parse_rfc3339(&a.at)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(i64::MAX, |d| d.as_millis() as i64),
-        })
-        .collect()
+    /// `ed25519:<base64>`: the approver's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Base64 ed25519 signature over [`crate::approval_message`] of `invocation_digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }

@@ -18,9 +18,16 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod admission;
+mod approval;
 mod invocation;
 
-pub use invocation::{Approval, Invocation, State, approval_facts};
+pub use admission::{AdmitError, VerifiedSkill, admit_job};
+pub use approval::{
+    Bound, TrustedApprover, approval_facts, approval_message, approval_verifies, canonical_json,
+    invocation_digest, parse_public_key, public_key_text, sign_approval,
+};
+pub use invocation::{Approval, Invocation, State};
 
 pub const AGENT_HEADER: &str = "tend-agent";
 pub const TIMESTAMP_HEADER: &str = "tend-timestamp";
@@ -148,27 +155,6 @@ pub fn verify_request(
     )
     .map_err(|_| SignatureError::Mismatch)?;
     Ok(ts)
-}
-
-/// The digest an approval binds (see docs/orchestrator.md): skill, version, component digest,
-/// target, input, granted capabilities, limits and expiry. The agent recomputes it from the
-/// manifest it verified itself.
-#[allow(clippy::too_many_arguments)]
-pub fn invocation_digest(
-    skill: &str,
-    version: &str,
-    digest: &str,
-    target: &str,
-    input: &serde_json::Value,
-    grants: &tend_policy::Grants,
-    limits: &serde_json::Value,
-    expires_ms: i64,
-) -> String {
-    let grants = serde_json::to_string(grants).unwrap_or_default();
-    let text = format!(
-        "tend-invocation/v1\nskill {skill}\nversion {version}\ndigest {digest}\ntarget {target}\ninput {input}\ngrants {grants}\nlimits {limits}\nexpires-ms {expires_ms}\n"
-    );
-    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// What an agent will run whatever the orchestrator says.
@@ -639,34 +625,6 @@ mod tests {
         assert_eq!(
             String::from_utf8(signed_message("GET", "/x", 5, "ab", b"")).unwrap_or_default(),
             "tend-agent-request/v1\nGET\n/x\n5\nab\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
-        );
-        let digest = invocation_digest(
-            "disk-usage",
-            "1.0.0",
-            "sha256:00",
-            "local",
-            &serde_json::json!({"path": "/"}),
-            &tend_policy::Grants::default(),
-            &serde_json::json!({}),
-            1_800_000_000_000,
-        );
-        // sha256 of the text, computed independently of this crate.
-        assert_eq!(
-            digest,
-            "0b99f437f4657ead22c341dc7760d0f57951418d506def2419b3648531735119"
-        );
-        assert_ne!(
-            digest,
-            invocation_digest(
-                "disk-usage",
-                "1.0.0",
-                "sha256:00",
-                "local",
-                &serde_json::json!({"path": "/tmp"}),
-                &tend_policy::Grants::default(),
-                &serde_json::json!({}),
-                1_800_000_000_000,
-            )
         );
     }
 

@@ -181,6 +181,21 @@ mod tests {
     use super::*;
     use wasmtime::ResourceLimiter;
 
+    /// An invocation may lower an unset limit only to the default the runtime applies.
+    #[test]
+    fn the_default_is_the_one_narrowing_checks_against() {
+        let d = tend_manifest::DEFAULT_LIMITS;
+        assert_eq!(
+            [d.fuel, d.memory_mib, d.timeout_ms, d.output_kib],
+            [
+                Some(Limits::DEFAULT.fuel),
+                Some(Limits::DEFAULT.memory_mib),
+                Some(Limits::DEFAULT.timeout_ms),
+                Some(Limits::DEFAULT.output_kib)
+            ]
+        );
+    }
+
     #[test]
     fn override_beats_manifest_beats_default_and_host_clamps() {
         let manifest = ManifestLimits {

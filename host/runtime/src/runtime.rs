@@ -556,8 +556,24 @@ impl Runtime {
         input: &str,
         overrides: &LimitOverrides,
     ) -> Result<ExecutionReport, InvokeError> {
+        self.invoke_narrowed(skill, export, input, overrides, None)
+            .await
+    }
+
+    /// [`Runtime::invoke`] under `narrowed`: the skill's manifest as one invocation may use it
+    /// ([`tend_manifest::Manifest::narrowed`], checked by the caller against the verified
+    /// manifest). Its path grants and limits replace the loaded manifest's; the programs a
+    /// skill may run stay the ones it was loaded with.
+    pub async fn invoke_narrowed(
+        &self,
+        skill: &LoadedSkill,
+        export: Export,
+        input: &str,
+        overrides: &LimitOverrides,
+        narrowed: Option<&tend_manifest::Manifest>,
+    ) -> Result<ExecutionReport, InvokeError> {
         let span = tracing::info_span!("invoke", digest = %skill.digest, %export);
-        self.invoke_inner(skill, export, input, overrides)
+        self.invoke_inner(skill, export, input, overrides, narrowed)
             .instrument(span)
             .await
     }
@@ -568,12 +584,13 @@ impl Runtime {
         export: Export,
         input: &str,
         overrides: &LimitOverrides,
+        narrowed: Option<&tend_manifest::Manifest>,
     ) -> Result<ExecutionReport, InvokeError> {
         if export == Export::Plan && skill.kind == SkillKind::Diagnose {
             return Err(InvokeError::NoPlan);
         }
         let started = Instant::now();
-        let manifest = skill.manifest.as_deref();
+        let manifest = narrowed.or(skill.manifest.as_deref());
         let (limits, clamped) = Limits::resolve(
             &manifest.map(|m| m.limits.clone()).unwrap_or_default(),
             overrides,
@@ -626,7 +643,15 @@ impl Runtime {
 
         let output_cap = limits.output_bytes();
         let timeout = Duration::from_millis(limits.timeout_ms);
-        let mut caps = manifest.map(|m| m.capabilities.clone()).unwrap_or_default();
+        let mut caps = skill
+            .manifest
+            .as_deref()
+            .map(|m| m.capabilities.clone())
+            .unwrap_or_default();
+        if let Some(n) = narrowed {
+            caps.fs_read = n.capabilities.fs_read.clone();
+            caps.fs_write = n.capabilities.fs_write.clone();
+        }
         // A repair's `plan` is shown before anyone approves the repair: it runs read-only.
         let exec = if export == Export::Plan {
             caps = capabilities::read_only(&caps, &mut notes);

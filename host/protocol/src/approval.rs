@@ -1,0 +1,305 @@
+//! What an approval binds, and how a person signs it.
+//!
+//! The **invocation digest** is sha256 over `tend-invocation/v2\n` and the canonical JSON (keys
+//! sorted at every depth, no white space) of everything that decides what would run, where,
+//! for whom and how: skill, version, component and manifest digests, target and host list,
+//! requester, input, the (narrowed) grants and limits, the plan that was shown and the end of
+//! the approval window. Anyone can recompute it from the fields an invocation shows; an
+//! approver's client does, and never signs a digest the server sends.
+//!
+//! An **approval** is an ed25519 signature by the approver's own key over
+//! `tend-approval/v1\n<invocation digest>\n`. The orchestrator checks it against the key an
+//! admin registered for the approver; the local worker and every agent check it again against
+//! the approver keys in their own trust policy ([`approval_facts`]).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tend_manifest::ManifestLimits;
+
+use crate::Approval;
+
+/// Everything an approval binds, as the invocation shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bound<'a> {
+    pub skill: &'a str,
+    pub version: &'a str,
+    /// `sha256:<hex>` of the component.
+    pub digest: &'a str,
+    /// `sha256:<hex>` of the signed manifest text.
+    pub manifest_digest: &'a str,
+    pub target: &'a str,
+    /// The agents it runs on when that is fixed at submit (a pool run lists each); empty when
+    /// one runner of the target is chosen when it runs.
+    pub hosts: &'a [String],
+    pub requester: &'a str,
+    pub input: &'a serde_json::Value,
+    /// The grants it runs with: the signed manifest's, narrowed by the operator.
+    pub grants: &'a tend_policy::Grants,
+    /// The limits it runs with: the signed manifest's, lowered by the operator.
+    pub limits: &'a ManifestLimits,
+    /// A repair's plan as shown to the approver, if it has one.
+    pub plan: Option<&'a serde_json::Value>,
+    /// The end of the approval window (unix ms).
+    pub expires_ms: i64,
+}
+
+/// The digest an approval binds (see the module docs). Fixed vectors in the tests.
+pub fn invocation_digest(bound: &Bound<'_>) -> String {
+    let value = serde_json::to_value(bound).unwrap_or_default();
+    let mut text = String::from("tend-invocation/v2\n");
+    canonical_json(&value, &mut text);
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// JSON with object keys sorted at every depth and no white space, whatever map order the
+/// `serde_json` build keeps: both ends must produce the same bytes.
+pub fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The exact bytes an approver signs.
+pub fn approval_message(invocation_digest: &str) -> Vec<u8> {
+    format!("tend-approval/v1\n{invocation_digest}\n").into_bytes()
+}
+
+/// An approver's signature over `invocation_digest`: (`ed25519:<base64 public key>`,
+/// `<base64 signature>`).
+pub fn sign_approval(key: &SigningKey, invocation_digest: &str) -> (String, String) {
+    let signature = key.sign(&approval_message(invocation_digest));
+    (
+        public_key_text(&key.verifying_key()),
+        B64.encode(signature.to_bytes()),
+    )
+}
+
+/// `ed25519:<base64>`, the form keys take in trust policies and on the wire.
+pub fn public_key_text(key: &VerifyingKey) -> String {
+    format!("ed25519:{}", B64.encode(key.as_bytes()))
+}
+
+/// A key in `ed25519:<base64 of 32 bytes>` form.
+pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
+    let bytes: [u8; 32] = B64
+        .decode(text.strip_prefix("ed25519:")?)
+        .ok()?
+        .try_into()
+        .ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// Whether `signature` (base64) by `key` strict-verifies over `invocation_digest`.
+pub fn approval_verifies(key: &VerifyingKey, signature: &str, invocation_digest: &str) -> bool {
+    let Some(sig) = B64
+        .decode(signature)
+        .ok()
+        .and_then(|v| <[u8; 64]>::try_from(v).ok())
+    else {
+        return false;
+    };
+    key.verify_strict(
+        &approval_message(invocation_digest),
+        &Signature::from_bytes(&sig),
+    )
+    .is_ok()
+}
+
+/// An approver key a host trusts, under the name it knows that person by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedApprover {
+    pub name: String,
+    pub key: VerifyingKey,
+}
+
+/// The approvals in the form [`tend_policy::admit`] counts them, each signature checked here
+/// against `trusted` (this host's own list). A verified approval carries the name `trusted`
+/// gives its key — never the name it was announced with. An unreadable time reads as the end
+/// of time, which is after any expiry, so such an approval never counts.
+pub fn approval_facts(
+    approvals: &[Approval],
+    trusted: &[TrustedApprover],
+) -> Vec<tend_policy::admit::Approval> {
+    use tend_policy::admit::Signature as Checked;
+    approvals
+        .iter()
+        .map(|a| {
+            let (approver, signature) = match (&a.public_key, &a.signature) {
+                (Some(key), Some(sig)) => {
+                    match trusted.iter().find(|t| Some(t.key) == parse_public_key(key)) {
+                        None => (a.approver.clone(), Checked::UnknownKey),
+                        Some(t) if approval_verifies(&t.key, sig, &a.invocation_digest) => {
+                            (t.name.clone(), Checked::Verified)
+                        }
+                        Some(_) => (a.approver.clone(), Checked::Invalid),
+                    }
+                }
+                _ => (a.approver.clone(), Checked::Missing),
+            };
+            tend_policy::admit::Approval {
+                approver,
+                invocation_digest: a.invocation_digest.clone(),
+                at_ms: humantime::parse_rfc3339(&a.at)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(i64::MAX, |d| d.as_millis() as i64),
+                signature,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound<'a>(
+        input: &'a serde_json::Value,
+        grants: &'a tend_policy::Grants,
+        limits: &'a ManifestLimits,
+    ) -> Bound<'a> {
+        Bound {
+            skill: "disk-usage",
+            version: "1.0.0",
+            digest: "sha256:00",
+            manifest_digest: "sha256:11",
+            target: "local",
+            hosts: &[],
+            requester: "alice",
+            input,
+            grants,
+            limits,
+            plan: None,
+            expires_ms: 1_800_000_000_000,
+        }
+    }
+
+    /// The canonical text is fixed: a change breaks every agent in the field and every
+    /// approval given, so it must be a deliberate new version.
+    #[test]
+    fn the_invocation_digest_has_a_fixed_vector() {
+        let input = serde_json::json!({"path": "/", "a": [1, {"z": true, "b": null}]});
+        let (grants, limits) = (tend_policy::Grants::default(), ManifestLimits::default());
+        let b = bound(&input, &grants, &limits);
+        let mut text = String::new();
+        canonical_json(&serde_json::to_value(&b).unwrap_or_default(), &mut text);
+        assert_eq!(
+            text,
+            r#"{"digest":"sha256:00","expires_ms":1800000000000,"grants":{"exec":[],"fs_read":[],"fs_write":[],"http":[],"service_reload":[],"service_restart":[],"tcp":[]},"hosts":[],"input":{"a":[1,{"b":null,"z":true}],"path":"/"},"limits":{"fuel":null,"memory_mib":null,"output_kib":null,"timeout_ms":null},"manifest_digest":"sha256:11","plan":null,"requester":"alice","skill":"disk-usage","target":"local","version":"1.0.0"}"#
+        );
+        // sha256 of "tend-invocation/v2\n" + the text above, computed independently.
+        assert_eq!(
+            invocation_digest(&b),
+            "5ed6e2dcd94c417d105601575213fd971dcee533ba62ce06229d5df97fcfed30"
+        );
+        // Every bound field changes it.
+        let other = serde_json::json!({"path": "/tmp"});
+        assert_ne!(
+            invocation_digest(&b),
+            invocation_digest(&bound(&other, &grants, &limits))
+        );
+        let plan = serde_json::json!({"would": "restart nginx"});
+        assert_ne!(
+            invocation_digest(&b),
+            invocation_digest(&Bound {
+                plan: Some(&plan),
+                ..b.clone()
+            })
+        );
+        assert_ne!(
+            invocation_digest(&b),
+            invocation_digest(&Bound {
+                requester: "bob",
+                ..b.clone()
+            })
+        );
+        let narrower = ManifestLimits {
+            fuel: Some(5),
+            ..ManifestLimits::default()
+        };
+        assert_ne!(
+            invocation_digest(&b),
+            invocation_digest(&bound(&input, &grants, &narrower))
+        );
+    }
+
+    #[test]
+    fn only_a_trusted_key_over_the_digest_counts_under_its_trusted_name() {
+        let alice = SigningKey::from_bytes(&[7; 32]);
+        let mallory = SigningKey::from_bytes(&[9; 32]);
+        let trusted = [TrustedApprover {
+            name: "alice".into(),
+            key: alice.verifying_key(),
+        }];
+        let approval = |key: Option<&SigningKey>, signed: &str, stated: &str, name: &str| {
+            let (public_key, signature) = match key {
+                Some(k) => {
+                    let (p, s) = sign_approval(k, signed);
+                    (Some(p), Some(s))
+                }
+                None => (None, None),
+            };
+            Approval {
+                approver: name.into(),
+                invocation_digest: stated.into(),
+                at: "2026-01-01T00:00:00Z".into(),
+                public_key,
+                signature,
+            }
+        };
+        use tend_policy::admit::Signature as S;
+        let facts = approval_facts(
+            &[
+                approval(Some(&alice), "d1", "d1", "someone-else"),
+                approval(None, "d1", "d1", "bob"),
+                approval(Some(&mallory), "d1", "d1", "alice"),
+                approval(Some(&alice), "d0", "d1", "alice"),
+            ],
+            &trusted,
+        );
+        let got: Vec<(&str, S)> = facts
+            .iter()
+            .map(|f| (f.approver.as_str(), f.signature))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("alice", S::Verified),
+                ("bob", S::Missing),
+                ("alice", S::UnknownKey),
+                ("alice", S::Invalid),
+            ]
+        );
+        assert_eq!(
+            String::from_utf8(approval_message("d1")).unwrap_or_default(),
+            "tend-approval/v1\nd1\n"
+        );
+    }
+}
