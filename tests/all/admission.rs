@@ -341,3 +341,147 @@ async fn a_cached_older_version_is_refused_once_a_newer_one_was_seen() {
         0
     );
 }
+
+/// Submit `skill` on `target` reading `file`, with `narrowing`: (status, invocation).
+async fn read_narrowed(
+    api: &Api,
+    token: &str,
+    target: &str,
+    skill: &str,
+    path: &std::path::Path,
+    narrowing: Value,
+) -> (u16, Value) {
+    api.call(
+        "POST",
+        "/api/v1/invocations",
+        Some(token),
+        Some(json!({
+            "skill": skill, "target": target, "reason": "test",
+            "input": { "do": "read", "path": path.to_str().expect("path") },
+            "narrowing": narrowing,
+        })),
+    )
+    .await
+}
+
+/// An operator narrows acme-broad (granted the `broad` directory) to `broad/logs` for one
+/// invocation: the invocation shows the narrowed grant and lower limit, and the runtime
+/// enforces them on the local worker and on an agent — the rest of `broad` is out of reach.
+/// Widening a path or raising a limit is refused with the reason, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_narrows_grants_and_limits_and_cannot_widen_them() {
+    let (w, _reg, orch, _agent) = twins_world();
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    std::fs::create_dir_all(w.path("broad/logs")).expect("dir");
+    std::fs::write(w.path("broad/logs/app.log"), "a log line").expect("log");
+    let logs = w.path("broad/logs");
+    let narrowing =
+        json!({ "fs_read": [logs.to_str().expect("p")], "limits": { "timeout_ms": 5000 } });
+    for target in ["local", "agent:reader"] {
+        for (file, allowed) in [("broad/logs/app.log", true), ("broad/secret.txt", false)] {
+            let (s, v) = read_narrowed(
+                &api,
+                &admin,
+                target,
+                "acme-broad",
+                &w.path(file),
+                narrowing.clone(),
+            )
+            .await;
+            assert_eq!(s, 201, "{v}");
+            assert_eq!(v["grants"]["fs_read"], json!([logs.to_str()]), "{v}");
+            assert_eq!(v["limits"]["timeout_ms"], 5000, "{v}");
+            let done = api
+                .wait_for(&admin, v["id"].as_str().expect("id"), "succeeded")
+                .await;
+            assert_eq!(done["result"]["limits"]["timeout_ms"], 5000, "{done}");
+            let out = &done["result"]["output"];
+            if allowed {
+                assert_read(out, "a log line");
+            } else {
+                assert_denied(out);
+            }
+        }
+    }
+    // The same skill without narrowing still reads all of its grant.
+    let out = read(&api, &admin, "local", "acme-broad", &w, "broad/secret.txt").await;
+    assert_read(&out, "the broad secret");
+
+    let before = audit_events(&api, &admin).await.len();
+    let (_, list) = api
+        .call("GET", "/api/v1/invocations", Some(&admin), None)
+        .await;
+    let widen = [
+        (
+            json!({ "fs_read": [w.path("narrow").to_str()] }),
+            "grants.fs_read",
+        ),
+        (json!({ "fs_read": ["/etc"] }), "never widen"),
+        (
+            json!({ "fs_read": [format!("{}/../narrow", w.path("broad").display())] }),
+            "'..' component",
+        ),
+        (
+            json!({ "limits": { "timeout_ms": 10_000_000 } }),
+            "limits.timeout_ms: 10000000 is above",
+        ),
+        (json!({ "fs_write": ["/tmp"] }), "grants.fs_write"),
+        (json!({ "exec": [] }), "unknown field"),
+    ];
+    for (narrowing, why) in widen {
+        let (s, v) = read_narrowed(
+            &api,
+            &admin,
+            "local",
+            "acme-broad",
+            &w.path("broad/secret.txt"),
+            narrowing.clone(),
+        )
+        .await;
+        assert!(s == 422 || s == 400, "{narrowing}: {s} {v}");
+        assert!(v.to_string().contains(why), "{narrowing}: {v}");
+    }
+    let (_, after) = api
+        .call("GET", "/api/v1/invocations", Some(&admin), None)
+        .await;
+    assert_eq!(
+        list["invocations"].as_array().map(Vec::len),
+        after["invocations"].as_array().map(Vec::len),
+        "a refused narrowing recorded an invocation"
+    );
+    assert_eq!(audit_events(&api, &admin).await.len(), before);
+}
+
+/// Someone with the database widens a narrowed invocation waiting for its agent (the
+/// narrowing cleared): the agent recomputes the digest from the narrowing it is sent and
+/// refuses the job; nothing outside the narrowed grant is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_narrowing_widened_in_the_database_is_refused_by_the_agent() {
+    let (w, _reg, orch, agent) = twins_world();
+    drop(agent);
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    std::fs::create_dir_all(w.path("broad/logs")).expect("dir");
+    let narrowing = json!({ "fs_read": [w.path("broad/logs").to_str()] });
+    let (s, v) = read_narrowed(
+        &api,
+        &admin,
+        "agent:reader",
+        "acme-broad",
+        &w.path("broad/secret.txt"),
+        narrowing,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    tamper(
+        &orch.database,
+        &format!("UPDATE invocations SET narrowing = '{{}}' WHERE id = '{id}'"),
+    );
+    let _agent = AgentProc::start(&w, "reader");
+    let done = api.wait_for(&admin, &id, "failed").await;
+    let error = done["result"]["error"].as_str().expect("refusal");
+    assert!(error.contains("invocation digest"), "{error}");
+    assert!(!done.to_string().contains("the broad secret"), "{done}");
+}

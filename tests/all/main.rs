@@ -18,6 +18,7 @@ mod precompile_cache;
 mod registry;
 mod router;
 mod sandbox_hardening;
+mod signed_approvals;
 mod signing;
 mod support;
 mod transitions;

@@ -330,24 +330,20 @@ async fn approvals_of(
 fn valid_approvals(inv: &Invocation, expires_ms: i64) -> usize {
     // Every stored signature was verified against the approver's registered key when it was
     // given (see `approve`); the runner checks each again against its own trust policy.
-    let facts: Vec<tend_policy::admit::Approval> = tend_protocol::approval_facts(&inv.approvals, &[])
-        .into_iter()
-        .zip(&inv.approvals)
-        .map(|(mut fact, a)| {
-            if a.signature.is_some() {
-                fact.signature = tend_policy::admit::Signature::Verified;
-            }
-            fact
-        })
-        .collect();
-    tend_policy::admit::valid_approvers(
-        &facts,
-        &inv.requester,
-        &inv.invocation_digest,
-        expires_ms,
-    )
-    .0
-    .len()
+    let facts: Vec<tend_policy::admit::Approval> =
+        tend_protocol::approval_facts(&inv.approvals, &[])
+            .into_iter()
+            .zip(&inv.approvals)
+            .map(|(mut fact, a)| {
+                if a.signature.is_some() {
+                    fact.signature = tend_policy::admit::Signature::Verified;
+                }
+                fact
+            })
+            .collect();
+    tend_policy::admit::valid_approvers(&facts, &inv.requester, &inv.invocation_digest, expires_ms)
+        .0
+        .len()
 }
 
 async fn expires_ms(db: &Db, id: &str) -> Result<i64, FlowError> {

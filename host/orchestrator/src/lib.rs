@@ -112,23 +112,25 @@ impl Orchestrator {
             rustix::system::uname().nodename().to_string_lossy(),
             std::process::id()
         );
-        let worker = Arc::new(worker::Worker::new(
-            db.clone(),
-            catalog.clone(),
-            runtime,
-            owner,
-            notify.clone(),
-            metrics.clone(),
-            config.target.clone(),
-        )
-        .with_approvers(
-            config
-                .trust
-                .approver_keys()
-                .into_iter()
-                .map(|(name, key)| tend_protocol::TrustedApprover { name, key })
-                .collect(),
-        ));
+        let worker = Arc::new(
+            worker::Worker::new(
+                db.clone(),
+                catalog.clone(),
+                runtime,
+                owner,
+                notify.clone(),
+                metrics.clone(),
+                config.target.clone(),
+            )
+            .with_approvers(
+                config
+                    .trust
+                    .approver_keys()
+                    .into_iter()
+                    .map(|(name, key)| tend_protocol::TrustedApprover { name, key })
+                    .collect(),
+            ),
+        );
         let state = api::AppState::new(
             db,
             catalog,

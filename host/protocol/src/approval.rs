@@ -153,7 +153,10 @@ pub fn approval_facts(
         .map(|a| {
             let (approver, signature) = match (&a.public_key, &a.signature) {
                 (Some(key), Some(sig)) => {
-                    match trusted.iter().find(|t| Some(t.key) == parse_public_key(key)) {
+                    match trusted
+                        .iter()
+                        .find(|t| Some(t.key) == parse_public_key(key))
+                    {
                         None => (a.approver.clone(), Checked::UnknownKey),
                         Some(t) if approval_verifies(&t.key, sig, &a.invocation_digest) => {
                             (t.name.clone(), Checked::Verified)
