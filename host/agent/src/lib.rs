@@ -700,7 +700,11 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
         .runtime
         .invoke_narrowed(
             &loaded,
-            Export::Run,
+            if job.invocation.export == "plan" {
+                Export::Plan
+            } else {
+                Export::Run
+            },
             &job.invocation.input.to_string(),
             &LimitOverrides::default(),
             Some(&narrowed),

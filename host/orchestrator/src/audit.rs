@@ -91,6 +91,8 @@ pub enum Action {
     ApproverRegister,
     /// An admin removed an approver's public key.
     ApproverRemove,
+    /// `planning -> pending_approval`: a repair's plan job ended; its plan record is bound.
+    InvocationPlanned,
     /// `pending_approval -> queued`: the approvals are complete.
     InvocationQueued,
     /// `pending_approval -> rejected`.
@@ -136,7 +138,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 31] = [
+    pub const ALL: [Action; 32] = [
         Action::TokenCreate,
         Action::EnrollTokenCreate,
         Action::AuthRefused,
@@ -147,6 +149,7 @@ impl Action {
         Action::ApprovalRefused,
         Action::ApproverRegister,
         Action::ApproverRemove,
+        Action::InvocationPlanned,
         Action::InvocationQueued,
         Action::InvocationRejected,
         Action::InvocationExpired,
@@ -182,6 +185,7 @@ impl Action {
             Action::ApprovalRefused => "approval.refused",
             Action::ApproverRegister => "approver.register",
             Action::ApproverRemove => "approver.remove",
+            Action::InvocationPlanned => "invocation.planned",
             Action::InvocationQueued => "invocation.queued",
             Action::InvocationRejected => "invocation.rejected",
             Action::InvocationExpired => "invocation.expired",

@@ -187,7 +187,7 @@ pub async fn submit(
             skill: skill.name.clone(),
             declared: narrowed.declared_level(),
             grants: narrowed.grants(),
-            target: policy_target,
+            target: policy_target.clone(),
             trigger: trigger.policy(),
             requester: caller.name.clone(),
             role: caller.role,
@@ -226,22 +226,72 @@ pub async fn submit(
             }
         });
     }
-    let inv = invocation::create(
+    let ttl = services.settings.approval_ttl.as_millis() as i64;
+    let new = |verdict, export, input, plan, planning| NewInvocation {
+        skill: &skill,
+        narrowed: &narrowed,
+        narrowing: &request.narrowing,
+        target: &target,
+        input,
+        reason: &request.reason,
+        requester: caller,
+        verdict,
+        approval_ttl_ms: ttl,
+        trigger,
+        export,
+        plan_for: None,
+        plan,
+        planning,
+    };
+    let needs_approval = matches!(verdict.decision, Decision::NeedsApproval { .. });
+    if !(needs_approval && skill.manifest.skill.kind == tend_manifest::SkillKind::Repair) {
+        let inv = invocation::create(
+            &services.db,
+            new(&verdict, "run", request.input.clone(), None, false),
+        )
+        .await?;
+        notify(services, &inv).await;
+        return Ok(inv);
+    }
+    // A repair that needs approval: its plan runs first, on the target, and is shown to the
+    // approvers and bound into the digest. The plan job is decided as what it is — an
+    // observation with the repair's grants read-only and no programs — and when even that
+    // would need approval, the repair waits for approval with its plan marked as not run.
+    let plan_verdict = {
+        let _span = tracing::info_span!("decide", skill = %skill.name, export = "plan").entered();
+        tend_policy::decide(&Request {
+            skill: skill.name.clone(),
+            declared: tend_policy::Level::L0,
+            grants: narrowed.grants().for_plan(),
+            target: policy_target.clone(),
+            trigger: trigger.policy(),
+            requester: caller.name.clone(),
+            role: caller.role,
+        })
+    };
+    if plan_verdict.decision != Decision::Allow {
+        let mut why = vec!["the plan would itself need approval to run here".to_string()];
+        why.extend(plan_verdict.explain());
+        let plan = tend_protocol::plan_not_run(&why);
+        let inv = invocation::create(
+            &services.db,
+            new(&verdict, "run", request.input.clone(), Some(plan), false),
+        )
+        .await?;
+        return Ok(inv);
+    }
+    let (repair, plan_job) = invocation::create_planned(
         &services.db,
-        NewInvocation {
-            skill: &skill,
-            narrowed: &narrowed,
-            narrowing: &request.narrowing,
-            target: &target,
-            input: request.input,
-            reason: &request.reason,
-            requester: caller,
-            verdict: &verdict,
-            approval_ttl_ms: services.settings.approval_ttl.as_millis() as i64,
-            trigger,
-        },
+        new(&verdict, "run", request.input.clone(), None, true),
+        new(&plan_verdict, "plan", request.input.clone(), None, false),
     )
     .await?;
+    notify(services, &plan_job).await;
+    Ok(repair)
+}
+
+/// Wake whoever runs a queued invocation: the local worker, or the agents of its target.
+async fn notify(services: &AppState, inv: &Invocation) {
     if inv.state == State::Queued {
         if inv.target == services.settings.target.name {
             services.notify.notify_waiters();
@@ -249,7 +299,6 @@ pub async fn submit(
             services.kick_agents_for(Some(&inv.id)).await;
         }
     }
-    Ok(inv)
 }
 
 /// Everything checkable without I/O, before anything is resolved or written: every stored

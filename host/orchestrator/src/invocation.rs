@@ -61,13 +61,63 @@ pub struct NewInvocation<'a> {
     pub approval_ttl_ms: i64,
     /// What started it (recorded with it and in the audit trail).
     pub trigger: crate::flow::Trigger,
+    /// `run`, or `plan` for a repair's plan job.
+    pub export: &'a str,
+    /// For a plan job: the repair it plans.
+    pub plan_for: Option<&'a str>,
+    /// A plan record known at submit (a plan that could not run), bound into the digest.
+    pub plan: Option<serde_json::Value>,
+    /// It waits in `planning` for its plan job before anyone may approve it.
+    pub planning: bool,
 }
 
 pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowError> {
+    let mut tx = db.pool.begin().await?;
+    let inv = insert(&mut tx, random_id("inv"), new).await?;
+    tx.commit().await?;
+    Ok(inv)
+}
+
+/// Record a repair that waits in `planning` and its plan job, in one transaction: neither
+/// exists without the other.
+pub async fn create_planned(
+    db: &Db,
+    repair: NewInvocation<'_>,
+    plan: NewInvocation<'_>,
+) -> Result<(Invocation, Invocation), FlowError> {
+    let repair_id = random_id("inv");
+    let mut tx = db.pool.begin().await?;
+    let repair = insert(&mut tx, repair_id.clone(), repair).await?;
+    let plan = insert(
+        &mut tx,
+        random_id("inv"),
+        NewInvocation {
+            plan_for: Some(&repair_id),
+            ..plan
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((repair, plan))
+}
+
+/// The digest an approval of `inv` binds, from its own fields.
+pub fn digest_of(inv: &Invocation) -> String {
+    crate::protocol::invocation_digest(&inv.bound())
+}
+
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: String,
+    new: NewInvocation<'_>,
+) -> Result<Invocation, FlowError> {
     let now = now_ms();
     let expires = now + new.approval_ttl_ms;
     let (state, required) = match &new.verdict.decision {
         Decision::Allow => (State::Queued, 0u8),
+        Decision::NeedsApproval {
+            approvals_required, ..
+        } if new.planning => (State::Planning, *approvals_required),
         Decision::NeedsApproval {
             approvals_required, ..
         } => (State::PendingApproval, *approvals_required),
@@ -77,89 +127,28 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
             ));
         }
     };
-    let id = random_id("inv");
-    let grants = new.narrowed.grants();
-    let hosts: Vec<String> = Vec::new();
-    let plan: Option<serde_json::Value> = None;
-    let digest = crate::protocol::invocation_digest(&crate::protocol::Bound {
-        skill: &new.skill.name,
-        version: &new.skill.version,
-        digest: &new.skill.digest,
-        manifest_digest: &new.skill.manifest_digest,
-        target: new.target,
-        hosts: &hosts,
-        requester: &new.requester.name,
-        input: &new.input,
-        grants: &grants,
-        limits: &new.narrowed.limits,
-        plan: plan.as_ref(),
-        expires_ms: expires,
-    });
-    let mut tx = db.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
-    )
-    .bind(&id)
-    .bind(&new.skill.name)
-    .bind(&new.skill.version)
-    .bind(&new.skill.digest)
-    .bind(new.target)
-    .bind(new.input.to_string())
-    .bind(new.reason)
-    .bind(&new.requester.name)
-    .bind(u8::from(new.verdict.level) as i64)
-    .bind(required as i64)
-    .bind(&digest)
-    .bind(serde_json::to_string(new.verdict).unwrap_or_default())
-    .bind(state.as_str())
-    .bind(now)
-    .bind(expires)
-    .bind((state == State::Queued).then_some(now))
-    .bind(new.skill.manifest.skill.kind.to_string())
-    .bind(new.trigger.as_str())
-    .bind(&new.skill.manifest_digest)
-    .bind(serde_json::to_string(&hosts).unwrap_or_default())
-    .bind(serde_json::to_string(new.narrowing).unwrap_or_default())
-    .bind(serde_json::to_string(&grants).unwrap_or_default())
-    .bind(serde_json::to_string(&new.narrowed.limits).unwrap_or_default())
-    .bind(plan.as_ref().map(|p| p.to_string()))
-    .execute(&mut *tx)
-    .await?;
-    audit::append_tx(
-        &mut tx,
-        &new.requester.name,
-        Action::InvocationCreate,
-        &id,
-        serde_json::json!({
-            "skill": new.skill.name, "version": new.skill.version, "digest": new.skill.digest,
-            "target": new.target, "reason": new.reason, "state": state.as_str(),
-            "trigger": new.trigger.as_str(),
-            "narrowing": new.narrowing,
-            "level": u8::from(new.verdict.level), "approvals_required": required,
-            "invocation_digest": digest, "decision": new.verdict.explain(),
-        }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Invocation {
+    let mut inv = Invocation {
         id,
         skill: new.skill.name.clone(),
         version: new.skill.version.clone(),
+        export: new.export.to_string(),
+        plan_for: new.plan_for.map(str::to_string),
         digest: new.skill.digest.clone(),
         manifest_digest: new.skill.manifest_digest.clone(),
         target: new.target.to_string(),
-        hosts,
+        hosts: Vec::new(),
         input: new.input,
         narrowing: new.narrowing.clone(),
-        grants,
+        grants: new.narrowed.grants(),
         limits: new.narrowed.limits.clone(),
-        plan,
+        plan: new.plan,
+        plan_check: None,
         reason: new.reason.to_string(),
         requester: new.requester.name.clone(),
         trigger: new.trigger.as_str().to_string(),
         level: u8::from(new.verdict.level),
         approvals_required: required,
-        invocation_digest: digest,
+        invocation_digest: String::new(),
         state,
         verdict: new.verdict.clone(),
         reasons: new.verdict.explain(),
@@ -171,7 +160,59 @@ pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowE
         comment: None,
         approvals: Vec::new(),
         result: None,
-    })
+    };
+    inv.invocation_digest = digest_of(&inv);
+    sqlx::query(
+        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+    )
+    .bind(&inv.id)
+    .bind(&inv.skill)
+    .bind(&inv.version)
+    .bind(&inv.digest)
+    .bind(&inv.target)
+    .bind(inv.input.to_string())
+    .bind(&inv.reason)
+    .bind(&inv.requester)
+    .bind(inv.level as i64)
+    .bind(required as i64)
+    .bind(&inv.invocation_digest)
+    .bind(serde_json::to_string(new.verdict).unwrap_or_default())
+    .bind(state.as_str())
+    .bind(now)
+    .bind(expires)
+    .bind((state == State::Queued).then_some(now))
+    .bind(new.skill.manifest.skill.kind.to_string())
+    .bind(&inv.trigger)
+    .bind(&inv.manifest_digest)
+    .bind(serde_json::to_string(&inv.hosts).unwrap_or_default())
+    .bind(serde_json::to_string(&inv.narrowing).unwrap_or_default())
+    .bind(serde_json::to_string(&inv.grants).unwrap_or_default())
+    .bind(serde_json::to_string(&inv.limits).unwrap_or_default())
+    .bind(inv.plan.as_ref().map(|p| p.to_string()))
+    .bind(&inv.export)
+    .bind(inv.plan_for.as_deref())
+    .execute(&mut **tx)
+    .await?;
+    let mut detail = serde_json::json!({
+        "skill": inv.skill, "version": inv.version, "digest": inv.digest,
+        "target": inv.target, "reason": inv.reason, "state": state.as_str(),
+        "trigger": inv.trigger, "export": inv.export,
+        "narrowing": inv.narrowing,
+        "level": inv.level, "approvals_required": required,
+        "invocation_digest": inv.invocation_digest, "decision": inv.reasons,
+    });
+    if let Some(repair) = &inv.plan_for {
+        detail["plan_for"] = serde_json::json!(repair);
+    }
+    audit::append_tx(
+        tx,
+        &new.requester.name,
+        Action::InvocationCreate,
+        &inv.id,
+        detail,
+    )
+    .await?;
+    Ok(inv)
 }
 
 fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowError> {
@@ -180,6 +221,8 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         .map_err(|e| FlowError::Conflict(format!("stored verdict unreadable: {e}")))?;
     let input: String = r.try_get("input")?;
     let result: Option<String> = r.try_get("result")?;
+    let result_value: Option<serde_json::Value> =
+        result.and_then(|t| serde_json::from_str(&t).ok());
     let state = State::parse(&r.try_get::<String, _>("state")?).unwrap_or(State::Failed);
     // A job queued again keeps the time of its earlier claim: it has not started (again).
     let waiting = matches!(state, State::PendingApproval | State::Queued);
@@ -187,6 +230,8 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         id: r.try_get("id")?,
         skill: r.try_get("skill")?,
         version: r.try_get("version")?,
+        export: r.try_get("export")?,
+        plan_for: r.try_get("plan_for")?,
         digest: r.try_get("digest")?,
         manifest_digest: r
             .try_get::<Option<String>, _>("manifest_digest")?
@@ -197,6 +242,12 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         narrowing: json_column(r, "narrowing")?.unwrap_or_default(),
         grants: json_column(r, "grants")?.unwrap_or_default(),
         limits: json_column(r, "limits")?.unwrap_or_default(),
+        plan_check: match (json_column::<serde_json::Value>(r, "plan")?, &result_value) {
+            (Some(plan), Some(result)) if state == State::Succeeded || state == State::Failed => {
+                Some(tend_protocol::plan_check(&plan, result))
+            }
+            _ => None,
+        },
         plan: json_column(r, "plan")?,
         reason: r.try_get("reason")?,
         requester: r.try_get("requester")?,
@@ -221,7 +272,7 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
             .try_get::<Option<String>, _>("comment")?
             .filter(|c| !c.is_empty()),
         approvals,
-        result: result.and_then(|t| serde_json::from_str(&t).ok()),
+        result: result_value,
     })
 }
 
@@ -615,7 +666,11 @@ pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, Flow
         db,
         &Transition::new(
             id,
-            &[(State::PendingApproval, &[]), (State::Queued, &[])],
+            &[
+                (State::Planning, &[]),
+                (State::PendingApproval, &[]),
+                (State::Queued, &[]),
+            ],
             to,
             &[Set::FinishedNow],
             vec![Audit {
@@ -631,18 +686,20 @@ pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, Flow
 
 /// Expire pending invocations whose approval window has closed.
 pub async fn expire_due(db: &Db) -> Result<usize, FlowError> {
-    let rows = sqlx::query("SELECT id FROM invocations WHERE state = $1 AND expires_ms < $2")
-        .bind(State::PendingApproval.as_str())
-        .bind(now_ms())
-        .fetch_all(&db.pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT id FROM invocations WHERE state IN ($1, $2) AND expires_ms < $3")
+            .bind(State::PendingApproval.as_str())
+            .bind(State::Planning.as_str())
+            .bind(now_ms())
+            .fetch_all(&db.pool)
+            .await?;
     let mut n = 0;
     for r in rows {
         let id: String = r.try_get("id")?;
         let to = State::Expired;
         let expired = Transition::new(
             &id,
-            &[(State::PendingApproval, &[])],
+            &[(State::Planning, &[]), (State::PendingApproval, &[])],
             to,
             &[Set::FinishedNow],
             vec![Audit {
@@ -805,6 +862,7 @@ pub async fn record_result(
         tx.rollback().await?;
         return Err(e);
     }
+    attach_plan(&mut tx, id, outcome.result).await?;
     if let Some(agent) = agent {
         let count = if outcome.succeeded {
             "UPDATE agents SET jobs_ok = jobs_ok + 1 WHERE id = $1"
@@ -815,6 +873,61 @@ pub async fn record_result(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// If `id` is a plan job, its result becomes the plan record of the repair it plans, which
+/// moves `planning -> pending_approval` with a digest that now binds the plan — in the plan
+/// job's own transaction, so a crash cannot leave the repair waiting for a plan that ran.
+async fn attach_plan(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    result: &serde_json::Value,
+) -> Result<(), FlowError> {
+    let repair_id: Option<String> = sqlx::query("SELECT plan_for FROM invocations WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("plan_for")?;
+    let Some(repair_id) = repair_id else {
+        return Ok(());
+    };
+    let Some(row) = sqlx::query("SELECT * FROM invocations WHERE id = $1")
+        .bind(&repair_id)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(());
+    };
+    let mut repair = from_row(&row, Vec::new())?;
+    if repair.state != State::Planning {
+        // Cancelled or expired meanwhile: the plan is kept with the plan job only.
+        return Ok(());
+    }
+    let plan = tend_protocol::plan_record(id, result);
+    repair.plan = Some(plan.clone());
+    let digest = digest_of(&repair);
+    let set = [Set::Plan {
+        plan: &plan,
+        digest: &digest,
+    }];
+    let planned = Transition::new(
+        &repair_id,
+        &[(State::Planning, &[])],
+        State::PendingApproval,
+        &set,
+        vec![Audit {
+            actor: "tend",
+            action: Action::InvocationPlanned,
+            detail: serde_json::json!({
+                "plan_job": id, "outcome": plan["outcome"],
+                "invocation_digest": digest, "state": State::PendingApproval.as_str(),
+            }),
+        }],
+    );
+    match apply_in(tx, &planned).await {
+        Ok(_) | Err(FlowError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Fail running jobs with `why` in their result: ids from `candidates` whose holder is gone.

@@ -228,7 +228,11 @@ impl Worker {
         self.runtime
             .invoke_narrowed(
                 &loaded,
-                Export::Run,
+                if inv.export == "plan" {
+                    Export::Plan
+                } else {
+                    Export::Run
+                },
                 &inv.input.to_string(),
                 &LimitOverrides::default(),
                 Some(&narrowed),

@@ -140,6 +140,28 @@ pub struct Grants {
     pub tcp: Vec<String>,
 }
 
+impl Grants {
+    /// What a repair's `plan` export runs with (as the runtime enforces it): its directories
+    /// read-only, no programs, no service actions; network grants as they are.
+    pub fn for_plan(&self) -> Grants {
+        let mut fs_read = self.fs_read.clone();
+        for p in &self.fs_write {
+            if !fs_read.contains(p) {
+                fs_read.push(p.clone());
+            }
+        }
+        Grants {
+            fs_read,
+            fs_write: Vec::new(),
+            exec: Vec::new(),
+            service_restart: Vec::new(),
+            service_reload: Vec::new(),
+            http: self.http.clone(),
+            tcp: self.tcp.clone(),
+        }
+    }
+}
+
 /// Where the invocation would run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {

@@ -48,6 +48,7 @@ pub fn admit_job(
     let digest = invocation_digest(&Bound {
         skill: &inv.skill,
         version: &inv.version,
+        export: &inv.export,
         digest: skill.digest,
         manifest_digest: skill.manifest_digest,
         target: &inv.target,
@@ -60,6 +61,13 @@ pub fn admit_job(
         expires_ms,
     });
     let approvals = approval_facts(&inv.approvals, trusted);
+    // A plan job runs read-only with no programs (the runtime enforces it): it is admitted as
+    // an observation with those grants, whatever level the repair declares.
+    let (declared, grants) = if inv.export == "plan" {
+        (tend_policy::Level::L0, grants.for_plan())
+    } else {
+        (narrowed.declared_level(), grants)
+    };
     let admitted = tend_policy::admit(
         &tend_policy::admit::Job {
             skill: &inv.skill,
@@ -73,7 +81,7 @@ pub fn admit_job(
             approvals: &approvals,
         },
         &tend_policy::admit::Verified {
-            declared: narrowed.declared_level(),
+            declared,
             grants: &grants,
         },
         local,

@@ -26,6 +26,8 @@ use crate::Approval;
 pub struct Bound<'a> {
     pub skill: &'a str,
     pub version: &'a str,
+    /// The export it runs: `run`, or `plan` for a repair's plan job.
+    pub export: &'a str,
     /// `sha256:<hex>` of the component.
     pub digest: &'a str,
     /// `sha256:<hex>` of the signed manifest text.
@@ -191,6 +193,7 @@ mod tests {
         Bound {
             skill: "disk-usage",
             version: "1.0.0",
+            export: "run",
             digest: "sha256:00",
             manifest_digest: "sha256:11",
             target: "local",
@@ -215,12 +218,12 @@ mod tests {
         canonical_json(&serde_json::to_value(&b).unwrap_or_default(), &mut text);
         assert_eq!(
             text,
-            r#"{"digest":"sha256:00","expires_ms":1800000000000,"grants":{"exec":[],"fs_read":[],"fs_write":[],"http":[],"service_reload":[],"service_restart":[],"tcp":[]},"hosts":[],"input":{"a":[1,{"b":null,"z":true}],"path":"/"},"limits":{"fuel":null,"memory_mib":null,"output_kib":null,"timeout_ms":null},"manifest_digest":"sha256:11","plan":null,"requester":"alice","skill":"disk-usage","target":"local","version":"1.0.0"}"#
+            r#"{"digest":"sha256:00","expires_ms":1800000000000,"export":"run","grants":{"exec":[],"fs_read":[],"fs_write":[],"http":[],"service_reload":[],"service_restart":[],"tcp":[]},"hosts":[],"input":{"a":[1,{"b":null,"z":true}],"path":"/"},"limits":{"fuel":null,"memory_mib":null,"output_kib":null,"timeout_ms":null},"manifest_digest":"sha256:11","plan":null,"requester":"alice","skill":"disk-usage","target":"local","version":"1.0.0"}"#
         );
         // sha256 of "tend-invocation/v2\n" + the text above, computed independently.
         assert_eq!(
             invocation_digest(&b),
-            "5ed6e2dcd94c417d105601575213fd971dcee533ba62ce06229d5df97fcfed30"
+            "0abc940c9612a8c1b44df4272993de56e13ec4780a76a537c513d994d2fa3cbf"
         );
         // Every bound field changes it.
         let other = serde_json::json!({"path": "/tmp"});

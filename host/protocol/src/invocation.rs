@@ -12,6 +12,8 @@ use crate::Bound;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum State {
+    /// A repair that needs approval, waiting for its plan to run on the target first.
+    Planning,
     PendingApproval,
     Queued,
     Running,
@@ -26,7 +28,8 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 9] = [
+    pub const ALL: [State; 10] = [
+        State::Planning,
         State::PendingApproval,
         State::Queued,
         State::Running,
@@ -40,6 +43,7 @@ impl State {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Planning => "planning",
             State::PendingApproval => "pending_approval",
             State::Queued => "queued",
             State::Running => "running",
@@ -64,6 +68,12 @@ pub struct Invocation {
     pub id: String,
     pub skill: String,
     pub version: String,
+    /// The export it runs: `run`, or `plan` for the plan job of a repair (see `plan_for`).
+    #[serde(default = "run")]
+    pub export: String,
+    /// For a plan job: the repair it plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_for: Option<String>,
     /// `sha256:<hex>` of the component.
     pub digest: String,
     /// `sha256:<hex>` of the signed manifest.
@@ -88,10 +98,15 @@ pub struct Invocation {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub limits: ManifestLimits,
-    /// A repair's plan, as shown to approvers and bound into the digest.
+    /// A repair's plan record (what its plan job said, or why it did not run), as shown to
+    /// approvers and bound into the digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub plan: Option<serde_json::Value>,
+    /// After a planned repair ran: where what it did differs from its plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub plan_check: Option<serde_json::Value>,
     pub reason: String,
     pub requester: String,
     /// What started it: `api`, `cli`, `webhook`, `console`, `mcp` or `schedule`.
@@ -129,6 +144,10 @@ fn api() -> String {
     "api".to_string()
 }
 
+fn run() -> String {
+    "run".to_string()
+}
+
 impl Invocation {
     /// What an approval of this invocation binds, from the fields it shows: recompute
     /// [`crate::invocation_digest`] from this, never take `invocation_digest` on trust.
@@ -136,6 +155,7 @@ impl Invocation {
         Bound {
             skill: &self.skill,
             version: &self.version,
+            export: &self.export,
             digest: &self.digest,
             manifest_digest: &self.manifest_digest,
             target: &self.target,

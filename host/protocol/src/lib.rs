@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 mod admission;
 mod approval;
 mod invocation;
+mod plan;
 
 pub use admission::{AdmitError, VerifiedSkill, admit_job};
 pub use approval::{
@@ -28,6 +29,7 @@ pub use approval::{
     invocation_digest, parse_public_key, public_key_text, sign_approval,
 };
 pub use invocation::{Approval, Invocation, State};
+pub use plan::{plan_check, plan_not_run, plan_record};
 
 pub const AGENT_HEADER: &str = "tend-agent";
 pub const TIMESTAMP_HEADER: &str = "tend-timestamp";

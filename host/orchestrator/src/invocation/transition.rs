@@ -63,6 +63,11 @@ pub enum Set<'a> {
     Result(&'a serde_json::Value),
     /// `comment`: what the person who ended it said.
     Comment(&'a str),
+    /// `plan`: the plan record, and the `invocation_digest` that now binds it.
+    Plan {
+        plan: &'a serde_json::Value,
+        digest: &'a str,
+    },
     /// A lease for `owner` until `until_ms`.
     Lease { owner: &'a str, until_ms: i64 },
     /// The lease held now, extended to `until_ms`.
@@ -180,6 +185,11 @@ fn update<'a>(
             Set::FinishedNow => sql.push(", finished_ms = ").arg(Arg::Int(now)),
             Set::Result(v) => sql.push(", result = ").arg(Arg::Owned(v.to_string())),
             Set::Comment(c) => sql.push(", comment = ").arg(Arg::Text(c)),
+            Set::Plan { plan, digest } => sql
+                .push(", plan = ")
+                .arg(Arg::Owned(plan.to_string()))
+                .push(", invocation_digest = ")
+                .arg(Arg::Text(digest)),
             Set::Lease { owner, until_ms } => sql
                 .push(", lease_owner = ")
                 .arg(Arg::Text(owner))

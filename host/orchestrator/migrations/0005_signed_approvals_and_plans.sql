@@ -20,3 +20,8 @@ ALTER TABLE invocations ADD COLUMN narrowing TEXT;
 ALTER TABLE invocations ADD COLUMN grants TEXT;
 ALTER TABLE invocations ADD COLUMN limits TEXT;
 ALTER TABLE invocations ADD COLUMN plan TEXT;
+
+-- A repair that needs approval runs its `plan` export first, as a plan job of its own:
+-- `export` is `run` or `plan`, and a plan job names the repair it plans in `plan_for`.
+ALTER TABLE invocations ADD COLUMN export TEXT NOT NULL DEFAULT 'run';
+ALTER TABLE invocations ADD COLUMN plan_for TEXT;
