@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod invocation;
+pub mod tokens;
 
 pub use invocation::{Approval, Invocation, State, approval_facts};
+pub use tokens::{CreatedToken, NewToken, RevokedToken, RotateToken, TokenInfo};
 
 pub const AGENT_HEADER: &str = "tend-agent";
 pub const TIMESTAMP_HEADER: &str = "tend-timestamp";
