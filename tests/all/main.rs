@@ -20,4 +20,5 @@ mod router;
 mod sandbox_hardening;
 mod signing;
 mod support;
+mod tokens;
 mod transitions;

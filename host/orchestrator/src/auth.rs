@@ -149,7 +149,9 @@ pub async fn get(db: &Db, prefix: &str) -> Result<Option<TokenInfo>, DbError> {
 }
 
 fn no_such_token() -> FlowError {
-    FlowError::NotFound("no such token: a token prefix is 12 hex digits (GET /api/v1/tokens)".into())
+    FlowError::NotFound(
+        "no such token: a token prefix is 12 hex digits (GET /api/v1/tokens)".into(),
+    )
 }
 
 /// Revoke the token `prefix` (by `by`), audited with the change. Returns its record and

@@ -12,9 +12,7 @@ use tend_policy::Role;
 use crate::api::{ApiError, ApiJson, ApiResult, AppState, ErrorBody};
 use crate::auth;
 use crate::extract::{Admin, Caller};
-use crate::protocol::tokens::{
-    self, CreatedToken, NewToken, RevokedToken, RotateToken, TokenInfo,
-};
+use crate::protocol::tokens::{self, CreatedToken, NewToken, RevokedToken, RotateToken, TokenInfo};
 
 /// These bodies carry a few short fields.
 const BODY_LIMIT: usize = 16 * 1024;
