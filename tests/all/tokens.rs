@@ -452,6 +452,33 @@ async fn bad_bodies_are_refused_naming_the_field_and_store_nothing() {
     assert_eq!(app.works(&app.operator).await, StatusCode::OK);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_routes_are_in_the_openapi_document() {
+    let app = app().await;
+    let (s, doc) = app.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    for (path, method) in [
+        ("/api/v1/tokens", "get"),
+        ("/api/v1/tokens", "post"),
+        ("/api/v1/tokens/{prefix}/revoke", "post"),
+        ("/api/v1/tokens/{prefix}/rotate", "post"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} undocumented"
+        );
+    }
+    for schema in [
+        "NewToken",
+        "CreatedToken",
+        "TokenInfo",
+        "RotateToken",
+        "RevokedToken",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
 /// `GET /api/v1/status` on `api` with `token`.
 async fn status(api: &Api, token: &str) -> u16 {
     api.call("GET", "/api/v1/status", Some(token), None).await.0

@@ -92,7 +92,7 @@ pub async fn authorize(
             Cached::Valid(a) => Some(a),
             // Refused (and audited) moments ago on this replica: counted, not written again.
             Cached::Refused => return Err(unauthenticated("unknown token")),
-            Cached::Miss { repeats } => match auth::authenticate(&state.db, t).await? {
+            Cached::Miss => match auth::authenticate(&state.db, t).await? {
                 Ok(accepted) => {
                     let actor = accepted.actor.clone();
                     state.tokens.put(t, accepted);
@@ -105,7 +105,10 @@ pub async fn authorize(
                     name,
                     at_ms,
                 }) => {
-                    state.tokens.put_refused(t);
+                    // Concurrent first refusals on this replica: one writes the event.
+                    let Some(repeats) = state.tokens.put_refused(t) else {
+                        return Err(unauthenticated("unknown token"));
+                    };
                     audit::append(
                         &state.db,
                         audit::ANONYMOUS,
@@ -178,8 +181,8 @@ pub(crate) enum Cached {
     /// Refused as expired or revoked less than [`TokenCache::REFUSED_TTL`] ago: the refusal is
     /// in the audit trail already.
     Refused,
-    /// Look it up; `repeats` refusals of it went unwritten since its last audit event.
-    Miss { repeats: u64 },
+    /// Look it up.
+    Miss,
 }
 
 #[derive(Debug)]
@@ -225,8 +228,7 @@ impl TokenCache {
                 *repeats += 1;
                 Cached::Refused
             }
-            Some(Entry::Refused { repeats, .. }) => Cached::Miss { repeats: *repeats },
-            _ => Cached::Miss { repeats: 0 },
+            _ => Cached::Miss,
         }
     }
 
@@ -258,14 +260,29 @@ impl TokenCache {
         );
     }
 
-    pub(crate) fn put_refused(&self, token: &str) {
+    /// Remember that `token` is expired or revoked. `Some(n)`: write the refusal to the audit
+    /// trail, `n` refusals having gone unwritten since its previous event here; `None`: another
+    /// request just did (this one is counted).
+    pub(crate) fn put_refused(&self, token: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let unwritten = match map.get_mut(token) {
+            Some(Entry::Refused { until, repeats }) if now < *until => {
+                *repeats += 1;
+                return None;
+            }
+            Some(Entry::Refused { repeats, .. }) => *repeats,
+            _ => 0,
+        };
+        drop(map);
         self.insert(
             token,
             Entry::Refused {
-                until: Instant::now() + Self::REFUSED_TTL,
+                until: now + Self::REFUSED_TTL,
                 repeats: 0,
             },
         );
+        Some(unwritten)
     }
 
     /// Forget every accepted entry of the token `prefix` (it was just revoked here).
@@ -419,5 +436,49 @@ async fn verify(
                 format!("signed agent request refused: {why}"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(expires_ms: Option<i64>) -> auth::Accepted {
+        auth::Accepted {
+            actor: Actor {
+                name: "ops".into(),
+                role: Role::Operator,
+            },
+            prefix: "0123456789ab".into(),
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn the_token_cache_forgets_on_revoke_and_never_outlives_an_expiry() {
+        let cache = TokenCache::default();
+        cache.put("t", accepted(None));
+        assert!(matches!(cache.get("t"), Cached::Valid(_)));
+        cache.forget("0123456789ab");
+        assert!(matches!(cache.get("t"), Cached::Miss));
+        // Expired already: never served from the cache.
+        cache.put("t", accepted(Some(crate::db::now_ms() - 1)));
+        assert!(matches!(cache.get("t"), Cached::Miss));
+    }
+
+    #[test]
+    fn a_dead_token_is_written_once_and_its_repeats_counted() {
+        let cache = TokenCache::default();
+        assert_eq!(cache.put_refused("t"), Some(0));
+        assert_eq!(cache.put_refused("t"), None, "a concurrent first refusal");
+        for _ in 0..3 {
+            assert!(matches!(cache.get("t"), Cached::Refused));
+        }
+        // When the minute is over, the next event carries the count.
+        if let Some(Entry::Refused { until, .. }) = cache.lock().get_mut("t") {
+            *until = Instant::now();
+        }
+        assert!(matches!(cache.get("t"), Cached::Miss));
+        assert_eq!(cache.put_refused("t"), Some(4));
     }
 }
