@@ -22,11 +22,17 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
 pub struct NewToken {
     /// Who the token is for: the actor of everything it does (1-64 letters, digits and
     /// `- _ . @`).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.@-]{1,64}$"))]
     pub name: String,
     /// `viewer`, `operator`, `approver` or `admin`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(viewer|operator|approver|admin)$")
+    )]
     pub role: String,
     /// How long it lives, e.g. `30d`, `12h` (humantime); absent: until revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(example = "30d"))]
     pub expires_in: Option<String>,
 }
 
