@@ -101,6 +101,17 @@ impl App {
         )
     }
 
+    /// `GET /metrics`, as text.
+    async fn metrics(&self) -> String {
+        let req = Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .expect("request");
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// `GET /api/v1/status` with `token`: whether it is accepted.
     async fn works(&self, token: &str) -> StatusCode {
         self.call("GET", "/api/v1/status", Some(token), None)
@@ -224,6 +235,12 @@ async fn an_expired_token_is_refused_like_an_unknown_one_and_audited_once() {
     // The trail says why, once: the repeats are counted, not written.
     let events = app.audit().await;
     assert_eq!(refusals_of(&events, prefix_of(token)), ["expired"]);
+    // `/metrics` counts every refusal: the unknown token's and the expired one's six.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("tend_refusals_total{action=\"auth.refused\"} 7"),
+        "{metrics}"
+    );
     let e = events
         .iter()
         .find(|e| e.detail["token"] == prefix_of(token) && e.action == "auth.refused")

@@ -528,6 +528,13 @@ impl RefusalGate {
         }
     }
 
+    /// Count one refusal of `action` that is bounded elsewhere (an expired or revoked token:
+    /// see `extract::TokenCache`), so `/metrics` still counts every refusal.
+    pub fn count(&self, action: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.totals.entry(action.to_string()).or_default().0 += 1;
+    }
+
     /// Windows closed by `now` that left refusals out (taken: each is reported once).
     pub fn take_closed(&self, now: Instant, now_ms: i64) -> Vec<Suppressed> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -91,7 +91,10 @@ pub async fn authorize(
         Some(t) => match state.tokens.get(t) {
             Cached::Valid(a) => Some(a),
             // Refused (and audited) moments ago on this replica: counted, not written again.
-            Cached::Refused => return Err(unauthenticated("unknown token")),
+            Cached::Refused => {
+                state.db.refusals.count(audit::Action::AuthRefused.as_str());
+                return Err(unauthenticated("unknown token"));
+            }
             Cached::Miss => match auth::authenticate(&state.db, t).await? {
                 Ok(accepted) => {
                     let actor = accepted.actor.clone();
@@ -105,6 +108,7 @@ pub async fn authorize(
                     name,
                     at_ms,
                 }) => {
+                    state.db.refusals.count(audit::Action::AuthRefused.as_str());
                     // Concurrent first refusals on this replica: one writes the event.
                     let Some(repeats) = state.tokens.put_refused(t) else {
                         return Err(unauthenticated("unknown token"));
