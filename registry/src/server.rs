@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::envelope::Envelope;
 use crate::publog::Checkpoint;
-use crate::store::{Caller, Entry, Role, Store, StoreError};
+use crate::store::{Caller, Entry, Refused, Role, Store, StoreError};
 use crate::trust::{TrustPolicy, VerifyOptions};
 pub use crate::wire::{ErrorBody, ErrorDetail, LogResponse, SIGNATURE_HEADER, SkillList};
 pub use tend_http::{ApiError, ApiResult};
@@ -74,21 +74,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The caller a bearer token names — or 401. An expired or revoked token gets the same 401 as
+/// an unknown one; the log says why (the registry keeps no audit trail of its own).
 async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
     let Some(token) = tend_http::bearer_token(headers)? else {
         return Ok(None);
     };
     match state.store.authenticate(token).await? {
-        Some(c) => Ok(Some(c)),
-        None => {
+        Ok(c) => return Ok(Some(c)),
+        Err(Refused::Unknown) => {
             tracing::warn!("request with an unknown registry token refused");
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the token is not valid for this registry",
-            ))
+        }
+        Err(Refused::Dead { why, prefix, name }) => {
+            tracing::warn!(token = %prefix, %name, why, "request with a {why} registry token refused");
         }
     }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "the token is not valid for this registry",
+    ))
 }
 
 async fn may_read(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {

@@ -1,7 +1,7 @@
 //! The registry's storage: an SQLite index (sqlx) beside content-addressed blobs.
 //!
 //! ```text
-//! <data>/index.db                 skills, tokens, publication log (WAL)
+//! <data>/index.db                 skills, tokens (with expiry and revocation), publication log (WAL)
 //! <data>/blobs/sha256/<hex>       component bytes, written via temp file + rename
 //! ```
 //!
@@ -95,6 +95,58 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// Why a presented token is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Not one of ours.
+    Unknown,
+    /// One of ours, but `expired` or `revoked` (`why`): it never works again.
+    Dead {
+        why: &'static str,
+        prefix: String,
+        name: String,
+    },
+}
+
+/// A token's record: never its hash or secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TokenInfo {
+    pub prefix: String,
+    pub name: String,
+    pub role: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; null: until revoked.
+    pub expires_at: Option<String>,
+    /// RFC 3339; null: not revoked.
+    pub revoked_at: Option<String>,
+    pub revoked_by: Option<String>,
+}
+
+fn token_info(r: &sqlx::sqlite::SqliteRow) -> TokenInfo {
+    TokenInfo {
+        prefix: r.get("prefix"),
+        name: r.get("name"),
+        role: r.get("role"),
+        created_at: r.get("created_at"),
+        expires_at: r.get::<Option<i64>, _>("expires_ms").map(rfc3339_ms),
+        revoked_at: r.get::<Option<i64>, _>("revoked_ms").map(rfc3339_ms),
+        revoked_by: r.get("revoked_by"),
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// The outcome of a publish: a new entry, or the same bytes published again (a no-op).
 #[derive(Debug, Clone, Serialize)]
 pub struct Published {
@@ -172,8 +224,14 @@ impl Store {
         })
     }
 
-    /// Create a token; returns the secret, shown once. Only its sha256 is stored.
-    pub async fn create_token(&self, name: &str, role: Role) -> Result<String, StoreError> {
+    /// Create a token, expiring at `expires_ms` (unix ms; `None`: until revoked); returns the
+    /// secret, shown once. Only its sha256 is stored.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        expires_ms: Option<i64>,
+    ) -> Result<String, StoreError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| io(&self.blobs, e))?;
         let mut prefix = [0u8; 6];
@@ -181,39 +239,98 @@ impl Store {
         let prefix = hex::encode(prefix);
         let token = format!("tendreg_{prefix}_{}", B64URL.encode(secret));
         sqlx::query(
-            "INSERT INTO tokens (prefix, hash, name, role, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (prefix, hash, name, role, created_at, expires_ms) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(&prefix)
         .bind(sha256_hex(token.as_bytes()))
         .bind(name)
         .bind(role.as_str())
         .bind(now_rfc3339())
+        .bind(expires_ms)
         .execute(&self.pool)
         .await?;
         Ok(token)
     }
 
-    /// The caller a bearer token identifies, if it is one of ours.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, StoreError> {
+    /// Every token's record, oldest first: never a hash or a secret.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT prefix, name, role, created_at, expires_ms, revoked_ms, revoked_by FROM tokens ORDER BY created_at, prefix",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(token_info).collect())
+    }
+
+    /// Revoke the token `prefix` (by `by`): refused from the next request on (lookups are not
+    /// cached). Returns its record and whether it had been revoked already; `None` for an
+    /// unknown prefix.
+    pub async fn revoke_token(
+        &self,
+        prefix: &str,
+        by: &str,
+    ) -> Result<Option<(TokenInfo, bool)>, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_ms = ?, revoked_by = ? WHERE prefix = ? AND revoked_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(by)
+        .bind(prefix)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let row = sqlx::query(
+            "SELECT prefix, name, role, created_at, expires_ms, revoked_ms, revoked_by FROM tokens WHERE prefix = ?",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (token_info(&r), done == 0)))
+    }
+
+    /// The caller a bearer token identifies, or why it is refused. Every request looks its
+    /// token up (no cache), so a revocation holds from the next request.
+    pub async fn authenticate(&self, token: &str) -> Result<Result<Caller, Refused>, StoreError> {
         let Some(prefix) = token
             .strip_prefix("tendreg_")
             .and_then(|rest| rest.split_once('_'))
             .map(|(p, _)| p)
         else {
-            return Ok(None);
+            return Ok(Err(Refused::Unknown));
         };
-        let row = sqlx::query("SELECT hash, name, role FROM tokens WHERE prefix = ?")
-            .bind(prefix)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
+        let row = sqlx::query(
+            "SELECT hash, name, role, expires_ms, revoked_ms FROM tokens WHERE prefix = ?",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(Refused::Unknown));
+        };
         let stored: String = row.get("hash");
         if !constant_time_eq(stored.as_bytes(), sha256_hex(token.as_bytes()).as_bytes()) {
-            return Ok(None);
+            return Ok(Err(Refused::Unknown));
+        }
+        let name: String = row.get("name");
+        let dead = |why| {
+            Ok(Err(Refused::Dead {
+                why,
+                prefix: prefix.to_string(),
+                name: name.clone(),
+            }))
+        };
+        if row.get::<Option<i64>, _>("revoked_ms").is_some() {
+            return dead("revoked");
+        }
+        if row
+            .get::<Option<i64>, _>("expires_ms")
+            .is_some_and(|at| at <= now_ms())
+        {
+            return dead("expired");
         }
         let role: String = row.get("role");
-        Ok(Some(Caller {
-            name: row.get("name"),
+        Ok(Ok(Caller {
+            name,
             role: role.parse().unwrap_or(Role::Viewer),
         }))
     }

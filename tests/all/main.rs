@@ -21,4 +21,5 @@ mod sandbox_hardening;
 mod signed_approvals;
 mod signing;
 mod support;
+mod tokens;
 mod transitions;

@@ -371,6 +371,7 @@ async fn a_database_from_the_first_release_gains_what_it_lacks(backend: Backend)
         rows(&database, "SELECT DISTINCT kind FROM invocations"),
         ["diagnose"]
     );
+    // (Tokens gained their lifecycle columns, 0004: read as they were.)
     assert_eq!(contents_of(&database, &old, &old_cols), before);
     assert_eq!(
         rows(
@@ -562,14 +563,27 @@ fn a_registry_index_from_before_migrations_upgrades_without_loss() {
         ("publication_log", "idx"),
     ];
     let before = contents(&database, &tables);
+    let before_cols: Vec<Vec<String>> = tables.iter().map(|(t, _)| columns(&database, t)).collect();
     assert_eq!(rows(&database, "SELECT COUNT(*) FROM skills"), ["3"]);
 
     let reg = Registry::start(&w);
     assert_eq!(
-        rows(&database, "SELECT version FROM _sqlx_migrations"),
-        ["1"]
+        rows(
+            &database,
+            "SELECT version FROM _sqlx_migrations ORDER BY version"
+        ),
+        ["1", "2"]
     );
-    assert_eq!(contents(&database, &tables), before);
+    // Not a row lost or changed; tokens gain their lifecycle columns (0002), empty: the old
+    // tokens never expire and are not revoked.
+    assert_eq!(contents_of(&database, &tables, &before_cols), before);
+    assert_eq!(
+        rows(
+            &database,
+            "SELECT COUNT(*) FROM tokens WHERE expires_ms IS NULL AND revoked_ms IS NULL"
+        ),
+        [before[0].len().to_string()]
+    );
     let o = w.ok(&["skill", "list", "--registry", &reg.url, "--json"]);
     let listed = String::from_utf8_lossy(&o.stdout);
     for name in ["acme-echo", "acme-disrupt", "acme-critical"] {

@@ -49,10 +49,10 @@ async fn app() -> App {
     };
     let orch = Orchestrator::open(config).await.expect("open");
     let state = orch.state.clone();
-    let admin = auth::create_token(&state.db, "alice", Role::Admin)
+    let admin = auth::create_token(&state.db, "alice", Role::Admin, None)
         .await
         .expect("admin token");
-    let viewer = auth::create_token(&state.db, "victor", Role::Viewer)
+    let viewer = auth::create_token(&state.db, "victor", Role::Viewer, None)
         .await
         .expect("viewer token");
     App {

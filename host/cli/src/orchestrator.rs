@@ -307,7 +307,7 @@ pub async fn token(cmd: TokenCommand) -> Result<u8, Failure> {
         )));
     }
     let db = database.open().await?;
-    let token = auth::create_token(&db, &name, role)
+    let token = auth::create_token(&db, &name, role, None)
         .await
         .map_err(Failure::host)?;
     audit::append(

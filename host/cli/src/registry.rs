@@ -1,10 +1,11 @@
-//! `tend registry serve | token create`: run a skill registry and hand out its tokens.
+//! `tend registry serve | token create|list|revoke`: run a skill registry and manage its
+//! tokens (database-direct on its data directory).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tend_registry::server::{AppState, router};
-use tend_registry::store::{Role, Store};
+use tend_registry::store::{Role, Store, now_ms};
 
 use crate::Failure;
 use crate::admit::TrustArgs;
@@ -46,24 +47,139 @@ pub enum TokenCommand {
         /// viewer (read) or publisher (read and publish)
         #[arg(long, value_parser = ["viewer", "publisher"])]
         role: String,
+        /// How long it lives, e.g. 30d or 12h (default: until revoked)
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
     },
+    /// List tokens: prefix, name, role, created, expires, revoked (never a secret)
+    List {
+        /// The registry's data directory
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its prefix: refused from the next request on
+    Revoke {
+        /// The registry's data directory
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The token's prefix (12 hex digits: `tendreg_<prefix>_...`, or from `token list`)
+        prefix: String,
+    },
+}
+
+/// An existing registry's index (never a new, empty one made by a mistyped path).
+async fn open_existing(data: &std::path::Path) -> Result<Store, Failure> {
+    if !data.join("index.db").is_file() {
+        return Err(Failure::bad_input(format!(
+            "--data {}: no registry index there (index.db)",
+            data.display()
+        )));
+    }
+    Store::open(data).await.map_err(Failure::host)
+}
+
+fn or_dash(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
 }
 
 pub async fn run(cmd: RegistryCommand) -> Result<u8, Failure> {
     match cmd {
-        RegistryCommand::Token(TokenCommand::Create { data, name, role }) => {
+        RegistryCommand::Token(TokenCommand::Create {
+            data,
+            name,
+            role,
+            expires,
+        }) => {
             let role: Role = role.parse().map_err(Failure::bad_input)?;
+            tend_protocol::tokens::check_token_name("--name", &name).map_err(Failure::bad_input)?;
+            let expires_ms = expires
+                .as_deref()
+                .map(|v| tend_protocol::tokens::parse_lifetime("--expires", v))
+                .transpose()
+                .map_err(Failure::bad_input)?
+                .map(|d| now_ms().saturating_add(d.as_millis().min(i64::MAX as u128) as i64));
             let store = Store::open(&data).await.map_err(Failure::host)?;
             let token = store
-                .create_token(&name, role)
+                .create_token(&name, role, expires_ms)
                 .await
                 .map_err(Failure::host)?;
             store.close().await;
             eprintln!(
-                "created {} token for {name:?}; it is shown once, keep it secret:",
-                role.as_str()
+                "created {} token for {name:?}{}; it is shown once, keep it secret:",
+                role.as_str(),
+                expires
+                    .map(|e| format!(" (expires in {e})"))
+                    .unwrap_or_default()
             );
             crate::out(&token);
+            Ok(0)
+        }
+        RegistryCommand::Token(TokenCommand::List { data, json }) => {
+            let store = open_existing(&data).await?;
+            let tokens = store.tokens().await.map_err(Failure::host)?;
+            store.close().await;
+            if json {
+                crate::out(&serde_json::to_string_pretty(&tokens).map_err(Failure::host)?);
+                return Ok(0);
+            }
+            crate::out(&format!(
+                "{:<12}  {:<24}  {:<9}  {:<20}  {:<20}  REVOKED",
+                "PREFIX", "NAME", "ROLE", "CREATED", "EXPIRES"
+            ));
+            for t in &tokens {
+                let revoked = match (&t.revoked_at, &t.revoked_by) {
+                    (Some(at), Some(by)) => format!("{at} by {by}"),
+                    (Some(at), None) => at.clone(),
+                    _ => "-".to_string(),
+                };
+                crate::out(&format!(
+                    "{:<12}  {:<24}  {:<9}  {:<20}  {:<20}  {revoked}",
+                    t.prefix,
+                    t.name,
+                    t.role,
+                    t.created_at,
+                    or_dash(&t.expires_at)
+                ));
+            }
+            Ok(0)
+        }
+        RegistryCommand::Token(TokenCommand::Revoke { data, prefix }) => {
+            if !tend_protocol::tokens::is_token_prefix(&prefix) {
+                return Err(Failure::bad_input(format!(
+                    "{:?} is not a token prefix: 12 hex digits (tend registry token list)",
+                    prefix.chars().take(40).collect::<String>()
+                )));
+            }
+            let store = open_existing(&data).await?;
+            let by = "local-admin";
+            let revoked = store
+                .revoke_token(&prefix, by)
+                .await
+                .map_err(Failure::host)?;
+            store.close().await;
+            let Some((token, already)) = revoked else {
+                return Err(Failure::bad_input(format!(
+                    "no token {prefix} in {} (tend registry token list)",
+                    data.display()
+                )));
+            };
+            if already {
+                eprintln!(
+                    "token {prefix} ({}) was already revoked at {} by {}",
+                    token.name,
+                    or_dash(&token.revoked_at),
+                    or_dash(&token.revoked_by)
+                );
+            } else {
+                tracing::info!(token = %prefix, name = %token.name, by, "registry token revoked");
+                eprintln!(
+                    "revoked token {prefix} ({}, {}): the registry refuses it from its next request",
+                    token.name, token.role
+                );
+            }
             Ok(0)
         }
         RegistryCommand::Serve {

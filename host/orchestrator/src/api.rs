@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::agent_api::routes())
         .merge(crate::approvers::api::routes())
+        .merge(crate::token_api::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -143,7 +144,8 @@ pub fn router(state: AppState) -> Router {
     info(title = "Tend orchestrator", description = "Zero-trust decisions, human approvals, jobs and a hash-chained audit trail for Tend skills."),
     paths(readyz, metrics, status, submit, list, show, approve, reject, cancel, audit_list, audit_head,
         crate::agent_api::list, crate::agent_api::remove, crate::agent_api::create_enroll_token, crate::agent_api::enroll,
-        crate::approvers::api::register, crate::approvers::api::list, crate::approvers::api::remove),
+        crate::approvers::api::register, crate::approvers::api::list, crate::approvers::api::remove,
+        crate::token_api::create, crate::token_api::list, crate::token_api::revoke, crate::token_api::rotate),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -73,9 +73,15 @@ pub const MAX_DETAIL: usize = 8 * 1024;
 pub enum Action {
     /// An API token was created.
     TokenCreate,
+    /// An API token was revoked: it stops working on every replica within a second.
+    TokenRevoke,
+    /// An API token was replaced by a new one for the same name and role; the old one revoked.
+    TokenRotate,
     /// An enroll token was created.
     EnrollTokenCreate,
-    /// A request without a known token was refused (recorded as `anonymous`).
+    /// A request without a valid token was refused (recorded as `anonymous`). `detail.why`
+    /// says why: `no token`, `unknown token`, or — for a token of ours that no longer works —
+    /// `revoked` or `expired`, with the token's prefix and name.
     AuthRefused,
     /// A known caller asked for more than its role allows.
     AuthForbidden,
@@ -138,8 +144,10 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 32] = [
+    pub const ALL: [Action; 34] = [
         Action::TokenCreate,
+        Action::TokenRevoke,
+        Action::TokenRotate,
         Action::EnrollTokenCreate,
         Action::AuthRefused,
         Action::AuthForbidden,
@@ -176,6 +184,8 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Action::TokenCreate => "token.create",
+            Action::TokenRevoke => "token.revoke",
+            Action::TokenRotate => "token.rotate",
             Action::EnrollTokenCreate => "enroll_token.create",
             Action::AuthRefused => "auth.refused",
             Action::AuthForbidden => "auth.forbidden",
@@ -528,6 +538,13 @@ impl RefusalGate {
             total.1 += 1;
             false
         }
+    }
+
+    /// Count one refusal of `action` that is bounded elsewhere (an expired or revoked token:
+    /// see `extract::TokenCache`), so `/metrics` still counts every refusal.
+    pub fn count(&self, action: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.totals.entry(action.to_string()).or_default().0 += 1;
     }
 
     /// Windows closed by `now` that left refusals out (taken: each is reported once).

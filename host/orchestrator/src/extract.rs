@@ -76,8 +76,9 @@ fn route_of(method: &axum::http::Method, extensions: &axum::http::Extensions) ->
     format!("{method} {route}")
 }
 
-/// The caller, at least `min` — or 401/403, audited (a refusal without a known token is
-/// recorded as `anonymous`).
+/// The caller, at least `min` — or 401/403, audited (a refusal without a valid token is
+/// recorded as `anonymous`). An expired or revoked token gets the same 401 as an unknown one;
+/// the audit trail records why (see [`TokenCache`] for how often).
 pub async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
@@ -88,14 +89,45 @@ pub async fn authorize(
     let found = match token {
         None => None,
         Some(t) => match state.tokens.get(t) {
-            Some(a) => Some(a),
-            None => {
-                let a = auth::authenticate(&state.db, t).await?;
-                if let Some(a) = &a {
-                    state.tokens.put(t, a.clone());
-                }
-                a
+            Cached::Valid(a) => Some(a),
+            // Refused (and audited) moments ago on this replica: counted, not written again.
+            Cached::Refused => {
+                state.db.refusals.count(audit::Action::AuthRefused.as_str());
+                return Err(unauthenticated("unknown token"));
             }
+            Cached::Miss => match auth::authenticate(&state.db, t).await? {
+                Ok(accepted) => {
+                    let actor = accepted.actor.clone();
+                    state.tokens.put(t, accepted);
+                    Some(actor)
+                }
+                Err(auth::Refused::Unknown) => None,
+                Err(auth::Refused::Dead {
+                    why,
+                    prefix,
+                    name,
+                    at_ms,
+                }) => {
+                    state.db.refusals.count(audit::Action::AuthRefused.as_str());
+                    // Concurrent first refusals on this replica: one writes the event.
+                    let Some(repeats) = state.tokens.put_refused(t) else {
+                        return Err(unauthenticated("unknown token"));
+                    };
+                    audit::append(
+                        &state.db,
+                        audit::ANONYMOUS,
+                        audit::Action::AuthRefused,
+                        what,
+                        serde_json::json!({
+                            "why": why, "token": prefix, "name": name,
+                            "since": crate::db::rfc3339(at_ms),
+                            "refused_since_last_event": repeats,
+                        }),
+                    )
+                    .await?;
+                    return Err(unauthenticated("unknown token"));
+                }
+            },
         },
     };
     let Some(actor) = found else {
@@ -111,11 +143,7 @@ pub async fn authorize(
             serde_json::json!({ "why": why }),
         )
         .await?;
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            format!("{why}: send `Authorization: Bearer <token>` (tend token create)"),
-        ));
+        return Err(unauthenticated(why));
     };
     if actor.role < min {
         audit::append(
@@ -140,30 +168,131 @@ pub async fn authorize(
     Ok(actor)
 }
 
-/// Recently authenticated tokens (10 s), so a busy caller does not hash and look up its token
-/// on every request; a revoked token stops working within that time.
+/// The one 401 of a missing, unknown, expired or revoked token: the caller learns nothing more.
+fn unauthenticated(why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        format!("{why}: send `Authorization: Bearer <token>` (tend token create)"),
+    )
+}
+
+/// What the cache knows of a presented token.
+#[derive(Debug)]
+pub(crate) enum Cached {
+    /// Accepted less than [`TokenCache::TTL`] ago (and not expired since).
+    Valid(Actor),
+    /// Refused as expired or revoked less than [`TokenCache::REFUSED_TTL`] ago: the refusal is
+    /// in the audit trail already.
+    Refused,
+    /// Look it up.
+    Miss,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Valid {
+        until: Instant,
+        prefix: String,
+        actor: Actor,
+    },
+    Refused {
+        until: Instant,
+        repeats: u64,
+    },
+}
+
+/// Recently authenticated tokens, per replica, so a busy caller does not hash and look up its
+/// token on every request: one lookup per token per replica per [`Self::TTL`] (500 ms). That
+/// is also the bound on revocation: a revoke clears this replica's entries for the token at
+/// once ([`Self::forget`]); another replica refuses it at its next lookup, within 500 ms. An
+/// entry never outlives the token's expiry.
+///
+/// An expired or revoked token never works again, so its refusal is kept longer
+/// ([`Self::REFUSED_TTL`], 60 s): it is audited once per token, replica and minute, with the
+/// number of refusals left unwritten since the previous event, so a script still using a
+/// revoked token cannot fill the audit trail.
 #[derive(Debug, Default)]
-pub struct TokenCache(std::sync::Mutex<std::collections::HashMap<String, (Instant, Actor)>>);
+pub struct TokenCache(std::sync::Mutex<std::collections::HashMap<String, Entry>>);
 
 impl TokenCache {
-    const TTL: Duration = Duration::from_secs(10);
+    pub const TTL: Duration = Duration::from_millis(500);
+    pub const REFUSED_TTL: Duration = Duration::from_secs(60);
     const MAX: usize = 10_000;
 
-    fn get(&self, token: &str) -> Option<Actor> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token)
-            .filter(|(at, _)| at.elapsed() < Self::TTL)
-            .map(|(_, a)| a.clone())
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Entry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&self, token: &str, actor: Actor) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= Self::MAX {
-            map.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+    pub(crate) fn get(&self, token: &str) -> Cached {
+        let now = Instant::now();
+        match self.lock().get_mut(token) {
+            Some(Entry::Valid { until, actor, .. }) if now < *until => Cached::Valid(actor.clone()),
+            Some(Entry::Refused { until, repeats }) if now < *until => {
+                *repeats += 1;
+                Cached::Refused
+            }
+            _ => Cached::Miss,
         }
-        map.insert(token.to_string(), (Instant::now(), actor));
+    }
+
+    fn insert(&self, token: &str, entry: Entry) {
+        let mut map = self.lock();
+        if map.len() >= Self::MAX {
+            let now = Instant::now();
+            map.retain(|_, e| match e {
+                Entry::Valid { until, .. } | Entry::Refused { until, .. } => now < *until,
+            });
+        }
+        map.insert(token.to_string(), entry);
+    }
+
+    pub(crate) fn put(&self, token: &str, accepted: auth::Accepted) {
+        let now = Instant::now();
+        let mut until = now + Self::TTL;
+        if let Some(at) = accepted.expires_ms {
+            let left = u64::try_from(at - crate::db::now_ms()).unwrap_or(0);
+            until = until.min(now + Duration::from_millis(left));
+        }
+        self.insert(
+            token,
+            Entry::Valid {
+                until,
+                prefix: accepted.prefix,
+                actor: accepted.actor,
+            },
+        );
+    }
+
+    /// Remember that `token` is expired or revoked. `Some(n)`: write the refusal to the audit
+    /// trail, `n` refusals having gone unwritten since its previous event here; `None`: another
+    /// request just did (this one is counted).
+    pub(crate) fn put_refused(&self, token: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let unwritten = match map.get_mut(token) {
+            Some(Entry::Refused { until, repeats }) if now < *until => {
+                *repeats += 1;
+                return None;
+            }
+            Some(Entry::Refused { repeats, .. }) => *repeats,
+            _ => 0,
+        };
+        drop(map);
+        self.insert(
+            token,
+            Entry::Refused {
+                until: now + Self::REFUSED_TTL,
+                repeats: 0,
+            },
+        );
+        Some(unwritten)
+    }
+
+    /// Forget every accepted entry of the token `prefix` (it was just revoked here).
+    pub fn forget(&self, prefix: &str) {
+        self.lock()
+            .retain(|_, e| !matches!(e, Entry::Valid { prefix: p, .. } if p == prefix));
     }
 }
 
@@ -311,5 +440,49 @@ async fn verify(
                 format!("signed agent request refused: {why}"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(expires_ms: Option<i64>) -> auth::Accepted {
+        auth::Accepted {
+            actor: Actor {
+                name: "ops".into(),
+                role: Role::Operator,
+            },
+            prefix: "0123456789ab".into(),
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn the_token_cache_forgets_on_revoke_and_never_outlives_an_expiry() {
+        let cache = TokenCache::default();
+        cache.put("t", accepted(None));
+        assert!(matches!(cache.get("t"), Cached::Valid(_)));
+        cache.forget("0123456789ab");
+        assert!(matches!(cache.get("t"), Cached::Miss));
+        // Expired already: never served from the cache.
+        cache.put("t", accepted(Some(crate::db::now_ms() - 1)));
+        assert!(matches!(cache.get("t"), Cached::Miss));
+    }
+
+    #[test]
+    fn a_dead_token_is_written_once_and_its_repeats_counted() {
+        let cache = TokenCache::default();
+        assert_eq!(cache.put_refused("t"), Some(0));
+        assert_eq!(cache.put_refused("t"), None, "a concurrent first refusal");
+        for _ in 0..3 {
+            assert!(matches!(cache.get("t"), Cached::Refused));
+        }
+        // When the minute is over, the next event carries the count.
+        if let Some(Entry::Refused { until, .. }) = cache.lock().get_mut("t") {
+            *until = Instant::now();
+        }
+        assert!(matches!(cache.get("t"), Cached::Miss));
+        assert_eq!(cache.put_refused("t"), Some(4));
     }
 }

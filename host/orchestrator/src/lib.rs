@@ -9,7 +9,8 @@
 //! and refused token is appended to a hash-chained audit trail.
 //!
 //! - [`db`]: sqlx `Any` — SQLite (WAL) by default, PostgreSQL with the same queries.
-//! - [`auth`]: bearer tokens with roles; only hashes are stored.
+//! - [`auth`]: bearer tokens with roles, expiry, revocation and rotation; only hashes are
+//!   stored. [`token_api`]: the admin routes for them.
 //! - [`skills`]: registry resolution with a verified in-memory cache.
 //! - [`invocation`]: the state machine, approvals, claims.
 //! - [`worker`]: the local worker.
@@ -29,6 +30,7 @@ pub mod extract;
 pub mod flow;
 pub mod invocation;
 pub mod metrics;
+pub mod token_api;
 pub use tend_protocol as protocol;
 
 // The protocol's report bound is the runtime's, exactly: a report the runtime can make always
@@ -153,7 +155,8 @@ impl Orchestrator {
         if auth::token_count(&self.state.db).await? > 0 {
             return Ok(None);
         }
-        let token = auth::create_token(&self.state.db, "admin", tend_policy::Role::Admin).await?;
+        let token =
+            auth::create_token(&self.state.db, "admin", tend_policy::Role::Admin, None).await?;
         audit::append(
             &self.state.db,
             "tend",

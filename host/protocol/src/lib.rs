@@ -22,6 +22,7 @@ mod admission;
 mod approval;
 mod invocation;
 mod plan;
+pub mod tokens;
 
 pub use admission::{AdmitError, VerifiedSkill, admit_job};
 pub use approval::{
@@ -30,6 +31,7 @@ pub use approval::{
 };
 pub use invocation::{Approval, Invocation, State};
 pub use plan::{plan_check, plan_not_run, plan_record};
+pub use tokens::{CreatedToken, NewToken, RevokedToken, RotateToken, TokenInfo};
 
 pub const AGENT_HEADER: &str = "tend-agent";
 pub const TIMESTAMP_HEADER: &str = "tend-timestamp";
