@@ -223,8 +223,11 @@ async fn a_forged_job_row_is_refused_from_the_verified_manifest() {
     for (target, agent, why) in cases {
         let (s, v) = submit_to(&api, &admin, "acme-kill", target, input.clone()).await;
         assert_eq!(s, 201, "{v}");
-        assert_eq!(v["state"], "pending_approval", "{v}");
+        // A repair waits for its plan before anyone may approve it.
+        assert_eq!(v["state"], "planning", "{v}");
         let id = v["id"].as_str().expect("id").to_string();
+        let v = api.wait_for(&admin, &id, "pending_approval").await;
+        assert_eq!(v["plan"]["outcome"], "ok", "{v}");
         forge(&orch, &id, agent.as_deref());
         let done = api.wait_for(&admin, &id, "failed").await;
         let error = done["result"]["error"].as_str().expect("refusal");

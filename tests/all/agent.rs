@@ -573,6 +573,7 @@ async fn an_agent_killed_mid_job_never_runs_a_repair_twice() {
     )
     .await;
     let id = v["id"].as_str().expect("id").to_string();
+    let v = api.wait_for(&admin, &id, "pending_approval").await;
     api.approve(&bob, &id, v["invocation_digest"].as_str().expect("d"))
         .await;
     wait_audit(&api, &admin, &id, "invocation.started").await;

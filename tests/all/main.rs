@@ -14,6 +14,7 @@ mod hostile;
 mod migrations;
 mod oci;
 mod orchestrator;
+mod plans;
 mod precompile_cache;
 mod registry;
 mod router;

@@ -282,6 +282,8 @@ async fn a_database_from_before_migrations_upgrades_without_loss(backend: Backen
             "grants",
             "limits",
             "plan",
+            "export",
+            "plan_for",
         ]
         .map(String::from),
     );
