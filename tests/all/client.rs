@@ -336,4 +336,67 @@ fn invoke_wait_status_approvals_reject_cancel_and_audit() {
     let o = ok(&w, &["audit", "show", "--json", "-n", "3"], &[]);
     let page: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(page["events"].as_array().map(Vec::len), Some(3), "{page}");
+
+    // Only `api` and `cli` may be claimed as a trigger through the API.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/invocations", orch.url))
+            .bearer_auth(&orch.admin)
+            .header("tend-trigger", "schedule")
+            .json(&serde_json::json!({"skill": "acme-echo", "reason": "t"}))
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 400);
+}
+
+/// `tend audit tail` shows the newest events, then each new one as it is appended.
+#[test]
+fn audit_tail_follows_new_events() {
+    use std::io::{BufRead, BufReader};
+    let (w, _reg, orch) = setup();
+    ok(&w, &["login", &orch.url, "--token", &orch.admin], &[]);
+    let mut child = tend()
+        .current_dir(w.dir.path())
+        .env("TEND_CONFIG", w.path("config/tend/config.toml"))
+        .env_remove("TEND_URL")
+        .env_remove("TEND_TOKEN")
+        .args(["audit", "tail", "-n", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a line from tend audit tail")
+    };
+    // The two newest events of a fresh orchestrator: its admin token and its start.
+    assert!(next().contains("token.create"));
+    assert!(next().contains("orchestrator.start"));
+    let o = ok(&w, &["invoke", "acme-disrupt"], &[]);
+    let id = id_of(&o);
+    let line = next();
+    assert!(
+        line.contains("invocation.create") && line.contains(&id) && line.contains("admin"),
+        "{line}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
