@@ -204,7 +204,8 @@ impl ConnArgs {
             },
             None => None,
         };
-        let (url, from_context) = match (&self.url, &context) {
+        let flag_url = self.url.as_deref().filter(|u| !u.is_empty());
+        let (url, from_context) = match (flag_url, &context) {
             (Some(url), ctx) => {
                 let url = check_url(url).map_err(Failure::bad_input)?;
                 // The context's token goes only to the context's own server.

@@ -26,7 +26,7 @@ macro_rules! wait_statuses {
 #[command(after_help = concat!(
     "Examples:\n  \
     tend invoke disk-usage --target pool:web --wait\n  \
-    tend invoke service-restart@0.1.0 --target agent:web-1 --input '{\"unit\": \"nginx.service\"}' --reason 'INC-42'\n  \
+    tend invoke service-restart --target agent:web-1 --input '{\"unit\": \"nginx.service\"}'\n  \
     tend invoke clean-old-logs --input @input.json --json\n\n\
     A skill that needs approval waits for it: the answer says who must approve (`tend approve ID`).\n\n",
     wait_statuses!()))]
