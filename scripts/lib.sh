@@ -109,6 +109,8 @@ sign_catalog() {
 # REGISTRY_PID. $1: the tend binary, $2: data dir, $3: trust policy, $4: log file.
 start_registry() {
     local tend="$1" data="$2" trust="$3" log="$4"
+    # The log exists before the loop reads it (the background redirection may come later).
+    : >"$log"
     "$tend" registry serve --listen 127.0.0.1:0 --data "$data" --trust "$trust" 2>"$log" &
     REGISTRY_PID=$!
     REGISTRY_URL=""

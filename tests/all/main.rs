@@ -9,6 +9,7 @@ mod cache;
 mod capabilities;
 mod catalog;
 mod cli;
+mod client;
 mod facts;
 mod hostile;
 mod migrations;

@@ -462,7 +462,14 @@ async fn starts_at_once_upgrade_once(backend: Backend) {
     let children: Vec<_> = (0..6)
         .map(|n| {
             tend()
-                .args(["token", "create", "--role", "viewer", "--name"])
+                .args([
+                    "orchestrator",
+                    "token",
+                    "create",
+                    "--role",
+                    "viewer",
+                    "--name",
+                ])
                 .arg(format!("v{n}"))
                 .args(["--database", &database])
                 .stdout(Stdio::null())
@@ -518,6 +525,7 @@ fn a_database_from_a_newer_release_is_refused() {
     let database = format!("sqlite://{}", w.path("newer.db").display());
     // Made by this release (`audit verify` reads only databases that exist).
     w.ok(&[
+        "orchestrator",
         "token",
         "create",
         "--name",

@@ -231,6 +231,7 @@ impl Orch {
 
     pub fn token(&self, w: &World, name: &str, role: &str) -> String {
         let o = w.ok(&[
+            "orchestrator",
             "token",
             "create",
             "--role",
@@ -1305,6 +1306,7 @@ async fn stored_request_fields_are_bounded(backend: Backend) {
 
     // A token's name is the actor of all it does: one line, bounded.
     let o = w.tend(&[
+        "orchestrator",
         "token",
         "create",
         "--role",
@@ -1518,6 +1520,7 @@ c.commit()
 
     // A new event on the upgraded database: v2, after the v1 ones, and the chain is intact.
     w.ok(&[
+        "orchestrator",
         "token",
         "create",
         "--role",

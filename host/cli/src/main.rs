@@ -5,11 +5,13 @@
 //! (`tend-runtime`); the orchestrator (`tend-orchestrator`, deciding through `tend-policy`);
 //! and the host agent (`tend-agent`). Exit status: 0 ok, 1 the skill reported
 //! an error, 2 bad usage or input, 3 the sandbox stopped the skill (a limit or a trap), 4 the
-//! host itself failed.
+//! host itself failed; and after `--wait` on an orchestrator's invocation, 5 rejected,
+//! 6 expired, 7 cancelled, 8 unknown.
 //!
 //! Cargo features per role (all on by default): `agent`, `orchestrator`, `registry` (the
-//! registry service and the OCI client) and `authoring` (new, build, sign, publish, keys,
-//! bench). `cargo build -p tend-cli --no-default-features --features agent` is an agent that
+//! registry service and the OCI client), `authoring` (new, build, sign, publish, keys,
+//! bench) and `client` (the operator's client of an orchestrator's API; `agent` and
+//! `orchestrator` include it). `cargo build -p tend-cli --no-default-features --features agent` is an agent that
 //! links no SQL, no HTTP server, no OpenAPI and no OCI client; `run`, `skill pull`, `verify`
 //! and `inspect` are in every build.
 
@@ -20,7 +22,8 @@
         feature = "agent",
         feature = "orchestrator",
         feature = "registry",
-        feature = "authoring"
+        feature = "authoring",
+        feature = "client"
     )),
     allow(unused_imports, dead_code)
 )]
@@ -30,6 +33,8 @@ mod admit;
 mod agent;
 #[cfg(feature = "authoring")]
 mod bench;
+#[cfg(feature = "client")]
+mod client;
 #[cfg(feature = "authoring")]
 mod key;
 #[cfg(feature = "orchestrator")]
@@ -51,6 +56,14 @@ pub mod exit {
     pub const BAD_INPUT: u8 = 2;
     pub const LIMIT_OR_TRAP: u8 = 3;
     pub const HOST_FAILURE: u8 = 4;
+    /// `--wait`: a person rejected the invocation.
+    pub const REJECTED: u8 = 5;
+    /// `--wait`: nobody approved it in time.
+    pub const EXPIRED: u8 = 6;
+    /// `--wait`: it was cancelled.
+    pub const CANCELLED: u8 = 7;
+    /// `--wait`: its agent vanished while it ran; it may or may not have acted.
+    pub const UNKNOWN: u8 = 8;
 }
 
 #[derive(Debug, Parser)]
@@ -58,7 +71,10 @@ pub mod exit {
     name = "tend",
     version,
     about = "Run diagnostic and repair skills (WebAssembly components) under strict limits",
-    after_help = "Exit status: 0 ok, 1 skill error, 2 bad usage or input, 3 limit or trap, 4 host failure.\n\
+    after_help = "Exit status: 0 ok, 1 skill error, 2 bad usage or input, 3 limit or trap, 4 host failure\n\
+                  (or the orchestrator unreachable); after --wait also 5 rejected, 6 expired, 7 cancelled, 8 unknown.\n\
+                  Client commands talk to the orchestrator given by --url/--token, TEND_URL/TEND_TOKEN, or the\n\
+                  current context of ~/.config/tend/config.toml (`tend login URL`).\n\
                   Logs: set RUST_LOG=debug (or TEND_LOG) for more detail on stderr."
 )]
 struct Cli {
@@ -112,14 +128,35 @@ enum Command {
     #[cfg(feature = "orchestrator")]
     #[command(subcommand)]
     Orchestrator(orchestrator::OrchestratorCommand),
-    /// API tokens for the orchestrator
-    #[cfg(feature = "orchestrator")]
+    /// Check a token against an orchestrator and save it as the current context
+    #[cfg(feature = "client")]
+    Login(client::login::LoginArgs),
+    /// The orchestrators this client knows (contexts of the config file)
+    #[cfg(feature = "client")]
     #[command(subcommand)]
-    Token(orchestrator::TokenCommand),
+    Context(client::config::ContextCommand),
+    /// Ask the orchestrator to run a skill (decided by policy; may wait for approval)
+    #[cfg(feature = "client")]
+    Invoke(client::invoke::InvokeArgs),
+    /// Show an invocation: decision, approvals, times and result
+    #[cfg(feature = "client")]
+    Status(client::invoke::StatusArgs),
+    /// Invocations waiting for approval
+    #[cfg(feature = "client")]
+    Approvals(client::manage::ApprovalsArgs),
+    /// Reject an invocation waiting for approval, saying why
+    #[cfg(feature = "client")]
+    Reject(client::manage::RejectArgs),
+    /// Cancel an invocation that has not started
+    #[cfg(feature = "client")]
+    Cancel(client::manage::CancelArgs),
+    /// Enrolled host agents: pools, state, ceiling
+    #[cfg(feature = "client")]
+    Agents(client::manage::AgentsArgs),
     /// The orchestrator's audit trail
-    #[cfg(feature = "orchestrator")]
+    #[cfg(feature = "client")]
     #[command(subcommand)]
-    Audit(orchestrator::AuditCommand),
+    Audit(client::audit::AuditCommand),
     /// The host agent: enroll, run, install as a systemd service
     #[cfg(feature = "agent")]
     #[command(subcommand)]
@@ -154,6 +191,15 @@ fn main() -> ExitCode {
     // multi-threaded one.
     let one_shot = match &cli.command {
         Command::Run(_) => true,
+        #[cfg(feature = "client")]
+        Command::Login(_)
+        | Command::Context(_)
+        | Command::Invoke(_)
+        | Command::Status(_)
+        | Command::Approvals(_)
+        | Command::Reject(_)
+        | Command::Cancel(_)
+        | Command::Agents(_) => true,
         #[cfg(feature = "authoring")]
         Command::Key(_) => true,
         #[allow(unreachable_patterns)]
@@ -183,10 +229,24 @@ fn main() -> ExitCode {
             Command::Registry(cmd) => registry::run(cmd).await,
             #[cfg(feature = "orchestrator")]
             Command::Orchestrator(cmd) => orchestrator::serve(cmd, &cli.cache).await,
-            #[cfg(feature = "orchestrator")]
-            Command::Token(cmd) => orchestrator::token(cmd).await,
-            #[cfg(feature = "orchestrator")]
-            Command::Audit(cmd) => orchestrator::audit(cmd).await,
+            #[cfg(feature = "client")]
+            Command::Login(args) => client::login::login(args).await,
+            #[cfg(feature = "client")]
+            Command::Context(cmd) => client::config::context(cmd),
+            #[cfg(feature = "client")]
+            Command::Invoke(args) => client::invoke::invoke(args).await,
+            #[cfg(feature = "client")]
+            Command::Status(args) => client::invoke::status(args).await,
+            #[cfg(feature = "client")]
+            Command::Approvals(args) => client::manage::approvals(args).await,
+            #[cfg(feature = "client")]
+            Command::Reject(args) => client::manage::reject(args).await,
+            #[cfg(feature = "client")]
+            Command::Cancel(args) => client::manage::cancel(args).await,
+            #[cfg(feature = "client")]
+            Command::Agents(args) => client::manage::agents(args).await,
+            #[cfg(feature = "client")]
+            Command::Audit(cmd) => client::audit::run(cmd).await,
             #[cfg(feature = "agent")]
             Command::Agent(cmd) => agent::run(cmd, &cli.cache).await,
         }

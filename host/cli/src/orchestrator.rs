@@ -1,4 +1,4 @@
-//! `tend orchestrator serve`, `tend token create`, `tend audit verify`.
+//! `tend orchestrator serve`, `tend orchestrator token create`, `tend audit verify`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,9 +101,12 @@ fn parse_level(s: &str) -> Result<Level, String> {
 pub enum OrchestratorCommand {
     /// Serve the orchestrator API with its built-in local worker
     #[command(
-        after_help = "Example:\n  tend orchestrator serve --listen 127.0.0.1:7080 --registry http://127.0.0.1:7070\n\nThe first start prints a one-time admin token. Create more with `tend token create`.\nSIGTERM stops accepting work, lets running jobs finish (--shutdown-grace), then exits."
+        after_help = "Example:\n  tend orchestrator serve --listen 127.0.0.1:7080 --registry http://127.0.0.1:7070\n\nThe first start prints a one-time admin token. Create more with `tend orchestrator token create`.\nSIGTERM stops accepting work, lets running jobs finish (--shutdown-grace), then exits."
     )]
     Serve(ServeArgs),
+    /// API tokens written to the orchestrator's database directly (no server needed)
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measure L0 invocations submitted and executed end to end per second (a benchmark)
     Bench(BenchArgs),
 }
@@ -185,33 +188,11 @@ pub enum TokenCommand {
     },
 }
 
-#[derive(Debug, clap::Subcommand)]
-pub enum AuditCommand {
-    /// Recompute the audit hash chain and name the first altered, deleted or reordered event
-    Verify {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        /// Print the result as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Measure audit appends per second (a benchmark: use a scratch database)
-    Bench {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        /// Events to append
-        #[arg(long, default_value_t = 5000)]
-        count: usize,
-        /// Concurrent writers
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-    },
-}
-
 pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Failure> {
     let args = match cmd {
         OrchestratorCommand::Serve(args) => args,
         OrchestratorCommand::Bench(args) => return bench(args).await,
+        OrchestratorCommand::Token(cmd) => return token(cmd).await,
     };
     if args.floor > args.ceiling {
         return Err(Failure::bad_input(format!(
@@ -287,7 +268,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-pub async fn token(cmd: TokenCommand) -> Result<u8, Failure> {
+async fn token(cmd: TokenCommand) -> Result<u8, Failure> {
     let TokenCommand::Create {
         role,
         name,
@@ -328,15 +309,8 @@ pub async fn token(cmd: TokenCommand) -> Result<u8, Failure> {
     Ok(0)
 }
 
-pub async fn audit(cmd: AuditCommand) -> Result<u8, Failure> {
-    let (database, json) = match cmd {
-        AuditCommand::Verify { database, json } => (database, json),
-        AuditCommand::Bench {
-            database,
-            count,
-            concurrency,
-        } => return audit_bench(&database, count, concurrency).await,
-    };
+/// `tend audit verify`: recompute the hash chain of a database that exists.
+pub async fn audit_verify(database: &DatabaseArgs, json: bool) -> Result<u8, Failure> {
     let db = database.open_existing().await?;
     let result = audit::verify(&db).await.map_err(Failure::host)?;
     db.close().await;

@@ -55,7 +55,7 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-fn read_input(arg: Option<&str>) -> Result<String, Failure> {
+pub fn read_input(arg: Option<&str>) -> Result<String, Failure> {
     let text = match arg {
         None => return Ok("{}".into()),
         Some("-") => {

@@ -239,17 +239,38 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+/// The header a submission names its trigger in: `api` (the default) or `cli` (the `tend`
+/// command line sends it). Nothing else may be claimed here: a webhook, a schedule or the
+/// console have their own entry points.
+pub const TRIGGER_HEADER: &str = "tend-trigger";
+
+/// The trigger a submission through the API claims (see [`TRIGGER_HEADER`]).
+fn api_trigger(headers: &axum::http::HeaderMap) -> ApiResult<Trigger> {
+    match headers.get(TRIGGER_HEADER).map(|v| v.to_str()) {
+        None => Ok(Trigger::Api),
+        Some(Ok("api")) => Ok(Trigger::Api),
+        Some(Ok("cli")) => Ok(Trigger::Cli),
+        Some(_) => Err(ApiError::bad_request(
+            "the Tend-Trigger header may only be `api` or `cli`",
+        )),
+    }
+}
+
 /// Submit an invocation: resolved and verified through the registry, input checked against
 /// the skill's schema, then decided: queued (201), pending approval (201) or refused (403).
+/// A `Tend-Trigger: cli` header records it as started from the command line.
 #[utoipa::path(post, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), request_body = Submission,
+    params(("tend-trigger" = Option<String>, Header, description = "`api` (default) or `cli`: what started the invocation")),
     responses((status = 201, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn submit(
     State(state): State<AppState>,
     Caller(who, ..): Caller<Viewer>,
+    headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<Submission>,
 ) -> ApiResult<Response> {
-    let inv = flow::submit(&state, Trigger::Api, &who, request).await?;
+    let trigger = api_trigger(&headers)?;
+    let inv = flow::submit(&state, trigger, &who, request).await?;
     Ok((StatusCode::CREATED, Json(inv)).into_response())
 }
 

@@ -1,0 +1,264 @@
+//! What the client prints for people: aligned tables, short ages (`3m`), and an invocation
+//! shown whole ([`render_invocation`], also what an approver reads before approving).
+
+use std::time::{Duration, SystemTime};
+
+use tend_protocol::{Invocation, State};
+
+/// Columns aligned with two spaces between them; the last column is not padded.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        let last = cells.len().saturating_sub(1);
+        for (i, cell) in cells.into_iter().enumerate() {
+            text.push_str(cell);
+            if i < last {
+                let pad = widths[i] - cell.chars().count() + 2;
+                text.push_str(&" ".repeat(pad));
+            }
+        }
+        text.trim_end().to_string() + "\n"
+    };
+    let mut text = line(headers.to_vec());
+    for row in &rows {
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    text
+}
+
+fn parse_time(at: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(at).ok()
+}
+
+/// A duration as one short unit: `45s`, `3m`, `2h`, `4d`.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// How long ago `at` (RFC 3339) was: `3m`; `?` if it does not read as a time.
+pub fn age(at: &str) -> String {
+    match parse_time(at) {
+        Some(t) => short(SystemTime::now().duration_since(t).unwrap_or_default()),
+        None => "?".to_string(),
+    }
+}
+
+/// How far `at` (RFC 3339) is from now: `3m ago` or `in 57m`.
+pub fn relative(at: &str) -> String {
+    let Some(t) = parse_time(at) else {
+        return "?".to_string();
+    };
+    let now = SystemTime::now();
+    match now.duration_since(t) {
+        Ok(ago) => format!("{} ago", short(ago)),
+        Err(_) => format!("in {}", short(t.duration_since(now).unwrap_or_default())),
+    }
+}
+
+/// `at` with how far it is from now: `2026-01-01T10:00:00.000Z (3m ago)`.
+pub fn when(at: &str) -> String {
+    format!("{at} ({})", relative(at))
+}
+
+/// Whether an invocation has reached an end state.
+pub fn is_final(state: State) -> bool {
+    !matches!(
+        state,
+        State::PendingApproval | State::Queued | State::Running
+    )
+}
+
+/// Distinct approvers of this invocation's own digest.
+pub fn approvals_given(inv: &Invocation) -> usize {
+    inv.approvals
+        .iter()
+        .filter(|a| a.invocation_digest == inv.invocation_digest)
+        .map(|a| a.approver.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+/// Approvals given of those needed: `1/2`.
+pub fn approvals_count(inv: &Invocation) -> String {
+    format!("{}/{}", approvals_given(inv), inv.approvals_required)
+}
+
+/// What a person must do next about a pending invocation, or `None`.
+pub fn approval_hint(inv: &Invocation) -> Option<String> {
+    if inv.state != State::PendingApproval {
+        return None;
+    }
+    let left = (inv.approvals_required as usize)
+        .saturating_sub(approvals_given(inv))
+        .max(1);
+    Some(format!(
+        "waiting for {left} more approval{} by an approver other than {} (before {}): tend approve {}",
+        if left == 1 { "" } else { "s" },
+        inv.requester,
+        inv.expires_at,
+        inv.id
+    ))
+}
+
+/// An invocation as a person reads it: what runs where, its decision and why, who asked, its
+/// approvals, times, and its result. `tend status` prints it; `tend approve` shows it before
+/// asking for a confirmation.
+pub fn render_invocation(inv: &Invocation) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("invocation", inv.id.clone()),
+        ("skill", format!("{}@{}", inv.skill, inv.version)),
+        ("digest", inv.digest.clone()),
+        ("target", inv.target.clone()),
+        ("state", inv.state.as_str().to_string()),
+        (
+            "level",
+            format!(
+                "L{} ({})",
+                inv.level,
+                match inv.approvals_required {
+                    0 => "runs without approval".to_string(),
+                    n => format!(
+                        "{n} approval{} needed, {} given",
+                        if n == 1 { "" } else { "s" },
+                        approvals_given(inv)
+                    ),
+                }
+            ),
+        ),
+        (
+            "requester",
+            format!("{} (via {})", inv.requester, inv.trigger),
+        ),
+        ("reason", inv.reason.clone()),
+        ("input", compact(&inv.input)),
+        ("inv. digest", inv.invocation_digest.clone()),
+        ("created", when(&inv.created_at)),
+    ];
+    if let Some(at) = &inv.started_at {
+        rows.push(("started", when(at)));
+    }
+    if let Some(at) = &inv.finished_at {
+        rows.push(("finished", when(at)));
+    }
+    if inv.state == State::PendingApproval {
+        rows.push(("expires", when(&inv.expires_at)));
+    }
+    if let Some(comment) = inv.comment.as_deref().filter(|c| !c.is_empty()) {
+        rows.push(("comment", comment.to_string()));
+    }
+    let mut text = String::new();
+    for (key, value) in rows {
+        text.push_str(&format!("{key:<12} {value}\n"));
+    }
+    if !inv.reasons.is_empty() {
+        text.push_str("decision:\n");
+        for reason in &inv.reasons {
+            text.push_str(&format!("  - {reason}\n"));
+        }
+    }
+    if !inv.approvals.is_empty() {
+        text.push_str("approvals:\n");
+        for a in &inv.approvals {
+            let stale = if a.invocation_digest == inv.invocation_digest {
+                ""
+            } else {
+                " (for another digest: does not count)"
+            };
+            text.push_str(&format!("  - {} at {}{stale}\n", a.approver, a.at));
+        }
+    }
+    if let Some(hint) = approval_hint(inv) {
+        text.push_str(&format!("{hint}\n"));
+    }
+    if let Some(result) = &inv.result {
+        text.push_str(&render_result(result));
+    }
+    text
+}
+
+/// The result of a run: outcome and duration, the skill's error or its output (pretty JSON),
+/// or why it did not run.
+pub fn render_result(result: &serde_json::Value) -> String {
+    let mut text = String::new();
+    match result["outcome"].as_str() {
+        Some(outcome) => {
+            let ms = result["duration_us"].as_f64().unwrap_or(0.0) / 1000.0;
+            text.push_str(&format!("result:      {outcome} in {ms:.2} ms\n"));
+            if let Some(err) = result.get("error").filter(|e| !e.is_null()) {
+                text.push_str(&format!(
+                    "error:       {}: {}\n",
+                    err["code"].as_str().unwrap_or("error"),
+                    err["message"].as_str().unwrap_or("")
+                ));
+            }
+            if let Some(output) = result.get("output").filter(|o| !o.is_null()) {
+                text.push_str("output:\n");
+                let pretty =
+                    serde_json::to_string_pretty(output).unwrap_or_else(|_| output.to_string());
+                for line in pretty.lines() {
+                    text.push_str(&format!("  {line}\n"));
+                }
+            }
+        }
+        None => {
+            // A run that never produced a report: refused by an agent, or a host failure.
+            let why = result["error"].as_str().unwrap_or("no report");
+            match result["refused_by_agent"].as_str() {
+                Some(agent) => {
+                    text.push_str(&format!("result:      refused by agent {agent}: {why}\n"))
+                }
+                None => text.push_str(&format!("result:      did not run: {why}\n")),
+            }
+        }
+    }
+    text
+}
+
+/// JSON on one line, shortened for a table or a summary.
+fn compact(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 200 {
+        text.chars().take(197).collect::<String>() + "..."
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["ID", "SKILL"],
+            vec![
+                vec!["inv_1".into(), "disk-usage".into()],
+                vec!["inv_22222".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t, "ID         SKILL\ninv_1      disk-usage\ninv_22222  x\n");
+    }
+
+    #[test]
+    fn ages_are_one_short_unit() {
+        assert_eq!(short(Duration::from_secs(5)), "5s");
+        assert_eq!(short(Duration::from_secs(200)), "3m");
+        assert_eq!(short(Duration::from_secs(7300)), "2h");
+        assert_eq!(short(Duration::from_secs(3 * 86_400)), "3d");
+    }
+}
