@@ -400,3 +400,124 @@ fn audit_tail_follows_new_events() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `bob.key`: bob's approver key (the one every test world's trust policy lists), as
+/// `tend key gen` writes keys.
+fn write_bob_key(w: &World) -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let pem = approver_key("bob")
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .expect("pem");
+    let path = w.path("bob.key");
+    std::fs::write(&path, pem.as_bytes()).expect("key");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    path.to_str().expect("path").to_string()
+}
+
+/// An admin makes tokens and registers bob's approver key with the client; bob approves with
+/// `tend approve`, which shows what it signs, asks (or needs `--yes`), signs the digest it
+/// recomputed, and refuses to sign when what the server shows does not hash to the digest it
+/// states. A revoked token stops working at once.
+#[test]
+fn approve_signs_what_it_shows_and_tokens_are_managed_with_the_client() {
+    let (w, _reg, orch) = setup();
+    let admin = [
+        ("TEND_URL", orch.url.as_str()),
+        ("TEND_TOKEN", orch.admin.as_str()),
+    ];
+    let make = |name: &str, role: &str| {
+        let o = ok(
+            &w,
+            &[
+                "token",
+                "create",
+                "--name",
+                name,
+                "--role",
+                role,
+                "--expires",
+                "1h",
+            ],
+            &admin,
+        );
+        assert!(err(&o).contains("it is shown only now"), "{}", err(&o));
+        stdout(&o).trim().to_string()
+    };
+    let alice = make("alice", "operator");
+    let bob = make("bob", "approver");
+    let as_alice = [
+        ("TEND_URL", orch.url.as_str()),
+        ("TEND_TOKEN", alice.as_str()),
+    ];
+    let key = write_bob_key(&w);
+    let as_bob = [
+        ("TEND_URL", orch.url.as_str()),
+        ("TEND_TOKEN", bob.as_str()),
+        ("TEND_KEY", key.as_str()),
+    ];
+
+    let o = ok(
+        &w,
+        &["invoke", "acme-disrupt", "--reason", "test"],
+        &as_alice,
+    );
+    let id = id_of(&o);
+    // Not registered yet: the orchestrator refuses the signature's key.
+    let o = client(&w, &["approve", &id, "--yes"], &as_bob);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("no approver key is registered for bob"),
+        "{}",
+        err(&o)
+    );
+    let o = ok(&w, &["approver", "add", "bob", "--key", &key], &admin);
+    assert!(stdout(&o).contains("[[approvers]]"), "{}", stdout(&o));
+    assert!(stdout(&ok(&w, &["approver", "list"], &as_alice)).contains("bob"));
+
+    // Without a terminal and without --yes, nobody confirmed: nothing is sent.
+    let o = client(&w, &["approve", &id], &as_bob);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("nobody confirmed"), "{}", err(&o));
+    let o = ok(&w, &["approve", &id, "--yes"], &as_bob);
+    assert!(stdout(&o).contains("approved (1 of 1)"), "{}", stdout(&o));
+    let o = client(&w, &["status", &id, "--wait"], &as_alice);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+
+    // What the server shows no longer hashes to the digest it states: refused, not signed.
+    let o = ok(
+        &w,
+        &["invoke", "acme-disrupt", "--reason", "test"],
+        &as_alice,
+    );
+    let id = id_of(&o);
+    crate::orchestrator::tamper(
+        &orch.database,
+        &format!("UPDATE invocations SET input = '{{\"shown\": \"other\"}}' WHERE id = '{id}'"),
+    );
+    let o = client(&w, &["approve", &id, "--yes"], &as_bob);
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert!(err(&o).contains("refusing to sign"), "{}", err(&o));
+    let shown: Value =
+        serde_json::from_slice(&ok(&w, &["status", &id, "--json"], &as_alice).stdout)
+            .expect("json");
+    assert_eq!(shown["approvals"], serde_json::json!([]), "{shown}");
+
+    // Tokens: listed without secrets; revoked, refused at once.
+    let o = ok(&w, &["token", "list"], &admin);
+    let line = stdout(&o)
+        .lines()
+        .find(|l| l.contains(" bob "))
+        .unwrap_or_else(|| panic!("{}", stdout(&o)))
+        .to_string();
+    assert!(!stdout(&o).contains(&bob), "a secret was listed");
+    let prefix = line.split_whitespace().next().expect("prefix").to_string();
+    let o = ok(&w, &["token", "revoke", &prefix], &admin);
+    assert!(stdout(&o).contains("is revoked"), "{}", stdout(&o));
+    let o = client(&w, &["approvals"], &as_bob);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("HTTP 401"), "{}", err(&o));
+    let o = client(&w, &["token", "revoke", "not-a-prefix"], &admin);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    ok(&w, &["approver", "remove", "bob"], &admin);
+}

@@ -144,9 +144,21 @@ enum Command {
     /// Invocations waiting for approval
     #[cfg(feature = "client")]
     Approvals(client::manage::ApprovalsArgs),
+    /// Approve an invocation: shows what it binds, recomputes its digest here and signs it with
+    /// your approver key
+    #[cfg(feature = "client")]
+    Approve(client::approve::ApproveArgs),
     /// Reject an invocation waiting for approval, saying why
     #[cfg(feature = "client")]
     Reject(client::manage::RejectArgs),
+    /// Approvers' public keys, registered with the orchestrator (admin)
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    Approver(client::approve::ApproverCommand),
+    /// API tokens: create, list, revoke, rotate (admin)
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    Token(client::tokens::TokenCommand),
     /// Cancel an invocation that has not started
     #[cfg(feature = "client")]
     Cancel(client::manage::CancelArgs),
@@ -197,7 +209,10 @@ fn main() -> ExitCode {
         | Command::Invoke(_)
         | Command::Status(_)
         | Command::Approvals(_)
+        | Command::Approve(_)
         | Command::Reject(_)
+        | Command::Approver(_)
+        | Command::Token(_)
         | Command::Cancel(_)
         | Command::Agents(_) => true,
         #[cfg(feature = "authoring")]
@@ -240,7 +255,13 @@ fn main() -> ExitCode {
             #[cfg(feature = "client")]
             Command::Approvals(args) => client::manage::approvals(args).await,
             #[cfg(feature = "client")]
+            Command::Approve(args) => client::approve::approve(args).await,
+            #[cfg(feature = "client")]
             Command::Reject(args) => client::manage::reject(args).await,
+            #[cfg(feature = "client")]
+            Command::Approver(cmd) => client::approve::approver(cmd).await,
+            #[cfg(feature = "client")]
+            Command::Token(cmd) => client::tokens::run(cmd).await,
             #[cfg(feature = "client")]
             Command::Cancel(args) => client::manage::cancel(args).await,
             #[cfg(feature = "client")]

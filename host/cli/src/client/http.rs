@@ -74,6 +74,12 @@ impl Client {
             .await
     }
 
+    /// DELETE `path`; a success answers nothing worth reading.
+    pub async fn delete(&self, path: &str) -> Result<(), Failure> {
+        let _: serde_json::Value = self.send(self.http.delete(self.endpoint(path))).await?;
+        Ok(())
+    }
+
     fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -96,6 +102,12 @@ impl Client {
         if !status.is_success() {
             return Err(self.http_failure(status, &text));
         }
+        // A success with no body (204) reads as `null`.
+        let text = if text.trim().is_empty() {
+            "null".to_string()
+        } else {
+            text
+        };
         serde_json::from_str(&text).map_err(|e| {
             Failure::host(format!(
                 "the orchestrator at {} answered {status} with what this client cannot read ({e}); is it an orchestrator of the same release?",

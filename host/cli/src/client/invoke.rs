@@ -27,7 +27,8 @@ macro_rules! wait_statuses {
     "Examples:\n  \
     tend invoke disk-usage --target pool:web --wait\n  \
     tend invoke service-restart --target agent:web-1 --input '{\"unit\": \"nginx.service\"}'\n  \
-    tend invoke clean-old-logs --input @input.json --json\n\n\
+    tend invoke clean-old-logs --input @input.json --json\n  \
+    tend invoke clean-old-logs --fs-write /var/log/nginx --timeout-ms 5000 --input '{\"dir\": \"/var/log/nginx\"}'\n\n\
     A skill that needs approval waits for it: the answer says who must approve (`tend approve ID`).\n\n",
     wait_statuses!()))]
 pub struct InvokeArgs {
@@ -46,6 +47,24 @@ pub struct InvokeArgs {
     /// Follow it to its end and exit with its status
     #[arg(long)]
     wait: bool,
+    /// Narrow the skill's fs_read grant to this directory inside it (repeat for several)
+    #[arg(long = "fs-read", value_name = "DIR")]
+    fs_read: Vec<String>,
+    /// Narrow the skill's fs_write grant to this directory inside it (repeat for several)
+    #[arg(long = "fs-write", value_name = "DIR")]
+    fs_write: Vec<String>,
+    /// Lower the skill's fuel limit for this invocation
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Lower the skill's memory limit (MiB) for this invocation
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<u64>,
+    /// Lower the skill's wall-clock limit (ms) for this invocation
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Lower the skill's output limit (KiB) for this invocation
+    #[arg(long, value_name = "KIB")]
+    output_kib: Option<u64>,
     /// Print the API's JSON (with --wait, the invocation at its end)
     #[arg(long)]
     json: bool,
@@ -112,6 +131,20 @@ pub async fn invoke(args: InvokeArgs) -> Result<u8, Failure> {
     }
     if let Some(t) = &args.target {
         body["target"] = json!(t);
+    }
+    // Less than the manifest grants, for this invocation only (the server refuses more).
+    let narrowing = tend_manifest::Narrowing {
+        fs_read: (!args.fs_read.is_empty()).then_some(args.fs_read),
+        fs_write: (!args.fs_write.is_empty()).then_some(args.fs_write),
+        limits: tend_manifest::ManifestLimits {
+            fuel: args.fuel,
+            memory_mib: args.memory_mib,
+            timeout_ms: args.timeout_ms,
+            output_kib: args.output_kib,
+        },
+    };
+    if !narrowing.is_empty() {
+        body["narrowing"] = json!(narrowing);
     }
     let answer: Value = client.post("/api/v1/invocations", &body).await?;
     let inv = typed(&answer)?;
@@ -233,6 +266,8 @@ pub fn wait_status(inv: &Invocation) -> u8 {
                 None => exit::HOST_FAILURE,
             }
         }
-        State::PendingApproval | State::Queued | State::Running => exit::HOST_FAILURE,
+        State::Planning | State::PendingApproval | State::Queued | State::Running => {
+            exit::HOST_FAILURE
+        }
     }
 }

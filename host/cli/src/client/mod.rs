@@ -1,6 +1,6 @@
 //! The operator's client of an orchestrator's HTTP API, in the style of `kubectl` and `gh`:
-//! `tend login`, `context`, `invoke`, `status`, `approvals`, `reject`, `cancel`, `agents` and
-//! `audit show|tail`. Takes what a person types, sends it to `/api/v1/...` with their token,
+//! `tend login`, `context`, `invoke`, `status`, `approvals`, `approve`, `reject`, `cancel`,
+//! `agents`, `audit show|tail`, `approver` and `token`. Takes what a person types, sends it to `/api/v1/...` with their token,
 //! and prints the answer as a table (or the API's JSON with `--json`).
 //!
 //! - [`config`]: where to talk to (flags > `TEND_URL`/`TEND_TOKEN` > the config file's
@@ -13,6 +13,7 @@
 //! It needs only reqwest, serde and tend-protocol, so every role's build has it (an agent's
 //! host can run `tend status`).
 
+pub mod approve;
 pub mod audit;
 pub mod config;
 pub mod http;
@@ -20,3 +21,4 @@ pub mod invoke;
 pub mod login;
 pub mod manage;
 pub mod output;
+pub mod tokens;

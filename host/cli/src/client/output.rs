@@ -78,7 +78,7 @@ pub fn when(at: &str) -> String {
 pub fn is_final(state: State) -> bool {
     !matches!(
         state,
-        State::PendingApproval | State::Queued | State::Running
+        State::Planning | State::PendingApproval | State::Queued | State::Running
     )
 }
 
@@ -120,8 +120,17 @@ pub fn approval_hint(inv: &Invocation) -> Option<String> {
 pub fn render_invocation(inv: &Invocation) -> String {
     let mut rows: Vec<(&str, String)> = vec![
         ("invocation", inv.id.clone()),
-        ("skill", format!("{}@{}", inv.skill, inv.version)),
+        (
+            "skill",
+            match (inv.export.as_str(), &inv.plan_for) {
+                ("plan", Some(repair)) => {
+                    format!("{}@{} (its plan, for {repair})", inv.skill, inv.version)
+                }
+                _ => format!("{}@{}", inv.skill, inv.version),
+            },
+        ),
         ("digest", inv.digest.clone()),
+        ("manifest", inv.manifest_digest.clone()),
         ("target", inv.target.clone()),
         ("state", inv.state.as_str().to_string()),
         (
@@ -145,6 +154,8 @@ pub fn render_invocation(inv: &Invocation) -> String {
         ),
         ("reason", inv.reason.clone()),
         ("input", compact(&inv.input)),
+        ("grants", grants_text(&inv.grants)),
+        ("limits", limits_text(&inv.limits)),
         ("inv. digest", inv.invocation_digest.clone()),
         ("created", when(&inv.created_at)),
     ];
@@ -154,7 +165,13 @@ pub fn render_invocation(inv: &Invocation) -> String {
     if let Some(at) = &inv.finished_at {
         rows.push(("finished", when(at)));
     }
-    if inv.state == State::PendingApproval {
+    if !inv.narrowing.is_empty() {
+        rows.push((
+            "narrowed",
+            serde_json::to_string(&inv.narrowing).unwrap_or_default(),
+        ));
+    }
+    if matches!(inv.state, State::Planning | State::PendingApproval) {
         rows.push(("expires", when(&inv.expires_at)));
     }
     if let Some(comment) = inv.comment.as_deref().filter(|c| !c.is_empty()) {
@@ -169,6 +186,11 @@ pub fn render_invocation(inv: &Invocation) -> String {
         for reason in &inv.reasons {
             text.push_str(&format!("  - {reason}\n"));
         }
+    }
+    if let Some(plan) = &inv.plan {
+        text.push_str(&render_plan(plan));
+    } else if inv.state == State::Planning {
+        text.push_str("plan:        running on the target first (an approval binds it)\n");
     }
     if !inv.approvals.is_empty() {
         text.push_str("approvals:\n");
@@ -187,7 +209,74 @@ pub fn render_invocation(inv: &Invocation) -> String {
     if let Some(result) = &inv.result {
         text.push_str(&render_result(result));
     }
+    if let Some(check) = &inv.plan_check {
+        text.push_str(&format!(
+            "vs plan:     {}\n",
+            check["summary"].as_str().unwrap_or("")
+        ));
+        for d in check["differences"].as_array().into_iter().flatten() {
+            text.push_str(&format!("  - {}\n", d.as_str().unwrap_or("")));
+        }
+    }
     text
+}
+
+/// A repair's plan record: what its plan said it would do, or that it failed or did not run.
+pub fn render_plan(plan: &serde_json::Value) -> String {
+    let outcome = plan["outcome"].as_str().unwrap_or("?");
+    let mut text = if outcome == "ok" {
+        "plan:        what it says it will do (ran read-only on the target)\n".to_string()
+    } else {
+        format!(
+            "plan:        NOT AVAILABLE ({outcome}): approve knowing it could not say what it will do\n"
+        )
+    };
+    for part in ["output", "error"] {
+        let value = &plan[part];
+        if !value.is_null() {
+            let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
+            for line in pretty.lines() {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    text
+}
+
+/// Grants in one line, only the kinds granted: `fs_read /var/log; exec /bin/kill {pid}`.
+fn grants_text(g: &tend_policy::Grants) -> String {
+    let mut parts = Vec::new();
+    for (kind, list) in [
+        ("fs_read", &g.fs_read),
+        ("fs_write", &g.fs_write),
+        ("restart", &g.service_restart),
+        ("reload", &g.service_reload),
+        ("http", &g.http),
+        ("tcp", &g.tcp),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{kind} {}", list.join(", ")));
+        }
+    }
+    for e in &g.exec {
+        parts.push(format!("exec {} {}", e.program, e.args.join(" ")));
+    }
+    if parts.is_empty() {
+        "none beyond host facts".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn limits_text(l: &tend_manifest::ManifestLimits) -> String {
+    let d = tend_manifest::DEFAULT_LIMITS;
+    format!(
+        "fuel {}, memory {} MiB, timeout {} ms, output {} KiB",
+        l.fuel.or(d.fuel).unwrap_or(0),
+        l.memory_mib.or(d.memory_mib).unwrap_or(0),
+        l.timeout_ms.or(d.timeout_ms).unwrap_or(0),
+        l.output_kib.or(d.output_kib).unwrap_or(0)
+    )
 }
 
 /// The result of a run: outcome and duration, the skill's error or its output (pretty JSON),
