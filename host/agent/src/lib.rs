@@ -439,7 +439,15 @@ async fn check(
         .manifest
         .narrowed(&inv.narrowing)
         .map_err(|e| Refusal::Admission(e.into()))?;
-    let caps = &narrowed.capabilities;
+    // A plan job runs read-only with no programs or service actions (the runtime enforces
+    // it), so only what it can use is held against this agent's ceiling.
+    let mut caps = narrowed.capabilities.clone();
+    if inv.export == "plan" {
+        caps.fs_read.append(&mut caps.fs_write);
+        caps.exec.clear();
+        caps.services = Default::default();
+    }
+    let caps = &caps;
     let used = [
         ("fs_read", !caps.fs_read.is_empty()),
         ("fs_write", !caps.fs_write.is_empty()),
