@@ -16,6 +16,7 @@ mod migrations;
 mod oci;
 mod orchestrator;
 mod plans;
+mod pool_runs;
 mod precompile_cache;
 mod registry;
 mod router;

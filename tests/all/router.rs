@@ -46,6 +46,7 @@ async fn app() -> App {
         offline_after: std::time::Duration::from_secs(90),
         agent_lease: std::time::Duration::from_secs(30),
         env_floors: Default::default(),
+        blast_radius: tend_orchestrator::DEFAULT_BLAST_RADIUS,
     };
     let orch = Orchestrator::open(config).await.expect("open");
     let state = orch.state.clone();

@@ -53,6 +53,7 @@ async fn app() -> App {
         offline_after: Duration::from_secs(90),
         agent_lease: Duration::from_secs(30),
         env_floors: Default::default(),
+        blast_radius: tend_orchestrator::DEFAULT_BLAST_RADIUS,
     };
     let orch = Orchestrator::open(config).await.expect("open");
     let state = orch.state.clone();

@@ -492,6 +492,7 @@ async fn check(
     // approver keys this agent's own trust policy lists, and as many as the level this agent
     // computes needs.
     let (narrowed, admitted) = tend_protocol::admit_job(
+        &shared.config.name,
         inv,
         job.expires_ms,
         tend_protocol::VerifiedSkill {

@@ -164,6 +164,22 @@ pub struct ServeArgs {
     /// Level floor for agents labelled env=NAME (repeatable)
     #[arg(long = "env-floor", value_name = "ENV=LEVEL", default_value = "prod=1", value_parser = parse_env_floor)]
     env_floors: Vec<(String, Level)>,
+    /// Most hosts one run across a pool (target all:pool:NAME) may cover at LEVEL (repeatable;
+    /// defaults L0=100, L1=25, L2=5, L3=1)
+    #[arg(long = "blast-radius", value_name = "LEVEL=HOSTS", value_parser = parse_blast_radius)]
+    blast_radius: Vec<(Level, usize)>,
+}
+
+fn parse_blast_radius(s: &str) -> Result<(Level, usize), String> {
+    let (level, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LEVEL=HOSTS (e.g. L2=10)"))?;
+    let n: usize = n
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| format!("{n:?} is not a number of hosts (1 or more)"))?;
+    Ok((parse_level(level)?, n))
 }
 
 fn parse_env_floor(s: &str) -> Result<(String, Level), String> {
@@ -228,6 +244,13 @@ pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Fa
         offline_after: args.agent_offline_after,
         agent_lease: args.agent_lease,
         env_floors: args.env_floors.iter().cloned().collect(),
+        blast_radius: {
+            let mut radius = tend_orchestrator::DEFAULT_BLAST_RADIUS;
+            for (level, n) in &args.blast_radius {
+                radius[u8::from(*level) as usize] = *n;
+            }
+            radius
+        },
     };
     let orchestrator = Orchestrator::open(config)
         .await

@@ -38,6 +38,8 @@ pub struct Settings {
     pub agent_lease: Duration,
     /// Floor per environment label (`env=prod` on an agent → its floor).
     pub env_floors: std::collections::BTreeMap<String, tend_policy::Level>,
+    /// Most hosts one run across a pool may cover, per level L0..L3.
+    pub blast_radius: [usize; 4],
 }
 
 #[derive(Clone)]
@@ -234,6 +236,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::Registry(_) => (StatusCode::BAD_GATEWAY, "registry_unavailable"),
             SubmitError::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             SubmitError::Widens(_) => (StatusCode::UNPROCESSABLE_ENTITY, "widens_grants"),
+            SubmitError::BlastRadius { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "blast_radius"),
         };
         ApiError::new(status, code, message)
     }
@@ -393,7 +396,8 @@ async fn approve(
         tracing::info_span!("approve", invocation = %id),
     )
     .await?;
-    if inv.state == InvState::Queued {
+    // Queued, or running as the parts of a run across a pool, each queued for its host.
+    if matches!(inv.state, InvState::Queued | InvState::Running) {
         state.notify.notify_waiters();
         state.kick_agents_for(Some(&inv.id)).await;
     }

@@ -133,6 +133,16 @@ pub enum SubmitError {
     Widens(#[from] tend_manifest::NarrowError),
     #[error("refused by policy: {why}")]
     Denied { why: String, reasons: Vec<String> },
+    /// A run across a pool would cover more hosts than its level allows at once.
+    #[error(
+        "{target} has {hosts} online agents, but an {level} invocation runs on at most {cap} at once (the blast radius, `--blast-radius` on the orchestrator): target fewer hosts (pool:NAME or agent:NAME) or ask an admin to raise it"
+    )]
+    BlastRadius {
+        target: String,
+        hosts: usize,
+        level: tend_policy::Level,
+        cap: usize,
+    },
     #[error(transparent)]
     Flow(#[from] FlowError),
 }
@@ -155,7 +165,7 @@ pub async fn submit(
         .target
         .clone()
         .unwrap_or_else(|| services.settings.target.name.clone());
-    let policy_target = resolve_target(services, &target).await?;
+    let (policy_target, hosts) = resolve_target(services, &target).await?;
     let skill = services
         .catalog
         .resolve(&request.skill, request.version.as_deref())
@@ -216,6 +226,27 @@ pub async fn submit(
             reasons: verdict.explain(),
         });
     }
+    let cap = services.settings.blast_radius[u8::from(verdict.level) as usize];
+    if hosts.len() > cap {
+        let err = SubmitError::BlastRadius {
+            target: target.clone(),
+            hosts: hosts.len(),
+            level: verdict.level,
+            cap,
+        };
+        audit::append(
+            &services.db,
+            &caller.name,
+            audit::Action::InvocationDenied,
+            &skill.name,
+            serde_json::json!({
+                "skill": skill.name, "version": skill.version, "target": target,
+                "reason": request.reason, "trigger": trigger.as_str(), "why": err.to_string(),
+            }),
+        )
+        .await?;
+        return Err(err);
+    }
     // Compile (or load precompiled) now, off the request path, so the run compiles nothing.
     {
         let worker = services.worker.clone();
@@ -232,6 +263,7 @@ pub async fn submit(
         narrowed: &narrowed,
         narrowing: &request.narrowing,
         target: &target,
+        hosts: hosts.clone(),
         input,
         reason: &request.reason,
         requester: caller,
@@ -257,6 +289,18 @@ pub async fn submit(
     // approvers and bound into the digest. The plan job is decided as what it is — an
     // observation with the repair's grants read-only and no programs — and when even that
     // would need approval, the repair waits for approval with its plan marked as not run.
+    if !hosts.is_empty() {
+        // One plan per host is not shown yet: say so, and let the approver decide knowing it.
+        let plan = tend_protocol::plan_not_run(&[format!(
+            "a run across a pool ({target}) does not run its plan first yet: run the plan on one host with pool:NAME or agent:NAME to see it"
+        )]);
+        let inv = invocation::create(
+            &services.db,
+            new(&verdict, "run", request.input.clone(), Some(plan), false),
+        )
+        .await?;
+        return Ok(inv);
+    }
     let plan_verdict = {
         let _span = tracing::info_span!("decide", skill = %skill.name, export = "plan").entered();
         tend_policy::decide(&Request {
@@ -292,7 +336,8 @@ pub async fn submit(
 
 /// Wake whoever runs a queued invocation: the local worker, or the agents of its target.
 async fn notify(services: &AppState, inv: &Invocation) {
-    if inv.state == State::Queued {
+    // Queued, or running as the parts of a run across a pool, each queued for its host.
+    if matches!(inv.state, State::Queued | State::Running) {
         if inv.target == services.settings.target.name {
             services.notify.notify_waiters();
         } else {
@@ -343,24 +388,30 @@ fn validate(req: &Submission) -> Result<(), SubmitError> {
     Ok(())
 }
 
-/// The policy's view of a target: `local`, `pool:NAME` or `agent:NAME`.
+/// The policy's view of a target — `local`, `pool:NAME`, `agent:NAME` or `all:pool:NAME` —
+/// and, for a run across a pool, its hosts: the names of the pool's online agents, sorted.
 async fn resolve_target(
     services: &AppState,
     target: &str,
-) -> Result<tend_policy::Target, SubmitError> {
+) -> Result<(tend_policy::Target, Vec<String>), SubmitError> {
     let settings = &services.settings;
     if target == settings.target.name {
-        return Ok(settings.target.clone());
+        return Ok((settings.target.clone(), Vec::new()));
     }
     let unknown = || {
         SubmitError::UnknownTarget(format!(
-            "no target {target:?}: use {:?} (this host), pool:NAME or agent:NAME of an enrolled agent",
+            "no target {target:?}: use {:?} (this host), pool:NAME, all:pool:NAME (every online agent of the pool) or agent:NAME of an enrolled agent",
             settings.target.name
         ))
     };
-    let (kind, name) = target.split_once(':').ok_or_else(unknown)?;
-    let all = crate::agents::list(&services.db).await?;
-    let members: Vec<_> = all
+    let (all, rest) = match target.strip_prefix("all:") {
+        Some(rest) if rest.starts_with("pool:") => (true, rest),
+        Some(_) => return Err(unknown()),
+        None => (false, target),
+    };
+    let (kind, name) = rest.split_once(':').ok_or_else(unknown)?;
+    let agents = crate::agents::list(&services.db).await?;
+    let mut members: Vec<&crate::agents::Agent> = agents
         .iter()
         .filter(|a| match kind {
             "pool" => a.pools.iter().any(|p| p == name),
@@ -370,6 +421,19 @@ async fn resolve_target(
         .collect();
     if members.is_empty() {
         return Err(unknown());
+    }
+    let mut hosts = Vec::new();
+    if all {
+        let now = crate::db::now_ms();
+        let enrolled = members.len();
+        members.retain(|a| crate::agents::health(a, now, settings.offline_after).0 != "offline");
+        if members.is_empty() {
+            return Err(SubmitError::UnknownTarget(format!(
+                "none of the {enrolled} agents of pool {name} is online: a run across a pool runs on the agents online when it is asked for"
+            )));
+        }
+        hosts = members.iter().map(|a| a.name.clone()).collect();
+        hosts.sort();
     }
     let floor_of = |a: &crate::agents::Agent| {
         a.labels
@@ -383,20 +447,24 @@ async fn resolve_target(
         .map(|a| floor_of(a))
         .max()
         .unwrap_or(tend_policy::Level::L0);
-    // The most any member would accept: each agent still enforces its own ceiling.
-    let ceiling = members
+    // The most any member would accept (each agent still enforces its own ceiling); for a run
+    // across a pool, every host must accept it: the least of them.
+    let ceilings = members
         .iter()
-        .filter_map(|a| tend_policy::Level::try_from(a.ceiling.max_level).ok())
-        .max()
-        .unwrap_or(tend_policy::Level::L0);
+        .filter_map(|a| tend_policy::Level::try_from(a.ceiling.max_level).ok());
+    let ceiling =
+        if all { ceilings.min() } else { ceilings.max() }.unwrap_or(tend_policy::Level::L0);
     let environment = members
         .iter()
         .find_map(|a| a.labels.get("env").cloned())
         .unwrap_or_else(|| "default".into());
-    Ok(tend_policy::Target {
-        name: target.to_string(),
-        environment,
-        floor,
-        ceiling,
-    })
+    Ok((
+        tend_policy::Target {
+            name: target.to_string(),
+            environment,
+            floor,
+            ceiling,
+        },
+        hosts,
+    ))
 }

@@ -54,6 +54,8 @@ pub struct NewInvocation<'a> {
     pub narrowed: &'a tend_manifest::Manifest,
     pub narrowing: &'a tend_manifest::Narrowing,
     pub target: &'a str,
+    /// A run across a pool: the agents it runs on (bound into the digest).
+    pub hosts: Vec<String>,
     pub input: serde_json::Value,
     pub reason: &'a str,
     pub requester: &'a Actor,
@@ -133,10 +135,11 @@ async fn insert(
         version: new.skill.version.clone(),
         export: new.export.to_string(),
         plan_for: new.plan_for.map(str::to_string),
+        part_of: None,
         digest: new.skill.digest.clone(),
         manifest_digest: new.skill.manifest_digest.clone(),
         target: new.target.to_string(),
-        hosts: Vec::new(),
+        hosts: new.hosts,
         input: new.input,
         narrowing: new.narrowing.clone(),
         grants: new.narrowed.grants(),
@@ -159,6 +162,7 @@ async fn insert(
         finished_at: None,
         comment: None,
         approvals: Vec::new(),
+        parts: Vec::new(),
         result: None,
     };
     inv.invocation_digest = digest_of(&inv);
@@ -212,7 +216,155 @@ async fn insert(
         detail,
     )
     .await?;
+    if inv.state == State::Queued && !inv.hosts.is_empty() {
+        fan_out(tx, &inv.id, &inv.requester).await?;
+        inv.state = State::Running;
+    }
     Ok(inv)
+}
+
+/// A run across a pool that may now run: one queued part per listed host, assigned to that
+/// host's agent, each a copy of the invocation (so each agent recomputes the same digest and
+/// checks the same approvals); the invocation itself is `running` until its parts end. In the
+/// caller's transaction: the parts exist exactly when the invocation left `queued`.
+async fn fan_out(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    actor: &str,
+) -> Result<(), FlowError> {
+    let row = sqlx::query("SELECT * FROM invocations WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let hosts: Vec<String> = json_column(&row, "hosts")?.unwrap_or_default();
+    let now = now_ms();
+    let mut parts = Vec::new();
+    for host in &hosts {
+        let agent: Option<String> = sqlx::query("SELECT id FROM agents WHERE name = $1")
+            .bind(host)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get("id"))
+            .transpose()?;
+        let part = random_id("inv");
+        // Copy every column but the ones that make it a part.
+        sqlx::query(
+            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, part_of, assigned_agent) SELECT $1, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, $2, $3, expires_ms, $3, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, id, $4 FROM invocations WHERE id = $5",
+        )
+        .bind(&part)
+        .bind(State::Queued.as_str())
+        .bind(now)
+        .bind(agent.as_deref())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+        audit::append_tx(
+            tx,
+            actor,
+            Action::InvocationAssign,
+            &part,
+            serde_json::json!({ "part_of": id, "agent": host, "agent_id": agent }),
+        )
+        .await?;
+        parts.push(serde_json::json!({ "host": host, "id": part }));
+    }
+    let running = Transition::new(
+        id,
+        &[(State::Queued, &[])],
+        State::Running,
+        &[Set::ClaimedNow],
+        vec![Audit {
+            actor: "tend",
+            action: Action::InvocationRunning,
+            detail: serde_json::json!({ "parts": parts, "state": State::Running.as_str() }),
+        }],
+    );
+    apply_in(tx, &running).await.map(drop)
+}
+
+/// If `id` is one host's part of a run across a pool and every part has now ended, end the
+/// run: `succeeded` when every part succeeded, else `failed`, with a summary as its result.
+async fn finish_run(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<(), FlowError> {
+    let parent: Option<String> = sqlx::query("SELECT part_of FROM invocations WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("part_of")?;
+    let Some(parent) = parent else {
+        return Ok(());
+    };
+    let parts = parts_in(&mut **tx, &parent).await?;
+    if parts.iter().any(|p| !p.state.is_final()) {
+        return Ok(());
+    }
+    let ok = parts.iter().filter(|p| p.state == State::Succeeded).count();
+    let to = if ok == parts.len() {
+        State::Succeeded
+    } else {
+        State::Failed
+    };
+    let summary = serde_json::json!({
+        "hosts": parts.len(), "succeeded": ok, "not_succeeded": parts.len() - ok, "parts": parts,
+    });
+    let set = [Set::Result(&summary), Set::FinishedNow];
+    let ended = Transition::new(
+        &parent,
+        &[(State::Running, &[])],
+        to,
+        &set,
+        vec![Audit {
+            actor: "tend",
+            action: if to == State::Succeeded {
+                Action::InvocationSucceeded
+            } else {
+                Action::InvocationFailed
+            },
+            detail: serde_json::json!({
+                "hosts": parts.len(), "succeeded": ok, "state": to.as_str(),
+            }),
+        }],
+    );
+    match apply_in(tx, &ended).await {
+        Ok(_) | Err(FlowError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The parts of the run across a pool `id`, by host name.
+async fn parts_in<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    exec: E,
+    id: &str,
+) -> Result<Vec<tend_protocol::Part>, FlowError> {
+    let rows = sqlx::query(
+        "SELECT i.id, i.state, i.result, a.name AS host, i.assigned_agent FROM invocations i LEFT JOIN agents a ON a.id = i.assigned_agent WHERE i.part_of = $1",
+    )
+    .bind(id)
+    .fetch_all(exec)
+    .await?;
+    let mut parts = rows
+        .iter()
+        .map(|r| {
+            let result: Option<String> = r.try_get("result")?;
+            let result: Option<serde_json::Value> =
+                result.and_then(|t| serde_json::from_str(&t).ok());
+            Ok(tend_protocol::Part {
+                host: r
+                    .try_get::<Option<String>, _>("host")?
+                    .or(r.try_get::<Option<String>, _>("assigned_agent")?)
+                    .unwrap_or_default(),
+                id: r.try_get("id")?,
+                state: State::parse(&r.try_get::<String, _>("state")?).unwrap_or(State::Failed),
+                outcome: result.map(|v| {
+                    v.get("outcome")
+                        .and_then(|o| o.as_str())
+                        .unwrap_or("refused")
+                        .to_string()
+                }),
+            })
+        })
+        .collect::<Result<Vec<_>, FlowError>>()?;
+    parts.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(parts)
 }
 
 fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowError> {
@@ -232,6 +384,7 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         version: r.try_get("version")?,
         export: r.try_get("export")?,
         plan_for: r.try_get("plan_for")?,
+        part_of: r.try_get("part_of")?,
         digest: r.try_get("digest")?,
         manifest_digest: r
             .try_get::<Option<String>, _>("manifest_digest")?
@@ -272,6 +425,7 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
             .try_get::<Option<String>, _>("comment")?
             .filter(|c| !c.is_empty()),
         approvals,
+        parts: Vec::new(),
         result: result_value,
     })
 }
@@ -290,13 +444,16 @@ fn json_column<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The approvals of invocation `$1` (= `$2`): for one host's part of a run across a pool,
+/// those of the run, which is what was approved.
+const APPROVALS_OF: &str = "SELECT approver, invocation_digest, created_ms, public_key, signature FROM approvals WHERE invocation_id = COALESCE((SELECT part_of FROM invocations WHERE id = $1), $2) ORDER BY created_ms";
+
 async fn approvals(db: &Db, id: &str) -> Result<Vec<Approval>, FlowError> {
-    let rows = sqlx::query(
-        "SELECT approver, invocation_digest, created_ms, public_key, signature FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await?;
+    let rows = sqlx::query(APPROVALS_OF)
+        .bind(id)
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await?;
     rows.iter().map(approval_from_row).collect()
 }
 
@@ -316,7 +473,11 @@ pub async fn get(db: &Db, id: &str) -> Result<Invocation, FlowError> {
         .fetch_optional(&db.pool)
         .await?
         .ok_or_else(|| FlowError::NotFound(format!("no invocation {id}")))?;
-    from_row(&row, approvals(db, id).await?)
+    let mut inv = from_row(&row, approvals(db, id).await?)?;
+    if !inv.hosts.is_empty() && inv.part_of.is_none() {
+        inv.parts = parts_in(&db.pool, id).await?;
+    }
+    Ok(inv)
 }
 
 pub async fn list(db: &Db, state: Option<State>, limit: i64) -> Result<Vec<Invocation>, FlowError> {
@@ -613,10 +774,19 @@ async fn queue_if_approved(
         }],
     );
     match apply_in(tx, &queued).await {
-        Ok(_) => Ok(true),
-        Err(FlowError::Conflict(_)) => Ok(false),
-        Err(e) => Err(e),
+        Ok(_) => {}
+        Err(FlowError::Conflict(_)) => return Ok(false),
+        Err(e) => return Err(e),
     }
+    let across_pool: Option<String> = sqlx::query("SELECT hosts FROM invocations WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("hosts")?;
+    if across_pool.is_some_and(|h| h != "[]") {
+        fan_out(tx, id, actor).await?;
+    }
+    Ok(true)
 }
 
 pub async fn reject(
@@ -764,12 +934,11 @@ pub async fn claim(
     };
     // A queued job's approvals are read with it: the worker checks them again before it runs.
     let id: String = row.try_get("id")?;
-    let approval_rows = sqlx::query(
-        "SELECT approver, invocation_digest, created_ms, public_key, signature FROM approvals WHERE invocation_id = $1 ORDER BY created_ms",
-    )
-    .bind(&id)
-    .fetch_all(&mut *tx)
-    .await?;
+    let approval_rows = sqlx::query(APPROVALS_OF)
+        .bind(&id)
+        .bind(&id)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
     let approvals = approval_rows
         .iter()
@@ -863,6 +1032,7 @@ pub async fn record_result(
         return Err(e);
     }
     attach_plan(&mut tx, id, outcome.result).await?;
+    finish_run(&mut tx, id).await?;
     if let Some(agent) = agent {
         let count = if outcome.succeeded {
             "UPDATE agents SET jobs_ok = jobs_ok + 1 WHERE id = $1"

@@ -74,7 +74,13 @@ pub struct Config {
     pub agent_lease: Duration,
     /// Floor per agent `env` label.
     pub env_floors: std::collections::BTreeMap<String, tend_policy::Level>,
+    /// Most hosts one run across a pool (`all:pool:NAME`) may cover, per level L0..L3.
+    pub blast_radius: [usize; 4],
 }
+
+/// Hosts one run across a pool may cover by default, per level L0..L3: wide for reads, one
+/// host at a time for what is critical.
+pub const DEFAULT_BLAST_RADIUS: [usize; 4] = [100, 25, 5, 1];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -145,6 +151,7 @@ impl Orchestrator {
                 offline_after: config.offline_after,
                 agent_lease: config.agent_lease,
                 env_floors: config.env_floors.clone(),
+                blast_radius: config.blast_radius,
             },
         );
         Ok(Orchestrator { state, config })

@@ -27,15 +27,21 @@ pub struct VerifiedSkill<'a> {
 /// Why a job was not admitted here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmitError {
+    #[error(
+        "this host ({runner}) is not one of the hosts the invocation was decided and approved for ({hosts})"
+    )]
+    NotListed { runner: String, hosts: String },
     #[error("the invocation's narrowing does not fit the verified manifest: {0}")]
     Narrowing(#[from] NarrowError),
     #[error("{0}")]
     Refused(#[from] Refusal),
 }
 
-/// May `inv` run here, now? Returns the manifest narrowed as the invocation may use it (what
-/// the runtime must enforce) and the admission, or why not.
+/// May `inv` run here, now? `runner` is the name this host has in host lists (an agent's
+/// name). Returns the manifest narrowed as the invocation may use it (what the runtime must
+/// enforce) and the admission, or why not.
 pub fn admit_job(
+    runner: &str,
     inv: &Invocation,
     expires_ms: i64,
     skill: VerifiedSkill<'_>,
@@ -43,6 +49,14 @@ pub fn admit_job(
     local: &Local<'_>,
     now_ms: i64,
 ) -> Result<(Manifest, Admitted), AdmitError> {
+    // A run across a pool binds its host list: a part for any other host is not what was
+    // decided or approved, whatever its row says.
+    if !inv.hosts.is_empty() && !inv.hosts.iter().any(|h| h == runner) {
+        return Err(AdmitError::NotListed {
+            runner: runner.to_string(),
+            hosts: inv.hosts.join(", "),
+        });
+    }
     let narrowed = skill.manifest.narrowed(&inv.narrowing)?;
     let grants = narrowed.grants();
     let digest = invocation_digest(&Bound {

@@ -56,6 +56,15 @@ impl State {
         }
     }
 
+    /// Whether it has ended: it will not run (again) on its own. (`unknown` has ended as far as
+    /// anyone waiting is concerned: a person must look at the host.)
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            State::Planning | State::PendingApproval | State::Queued | State::Running
+        )
+    }
+
     pub fn parse(s: &str) -> Option<State> {
         State::ALL.into_iter().find(|x| x.as_str() == s)
     }
@@ -74,6 +83,9 @@ pub struct Invocation {
     /// For a plan job: the repair it plans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_for: Option<String>,
+    /// For one host's part of a run across a pool: the invocation it is part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<String>,
     /// `sha256:<hex>` of the component.
     pub digest: String,
     /// `sha256:<hex>` of the signed manifest.
@@ -135,9 +147,26 @@ pub struct Invocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     pub approvals: Vec<Approval>,
+    /// A run across a pool: each host's part, with its state and outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
     /// The execution report, once it ran.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub result: Option<serde_json::Value>,
+}
+
+/// One host's part of a run across a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Part {
+    /// The agent's name.
+    pub host: String,
+    /// The part's own invocation id.
+    pub id: String,
+    pub state: State,
+    /// The run's outcome (`ok`, `skill_error`, ...) or `refused`, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 fn api() -> String {

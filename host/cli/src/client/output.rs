@@ -76,10 +76,7 @@ pub fn when(at: &str) -> String {
 
 /// Whether an invocation has reached an end state.
 pub fn is_final(state: State) -> bool {
-    !matches!(
-        state,
-        State::Planning | State::PendingApproval | State::Queued | State::Running
-    )
+    state.is_final()
 }
 
 /// Distinct approvers of this invocation's own digest.
@@ -206,7 +203,33 @@ pub fn render_invocation(inv: &Invocation) -> String {
     if let Some(hint) = approval_hint(inv) {
         text.push_str(&format!("{hint}\n"));
     }
-    if let Some(result) = &inv.result {
+    if !inv.hosts.is_empty() {
+        text.push_str(&format!("hosts:       {}\n", inv.hosts.join(", ")));
+    }
+    if !inv.parts.is_empty() {
+        let ok = inv
+            .parts
+            .iter()
+            .filter(|p| p.state == State::Succeeded)
+            .count();
+        text.push_str(&format!(
+            "per host:    {ok} of {} succeeded\n",
+            inv.parts.len()
+        ));
+        let rows = inv
+            .parts
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("  {}", p.host),
+                    p.state.as_str().to_string(),
+                    p.outcome.clone().unwrap_or_default(),
+                    p.id.clone(),
+                ]
+            })
+            .collect();
+        text.push_str(&table(&["  HOST", "STATE", "OUTCOME", "PART"], rows));
+    } else if let Some(result) = &inv.result {
         text.push_str(&render_result(result));
     }
     if let Some(check) = &inv.plan_check {

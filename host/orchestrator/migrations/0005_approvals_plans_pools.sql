@@ -25,3 +25,7 @@ ALTER TABLE invocations ADD COLUMN plan TEXT;
 -- `export` is `run` or `plan`, and a plan job names the repair it plans in `plan_for`.
 ALTER TABLE invocations ADD COLUMN export TEXT NOT NULL DEFAULT 'run';
 ALTER TABLE invocations ADD COLUMN plan_for TEXT;
+
+-- A run across a pool (`all:pool:NAME`) is one invocation (decided and approved once, its
+-- host list bound into its digest) with one part per host: each part names it in `part_of`.
+ALTER TABLE invocations ADD COLUMN part_of TEXT;
