@@ -284,6 +284,7 @@ async fn a_database_from_before_migrations_upgrades_without_loss(backend: Backen
             "plan",
             "export",
             "plan_for",
+            "part_of",
         ]
         .map(String::from),
     );

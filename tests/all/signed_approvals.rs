@@ -231,3 +231,67 @@ async fn the_orchestrator_takes_only_approvals_signed_with_the_registered_key() 
     assert!(count("approval.refused") >= 5, "{events:?}");
     assert_eq!(count("approval.grant"), 1);
 }
+
+/// An approval is for one run: someone with the database queues an approved repair again after
+/// it ran on its agent (its approvals still unexpired). The agent remembers the digest it ran
+/// and refuses; the program does not run a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approved_repair_queued_again_is_not_run_twice() {
+    let (w, reg) = setup();
+    let token = w.token("ci-fix", "publisher");
+    let wasm = w.signed_with(
+        "acme-fix",
+        &guest("repair-exec"),
+        "[skill]\nname = \"acme-fix\"\nversion = \"1.0.0\"\nkind = \"repair\"\nlevel = 2\n[capabilities]\nexec = [{ program = \"/bin/echo\", args = [\"{word}\"] }]\n",
+    );
+    w.published(&reg.url, &wasm, &token);
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let trust = w.path("trust.toml");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("trust"),
+        &[
+            "--pool",
+            "web",
+            "--max-level",
+            "2",
+            "--allow-capability",
+            "exec",
+        ],
+    );
+    let _agent = AgentProc::start(&w, "web-1");
+    let (s, v) = submit_to(
+        &api,
+        &alice,
+        "acme-fix",
+        "agent:web-1",
+        json!({"program": "/bin/echo", "args": ["once"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let v = api.wait_for(&alice, &id, "pending_approval").await;
+    let (s, a) = api
+        .approve(&bob, &id, v["invocation_digest"].as_str().expect("d"))
+        .await;
+    assert_eq!(s, 200, "{a}");
+    let done = api.wait_for(&alice, &id, "succeeded").await;
+    assert_eq!(done["result"]["output"]["stdout"], "once\n", "{done}");
+
+    tamper(
+        &orch.database,
+        &format!(
+            "UPDATE invocations SET state = 'queued', result = NULL, lease_owner = NULL, lease_until_ms = NULL, run_started_ms = NULL, finished_ms = NULL WHERE id = '{id}'"
+        ),
+    );
+    let again = api.wait_for(&alice, &id, "failed").await;
+    let error = again["result"]["error"].as_str().expect("refusal");
+    assert!(error.contains("already ran on this agent"), "{error}");
+    assert!(again["result"]["output"].is_null(), "{again}");
+}

@@ -78,6 +78,12 @@ pub enum StartError {
     Spool(#[from] crate::spool::SpoolError),
     #[error(transparent)]
     Runtime(#[from] tend_runtime::LoadError),
+    #[error("{}: {source}", path.display())]
+    State {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A job this agent refuses, and why. Its text is the refusal the orchestrator records.
@@ -120,4 +126,8 @@ pub enum Refusal {
     },
     #[error("cannot load the skill: {0}")]
     Load(String),
+    #[error(
+        "this approved repair (invocation digest {0}) already ran on this agent: an approval is for one run"
+    )]
+    AlreadyRan(String),
 }

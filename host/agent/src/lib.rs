@@ -11,6 +11,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+mod once;
 pub mod spool;
 
 // An agent never sends a report bigger than the orchestrator takes; the bound is the runtime's.
@@ -146,6 +147,8 @@ struct Shared {
     trust: TrustPolicy,
     /// The approver keys of this agent's own trust policy: only their signatures count.
     approvers: Vec<tend_protocol::TrustedApprover>,
+    /// The approved repairs that ran here (by invocation digest).
+    ran: once::RanOnce,
     store: LocalStore,
     spool: spool::Spool,
     runtime: Runtime,
@@ -180,8 +183,13 @@ pub async fn run(
         .into_iter()
         .map(|(name, key)| tend_protocol::TrustedApprover { name, key })
         .collect();
+    let ran = once::RanOnce::open(&options.dir).map_err(|source| StartError::State {
+        path: options.dir.join("ran"),
+        source,
+    })?;
     let shared = Arc::new(Shared {
         approvers,
+        ran,
         client: client::Client::new(&config.orchestrator, &config.agent_id, key),
         registry: RegistryClient::new(&config.registry, None)?,
         trust,
@@ -516,6 +524,13 @@ async fn check(
         tend_protocol::now_ms(),
     )?;
     tracing::debug!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");
+    // An approved repair runs once here, whatever the orchestrator queues again.
+    if admitted.approvals_required > 0
+        && inv.export == "run"
+        && v.manifest.skill.kind == tend_manifest::SkillKind::Repair
+    {
+        shared.ran.claim(&inv.invocation_digest, job.expires_ms)?;
+    }
     let provenance = Provenance::Signed {
         publisher: v.publisher.clone(),
         key_id: v.key_id.clone(),

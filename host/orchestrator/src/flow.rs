@@ -74,7 +74,8 @@ pub struct Submission {
     pub skill: String,
     #[serde(default)]
     pub version: Option<String>,
-    /// `local` (this host), `pool:NAME` or `agent:NAME`; default `local`.
+    /// `local` (this host), `pool:NAME`, `agent:NAME` or `all:pool:NAME` (every online agent
+    /// of the pool); default `local`.
     #[serde(default)]
     pub target: Option<String>,
     #[serde(default = "empty_object")]

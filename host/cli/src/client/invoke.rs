@@ -35,7 +35,8 @@ pub struct InvokeArgs {
     /// The skill, as NAME or NAME@VERSION [default version: the newest]
     #[arg(value_name = "SKILL[@VERSION]")]
     skill: String,
-    /// Where to run it: local, pool:NAME or agent:NAME [default: local, the orchestrator's host]
+    /// Where to run it: local, pool:NAME (one agent of it), agent:NAME, or all:pool:NAME (every
+    /// online agent of the pool) [default: local, the orchestrator's host]
     #[arg(long, value_name = "TARGET")]
     target: Option<String>,
     /// Input JSON: inline text, @FILE to read a file, or - for stdin [default: {}]
