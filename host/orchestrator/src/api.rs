@@ -222,6 +222,10 @@ impl From<SubmitError> for ApiError {
                 return ApiError::new(StatusCode::FORBIDDEN, "policy_denied", message)
                     .with_reasons(reasons);
             }
+            SubmitError::NoAgentCanRun { reasons, .. } => {
+                return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_runner", message)
+                    .with_reasons(reasons);
+            }
             SubmitError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             SubmitError::InputTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "input_too_large"),
             SubmitError::FieldTooLong { .. } => {
