@@ -9,6 +9,7 @@ mod cache;
 mod capabilities;
 mod catalog;
 mod cli;
+mod early_refusal;
 mod facts;
 mod hostile;
 mod migrations;
