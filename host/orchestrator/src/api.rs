@@ -244,7 +244,8 @@ impl From<SubmitError> for ApiError {
 }
 
 /// Submit an invocation: resolved and verified through the registry, input checked against
-/// the skill's schema, then decided: queued (201), pending approval (201) or refused (403).
+/// the skill's schema, then decided: queued (201), pending approval (201), refused by policy (403)
+/// or refused because no agent of a pool/agent target would accept it (422 `no_runner`).
 #[utoipa::path(post, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), request_body = Submission,
     responses((status = 201, body = invocation::Invocation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
