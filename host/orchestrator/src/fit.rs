@@ -109,16 +109,31 @@ fn named(agents: &[String]) -> Vec<String> {
     out
 }
 
-/// Refusals grouped by their text, in the order of the first agent refused for each.
+/// At most this many distinct refusals are listed; the agents refused for the others are
+/// counted in one last line.
+const REASONS: usize = 16;
+
+/// Refusals grouped by their text, in the order of the first agent refused for each; past
+/// [`REASONS`] distinct refusals, the remaining agents are one group.
 fn grouped(fits: &[(String, Fit)]) -> Vec<(Vec<String>, String)> {
     let mut groups: Vec<(Vec<String>, String)> = Vec::new();
+    let mut others = 0usize;
     for (name, fit) in fits {
         if let Fit::Refuses(why) = fit {
-            match groups.iter_mut().find(|(_, w)| w == why) {
-                Some((names, _)) => names.push(name.clone()),
-                None => groups.push((vec![name.clone()], why.clone())),
+            if let Some((names, _)) = groups.iter_mut().find(|(_, w)| w == why) {
+                names.push(name.clone());
+            } else if groups.len() < REASONS {
+                groups.push((vec![name.clone()], why.clone()));
+            } else {
+                others += 1;
             }
         }
+    }
+    if others > 0 {
+        groups.push((
+            vec![format!("{others} more")],
+            "refused for other reasons (see each agent's ceiling in GET /api/v1/agents)".into(),
+        ));
     }
     groups
 }
@@ -232,6 +247,13 @@ mod tests {
                 (vec!["c".to_string()], "no exec".to_string()),
             ]
         );
+        // Many distinct refusals: the first are listed, the rest counted.
+        let distinct: Vec<(String, Fit)> = (0..REASONS + 3)
+            .map(|i| (format!("a-{i}"), Fit::Refuses(format!("why {i}"))))
+            .collect();
+        let groups = grouped(&distinct);
+        assert_eq!(groups.len(), REASONS + 1);
+        assert_eq!(groups[REASONS].0, ["3 more"]);
         let many: Vec<String> = (0..25).map(|i| format!("web-{i}")).collect();
         let listed = named(&many);
         assert_eq!(listed.len(), NAMES_PER_REASON + 1);

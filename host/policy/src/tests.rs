@@ -665,3 +665,56 @@ fn service_restart_like_one() -> Grants {
         ..Grants::default()
     }
 }
+
+/// A repair's plan (declared L0, its directories read-only, no programs or service actions)
+/// is never above the repair itself: a host that would admit the repair admits its plan, so
+/// the orchestrator's early refusal never turns a repair away because of its plan.
+#[test]
+fn a_plan_is_never_above_its_repair() {
+    let local = admit::Local {
+        name: "web-1",
+        environment: "dev",
+        floor: Level::L0,
+        ceiling: Level::L3,
+    };
+    let level = |declared, grants: &Grants| {
+        admit::effective_level(&admit::Verified { declared, grants }, &local).0
+    };
+    let dirs = [
+        "/",
+        "/var",
+        "/var/log",
+        "/var/log/nginx",
+        "/tmp/x",
+        "/etc",
+        "/etc/nginx",
+        "/etc/ssl/private",
+        "/root",
+        "/home/a",
+        "/var/lib/mysql",
+        "/proc",
+        "/proc/1/root",
+        "/proc/sys",
+        "/sys",
+        "/dev",
+        "/srv",
+        "/run/secrets",
+        "/usr",
+        "/opt/app",
+    ];
+    for dir in dirs {
+        for declared in Level::ALL {
+            let grants = Grants {
+                fs_write: vec![dir.into()],
+                fs_read: vec!["/var/log".into()],
+                exec: vec![exec("/usr/bin/systemctl", &["restart", "{unit}"])],
+                http: vec!["http://127.0.0.1:80".into()],
+                ..Grants::default()
+            };
+            assert!(
+                level(Level::L0, &grants.for_plan()) <= level(declared, &grants),
+                "{dir} at {declared}"
+            );
+        }
+    }
+}
