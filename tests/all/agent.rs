@@ -348,15 +348,21 @@ async fn an_agent_refuses_what_its_own_policy_forbids_even_when_approved() {
     let config = w.path("agent-careful/agent.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace("max_level = 2", "max_level = 1")).expect("edit");
-    // An agent that lets skills read only under /var/log, and a skill granted /etc.
+    // An agent enrolled to let skills read under /etc, whose operator then narrowed that to
+    // /var/log, and a skill granted /etc (the orchestrator, going by the enrolled ceiling,
+    // lets it through; the agent's own ceiling refuses it).
     enroll(
         &w,
         &orch,
         &reg,
         "narrow",
         trust.to_str().expect("p"),
-        &["--allow-capability", "fs_read", "--allow-path", "/var/log"],
+        &["--allow-capability", "fs_read", "--allow-path", "/etc"],
     );
+    let config = w.path("agent-narrow/agent.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains("\"/etc\""), "{text}");
+    std::fs::write(&config, text.replace("\"/etc\"", "\"/var/log\"")).expect("edit");
     let token = w.token("ci-reader", "publisher");
     let wasm = w.signed_with(
         "acme-reader",

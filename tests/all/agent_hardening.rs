@@ -61,9 +61,10 @@ async fn identity_and_placement(backend: Backend) {
     );
     for target in ["agent:web-1", "pool:web"] {
         let (s, v) = submit_to(&api, &admin, "acme-disrupt", target, json!({})).await;
+        // No agent of the target would run it (refused at submit, each agent named).
         assert_eq!(
             (s, v["error"]["code"].as_str()),
-            (403, Some("policy_denied")),
+            (422, Some("no_runner")),
             "{v}"
         );
     }
@@ -119,7 +120,7 @@ async fn identity_and_placement(backend: Backend) {
         let (s, v) = submit_to(&api, &admin, "acme-disrupt", target, json!({})).await;
         assert_eq!(
             (s, v["error"]["code"].as_str()),
-            (403, Some("policy_denied")),
+            (422, Some("no_runner")),
             "a newcomer raised {target}'s ceiling: {v}"
         );
     }

@@ -10,6 +10,7 @@ mod capabilities;
 mod catalog;
 mod cli;
 mod client;
+mod early_refusal;
 mod facts;
 mod hostile;
 mod migrations;

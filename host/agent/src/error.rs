@@ -102,18 +102,9 @@ pub enum Refusal {
         served: String,
         decided: String,
     },
-    #[error("publisher {publisher:?} is not one this agent runs ({allowed:?})")]
-    Publisher {
-        publisher: String,
-        allowed: Vec<String>,
-    },
-    #[error("the skill is granted {kind}, which this agent does not allow (allowed: {allowed:?})")]
-    Capability {
-        kind: &'static str,
-        allowed: Vec<String>,
-    },
-    #[error("the skill is granted {path}, outside the paths this agent allows ({allowed:?})")]
-    Path { path: String, allowed: Vec<String> },
+    /// Outside this agent's ceiling: publisher, capability kinds or paths.
+    #[error("{0}")]
+    Ceiling(#[from] tend_protocol::CeilingRefusal),
     #[error("{0}")]
     Admission(#[from] tend_protocol::AdmitError),
     #[error("the verified skill is missing from the local store")]

@@ -436,65 +436,23 @@ async fn check(
             decided: inv.digest.clone(),
         });
     }
-    if !ceiling.publishers.is_empty() && !ceiling.publishers.contains(&v.publisher) {
-        return Err(Refusal::Publisher {
-            publisher: v.publisher.clone(),
-            allowed: ceiling.publishers.clone(),
-        });
-    }
-    // What this invocation may use: the verified manifest, narrowed as the operator asked.
+    // What this invocation may use: the verified manifest, narrowed as the operator asked,
+    // within this agent's ceiling (the same rules the orchestrator checks at submit).
     let narrowed = v
         .manifest
         .narrowed(&inv.narrowing)
         .map_err(|e| Refusal::Admission(e.into()))?;
     // A plan job runs read-only with no programs or service actions (the runtime enforces
     // it), so only what it can use is held against this agent's ceiling.
-    let mut caps = narrowed.capabilities.clone();
+    let mut held = narrowed.clone();
     if inv.export == "plan" {
+        let caps = &mut held.capabilities;
         caps.fs_read.append(&mut caps.fs_write);
         caps.exec.clear();
         caps.services = Default::default();
     }
-    let caps = &caps;
-    let used = [
-        ("fs_read", !caps.fs_read.is_empty()),
-        ("fs_write", !caps.fs_write.is_empty()),
-        ("exec", !caps.exec.is_empty()),
-        (
-            "services",
-            !caps.services.restart.is_empty() || !caps.services.reload.is_empty(),
-        ),
-        ("http", !caps.http.is_empty()),
-        ("tcp", !caps.tcp.is_empty()),
-    ];
-    for (kind, granted) in used {
-        if granted && !ceiling.capabilities.iter().any(|c| c == kind) {
-            return Err(Refusal::Capability {
-                kind,
-                allowed: ceiling.capabilities.clone(),
-            });
-        }
-    }
-    if !ceiling.paths.is_empty() {
-        let inside = |p: &str| {
-            ceiling.paths.iter().any(|root| {
-                let (p, root) = (p.trim_end_matches('/'), root.trim_end_matches('/'));
-                p == root
-                    || p.strip_prefix(root)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
-        };
-        if let Some(p) = caps
-            .fs_read
-            .iter()
-            .chain(&caps.fs_write)
-            .find(|p| !inside(p))
-        {
-            return Err(Refusal::Path {
-                path: p.clone(),
-                allowed: ceiling.paths.clone(),
-            });
-        }
+    if let Some(refusal) = ceiling.refuses(&v.publisher, &held) {
+        return Err(refusal.into());
     }
     // The approvals must be for this exact invocation, as this agent computes it, signed by
     // approver keys this agent's own trust policy lists, and as many as the level this agent

@@ -224,6 +224,10 @@ impl From<SubmitError> for ApiError {
                 return ApiError::new(StatusCode::FORBIDDEN, "policy_denied", message)
                     .with_reasons(reasons);
             }
+            SubmitError::NoAgentCanRun { reasons, .. } => {
+                return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_runner", message)
+                    .with_reasons(reasons);
+            }
             SubmitError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             SubmitError::InputTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "input_too_large"),
             SubmitError::FieldTooLong { .. } => {
@@ -260,7 +264,8 @@ fn api_trigger(headers: &axum::http::HeaderMap) -> ApiResult<Trigger> {
 }
 
 /// Submit an invocation: resolved and verified through the registry, input checked against
-/// the skill's schema, then decided: queued (201), pending approval (201) or refused (403).
+/// the skill's schema, then decided: queued (201), pending approval (201), refused by policy (403)
+/// or refused because no agent of a pool/agent target would accept it (422 `no_runner`).
 /// A `Tend-Trigger: cli` header records it as started from the command line.
 #[utoipa::path(post, path = "/api/v1/invocations", tag = "invocations", security(("bearer" = [])), request_body = Submission,
     params(("tend-trigger" = Option<String>, Header, description = "`api` (default) or `cli`: what started the invocation")),

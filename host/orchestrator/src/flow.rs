@@ -103,8 +103,8 @@ pub const MAX_TARGET: usize = 160;
 /// Longest `version`.
 pub const MAX_VERSION: usize = 64;
 
-/// Why a submission was not recorded. Nothing is stored for any of these but `Denied`, which
-/// is audited.
+/// Why a submission was not recorded. Nothing is stored for any of these but `Denied` and
+/// `NoAgentCanRun`, which are audited.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("{0}")]
@@ -132,6 +132,13 @@ pub enum SubmitError {
     /// The narrowing would widen what the signed manifest grants.
     #[error("{0}")]
     Widens(#[from] tend_manifest::NarrowError),
+    /// No agent of the target would accept it (each is named with why, in `reasons`).
+    #[error("no agent of {target} would run {skill}: {}", reasons.join("; "))]
+    NoAgentCanRun {
+        target: String,
+        skill: String,
+        reasons: Vec<String>,
+    },
     #[error("refused by policy: {why}")]
     Denied { why: String, reasons: Vec<String> },
     /// A run across a pool would cover more hosts than its level allows at once.
@@ -204,6 +211,17 @@ pub async fn submit(
             role: caller.role,
         })
     };
+    let verdict = crate::fit::refuse_early(
+        services,
+        trigger,
+        caller,
+        &target,
+        &skill,
+        &narrowed,
+        &request.reason,
+        verdict,
+    )
+    .await?;
     services.metrics.decision(match &verdict.decision {
         Decision::Allow => "allow",
         Decision::NeedsApproval { .. } => "needs_approval",

@@ -27,6 +27,7 @@ pub mod audit;
 pub mod auth;
 pub mod db;
 pub mod extract;
+pub mod fit;
 pub mod flow;
 pub mod invocation;
 pub mod metrics;

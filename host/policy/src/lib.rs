@@ -285,6 +285,16 @@ pub enum Reason {
     Denied {
         deny: DenyReason,
     },
+    /// Agents of the target that would refuse the job (one reason per distinct refusal).
+    /// Others may run it; these never will. Found by the orchestrator at submit.
+    AgentsWouldRefuse {
+        agents: Vec<String>,
+        why: String,
+    },
+    /// Every agent that could run it is offline now: the job waits until one is back.
+    RunnersOffline {
+        agents: Vec<String>,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -332,6 +342,17 @@ impl fmt::Display for Reason {
                 }
             ),
             Reason::Denied { deny } => write!(f, "refused: {deny}"),
+            Reason::AgentsWouldRefuse { agents, why } => write!(
+                f,
+                "{} {} would refuse it: {why}",
+                if agents.len() == 1 { "agent" } else { "agents" },
+                agents.join(", ")
+            ),
+            Reason::RunnersOffline { agents } => write!(
+                f,
+                "every agent that could run it is offline now ({}): it waits until one is back",
+                agents.join(", ")
+            ),
         }
     }
 }
@@ -374,8 +395,41 @@ fn is_interpreter(program: &str) -> bool {
     })
 }
 
-/// The floor each granted capability implies, with why.
+/// The floor each granted capability implies, with why: one reason per distinct
+/// (capability, level, why), so eight `exec /usr/bin/systemctl` grants read as one
+/// `exec /usr/bin/systemctl (8 grants)` line, in the order the grants first appear.
 pub fn capability_floors(grants: &Grants) -> Vec<Reason> {
+    group_floors(each_capability_floor(grants))
+}
+
+/// Merge identical floors, counting the grants behind each.
+fn group_floors(floors: Vec<Reason>) -> Vec<Reason> {
+    let mut grouped: Vec<(Reason, usize)> = Vec::new();
+    for r in floors {
+        match grouped.iter_mut().find(|(g, _)| *g == r) {
+            Some((_, n)) => *n += 1,
+            None => grouped.push((r, 1)),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(r, n)| match r {
+            Reason::CapabilityFloor {
+                capability,
+                level,
+                why,
+            } if n > 1 => Reason::CapabilityFloor {
+                capability: format!("{capability} ({n} grants)"),
+                level,
+                why,
+            },
+            r => r,
+        })
+        .collect()
+}
+
+/// The floor of every grant, one reason each (duplicates included).
+fn each_capability_floor(grants: &Grants) -> Vec<Reason> {
     let mut out = Vec::new();
     let mut floor = |capability: String, level: Level, why: &str| {
         out.push(Reason::CapabilityFloor {

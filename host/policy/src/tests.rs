@@ -580,3 +580,141 @@ fn a_containing_write_grant_says_what_it_contains() {
         "fs_write /var implies at least L3 critical: it contains /var/lib, and writing system or user data directories can change anything"
     );
 }
+
+/// service-restart's manifest: eight exec grants of one program, four restarts.
+fn service_restart_like() -> Grants {
+    let mut exec_grants = Vec::new();
+    let mut units = Vec::new();
+    for unit in ["nginx", "apache2", "caddy", "haproxy"] {
+        let unit = format!("{unit}.service");
+        exec_grants.push(exec("/usr/bin/systemctl", &["restart", &unit]));
+        exec_grants.push(exec("/usr/bin/systemctl", &["is-active", &unit]));
+        units.push(unit);
+    }
+    Grants {
+        exec: exec_grants,
+        service_restart: units,
+        ..Grants::default()
+    }
+}
+
+#[test]
+fn identical_floors_are_one_reason_counting_their_grants() {
+    let v = decide(&request(Level::L2, service_restart_like()));
+    let explained = v.explain();
+    let exec_lines: Vec<&String> = explained
+        .iter()
+        .filter(|l| l.starts_with("exec /usr/bin/systemctl"))
+        .collect();
+    assert_eq!(
+        exec_lines,
+        [
+            "exec /usr/bin/systemctl (8 grants) implies at least L2 disrupt: running a program (restart, kill, ...) has service impact"
+        ]
+    );
+    // Service restarts name distinct units: each stays a reason of its own.
+    assert_eq!(
+        explained
+            .iter()
+            .filter(|l| l.starts_with("service restart "))
+            .count(),
+        4
+    );
+    let mut unique = explained.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), explained.len(), "{explained:#?}");
+    // The level and the decision are what they were.
+    assert_eq!(v.level, Level::L2);
+    assert_eq!(
+        v.decision,
+        Decision::NeedsApproval {
+            level: Level::L2,
+            approvals_required: 1
+        }
+    );
+}
+
+#[test]
+fn grants_of_one_program_at_different_floors_stay_apart() {
+    let floors = capability_floors(&Grants {
+        exec: vec![
+            exec("/usr/bin/systemctl", &["restart", "a"]),
+            exec("/usr/bin/systemctl", &["restart", "{units...}"]),
+            exec("/usr/bin/systemctl", &["restart", "b"]),
+        ],
+        fs_read: vec!["/var/log".into(), "/var/log".into()],
+        ..Grants::default()
+    });
+    let lines: Vec<String> = floors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "fs_read /var/log (2 grants) implies at least L0 observe: reading is observing",
+            "exec /usr/bin/systemctl (2 grants) implies at least L2 disrupt: running a program (restart, kill, ...) has service impact",
+            "exec /usr/bin/systemctl implies at least L3 critical: its arguments are open-ended, so it is arbitrary exec",
+        ]
+    );
+    // One grant alone reads as before, without a count.
+    assert_eq!(floor_of(service_restart_like_one()), Level::L2);
+}
+
+fn service_restart_like_one() -> Grants {
+    Grants {
+        exec: vec![exec("/usr/bin/systemctl", &["restart", "nginx.service"])],
+        ..Grants::default()
+    }
+}
+
+/// A repair's plan (declared L0, its directories read-only, no programs or service actions)
+/// is never above the repair itself: a host that would admit the repair admits its plan, so
+/// the orchestrator's early refusal never turns a repair away because of its plan.
+#[test]
+fn a_plan_is_never_above_its_repair() {
+    let local = admit::Local {
+        name: "web-1",
+        environment: "dev",
+        floor: Level::L0,
+        ceiling: Level::L3,
+    };
+    let level = |declared, grants: &Grants| {
+        admit::effective_level(&admit::Verified { declared, grants }, &local).0
+    };
+    let dirs = [
+        "/",
+        "/var",
+        "/var/log",
+        "/var/log/nginx",
+        "/tmp/x",
+        "/etc",
+        "/etc/nginx",
+        "/etc/ssl/private",
+        "/root",
+        "/home/a",
+        "/var/lib/mysql",
+        "/proc",
+        "/proc/1/root",
+        "/proc/sys",
+        "/sys",
+        "/dev",
+        "/srv",
+        "/run/secrets",
+        "/usr",
+        "/opt/app",
+    ];
+    for dir in dirs {
+        for declared in Level::ALL {
+            let grants = Grants {
+                fs_write: vec![dir.into()],
+                fs_read: vec!["/var/log".into()],
+                exec: vec![exec("/usr/bin/systemctl", &["restart", "{unit}"])],
+                http: vec!["http://127.0.0.1:80".into()],
+                ..Grants::default()
+            };
+            assert!(
+                level(Level::L0, &grants.for_plan()) <= level(declared, &grants),
+                "{dir} at {declared}"
+            );
+        }
+    }
+}

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 mod admission;
 mod approval;
+mod ceiling;
 mod invocation;
 mod plan;
 pub mod tokens;
@@ -29,6 +30,7 @@ pub use approval::{
     Bound, TrustedApprover, approval_facts, approval_message, approval_verifies, canonical_json,
     invocation_digest, parse_public_key, public_key_text, sign_approval,
 };
+pub use ceiling::{CeilingRefusal, kinds_used};
 pub use invocation::{Approval, Invocation, Part, State};
 pub use plan::{plan_check, plan_not_run, plan_record};
 pub use tokens::{CreatedToken, NewToken, RevokedToken, RotateToken, TokenInfo};
