@@ -317,3 +317,54 @@ fn key_gen_makes_the_directory_it_writes_into() {
         .mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 }
+
+/// `--cache-dir`/`--no-cache` are offered where something is compiled, not on the client's
+/// commands; and `tend run --help`'s example input is one disk-usage accepts.
+#[test]
+fn help_offers_what_each_command_uses_and_its_examples_work() {
+    let help = |args: &[&str]| {
+        let o = tend().args(args).arg("--help").output().expect("help");
+        assert_eq!(o.status.code(), Some(0));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for compiling in [
+        &["run"][..],
+        &["skill", "build"],
+        &["skill", "pull"],
+        &["agent", "run"],
+        &["orchestrator", "serve"],
+    ] {
+        assert!(help(compiling).contains("--cache-dir"), "{compiling:?}");
+    }
+    for not in [
+        &["status"][..],
+        &["invoke"],
+        &["approve"],
+        &["token", "create"],
+        &["agent", "enroll"],
+        &["skill", "sign"],
+        &["audit", "verify"],
+    ] {
+        assert!(
+            !help(not).contains("--cache-dir"),
+            "{not:?} offers --cache-dir"
+        );
+    }
+    let run_help = help(&["run"]);
+    let example = run_help
+        .lines()
+        .find(|l| l.contains("tend run disk-usage --input"))
+        .expect("example");
+    let json = example.split('\'').nth(1).expect("quoted input");
+    let input: serde_json::Value = serde_json::from_str(json).expect("example is JSON");
+    let (_, manifest) = catalog_skill("disk-usage");
+    let schema = manifest
+        .input
+        .expect("disk-usage has an input schema")
+        .schema;
+    let validator = jsonschema::validator_for(&schema).expect("schema");
+    assert!(
+        validator.is_valid(&input),
+        "disk-usage refuses the example {input}"
+    );
+}

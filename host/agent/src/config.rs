@@ -5,6 +5,7 @@
 //! <dir>/agent.key       its ed25519 identity (0600)
 //! <dir>/spool/          results not yet acknowledged by the orchestrator
 //! <dir>/store/          skills it pulled and verified itself
+//! <dir>/ran/            the approved repairs it ran (by invocation digest), so none runs twice
 //! ```
 
 use std::collections::BTreeMap;

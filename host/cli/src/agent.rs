@@ -42,6 +42,8 @@ pub enum AgentCommand {
         /// How long running jobs get to finish after SIGTERM
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Enroll tokens (written to the orchestrator's database directly)
     #[cfg(feature = "orchestrator")]
@@ -181,6 +183,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             heartbeat,
             concurrency,
             grace,
+            cache: own,
         } => {
             let dir = dir.unwrap_or_else(default_dir);
             eprintln!(
@@ -194,7 +197,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
                     heartbeat,
                     concurrency: concurrency as usize,
                     grace,
-                    runtime: cache.runtime_config(),
+                    runtime: cache.merged(&own).runtime_config(),
                 },
                 crate::shutdown_signal(),
             )

@@ -87,14 +87,24 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct CacheArgs {
     /// Directory for precompiled components [default: $TEND_CACHE_DIR, else ~/.cache/tend/components]
-    #[arg(long, env = "TEND_CACHE_DIR", value_name = "DIR", global = true)]
+    #[arg(long, env = "TEND_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Do not read or write the precompile cache (every load compiles)
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub no_cache: bool,
 }
 
 impl CacheArgs {
+    /// Only the commands that compile components take these (`tend run`, `tend skill
+    /// build|pull|inspect`, `tend agent run`, `tend orchestrator serve`); given before the
+    /// command (`tend --cache-dir DIR run ...`) they count too, the command's own first.
+    pub fn merged(&self, own: &CacheArgs) -> CacheArgs {
+        CacheArgs {
+            cache_dir: own.cache_dir.clone().or_else(|| self.cache_dir.clone()),
+            no_cache: self.no_cache || own.no_cache,
+        }
+    }
+
     pub fn runtime_config(&self) -> tend_runtime::RuntimeConfig {
         let mut config = tend_runtime::RuntimeConfig::default();
         if self.no_cache {

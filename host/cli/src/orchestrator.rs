@@ -113,6 +113,8 @@ pub enum OrchestratorCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:7080", value_name = "ADDR:PORT")]
     listen: String,
@@ -231,7 +233,7 @@ pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Fa
         registry_token: args.registry_token.clone(),
         trust,
         data_dir,
-        runtime: cache.runtime_config(),
+        runtime: cache.merged(&args.cache).runtime_config(),
         approval_ttl: args.approval_ttl,
         target: Target {
             name: args.target.clone(),

@@ -9,7 +9,7 @@ use crate::{CacheArgs, Failure, exit, read_component};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
-    tend run disk-usage --input '{\"threshold\": 90}'     (a pulled skill, latest version)\n  \
+    tend run disk-usage --input '{\"warn_percent\": 90}'  (a pulled skill, latest version)\n  \
     tend run disk-usage@0.1.0 --json\n  \
     tend run dist/disk-usage-0.1.0.wasm                 (verified with dist/disk-usage-0.1.0.wasm.sig)\n  \
     tend run skill.wasm --manifest skill.toml --insecure-unsigned   (local development)\n  \
@@ -53,6 +53,8 @@ pub struct RunArgs {
     /// Print the whole ExecutionReport as one JSON object on stdout
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn read_input(arg: Option<&str>) -> Result<String, Failure> {
@@ -139,7 +141,7 @@ pub async fn run(args: RunArgs, cache: &CacheArgs) -> Result<u8, Failure> {
     let started = std::time::Instant::now();
     // One instantiation: the on-demand allocator costs nothing up front, where the pooling
     // allocator would reserve and set up its slots (and probe the CPU count per pool) for it.
-    let mut config = cache.runtime_config();
+    let mut config = cache.merged(&args.cache).runtime_config();
     config.pooling = false;
     let (input, component, bytes, admitted) = admit_args(&args)?;
     let verified = started.elapsed();

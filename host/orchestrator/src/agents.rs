@@ -121,6 +121,22 @@ pub async fn list(db: &Db) -> Result<Vec<Agent>, DbError> {
     rows.iter().map(agent_from_row).collect()
 }
 
+/// The agents a target names: `pool:NAME` (and `all:pool:NAME`) its pool's members,
+/// `agent:NAME` that agent (by name or id); `None` when it names none (or is not such a target).
+pub fn members<'a>(all: &'a [Agent], target: &str) -> Option<Vec<&'a Agent>> {
+    let target = target.strip_prefix("all:").unwrap_or(target);
+    let (kind, name) = target.split_once(':')?;
+    let members: Vec<&Agent> = all
+        .iter()
+        .filter(|a| match kind {
+            "pool" => a.pools.iter().any(|p| p == name),
+            "agent" => a.name == name || a.id == name,
+            _ => false,
+        })
+        .collect();
+    (!members.is_empty()).then_some(members)
+}
+
 pub async fn get(db: &Db, id: &str) -> Result<Option<Agent>, DbError> {
     let row = sqlx::query("SELECT * FROM agents WHERE id = $1")
         .bind(id)

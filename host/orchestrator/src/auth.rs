@@ -154,30 +154,41 @@ fn no_such_token() -> FlowError {
     )
 }
 
-/// Revoke the token `prefix` (by `by`), audited with the change. Returns its record and
-/// whether it had been revoked already (then nothing changes and nothing is audited).
-pub async fn revoke(db: &Db, prefix: &str, by: &str) -> Result<(TokenInfo, bool), FlowError> {
-    let mut tx = db.pool.begin().await.map_err(DbError::from)?;
-    let now = now_ms();
+/// In `tx`: revoke `prefix` unless it is already. Returns its record and whether this revoked it.
+async fn revoke_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    prefix: &str,
+    by: &str,
+) -> Result<(TokenInfo, bool), FlowError> {
     let done = sqlx::query(
         "UPDATE tokens SET revoked_ms = $1, revoked_by = $2 WHERE prefix = $3 AND revoked_ms IS NULL",
     )
-    .bind(now)
+    .bind(now_ms())
     .bind(by)
     .bind(prefix)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(DbError::from)?
     .rows_affected();
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE prefix = $1"))
         .bind(prefix)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(DbError::from)?;
-    let Some(token) = row.as_ref().map(info).transpose()? else {
-        return Err(no_such_token());
-    };
-    if done == 0 {
+    let token = row
+        .as_ref()
+        .map(info)
+        .transpose()?
+        .ok_or_else(no_such_token)?;
+    Ok((token, done > 0))
+}
+
+/// Revoke the token `prefix` (by `by`), audited with the change. Returns its record and
+/// whether it had been revoked already (then nothing changes and nothing is audited).
+pub async fn revoke(db: &Db, prefix: &str, by: &str) -> Result<(TokenInfo, bool), FlowError> {
+    let mut tx = db.pool.begin().await.map_err(DbError::from)?;
+    let (token, newly) = revoke_in(&mut tx, prefix, by).await?;
+    if !newly {
         return Ok((token, true));
     }
     audit::append_tx(
@@ -202,25 +213,8 @@ pub async fn rotate(
     expires_ms: Option<i64>,
 ) -> Result<CreatedToken, FlowError> {
     let mut tx = db.pool.begin().await.map_err(DbError::from)?;
-    let done = sqlx::query(
-        "UPDATE tokens SET revoked_ms = $1, revoked_by = $2 WHERE prefix = $3 AND revoked_ms IS NULL",
-    )
-    .bind(now_ms())
-    .bind(by)
-    .bind(prefix)
-    .execute(&mut *tx)
-    .await
-    .map_err(DbError::from)?
-    .rows_affected();
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE prefix = $1"))
-        .bind(prefix)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(DbError::from)?;
-    let Some(old) = row.as_ref().map(info).transpose()? else {
-        return Err(no_such_token());
-    };
-    if done == 0 {
+    let (old, newly) = revoke_in(&mut tx, prefix, by).await?;
+    if !newly {
         return Err(FlowError::Conflict(format!(
             "token {prefix} was revoked at {} by {}: a revoked token is not rotated; create a new one (POST /api/v1/tokens)",
             old.revoked_at.as_deref().unwrap_or("?"),

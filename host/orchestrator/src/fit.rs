@@ -84,22 +84,6 @@ fn refusal(
     })
 }
 
-/// The agents a target names: `pool:NAME` (and `all:pool:NAME`) its pool's members,
-/// `agent:NAME` that agent (by name or id). Anything else is not checked here.
-fn members<'a>(all: &'a [Agent], target: &str) -> Option<Vec<&'a Agent>> {
-    let target = target.strip_prefix("all:").unwrap_or(target);
-    let (kind, name) = target.split_once(':')?;
-    let members: Vec<&Agent> = all
-        .iter()
-        .filter(|a| match kind {
-            "pool" => a.pools.iter().any(|p| p == name),
-            "agent" => a.name == name || a.id == name,
-            _ => false,
-        })
-        .collect();
-    (!members.is_empty()).then_some(members)
-}
-
 /// Agents listed for one reason: at most [`NAMES_PER_REASON`] names, then a count.
 fn named(agents: &[String]) -> Vec<String> {
     let mut out: Vec<String> = agents.iter().take(NAMES_PER_REASON).cloned().collect();
@@ -163,7 +147,7 @@ pub async fn refuse_early(
         return Ok(verdict);
     }
     let all = agents::list(&services.db).await?;
-    let Some(members) = members(&all, target) else {
+    let Some(members) = crate::agents::members(&all, target) else {
         return Ok(verdict);
     };
     let now = tend_protocol::now_ms();

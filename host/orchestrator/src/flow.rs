@@ -428,19 +428,9 @@ async fn resolve_target(
         Some(_) => return Err(unknown()),
         None => (false, target),
     };
-    let (kind, name) = rest.split_once(':').ok_or_else(unknown)?;
+    let name = rest.split_once(':').ok_or_else(unknown)?.1;
     let agents = crate::agents::list(&services.db).await?;
-    let mut members: Vec<&crate::agents::Agent> = agents
-        .iter()
-        .filter(|a| match kind {
-            "pool" => a.pools.iter().any(|p| p == name),
-            "agent" => a.name == name || a.id == name,
-            _ => false,
-        })
-        .collect();
-    if members.is_empty() {
-        return Err(unknown());
-    }
+    let mut members = crate::agents::members(&agents, target).ok_or_else(unknown)?;
     let mut hosts = Vec::new();
     if all {
         let now = crate::db::now_ms();

@@ -108,6 +108,8 @@ pub enum SkillCommand {
         /// Print what was pulled, why it is trusted and the timings as JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     #[cfg(all(feature = "authoring", feature = "registry"))]
     /// Push a signed component to an OCI registry (component and envelope as two layers)
@@ -149,6 +151,8 @@ pub enum SkillCommand {
         /// Print the build report as JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Show a component's world: what it imports and exports, and whether it is a Tend skill
     Inspect {
@@ -157,6 +161,8 @@ pub enum SkillCommand {
         /// Print as JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
 }
 
@@ -176,7 +182,11 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             new::new(&name, lang, kind, &dir)
         }
         #[cfg(feature = "authoring")]
-        SkillCommand::Build { dir, json } => build::build(&dir, json, cache),
+        SkillCommand::Build {
+            dir,
+            json,
+            cache: own,
+        } => build::build(&dir, json, &cache.merged(&own)),
         #[cfg(feature = "authoring")]
         SkillCommand::Sign {
             component,
@@ -203,7 +213,8 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             registry,
             trust,
             json,
-        } => remote::pull(&what, &registry, &trust, cache, json).await,
+            cache: own,
+        } => remote::pull(&what, &registry, &trust, &cache.merged(&own), json).await,
         #[cfg(all(feature = "authoring", feature = "registry"))]
         SkillCommand::Push {
             reference,
@@ -216,9 +227,13 @@ pub async fn run(cmd: SkillCommand, cache: &CacheArgs) -> Result<u8, Failure> {
             registry,
             json,
         } => remote::list(Some(&query), &registry, json).await,
-        SkillCommand::Inspect { component, json } => {
+        SkillCommand::Inspect {
+            component,
+            json,
+            cache: own,
+        } => {
             let bytes = read_component(&component)?;
-            let runtime = Runtime::new(cache.runtime_config())?;
+            let runtime = Runtime::new(cache.merged(&own).runtime_config())?;
             let world = inspect::inspect(&runtime, &bytes)
                 .map_err(|e| Failure::bad_input(format!("{}: {e}", component.display())))?;
             if json {
