@@ -107,6 +107,15 @@ async fn a_run_across_a_pool_covers_its_online_hosts_with_one_approval() {
     assert_eq!(s, 200, "{a}");
     let done = api.wait_for(&alice, &id, "succeeded").await;
     assert_eq!(done["result"]["succeeded"], 2, "{done}");
+    // Each agent's result is counted at the level it was decided at (the parts: L2).
+    let (_, metrics) = api.call("GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("tend_invocations_total{outcome=\"ok\",level=\"2\"} 2"),
+        "{metrics}"
+    );
 
     // The host list is bound: a part forged for a host not on it is refused by that agent.
     let _web3 = AgentProc::start(&w, "web-3");
