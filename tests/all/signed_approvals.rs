@@ -233,8 +233,8 @@ async fn the_orchestrator_takes_only_approvals_signed_with_the_registered_key() 
 }
 
 /// An approval is for one run: someone with the database queues an approved repair again after
-/// it ran on its agent (its approvals still unexpired). The agent remembers the digest it ran
-/// and refuses; the program does not run a second time.
+/// it ran (its approvals still unexpired). The local worker and the agent each remember the
+/// digests they ran and refuse; the program does not run a second time.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_approved_repair_queued_again_is_not_run_twice() {
     let (w, reg) = setup();
@@ -266,32 +266,37 @@ async fn an_approved_repair_queued_again_is_not_run_twice() {
         ],
     );
     let _agent = AgentProc::start(&w, "web-1");
-    let (s, v) = submit_to(
-        &api,
-        &alice,
-        "acme-fix",
-        "agent:web-1",
-        json!({"program": "/bin/echo", "args": ["once"]}),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let id = v["id"].as_str().expect("id").to_string();
-    let v = api.wait_for(&alice, &id, "pending_approval").await;
-    let (s, a) = api
-        .approve(&bob, &id, v["invocation_digest"].as_str().expect("d"))
+    for target in ["local", "agent:web-1"] {
+        let (s, v) = submit_to(
+            &api,
+            &alice,
+            "acme-fix",
+            target,
+            json!({"program": "/bin/echo", "args": ["once"]}),
+        )
         .await;
-    assert_eq!(s, 200, "{a}");
-    let done = api.wait_for(&alice, &id, "succeeded").await;
-    assert_eq!(done["result"]["output"]["stdout"], "once\n", "{done}");
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().expect("id").to_string();
+        let v = api.wait_for(&alice, &id, "pending_approval").await;
+        let (s, a) = api
+            .approve(&bob, &id, v["invocation_digest"].as_str().expect("d"))
+            .await;
+        assert_eq!(s, 200, "{a}");
+        let done = api.wait_for(&alice, &id, "succeeded").await;
+        assert_eq!(done["result"]["output"]["stdout"], "once\n", "{done}");
 
-    tamper(
-        &orch.database,
-        &format!(
-            "UPDATE invocations SET state = 'queued', result = NULL, lease_owner = NULL, lease_until_ms = NULL, run_started_ms = NULL, finished_ms = NULL WHERE id = '{id}'"
-        ),
-    );
-    let again = api.wait_for(&alice, &id, "failed").await;
-    let error = again["result"]["error"].as_str().expect("refusal");
-    assert!(error.contains("already ran on this agent"), "{error}");
-    assert!(again["result"]["output"].is_null(), "{again}");
+        tamper(
+            &orch.database,
+            &format!(
+                "UPDATE invocations SET state = 'queued', result = NULL, lease_owner = NULL, lease_until_ms = NULL, run_started_ms = NULL, finished_ms = NULL WHERE id = '{id}'"
+            ),
+        );
+        let again = api.wait_for(&alice, &id, "failed").await;
+        let error = again["result"]["error"].as_str().expect("refusal");
+        assert!(
+            error.contains("already ran on this host"),
+            "{target}: {error}"
+        );
+        assert!(again["result"]["output"].is_null(), "{again}");
+    }
 }

@@ -117,8 +117,6 @@ pub enum Refusal {
     },
     #[error("cannot load the skill: {0}")]
     Load(String),
-    #[error(
-        "this approved repair (invocation digest {0}) already ran on this agent: an approval is for one run"
-    )]
-    AlreadyRan(String),
+    #[error("{0}")]
+    AlreadyRan(#[from] tend_protocol::RanError),
 }

@@ -11,7 +11,6 @@
 pub mod client;
 pub mod config;
 pub mod error;
-mod once;
 pub mod spool;
 
 // An agent never sends a report bigger than the orchestrator takes; the bound is the runtime's.
@@ -148,7 +147,7 @@ struct Shared {
     /// The approver keys of this agent's own trust policy: only their signatures count.
     approvers: Vec<tend_protocol::TrustedApprover>,
     /// The approved repairs that ran here (by invocation digest).
-    ran: once::RanOnce,
+    ran: tend_protocol::RanOnce,
     store: LocalStore,
     spool: spool::Spool,
     runtime: Runtime,
@@ -181,9 +180,9 @@ pub async fn run(
     let approvers = trust
         .approver_keys()
         .into_iter()
-        .map(|(name, key)| tend_protocol::TrustedApprover { name, key })
+        .map(tend_protocol::TrustedApprover::from)
         .collect();
-    let ran = once::RanOnce::open(&options.dir).map_err(|source| StartError::State {
+    let ran = tend_protocol::RanOnce::open(&options.dir).map_err(|source| StartError::State {
         path: options.dir.join("ran"),
         source,
     })?;

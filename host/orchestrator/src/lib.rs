@@ -136,8 +136,11 @@ impl Orchestrator {
                     .trust
                     .approver_keys()
                     .into_iter()
-                    .map(|(name, key)| tend_protocol::TrustedApprover { name, key })
+                    .map(tend_protocol::TrustedApprover::from)
                     .collect(),
+                tend_protocol::RanOnce::open(&config.data_dir).map_err(|e| {
+                    ServeError::Setup(format!("{}: {e}", config.data_dir.join("ran").display()))
+                })?,
             ),
         );
         let state = api::AppState::new(

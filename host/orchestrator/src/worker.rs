@@ -29,6 +29,8 @@ pub struct Worker {
     pub target: tend_policy::Target,
     /// The approver keys of this host's trust policy: only their signatures count.
     approvers: Vec<tend_protocol::TrustedApprover>,
+    /// The approved repairs that ran here (by invocation digest, in the data dir).
+    ran: Option<tend_protocol::RanOnce>,
     /// Loaded skills by (component digest, signed manifest digest): the same bytes under
     /// another manifest are another skill, with other grants.
     loaded: Mutex<HashMap<(String, String), Arc<LoadedSkill>>>,
@@ -65,13 +67,20 @@ impl Worker {
             metrics,
             target,
             approvers: Vec::new(),
+            ran: None,
             loaded: Mutex::default(),
         }
     }
 
-    /// Count approvals signed by these keys (and no others).
-    pub fn with_approvers(mut self, approvers: Vec<tend_protocol::TrustedApprover>) -> Worker {
+    /// Count approvals signed by these keys (and no others), and run each approved repair
+    /// once, remembering which in `ran`.
+    pub fn with_approvers(
+        mut self,
+        approvers: Vec<tend_protocol::TrustedApprover>,
+        ran: tend_protocol::RanOnce,
+    ) -> Worker {
         self.approvers = approvers;
+        self.ran = Some(ran);
         self
     }
 
@@ -225,6 +234,17 @@ impl Worker {
         )
         .map_err(RunError::Refused)?;
         tracing::info!(level = %admitted.level, approvers = ?admitted.approvers, "admitted");
+        // An approved repair runs once here, whatever is queued again.
+        if admitted.approvals_required > 0
+            && inv.export == "run"
+            && skill.manifest.skill.kind == tend_manifest::SkillKind::Repair
+        {
+            let ran = self.ran.as_ref().ok_or_else(|| {
+                RunError::Task("this worker keeps no record of the repairs it ran".into())
+            })?;
+            ran.claim(&inv.invocation_digest, expires_ms)
+                .map_err(RunError::Ran)?;
+        }
         let loaded = self.prepare(&skill).await?;
         self.runtime
             .invoke_narrowed(
@@ -259,6 +279,8 @@ pub enum RunError {
     },
     #[error("refused at run time: {0}")]
     Refused(tend_protocol::AdmitError),
+    #[error("refused at run time: {0}")]
+    Ran(tend_protocol::RanError),
     #[error(transparent)]
     Flow(#[from] invocation::FlowError),
     #[error("{}: {source}", path.display())]

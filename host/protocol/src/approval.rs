@@ -141,6 +141,13 @@ pub struct TrustedApprover {
     pub key: VerifyingKey,
 }
 
+impl From<(String, VerifyingKey)> for TrustedApprover {
+    /// A (name, key) pair from a trust policy's `[[approvers]]`.
+    fn from((name, key): (String, VerifyingKey)) -> Self {
+        TrustedApprover { name, key }
+    }
+}
+
 /// The approvals in the form [`tend_policy::admit`] counts them, each signature checked here
 /// against `trusted` (this host's own list). A verified approval carries the name `trusted`
 /// gives its key — never the name it was announced with. An unreadable time reads as the end

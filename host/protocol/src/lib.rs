@@ -22,6 +22,7 @@ mod admission;
 mod approval;
 mod ceiling;
 mod invocation;
+mod once;
 mod plan;
 pub mod tokens;
 
@@ -32,6 +33,7 @@ pub use approval::{
 };
 pub use ceiling::{CeilingRefusal, kinds_used};
 pub use invocation::{Approval, Invocation, Part, State};
+pub use once::{RanError, RanOnce};
 pub use plan::{plan_check, plan_not_run, plan_record};
 pub use tokens::{CreatedToken, NewToken, RevokedToken, RotateToken, TokenInfo};
 

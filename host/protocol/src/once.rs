@@ -1,13 +1,27 @@
-//! An approval binds one invocation, and an agent runs an approved repair for it once: before
-//! it runs one, it records the invocation digest under `<dir>/ran/`, and refuses a job whose
-//! digest is already there. So whoever controls the orchestrator or its database cannot replay
-//! an approved repair on this host while its approval window is open (after that, the approvals
-//! no longer count anyway, and the record is dropped).
+//! An approval binds one invocation, and a runner (an agent, the orchestrator's local worker)
+//! runs an approved repair for it once: before it runs one, it records the invocation digest
+//! under `<its state dir>/ran/`, and refuses a job whose digest is already there. So whoever
+//! controls the orchestrator's database cannot replay an approved repair on that host while its
+//! approval window is open (after that, the approvals no longer count anyway, and the record
+//! is dropped).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::error::Refusal;
+/// Why a run was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RanError {
+    #[error(
+        "this approved repair (invocation digest {0}) already ran on this host: an approval is for one run"
+    )]
+    AlreadyRan(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 #[derive(Debug)]
 pub struct RanOnce {
@@ -15,12 +29,12 @@ pub struct RanOnce {
 }
 
 impl RanOnce {
-    /// `<agent dir>/ran`, made if missing (0700); records whose window has closed are dropped.
-    pub fn open(agent_dir: &Path) -> std::io::Result<RanOnce> {
-        let dir = agent_dir.join("ran");
+    /// `<state dir>/ran`, made if missing (0700); records whose window has closed are dropped.
+    pub fn open(state_dir: &Path) -> std::io::Result<RanOnce> {
+        let dir = state_dir.join("ran");
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        let now = tend_protocol::now_ms();
+        let now = crate::now_ms();
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let expired = std::fs::read_to_string(entry.path())
                 .ok()
@@ -35,11 +49,11 @@ impl RanOnce {
 
     /// Record that the approved invocation `digest` (valid until `expires_ms`) runs here now;
     /// a refusal if it already ran here.
-    pub fn claim(&self, digest: &str, expires_ms: i64) -> Result<(), Refusal> {
+    pub fn claim(&self, digest: &str, expires_ms: i64) -> Result<(), RanError> {
         // The digest is ours (recomputed and compared at admission), but it becomes a file
         // name: only lower-case hex.
         if digest.is_empty() || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Refusal::AlreadyRan(digest.chars().take(80).collect()));
+            return Err(RanError::AlreadyRan(digest.chars().take(80).collect()));
         }
         let path = self.dir.join(digest.to_ascii_lowercase());
         match std::fs::OpenOptions::new()
@@ -53,9 +67,9 @@ impl RanOnce {
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(Refusal::AlreadyRan(digest.to_string()))
+                Err(RanError::AlreadyRan(digest.to_string()))
             }
-            Err(source) => Err(Refusal::Read { path, source }),
+            Err(source) => Err(RanError::Io { path, source }),
         }
     }
 }
@@ -67,17 +81,17 @@ mod tests {
     #[test]
     fn an_approved_repair_runs_once_and_the_record_outlives_a_restart() {
         let dir = tempfile::tempdir().expect("dir");
-        let until = tend_protocol::now_ms() + 60_000;
+        let until = crate::now_ms() + 60_000;
         let ran = RanOnce::open(dir.path()).expect("open");
         ran.claim("ab12", until).expect("first");
         assert!(matches!(
             ran.claim("ab12", until),
-            Err(Refusal::AlreadyRan(_))
+            Err(RanError::AlreadyRan(_))
         ));
         let again = RanOnce::open(dir.path()).expect("reopen");
         assert!(matches!(
             again.claim("ab12", until),
-            Err(Refusal::AlreadyRan(_))
+            Err(RanError::AlreadyRan(_))
         ));
         assert!(again.claim("../x", until).is_err());
         // A closed window's record is dropped at the next start.
