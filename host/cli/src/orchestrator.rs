@@ -103,7 +103,7 @@ pub enum OrchestratorCommand {
     #[command(
         after_help = "Example:\n  tend orchestrator serve --listen 127.0.0.1:7080 --registry http://127.0.0.1:7070\n\nThe first start prints a one-time admin token. Create more with `tend orchestrator token create`.\nSIGTERM stops accepting work, lets running jobs finish (--shutdown-grace), then exits."
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// API tokens written to the orchestrator's database directly (no server needed)
     #[command(subcommand)]
     Token(TokenCommand),
@@ -208,7 +208,7 @@ pub enum TokenCommand {
 
 pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Failure> {
     let args = match cmd {
-        OrchestratorCommand::Serve(args) => args,
+        OrchestratorCommand::Serve(args) => *args,
         OrchestratorCommand::Bench(args) => return bench(args).await,
         OrchestratorCommand::Token(cmd) => return token(cmd).await,
     };
