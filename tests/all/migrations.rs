@@ -277,6 +277,8 @@ async fn a_database_from_before_migrations_upgrades_without_loss(backend: Backen
             "trigger",
             "comment",
             "manifest_digest",
+            "publisher",
+            "publisher_key",
             "hosts",
             "narrowing",
             "grants",

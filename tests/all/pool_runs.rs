@@ -126,7 +126,7 @@ async fn a_run_across_a_pool_covers_its_online_hosts_with_one_approval() {
     tamper(
         &orch.database,
         &format!(
-            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, part_of, assigned_agent) SELECT '{forged}', skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, 'queued', created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, part_of, '{web3}' FROM invocations WHERE id = '{part}'"
+            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, part_of, assigned_agent) SELECT '{forged}', skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, 'queued', created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, part_of, '{web3}' FROM invocations WHERE id = '{part}'"
         ),
     );
     let refused = api.wait_for(&alice, forged, "failed").await;

@@ -300,3 +300,43 @@ async fn an_approved_repair_queued_again_is_not_run_twice() {
         assert!(again["result"]["output"].is_null(), "{again}");
     }
 }
+
+/// The publisher key that signed the skill is shown to the approver and bound: a database that
+/// shows another key no longer hashes to the digest the approver is asked to sign (their client
+/// refuses), and the runner binds the key whose signature it verified itself — an approval of
+/// the stored digest still means the real signer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_publisher_key_an_approver_is_shown_is_bound() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let (_, v) = submit_to(&api, &alice, "acme-disrupt", "local", json!({})).await;
+    assert_eq!(v["publisher"], "acme", "{v}");
+    let key = v["publisher_key"].as_str().expect("key").to_string();
+    assert_eq!(key.len(), 16, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let digest = v["invocation_digest"].as_str().expect("d").to_string();
+    let shown: tend_protocol::Invocation = serde_json::from_value(v.clone()).expect("inv");
+    assert_eq!(tend_protocol::invocation_digest(&shown.bound()), digest);
+    tamper(
+        &orch.database,
+        &format!("UPDATE invocations SET publisher_key = '0000000000000000' WHERE id = '{id}'"),
+    );
+    let v = api.get(&alice, &id).await;
+    let shown: tend_protocol::Invocation = serde_json::from_value(v.clone()).expect("inv");
+    assert_ne!(
+        tend_protocol::invocation_digest(&shown.bound()),
+        digest,
+        "another publisher key is shown under the same digest"
+    );
+    let (s, a) = api.approve(&bob, &id, &digest).await;
+    assert_eq!(s, 200, "{a}");
+    let done = api.wait_for(&alice, &id, "succeeded").await;
+    assert_eq!(
+        done["result"]["provenance"]["key_id"],
+        key.as_str(),
+        "{done}"
+    );
+}

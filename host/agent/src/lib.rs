@@ -464,6 +464,7 @@ async fn check(
             manifest: &v.manifest,
             manifest_digest: &v.manifest_digest(),
             digest: &v.digest,
+            key_id: &v.key_id,
         },
         &shared.approvers,
         &tend_policy::admit::Local {

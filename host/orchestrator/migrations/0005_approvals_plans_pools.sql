@@ -15,6 +15,8 @@ CREATE TABLE approver_keys (
 -- Everything the invocation digest binds is stored with the invocation, so anyone can
 -- recompute it from what the invocation shows. Rows from before this have none of it (NULL).
 ALTER TABLE invocations ADD COLUMN manifest_digest TEXT;
+ALTER TABLE invocations ADD COLUMN publisher TEXT;
+ALTER TABLE invocations ADD COLUMN publisher_key TEXT;
 ALTER TABLE invocations ADD COLUMN hosts TEXT;
 ALTER TABLE invocations ADD COLUMN narrowing TEXT;
 ALTER TABLE invocations ADD COLUMN grants TEXT;

@@ -138,6 +138,8 @@ async fn insert(
         part_of: None,
         digest: new.skill.digest.clone(),
         manifest_digest: new.skill.manifest_digest.clone(),
+        publisher: new.skill.publisher.clone(),
+        publisher_key: new.skill.key_id.clone(),
         target: new.target.to_string(),
         hosts: new.hosts,
         input: new.input,
@@ -167,7 +169,7 @@ async fn insert(
     };
     inv.invocation_digest = digest_of(&inv);
     sqlx::query(
-        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
     )
     .bind(&inv.id)
     .bind(&inv.skill)
@@ -195,6 +197,8 @@ async fn insert(
     .bind(inv.plan.as_ref().map(|p| p.to_string()))
     .bind(&inv.export)
     .bind(inv.plan_for.as_deref())
+    .bind(&inv.publisher)
+    .bind(&inv.publisher_key)
     .execute(&mut **tx)
     .await?;
     let mut detail = serde_json::json!({
@@ -249,7 +253,7 @@ async fn fan_out(
         let part = random_id("inv");
         // Copy every column but the ones that make it a part.
         sqlx::query(
-            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, part_of, assigned_agent) SELECT $1, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, $2, $3, expires_ms, $3, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, id, $4 FROM invocations WHERE id = $5",
+            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, part_of, assigned_agent) SELECT $1, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, $2, $3, expires_ms, $3, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, id, $4 FROM invocations WHERE id = $5",
         )
         .bind(&part)
         .bind(State::Queued.as_str())
@@ -388,6 +392,12 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         digest: r.try_get("digest")?,
         manifest_digest: r
             .try_get::<Option<String>, _>("manifest_digest")?
+            .unwrap_or_default(),
+        publisher: r
+            .try_get::<Option<String>, _>("publisher")?
+            .unwrap_or_default(),
+        publisher_key: r
+            .try_get::<Option<String>, _>("publisher_key")?
             .unwrap_or_default(),
         target: r.try_get("target")?,
         hosts: json_column(r, "hosts")?.unwrap_or_default(),

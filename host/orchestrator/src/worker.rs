@@ -222,6 +222,7 @@ impl Worker {
                 manifest: &skill.manifest,
                 manifest_digest: &skill.manifest_digest,
                 digest: &skill.digest,
+                key_id: &skill.key_id,
             },
             &self.approvers,
             &tend_policy::admit::Local {

@@ -22,6 +22,8 @@ pub struct VerifiedSkill<'a> {
     pub manifest_digest: &'a str,
     /// `sha256:<hex>` of the component.
     pub digest: &'a str,
+    /// The id of the publisher key whose signature verified here.
+    pub key_id: &'a str,
 }
 
 /// Why a job was not admitted here.
@@ -65,6 +67,7 @@ pub fn admit_job(
         export: &inv.export,
         digest: skill.digest,
         manifest_digest: skill.manifest_digest,
+        publisher_key: skill.key_id,
         target: &inv.target,
         hosts: &inv.hosts,
         requester: &inv.requester,

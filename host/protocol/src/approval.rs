@@ -32,6 +32,9 @@ pub struct Bound<'a> {
     pub digest: &'a str,
     /// `sha256:<hex>` of the signed manifest text.
     pub manifest_digest: &'a str,
+    /// The key id of the publisher key that signed it (each host names publishers in its own
+    /// trust policy, so the key, not the name, is bound).
+    pub publisher_key: &'a str,
     pub target: &'a str,
     /// The agents it runs on when that is fixed at submit (a pool run lists each); empty when
     /// one runner of the target is chosen when it runs.
@@ -203,6 +206,7 @@ mod tests {
             export: "run",
             digest: "sha256:00",
             manifest_digest: "sha256:11",
+            publisher_key: "3f9a0c1b2d4e5f60",
             target: "local",
             hosts: &[],
             requester: "alice",
@@ -225,12 +229,12 @@ mod tests {
         canonical_json(&serde_json::to_value(&b).unwrap_or_default(), &mut text);
         assert_eq!(
             text,
-            r#"{"digest":"sha256:00","expires_ms":1800000000000,"export":"run","grants":{"exec":[],"fs_read":[],"fs_write":[],"http":[],"service_reload":[],"service_restart":[],"tcp":[]},"hosts":[],"input":{"a":[1,{"b":null,"z":true}],"path":"/"},"limits":{"fuel":null,"memory_mib":null,"output_kib":null,"timeout_ms":null},"manifest_digest":"sha256:11","plan":null,"requester":"alice","skill":"disk-usage","target":"local","version":"1.0.0"}"#
+            r#"{"digest":"sha256:00","expires_ms":1800000000000,"export":"run","grants":{"exec":[],"fs_read":[],"fs_write":[],"http":[],"service_reload":[],"service_restart":[],"tcp":[]},"hosts":[],"input":{"a":[1,{"b":null,"z":true}],"path":"/"},"limits":{"fuel":null,"memory_mib":null,"output_kib":null,"timeout_ms":null},"manifest_digest":"sha256:11","plan":null,"publisher_key":"3f9a0c1b2d4e5f60","requester":"alice","skill":"disk-usage","target":"local","version":"1.0.0"}"#
         );
         // sha256 of "tend-invocation/v2\n" + the text above, computed independently.
         assert_eq!(
             invocation_digest(&b),
-            "0abc940c9612a8c1b44df4272993de56e13ec4780a76a537c513d994d2fa3cbf"
+            "704027a6e42c301307c57294ed6128a6a2cd378c62bb23fc3dc377815c87b235"
         );
         // Every bound field changes it.
         let other = serde_json::json!({"path": "/tmp"});

@@ -91,6 +91,13 @@ pub struct Invocation {
     /// `sha256:<hex>` of the signed manifest.
     #[serde(default)]
     pub manifest_digest: String,
+    /// Who signed it, as the orchestrator's trust policy names them (shown, not bound).
+    #[serde(default)]
+    pub publisher: String,
+    /// The id of the publisher key that signed it (bound: every runner checks it is the key
+    /// whose signature verified there).
+    #[serde(default)]
+    pub publisher_key: String,
     pub target: String,
     /// The agents it runs on when fixed at submit (a pool run); empty when one runner of the
     /// target is chosen when it runs.
@@ -187,6 +194,7 @@ impl Invocation {
             export: &self.export,
             digest: &self.digest,
             manifest_digest: &self.manifest_digest,
+            publisher_key: &self.publisher_key,
             target: &self.target,
             hosts: &self.hosts,
             requester: &self.requester,

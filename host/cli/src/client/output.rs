@@ -128,6 +128,10 @@ pub fn render_invocation(inv: &Invocation) -> String {
         ),
         ("digest", inv.digest.clone()),
         ("manifest", inv.manifest_digest.clone()),
+        (
+            "publisher",
+            format!("{} (key {})", inv.publisher, inv.publisher_key),
+        ),
         ("target", inv.target.clone()),
         ("state", inv.state.as_str().to_string()),
         (
