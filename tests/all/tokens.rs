@@ -669,6 +669,41 @@ fn revoked_and_expired_registry_tokens_cannot_publish() {
         assert_ne!(o.status.code(), Some(0), "{bad}");
     }
 
+    // Rotation: a new token for the same name and role publishes; the old one no longer does,
+    // and a revoked token is not rotated.
+    let rotating = w.token("rotating", "publisher");
+    let o = w.ok(&[
+        "registry",
+        "token",
+        "rotate",
+        "--data",
+        "registry",
+        registry_prefix(&rotating),
+        "--expires",
+        "1h",
+    ]);
+    let rotated = String::from_utf8(o.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    assert_ne!(rotated, rotating);
+    let third = w.signed("echo3", &guest("trivial"), "acme-echo", "1.0.2");
+    assert_ne!(
+        w.publish(&reg.url, &third, &rotating).status.code(),
+        Some(0)
+    );
+    w.published(&reg.url, &third, &rotated);
+    let o = w.tend(&[
+        "registry",
+        "token",
+        "rotate",
+        "--data",
+        "registry",
+        registry_prefix(&rotating),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("is revoked"), "{}", err(&o));
+
     let listed = registry_tokens(&w);
     let text = Value::Array(listed.clone()).to_string();
     assert!(

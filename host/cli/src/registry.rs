@@ -68,6 +68,37 @@ pub enum TokenCommand {
         /// The token's prefix (12 hex digits: `tendreg_<prefix>_...`, or from `token list`)
         prefix: String,
     },
+    /// Replace a token by a new one for the same name and role, then revoke the old one
+    Rotate {
+        /// The registry's data directory
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The old token's prefix
+        prefix: String,
+        /// How long the new one lives, e.g. 30d (default: until revoked)
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+}
+
+/// `--expires` as an absolute time (unix ms), or none.
+fn expiry(expires: Option<&str>) -> Result<Option<i64>, Failure> {
+    Ok(expires
+        .map(|v| tend_protocol::tokens::parse_lifetime("--expires", v))
+        .transpose()
+        .map_err(Failure::bad_input)?
+        .map(|d| now_ms().saturating_add(d.as_millis().min(i64::MAX as u128) as i64)))
+}
+
+fn check_prefix(prefix: &str) -> Result<(), Failure> {
+    if tend_protocol::tokens::is_token_prefix(prefix) {
+        Ok(())
+    } else {
+        Err(Failure::bad_input(format!(
+            "{:?} is not a token prefix: 12 hex digits (tend registry token list)",
+            prefix.chars().take(40).collect::<String>()
+        )))
+    }
 }
 
 /// An existing registry's index (never a new, empty one made by a mistyped path).
@@ -95,12 +126,7 @@ pub async fn run(cmd: RegistryCommand) -> Result<u8, Failure> {
         }) => {
             let role: Role = role.parse().map_err(Failure::bad_input)?;
             tend_protocol::tokens::check_token_name("--name", &name).map_err(Failure::bad_input)?;
-            let expires_ms = expires
-                .as_deref()
-                .map(|v| tend_protocol::tokens::parse_lifetime("--expires", v))
-                .transpose()
-                .map_err(Failure::bad_input)?
-                .map(|d| now_ms().saturating_add(d.as_millis().min(i64::MAX as u128) as i64));
+            let expires_ms = expiry(expires.as_deref())?;
             let store = Store::open(&data).await.map_err(Failure::host)?;
             let token = store
                 .create_token(&name, role, expires_ms)
@@ -146,13 +172,48 @@ pub async fn run(cmd: RegistryCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        RegistryCommand::Token(TokenCommand::Revoke { data, prefix }) => {
-            if !tend_protocol::tokens::is_token_prefix(&prefix) {
+        RegistryCommand::Token(TokenCommand::Rotate {
+            data,
+            prefix,
+            expires,
+        }) => {
+            check_prefix(&prefix)?;
+            let expires_ms = expiry(expires.as_deref())?;
+            let store = open_existing(&data).await?;
+            let tokens = store.tokens().await.map_err(Failure::host)?;
+            let Some(old) = tokens.iter().find(|t| t.prefix == prefix) else {
+                store.close().await;
                 return Err(Failure::bad_input(format!(
-                    "{:?} is not a token prefix: 12 hex digits (tend registry token list)",
-                    prefix.chars().take(40).collect::<String>()
+                    "no token {prefix} in {} (tend registry token list)",
+                    data.display()
+                )));
+            };
+            if old.revoked_at.is_some() {
+                store.close().await;
+                return Err(Failure::bad_input(format!(
+                    "token {prefix} is revoked: create a new one (tend registry token create)"
                 )));
             }
+            let role: Role = old.role.parse().map_err(Failure::bad_input)?;
+            // The new token first: a crash in between leaves two working tokens, never none.
+            let token = store
+                .create_token(&old.name, role, expires_ms)
+                .await
+                .map_err(Failure::host)?;
+            store
+                .revoke_token(&prefix, "local-admin")
+                .await
+                .map_err(Failure::host)?;
+            store.close().await;
+            eprintln!(
+                "new {} token for {:?}; {prefix} is revoked. It is shown once, keep it secret:",
+                old.role, old.name
+            );
+            crate::out(&token);
+            Ok(0)
+        }
+        RegistryCommand::Token(TokenCommand::Revoke { data, prefix }) => {
+            check_prefix(&prefix)?;
             let store = open_existing(&data).await?;
             let by = "local-admin";
             let revoked = store
