@@ -162,4 +162,46 @@ async fn a_run_across_a_pool_covers_its_online_hosts_with_one_approval() {
     assert_eq!(hosts_of(&v), ["web-1", "web-2", "web-3"]);
     let (s, v) = submit_to(&api, &alice, "acme-echo", "all:pool:nope", json!({})).await;
     assert_eq!(s, 404, "{v}");
+
+    // A host that stops right after the run was asked for leaves its part queued: cancelling
+    // the run cancels that part, and the run ends with the parts that ran.
+    drop(_web3);
+    let (s, v) = submit_to(&api, &alice, "acme-echo", "all:pool:web", json!({"x": 2})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(hosts_of(&v), ["web-1", "web-2", "web-3"]);
+    let id = v["id"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = api.get(&alice, &id).await;
+        let done = run["parts"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .filter(|p| p["state"] == "succeeded")
+            .count();
+        if done == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/api/v1/invocations/{id}/cancel"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["result"]["succeeded"], 2, "{v}");
+    let web3_part = v["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .find(|p| p["host"] == "web-3")
+        .expect("web-3's part")
+        .clone();
+    assert_eq!(web3_part["state"], "cancelled", "{v}");
 }

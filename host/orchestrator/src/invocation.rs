@@ -286,18 +286,16 @@ async fn fan_out(
     apply_in(tx, &running).await.map(drop)
 }
 
-/// If `id` is one host's part of a run across a pool and every part has now ended, end the
-/// run: `succeeded` when every part succeeded, else `failed`, with a summary as its result.
-async fn finish_run(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<(), FlowError> {
-    let parent: Option<String> = sqlx::query("SELECT part_of FROM invocations WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("part_of")?;
-    let Some(parent) = parent else {
+/// If every part of the run across a pool `parent` has now ended, end the run: `succeeded`
+/// when every part succeeded, else `failed`, with a summary as its result.
+async fn finish_run(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    parent: &str,
+) -> Result<(), FlowError> {
+    let parts = parts_in(&mut **tx, parent).await?;
+    if parts.is_empty() {
         return Ok(());
-    };
-    let parts = parts_in(&mut **tx, &parent).await?;
+    }
     if parts.iter().any(|p| !p.state.is_final()) {
         return Ok(());
     }
@@ -312,7 +310,7 @@ async fn finish_run(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Resu
     });
     let set = [Set::Result(&summary), Set::FinishedNow];
     let ended = Transition::new(
-        &parent,
+        parent,
         &[(State::Running, &[])],
         to,
         &set,
@@ -842,9 +840,8 @@ pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, Flow
         )));
     }
     let to = State::Cancelled;
-    apply(
-        db,
-        &Transition::new(
+    let cancel = |id| {
+        Transition::new(
             id,
             &[
                 (State::Planning, &[]),
@@ -858,9 +855,30 @@ pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, Flow
                 action: Action::InvocationCancelled,
                 detail: serde_json::json!({ "state": to.as_str() }),
             }],
-        ),
-    )
-    .await?;
+        )
+    };
+    let mut tx = db.pool.begin().await?;
+    if inv.state == State::Running && !inv.parts.is_empty() {
+        // A run across a pool: its parts not yet claimed are cancelled; those running finish,
+        // and the run ends with them.
+        for part in inv.parts.iter().filter(|p| p.state == State::Queued) {
+            match apply_in(&mut tx, &cancel(&part.id)).await {
+                Ok(_) | Err(FlowError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        finish_run(&mut tx, id).await?;
+    } else {
+        if let Err(e) = apply_in(&mut tx, &cancel(id)).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
+        // One host's part: the run may have just ended with it.
+        if let Some(run) = &inv.part_of {
+            finish_run(&mut tx, run).await?;
+        }
+    }
+    tx.commit().await?;
     get(db, id).await
 }
 
@@ -1042,7 +1060,14 @@ pub async fn record_result(
         return Err(e);
     }
     attach_plan(&mut tx, id, outcome.result).await?;
-    finish_run(&mut tx, id).await?;
+    let run: Option<String> = sqlx::query("SELECT part_of FROM invocations WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("part_of")?;
+    if let Some(run) = run {
+        finish_run(&mut tx, &run).await?;
+    }
     if let Some(agent) = agent {
         let count = if outcome.succeeded {
             "UPDATE agents SET jobs_ok = jobs_ok + 1 WHERE id = $1"
