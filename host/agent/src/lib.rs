@@ -457,7 +457,11 @@ async fn check(
     // approver keys this agent's own trust policy lists, and as many as the level this agent
     // computes needs.
     let (narrowed, admitted) = tend_protocol::admit_job(
-        &shared.config.name,
+        tend_protocol::Runner::Agent {
+            name: &shared.config.name,
+            id: &shared.config.agent_id,
+            pools: &shared.config.pools,
+        },
         inv,
         job.expires_ms,
         tend_protocol::VerifiedSkill {
