@@ -74,6 +74,13 @@ pub fn when(at: &str) -> String {
     format!("{at} ({})", relative(at))
 }
 
+/// The end of `inv`'s approval window as the invocation digest binds it (`expires_ms`), in
+/// RFC 3339: what an approval of it is good for, whatever `expires_at` says.
+pub fn bound_expiry(inv: &Invocation) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(inv.expires_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// Whether an invocation has reached an end state.
 pub fn is_final(state: State) -> bool {
     state.is_final()
@@ -106,7 +113,7 @@ pub fn approval_hint(inv: &Invocation) -> Option<String> {
         "waiting for {left} more approval{} by an approver other than {} (before {}): tend approve {}",
         if left == 1 { "" } else { "s" },
         inv.requester,
-        inv.expires_at,
+        bound_expiry(inv),
         inv.id
     ))
 }
@@ -173,7 +180,8 @@ pub fn render_invocation(inv: &Invocation) -> String {
         ));
     }
     if matches!(inv.state, State::Planning | State::PendingApproval) {
-        rows.push(("expires", when(&inv.expires_at)));
+        // The end of the window the digest binds, not the server's text for it.
+        rows.push(("expires", when(&bound_expiry(inv))));
     }
     if let Some(comment) = inv.comment.as_deref().filter(|c| !c.is_empty()) {
         rows.push(("comment", comment.to_string()));
@@ -376,5 +384,35 @@ mod tests {
         assert_eq!(short(Duration::from_secs(200)), "3m");
         assert_eq!(short(Duration::from_secs(7300)), "2h");
         assert_eq!(short(Duration::from_secs(3 * 86_400)), "3d");
+    }
+
+    /// An invocation as a server sends it, pending approval, with the approval window that
+    /// the digest binds (`expires_ms`) and the one it states in words (`expires_at`).
+    fn pending(expires_at: &str, expires_ms: i64) -> Invocation {
+        serde_json::from_value(serde_json::json!({
+            "id": "inv_0000000000000001", "skill": "clean-old-logs", "version": "1.0.0",
+            "digest": "sha256:00", "target": "local", "input": {}, "reason": "disk full",
+            "requester": "alice", "level": 1, "approvals_required": 1,
+            "invocation_digest": "d", "state": "pending_approval",
+            "verdict": {"decision": {"decision": "allow"}, "level": 1, "reasons": []}, "reasons": [],
+            "created_at": "2026-01-01T00:00:00.000Z", "expires_at": expires_at,
+            "expires_ms": expires_ms, "approvals": [], "result": null,
+        }))
+        .expect("an invocation")
+    }
+
+    /// The approval window an approver reads is the one the digest binds: a server that
+    /// states a short window in `expires_at` while binding a year cannot make the approver
+    /// believe the approval lapses in an hour.
+    #[test]
+    fn the_expiry_shown_is_the_one_the_digest_binds() {
+        // 2027-01-01T00:00:00Z, bound; an earlier time stated.
+        let text = render_invocation(&pending("2026-01-01T01:00:00.000Z", 1_798_761_600_000));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("expires"))
+            .expect("an expires line");
+        assert!(line.contains("2027-01-01T00:00:00.000Z"), "{line}");
+        assert!(!line.contains("2026-01-01T01:00:00"), "{line}");
     }
 }
