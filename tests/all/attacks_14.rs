@@ -94,3 +94,52 @@ async fn an_approved_job_assigned_to_a_host_its_target_does_not_name_is_refused(
         "{error}"
     );
 }
+
+/// The export is bound, but only `run` and `plan` exist. An orchestrator that records an
+/// approved repair with export `Run` (which `tend approve` shows like any other run, and an
+/// approver signs) would have it run as `run` while the runner's replay record — kept for
+/// `run` — is skipped, so it could be queued again and again. Every runner refuses an export
+/// it does not know.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_other_than_run_or_plan_is_refused_by_the_runner() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let trust = w.path("trust.toml");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("trust"),
+        &["--pool", "web", "--max-level", "2"],
+    );
+    let _web1 = AgentProc::start(&w, "web-1");
+    until_agent(&api, &alice, "web-1", "online").await;
+
+    let (s, v) = submit_to(&api, &alice, "acme-disrupt", "agent:web-1", json!({})).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let v = api.wait_for(&alice, &id, "pending_approval").await;
+    let mut inv: tend_protocol::Invocation = serde_json::from_value(v).expect("invocation");
+    inv.export = "Run".into();
+    let digest = tend_protocol::invocation_digest(&inv.bound());
+    tamper(
+        &orch.database,
+        &format!(
+            "UPDATE invocations SET export = 'Run', invocation_digest = '{digest}' WHERE id = '{id}'"
+        ),
+    );
+    // The approver signs what is shown: the digest recomputed from the fields, export `Run`.
+    let (s, a) = api.approve(&bob, &id, &digest).await;
+    assert_eq!(s, 200, "{a}");
+    let done = api.wait_for(&alice, &id, "failed").await;
+    assert_eq!(done["state"], "failed", "an unknown export ran: {done}");
+    let error = done["result"]["error"].as_str().expect("refusal");
+    assert!(
+        error.contains("\"Run\"") && error.contains("export"),
+        "{error}"
+    );
+}

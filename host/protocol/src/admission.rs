@@ -34,6 +34,10 @@ pub enum AdmitError {
     )]
     NotListed { runner: String, hosts: String },
     #[error(
+        "the invocation's export is {0:?}: a job runs `run` (or a repair's `plan`), nothing else"
+    )]
+    UnknownExport(String),
+    #[error(
         "this host ({runner}) is not what the invocation's target {target} names: it was decided and approved to run there, not here"
     )]
     OtherTarget { runner: String, target: String },
@@ -98,6 +102,13 @@ pub fn admit_job(
     local: &Local<'_>,
     now_ms: i64,
 ) -> Result<(Manifest, Admitted), AdmitError> {
+    // Only two exports exist. Anything else would run as `run` while skipping what is kept
+    // for `run` only (the replay record).
+    if inv.export != "run" && inv.export != "plan" {
+        return Err(AdmitError::UnknownExport(
+            inv.export.chars().take(64).collect(),
+        ));
+    }
     // The target is bound: a job assigned to a host its target does not name is not what was
     // decided or approved, whatever its row says.
     if !runner.named_by(&inv.target) {

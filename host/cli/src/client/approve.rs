@@ -115,6 +115,12 @@ pub async fn approve(args: ApproveArgs) -> Result<u8, Failure> {
             inv.id, inv.invocation_digest
         )));
     }
+    if inv.export != "run" && inv.export != "plan" {
+        return Err(Failure::host(format!(
+            "refusing to sign: {} has export {:?}, which no runner runs; report this to whoever runs the orchestrator",
+            inv.id, inv.export
+        )));
+    }
     if let Some(why) = understated(&inv) {
         return Err(Failure::host(format!(
             "refusing to sign: {why}. What is shown is not what would be approved; report this to whoever runs the orchestrator"
