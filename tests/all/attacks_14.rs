@@ -143,3 +143,37 @@ async fn an_export_other_than_run_or_plan_is_refused_by_the_runner() {
         "{error}"
     );
 }
+
+/// A requester's reason is shown to approvers next to what they sign: one with escape
+/// sequences or line breaks (to erase or fake rows on the approver's terminal) is refused at
+/// submit with the reason, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reason_that_would_write_to_the_approvers_terminal_is_refused() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    for reason in [
+        "disk full\u{1b}[1A\u{1b}[2Kgrants none",
+        "ok\ngrants       none",
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/api/v1/invocations",
+                Some(&alice),
+                Some(json!({"skill": "acme-echo", "reason": reason, "input": {}})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v.to_string().contains("`reason` must be one line"), "{v}");
+    }
+    let (_, list) = api
+        .call("GET", "/api/v1/invocations", Some(&alice), None)
+        .await;
+    assert_eq!(
+        list["invocations"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+}
