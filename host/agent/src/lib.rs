@@ -379,10 +379,7 @@ async fn flush_spool(shared: &Shared) {
 /// The agent's own checks, in order; `Err` is the refusal (its text is the reason sent). Nothing the orchestrator
 /// says about level, approvals needed or trigger is taken on its word: the job is admitted by
 /// [`tend_policy::admit`] from the manifest this agent verified itself.
-async fn check(
-    shared: &Shared,
-    job: &Job,
-) -> Result<(Arc<tend_runtime::LoadedSkill>, tend_manifest::Manifest), Refusal> {
+async fn check(shared: &Shared, job: &Job) -> Result<Checked, Refusal> {
     let inv = &job.invocation;
     let ceiling = &shared.config.ceiling;
     // Pull and verify with this host's own trust policy (and its own rollback floors), once
@@ -457,7 +454,11 @@ async fn check(
     // approver keys this agent's own trust policy lists, and as many as the level this agent
     // computes needs.
     let (narrowed, admitted) = tend_protocol::admit_job(
-        &shared.config.name,
+        tend_protocol::Runner::Agent {
+            name: &shared.config.name,
+            id: &shared.config.agent_id,
+            pools: &shared.config.pools,
+        },
         inv,
         job.expires_ms,
         tend_protocol::VerifiedSkill {
@@ -482,13 +483,11 @@ async fn check(
         tend_protocol::now_ms(),
     )?;
     tracing::debug!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");
-    // An approved repair runs once here, whatever the orchestrator queues again.
-    if admitted.approvals_required > 0
+    // An approved repair runs once here, whatever the orchestrator queues again: recorded
+    // just before it starts (see `run_job`).
+    let once = admitted.approvals_required > 0
         && inv.export == "run"
-        && v.manifest.skill.kind == tend_manifest::SkillKind::Repair
-    {
-        shared.ran.claim(&inv.invocation_digest, job.expires_ms)?;
-    }
+        && v.manifest.skill.kind == tend_manifest::SkillKind::Repair;
     let provenance = Provenance::Signed {
         publisher: v.publisher.clone(),
         key_id: v.key_id.clone(),
@@ -532,7 +531,20 @@ async fn check(
             l
         }
     };
-    Ok((loaded, narrowed))
+    Ok(Checked {
+        loaded,
+        narrowed,
+        once,
+    })
+}
+
+/// A job [`check`] admitted.
+struct Checked {
+    loaded: Arc<tend_runtime::LoadedSkill>,
+    /// The verified manifest narrowed as the invocation may use it.
+    narrowed: tend_manifest::Manifest,
+    /// An approved repair: it runs once here ([`tend_protocol::RanOnce`]).
+    once: bool,
 }
 
 /// A result the protocol can always carry: a refusal cut to [`MAX_REFUSAL_BYTES`], and a report
@@ -621,16 +633,22 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
     }
     let picked = Instant::now();
     let checked = check(shared, &job).await;
-    let (loaded, narrowed) = match checked {
+    let refuse = |why: Refusal| {
+        tracing::warn!(invocation = %id, %why, "refusing a job");
+        JobResult {
+            outcome: "refused".into(),
+            report: None,
+            refusal: Some(why.to_string()),
+        }
+    };
+    let Checked {
+        loaded,
+        narrowed,
+        once,
+    } = match checked {
         Ok(x) => x,
         Err(why) => {
-            tracing::warn!(invocation = %id, %why, "refusing a job");
-            let result = JobResult {
-                outcome: "refused".into(),
-                report: None,
-                refusal: Some(why.to_string()),
-            };
-            deliver(shared, &id, result).await;
+            deliver(shared, &id, refuse(why)).await;
             return;
         }
     };
@@ -644,6 +662,13 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
             .await;
         return;
     }
+    // Recorded only now, so a job given back unstarted (above) can still run here later; and
+    // given up again if it cannot be marked started (it did not run).
+    let digest = &job.invocation.invocation_digest;
+    if once && let Err(e) = shared.ran.claim(digest, job.expires_ms) {
+        deliver(shared, &id, refuse(e.into())).await;
+        return;
+    }
     if let Err(e) = shared
         .client
         .post(
@@ -653,6 +678,9 @@ async fn run_job(shared: &Arc<Shared>, job: Job, stop: watch::Receiver<bool>) {
         .await
     {
         tracing::warn!(invocation = %id, error = %e, "could not mark the job started; not running it");
+        if once {
+            shared.ran.unclaim(digest);
+        }
         return;
     }
     shared

@@ -399,6 +399,14 @@ fn validate(req: &Submission) -> Result<(), SubmitError> {
             "`version` {v:?} is not a semantic version"
         )));
     }
+    // The reason is shown to approvers next to what they sign: one line of text, nothing a
+    // terminal would act on.
+    if let Some((at, c)) = req.reason.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(SubmitError::BadRequest(format!(
+            "`reason` must be one line of text: it has a control character (U+{:04X}) at byte {at}",
+            c as u32
+        )));
+    }
     if req.reason.trim().is_empty() {
         return Err(SubmitError::BadRequest(
             "`reason` must say why this invocation is wanted".into(),

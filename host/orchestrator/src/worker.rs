@@ -215,7 +215,9 @@ impl Worker {
         // target — not from the row's level, approvals_required, grants or trigger.
         let (_, expires_ms) = invocation::kind_and_expiry(&self.db, &inv.id).await?;
         let (narrowed, admitted) = tend_protocol::admit_job(
-            &self.target.name,
+            tend_protocol::Runner::Worker {
+                target: &self.target.name,
+            },
             inv,
             expires_ms,
             tend_protocol::VerifiedSkill {

@@ -33,17 +33,68 @@ pub enum AdmitError {
         "this host ({runner}) is not one of the hosts the invocation was decided and approved for ({hosts})"
     )]
     NotListed { runner: String, hosts: String },
+    #[error(
+        "the invocation's export is {0:?}: a job runs `run` (or a repair's `plan`), nothing else"
+    )]
+    UnknownExport(String),
+    #[error(
+        "this host ({runner}) is not what the invocation's target {target} names: it was decided and approved to run there, not here"
+    )]
+    OtherTarget { runner: String, target: String },
     #[error("the invocation's narrowing does not fit the verified manifest: {0}")]
     Narrowing(#[from] NarrowError),
     #[error("{0}")]
     Refused(#[from] Refusal),
 }
 
-/// May `inv` run here, now? `runner` is the name this host has in host lists (an agent's
-/// name). Returns the manifest narrowed as the invocation may use it (what the runtime must
+/// The admitting host, as targets name it.
+#[derive(Debug, Clone, Copy)]
+pub enum Runner<'a> {
+    /// The orchestrator's local worker: only its own target (`local`).
+    Worker { target: &'a str },
+    /// An enrolled agent: `agent:NAME` or `agent:ID`, `pool:P` and `all:pool:P` for each pool
+    /// it serves (as enrolled, from its own `agent.toml`).
+    Agent {
+        name: &'a str,
+        id: &'a str,
+        pools: &'a [String],
+    },
+}
+
+impl Runner<'_> {
+    /// The name this host has in host lists and refusals.
+    pub fn name(&self) -> &str {
+        match self {
+            Runner::Worker { target } => target,
+            Runner::Agent { name, .. } => name,
+        }
+    }
+
+    /// Whether `target` names this host. The target is bound into the invocation digest, so
+    /// this is what was approved: a job row assigned to another host (which only whoever holds
+    /// the orchestrator's database can make) is not.
+    pub fn named_by(&self, target: &str) -> bool {
+        match self {
+            Runner::Worker { target: mine } => target == *mine,
+            Runner::Agent { name, id, pools } => {
+                let pool = target
+                    .strip_prefix("all:")
+                    .unwrap_or(target)
+                    .strip_prefix("pool:");
+                match (pool, target.strip_prefix("agent:")) {
+                    (Some(p), _) => pools.iter().any(|mine| mine == p),
+                    (None, Some(a)) => a == *name || a == *id,
+                    (None, None) => false,
+                }
+            }
+        }
+    }
+}
+
+/// May `inv` run here, now? `runner` is this host as targets and host lists name it. Returns the manifest narrowed as the invocation may use it (what the runtime must
 /// enforce) and the admission, or why not.
 pub fn admit_job(
-    runner: &str,
+    runner: Runner<'_>,
     inv: &Invocation,
     expires_ms: i64,
     skill: VerifiedSkill<'_>,
@@ -51,11 +102,26 @@ pub fn admit_job(
     local: &Local<'_>,
     now_ms: i64,
 ) -> Result<(Manifest, Admitted), AdmitError> {
+    // Only two exports exist. Anything else would run as `run` while skipping what is kept
+    // for `run` only (the replay record).
+    if inv.export != "run" && inv.export != "plan" {
+        return Err(AdmitError::UnknownExport(
+            inv.export.chars().take(64).collect(),
+        ));
+    }
+    // The target is bound: a job assigned to a host its target does not name is not what was
+    // decided or approved, whatever its row says.
+    if !runner.named_by(&inv.target) {
+        return Err(AdmitError::OtherTarget {
+            runner: runner.name().to_string(),
+            target: inv.target.chars().take(160).collect(),
+        });
+    }
     // A run across a pool binds its host list: a part for any other host is not what was
     // decided or approved, whatever its row says.
-    if !inv.hosts.is_empty() && !inv.hosts.iter().any(|h| h == runner) {
+    if !inv.hosts.is_empty() && !inv.hosts.iter().any(|h| h == runner.name()) {
         return Err(AdmitError::NotListed {
-            runner: runner.to_string(),
+            runner: runner.name().to_string(),
             hosts: inv.hosts.join(", "),
         });
     }
@@ -105,4 +171,48 @@ pub fn admit_job(
         now_ms,
     )?;
     Ok((narrowed, admitted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Runner;
+
+    #[test]
+    fn a_target_names_only_the_hosts_it_was_approved_for() {
+        let pools = ["web".to_string(), "db".to_string()];
+        let agent = Runner::Agent {
+            name: "web-1",
+            id: "agt_0123",
+            pools: &pools,
+        };
+        for target in [
+            "agent:web-1",
+            "agent:agt_0123",
+            "pool:web",
+            "pool:db",
+            "all:pool:web",
+        ] {
+            assert!(agent.named_by(target), "{target}");
+        }
+        for target in [
+            "agent:web-2",
+            "agent:web-1x",
+            "agent:WEB-1",
+            "pool:web2",
+            "pool:Web",
+            "all:pool:cache",
+            "all:agent:web-1",
+            "local",
+            "web-1",
+            "pool:",
+            "",
+        ] {
+            assert!(!agent.named_by(target), "{target}");
+        }
+        let worker = Runner::Worker { target: "local" };
+        assert!(worker.named_by("local"));
+        for target in ["agent:local", "pool:local", "all:pool:local", "Local"] {
+            assert!(!worker.named_by(target), "{target}");
+        }
+    }
 }

@@ -267,6 +267,41 @@ mod tests {
         );
     }
 
+    /// An input (or a plan's output) crosses JSON text several times between the request and
+    /// the runner: request body, database column, API answer to `tend approve`, the job an
+    /// agent receives. Each end recomputes the digest from what it parsed, so a number must
+    /// read back as exactly what was written, or an approved invocation no longer matches its
+    /// approval (and `tend approve` calls the orchestrator a liar).
+    #[test]
+    fn a_digest_survives_every_trip_its_fields_make_through_json_text() {
+        let (grants, limits) = (tend_policy::Grants::default(), ManifestLimits::default());
+        // A number serde_json reads one ULP off (1.5777777777770001): what it then writes
+        // reads back the same, so every end that parsed the text agrees. Then pseudo-random
+        // 17-digit fractions.
+        let mut texts = vec!["{\"x\": 1.5777777777770001}".to_string()];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            texts.push(format!(
+                "{{\"x\": {}.{:016}}}",
+                seed % 1000,
+                seed % 10_000_000_000_000_000
+            ));
+        }
+        for text in texts {
+            let sent: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let stored: serde_json::Value = serde_json::from_str(&sent.to_string()).expect("json");
+            let shown: serde_json::Value = serde_json::from_str(&stored.to_string()).expect("json");
+            assert_eq!(
+                invocation_digest(&bound(&sent, &grants, &limits)),
+                invocation_digest(&bound(&shown, &grants, &limits)),
+                "{text} read back as {shown}"
+            );
+        }
+    }
+
     #[test]
     fn only_a_trusted_key_over_the_digest_counts_under_its_trusted_name() {
         let alice = SigningKey::from_bytes(&[7; 32]);

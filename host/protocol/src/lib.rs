@@ -26,7 +26,7 @@ mod once;
 mod plan;
 pub mod tokens;
 
-pub use admission::{AdmitError, VerifiedSkill, admit_job};
+pub use admission::{AdmitError, Runner, VerifiedSkill, admit_job};
 pub use approval::{
     Bound, TrustedApprover, approval_facts, approval_message, approval_verifies, canonical_json,
     invocation_digest, parse_public_key, public_key_text, sign_approval,

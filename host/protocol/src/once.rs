@@ -72,6 +72,14 @@ impl RanOnce {
             Err(source) => Err(RanError::Io { path, source }),
         }
     }
+
+    /// Forget that `digest` runs here: only for a run that certainly did not start (it was
+    /// recorded, then could not be marked started), so it may still run here once.
+    pub fn unclaim(&self, digest: &str) {
+        if !digest.is_empty() && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = std::fs::remove_file(self.dir.join(digest.to_ascii_lowercase()));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -94,6 +102,13 @@ mod tests {
             Err(RanError::AlreadyRan(_))
         ));
         assert!(again.claim("../x", until).is_err());
+        // A run that did not start is forgotten, so it may still run once.
+        again.claim("ef56", until).expect("claimed");
+        again.unclaim("ef56");
+        again.claim("ef56", until).expect("claimed again");
+        assert!(again.claim("ef56", until).is_err());
+        again.unclaim("../ab12");
+        assert!(again.claim("ab12", until).is_err());
         // A closed window's record is dropped at the next start.
         again.claim("cd34", 1).expect("old");
         let later = RanOnce::open(dir.path()).expect("reopen");

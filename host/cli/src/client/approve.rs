@@ -115,6 +115,17 @@ pub async fn approve(args: ApproveArgs) -> Result<u8, Failure> {
             inv.id, inv.invocation_digest
         )));
     }
+    if inv.export != "run" && inv.export != "plan" {
+        return Err(Failure::host(format!(
+            "refusing to sign: {} has export {:?}, which no runner runs; report this to whoever runs the orchestrator",
+            inv.id, inv.export
+        )));
+    }
+    if let Some(why) = understated(&inv) {
+        return Err(Failure::host(format!(
+            "refusing to sign: {why}. What is shown is not what would be approved; report this to whoever runs the orchestrator"
+        )));
+    }
     if !args.yes {
         eprint!("{}", output::render_invocation(&inv));
         confirm(&format!(
@@ -149,6 +160,44 @@ pub async fn approve(args: ApproveArgs) -> Result<u8, Failure> {
 }
 
 /// Ask on the terminal; anything but `y`/`yes` is a no. Without a terminal, `--yes` is needed.
+/// Why the level or approvals `inv` shows are lower than its bound grants imply, if they are.
+/// The level and its reasons are the orchestrator's words, not bound into the digest; the
+/// grants are. Every runner recomputes the level anyway, but an approver must not be told a
+/// repair that restarts services is a low-risk L1 needing one approval when it is L3.
+fn understated(inv: &tend_protocol::Invocation) -> Option<String> {
+    // A plan job runs its grants read-only with no programs (the runtime enforces it).
+    let grants = if inv.export == "plan" {
+        inv.grants.for_plan()
+    } else {
+        inv.grants.clone()
+    };
+    let floor = tend_policy::capability_floors(&grants)
+        .into_iter()
+        .filter_map(|r| match r {
+            tend_policy::Reason::CapabilityFloor {
+                capability, level, ..
+            } => Some((level, capability)),
+            _ => None,
+        })
+        .max_by_key(|(level, _)| *level);
+    let shown = tend_policy::Level::try_from(inv.level).ok();
+    if let Some((level, capability)) = floor
+        && shown.is_none_or(|s| s < level)
+    {
+        return Some(format!(
+            "{} is shown as L{}, but its grants make it at least {level} ({capability})",
+            inv.id, inv.level
+        ));
+    }
+    let needed = shown.map_or(u8::MAX, tend_policy::Level::approvals_required);
+    (inv.approvals_required < needed).then(|| {
+        format!(
+            "{} is shown as L{} needing {} approval(s), but L{} needs {needed}",
+            inv.id, inv.level, inv.approvals_required, inv.level
+        )
+    })
+}
+
 fn confirm(question: &str) -> Result<(), Failure> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -229,5 +278,47 @@ pub async fn approver(cmd: ApproverCommand) -> Result<u8, Failure> {
             out(&format!("{name}'s approver key is removed"));
             Ok(exit::OK)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(level: u8, required: u8, grants: Value) -> tend_protocol::Invocation {
+        serde_json::from_value(json!({
+            "id": "inv_0000000000000001", "skill": "restart-service", "version": "1.0.0",
+            "digest": "sha256:00", "target": "local", "input": {}, "reason": "down",
+            "requester": "alice", "level": level, "approvals_required": required,
+            "invocation_digest": "d", "state": "pending_approval", "grants": grants,
+            "verdict": {"decision": {"decision": "allow"}, "level": 0, "reasons": []},
+            "reasons": [], "created_at": "2026-01-01T00:00:00.000Z",
+            "expires_at": "2026-01-01T01:00:00.000Z", "expires_ms": 1_767_229_200_000_i64,
+            "approvals": [], "result": null,
+        }))
+        .expect("an invocation")
+    }
+
+    /// The level shown is not bound, the grants are: a server that shows an L3 repair as L1
+    /// with one approval needed gets no signature.
+    #[test]
+    fn a_level_shown_below_what_the_bound_grants_imply_is_not_signed() {
+        let grants = json!({
+            "fs_read": [], "fs_write": [], "service_restart": [], "service_reload": [],
+            "http": [], "tcp": [],
+            "exec": [{"program": "/usr/bin/sh", "args": ["-c", "{cmd}"]}],
+        });
+        let why = understated(&shown(1, 1, grants.clone())).expect("understated");
+        assert!(why.contains("shown as L1") && why.contains("L3"), "{why}");
+        assert!(understated(&shown(3, 2, grants.clone())).is_none());
+        let why = understated(&shown(3, 1, grants)).expect("too few approvals");
+        assert!(why.contains("needs 2"), "{why}");
+        let none = json!({
+            "fs_read": ["/var/log"], "fs_write": [], "exec": [], "service_restart": [],
+            "service_reload": [], "http": [], "tcp": [],
+        });
+        assert!(understated(&shown(1, 1, none.clone())).is_none());
+        assert!(understated(&shown(0, 0, none.clone())).is_none());
+        assert!(understated(&shown(9, 2, none)).is_some());
     }
 }

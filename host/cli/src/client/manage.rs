@@ -82,7 +82,7 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<u8, Failure> {
                 output::approvals_count(inv),
                 inv.requester.clone(),
                 output::age(&inv.created_at),
-                output::relative(&inv.expires_at),
+                output::relative(&output::bound_expiry(inv)),
             ]
         })
         .collect();

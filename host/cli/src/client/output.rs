@@ -74,6 +74,13 @@ pub fn when(at: &str) -> String {
     format!("{at} ({})", relative(at))
 }
 
+/// The end of `inv`'s approval window as the invocation digest binds it (`expires_ms`), in
+/// RFC 3339: what an approval of it is good for, whatever `expires_at` says.
+pub fn bound_expiry(inv: &Invocation) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(inv.expires_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// Whether an invocation has reached an end state.
 pub fn is_final(state: State) -> bool {
     state.is_final()
@@ -106,7 +113,7 @@ pub fn approval_hint(inv: &Invocation) -> Option<String> {
         "waiting for {left} more approval{} by an approver other than {} (before {}): tend approve {}",
         if left == 1 { "" } else { "s" },
         inv.requester,
-        inv.expires_at,
+        bound_expiry(inv),
         inv.id
     ))
 }
@@ -154,7 +161,15 @@ pub fn render_invocation(inv: &Invocation) -> String {
             format!("{} (via {})", inv.requester, inv.trigger),
         ),
         ("reason", inv.reason.clone()),
-        ("input", compact(&inv.input)),
+        // What an approval binds is shown whole, however long.
+        (
+            "input",
+            if matches!(inv.state, State::Planning | State::PendingApproval) {
+                inv.input.to_string()
+            } else {
+                compact(&inv.input)
+            },
+        ),
         ("grants", grants_text(&inv.grants)),
         ("limits", limits_text(&inv.limits)),
         ("inv. digest", inv.invocation_digest.clone()),
@@ -173,19 +188,20 @@ pub fn render_invocation(inv: &Invocation) -> String {
         ));
     }
     if matches!(inv.state, State::Planning | State::PendingApproval) {
-        rows.push(("expires", when(&inv.expires_at)));
+        // The end of the window the digest binds, not the server's text for it.
+        rows.push(("expires", when(&bound_expiry(inv))));
     }
     if let Some(comment) = inv.comment.as_deref().filter(|c| !c.is_empty()) {
         rows.push(("comment", comment.to_string()));
     }
     let mut text = String::new();
     for (key, value) in rows {
-        text.push_str(&format!("{key:<12} {value}\n"));
+        text.push_str(&format!("{key:<12} {}\n", one_line(&value)));
     }
     if !inv.reasons.is_empty() {
         text.push_str("decision:\n");
         for reason in &inv.reasons {
-            text.push_str(&format!("  - {reason}\n"));
+            text.push_str(&format!("  - {}\n", one_line(reason)));
         }
     }
     if let Some(plan) = &inv.plan {
@@ -201,14 +217,21 @@ pub fn render_invocation(inv: &Invocation) -> String {
             } else {
                 " (for another digest: does not count)"
             };
-            text.push_str(&format!("  - {} at {}{stale}\n", a.approver, a.at));
+            text.push_str(&format!(
+                "  - {} at {}{stale}\n",
+                one_line(&a.approver),
+                one_line(&a.at)
+            ));
         }
     }
     if let Some(hint) = approval_hint(inv) {
-        text.push_str(&format!("{hint}\n"));
+        text.push_str(&format!("{}\n", one_line(&hint)));
     }
     if !inv.hosts.is_empty() {
-        text.push_str(&format!("hosts:       {}\n", inv.hosts.join(", ")));
+        text.push_str(&format!(
+            "hosts:       {}\n",
+            one_line(&inv.hosts.join(", "))
+        ));
     }
     if !inv.parts.is_empty() {
         let ok = inv
@@ -225,10 +248,10 @@ pub fn render_invocation(inv: &Invocation) -> String {
             .iter()
             .map(|p| {
                 vec![
-                    format!("  {}", p.host),
+                    format!("  {}", one_line(&p.host)),
                     p.state.as_str().to_string(),
-                    p.outcome.clone().unwrap_or_default(),
-                    p.id.clone(),
+                    one_line(&p.outcome.clone().unwrap_or_default()),
+                    one_line(&p.id),
                 ]
             })
             .collect();
@@ -239,18 +262,19 @@ pub fn render_invocation(inv: &Invocation) -> String {
     if let Some(check) = &inv.plan_check {
         text.push_str(&format!(
             "vs plan:     {}\n",
-            check["summary"].as_str().unwrap_or("")
+            one_line(check["summary"].as_str().unwrap_or(""))
         ));
         for d in check["differences"].as_array().into_iter().flatten() {
-            text.push_str(&format!("  - {}\n", d.as_str().unwrap_or("")));
+            text.push_str(&format!("  - {}\n", one_line(d.as_str().unwrap_or(""))));
         }
     }
-    text
+    // Every line above is this client's; whatever free text slipped into one stays on it.
+    visible(&text)
 }
 
 /// A repair's plan record: what its plan said it would do, or that it failed or did not run.
 pub fn render_plan(plan: &serde_json::Value) -> String {
-    let outcome = plan["outcome"].as_str().unwrap_or("?");
+    let outcome = one_line(plan["outcome"].as_str().unwrap_or("?"));
     let mut text = if outcome == "ok" {
         "plan:        what it says it will do (ran read-only on the target)\n".to_string()
     } else {
@@ -341,7 +365,37 @@ pub fn render_result(result: &serde_json::Value) -> String {
             }
         }
     }
-    text
+    visible(&text)
+}
+
+/// `s` as one line a terminal shows as it is: every control character (line breaks, carriage
+/// returns, escape sequences) and every invisible or direction-changing format character is
+/// written as `\u{..}`. Free text — a requester's reason, or anything a hostile server sends
+/// — cannot then move the cursor, erase or fake a row of what an approver reads.
+pub fn one_line(s: &str) -> String {
+    escape(s, false)
+}
+
+/// Like [`one_line`], but keeps line breaks: for text made of lines this client wrote.
+fn visible(s: &str) -> String {
+    escape(s, true)
+}
+
+fn escape(s: &str, keep_newlines: bool) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !s.chars().any(hidden) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| match c {
+            '\n' if keep_newlines => "\n".to_string(),
+            c if hidden(c) => format!("\\u{{{:x}}}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// JSON on one line, shortened for a table or a summary.
@@ -376,5 +430,75 @@ mod tests {
         assert_eq!(short(Duration::from_secs(200)), "3m");
         assert_eq!(short(Duration::from_secs(7300)), "2h");
         assert_eq!(short(Duration::from_secs(3 * 86_400)), "3d");
+    }
+
+    /// An invocation as a server sends it, pending approval, with the approval window that
+    /// the digest binds (`expires_ms`) and the one it states in words (`expires_at`).
+    fn pending(expires_at: &str, expires_ms: i64) -> Invocation {
+        serde_json::from_value(serde_json::json!({
+            "id": "inv_0000000000000001", "skill": "clean-old-logs", "version": "1.0.0",
+            "digest": "sha256:00", "target": "local", "input": {}, "reason": "disk full",
+            "requester": "alice", "level": 1, "approvals_required": 1,
+            "invocation_digest": "d", "state": "pending_approval",
+            "verdict": {"decision": {"decision": "allow"}, "level": 1, "reasons": []}, "reasons": [],
+            "created_at": "2026-01-01T00:00:00.000Z", "expires_at": expires_at,
+            "expires_ms": expires_ms, "approvals": [], "result": null,
+        }))
+        .expect("an invocation")
+    }
+
+    /// The approval window an approver reads is the one the digest binds: a server that
+    /// states a short window in `expires_at` while binding a year cannot make the approver
+    /// believe the approval lapses in an hour.
+    #[test]
+    fn the_expiry_shown_is_the_one_the_digest_binds() {
+        // 2027-01-01T00:00:00Z, bound; an earlier time stated.
+        let text = render_invocation(&pending("2026-01-01T01:00:00.000Z", 1_798_761_600_000));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("expires"))
+            .expect("an expires line");
+        assert!(line.contains("2027-01-01T00:00:00.000Z"), "{line}");
+        assert!(!line.contains("2026-01-01T01:00:00"), "{line}");
+    }
+
+    /// Everything an approval binds is shown in full: a requester cannot hide part of the
+    /// input after the first 200 characters, where a shortened line would cut it.
+    #[test]
+    fn an_approver_sees_the_whole_input() {
+        let mut inv = pending("2027-01-01T00:00:00.000Z", 1_798_761_600_000);
+        inv.input = serde_json::json!({
+            "aa_note": "routine cleanup of old nginx logs, nothing else ".repeat(6),
+            "zz_path": "/var/lib/postgresql",
+        });
+        let text = render_invocation(&inv);
+        assert!(text.contains("/var/lib/postgresql"), "{text}");
+    }
+
+    /// Free text in an invocation (the requester's reason, or anything a hostile server
+    /// sends) cannot write to the approver's terminal: no escape sequences, no carriage
+    /// returns, no extra lines that look like rows, no bidirectional overrides.
+    #[test]
+    fn free_text_cannot_forge_what_an_approver_reads() {
+        let mut inv = pending("2027-01-01T00:00:00.000Z", 1_798_761_600_000);
+        inv.reason = "disk full\n\u{1b}[1A\u{1b}[2K\rgrants       none\u{202e}".into();
+        inv.approvals = vec![tend_protocol::Approval {
+            approver: "bob\ngrants       none".into(),
+            invocation_digest: "d".into(),
+            at: "\u{1b}[2J".into(),
+            public_key: None,
+            signature: None,
+        }];
+        inv.plan = Some(serde_json::json!({"outcome": "ok\u{1b}[2K\nplan: fine", "output": null}));
+        let text = render_invocation(&inv);
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(!text.contains('\r'), "{text:?}");
+        assert!(!text.contains('\u{202e}'), "{text:?}");
+        let forged = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("grants"))
+            .count();
+        assert_eq!(forged, 1, "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("plan: fine")), "{text}");
     }
 }
