@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::agent::{AgentProc, enroll, submit_to};
+use crate::agent::{AgentProc, audit_events, enroll, submit_to};
 use crate::orchestrator::{Api, Backend, Orch, setup, tamper};
 use crate::registry::World;
 
@@ -175,5 +175,66 @@ async fn a_reason_that_would_write_to_the_approvers_terminal_is_refused() {
         list["invocations"].as_array().map(Vec::len),
         Some(0),
         "{list}"
+    );
+}
+
+/// A `pool:` invocation that needs approval is approved for one host: the best member that
+/// would accept it is chosen at submit and bound (the approver sees it), it runs there, and a
+/// copy of it queued for another member of the same pool is refused — one approval, one run.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_for_a_pool_is_for_the_one_host_it_names() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    let bob = orch.token(&w, "bob", "approver");
+    let trust = w.path("trust.toml");
+    for name in ["web-1", "web-2"] {
+        enroll(
+            &w,
+            &orch,
+            &reg,
+            name,
+            trust.to_str().expect("trust"),
+            &["--pool", "web", "--max-level", "2"],
+        );
+    }
+    let _web1 = AgentProc::start(&w, "web-1");
+    let _web2 = AgentProc::start(&w, "web-2");
+    until_agent(&api, &alice, "web-1", "online").await;
+    until_agent(&api, &alice, "web-2", "online").await;
+
+    let (s, v) = submit_to(&api, &alice, "acme-disrupt", "pool:web", json!({})).await;
+    assert_eq!(s, 201, "{v}");
+    let hosts = v["hosts"].as_array().expect("hosts").clone();
+    assert_eq!(hosts.len(), 1, "{v}");
+    let chosen = hosts[0].as_str().expect("host").to_string();
+    let other = if chosen == "web-1" { "web-2" } else { "web-1" };
+    let id = v["id"].as_str().expect("id").to_string();
+    let (s, a) = api
+        .approve(&bob, &id, v["invocation_digest"].as_str().expect("d"))
+        .await;
+    assert_eq!(s, 200, "{a}");
+    let done = api.wait_for(&alice, &id, "succeeded").await;
+    let ran_on = audit_events(&api, &alice)
+        .await
+        .into_iter()
+        .find(|e| e["subject"] == id.as_str() && e["action"] == "invocation.started")
+        .expect("started");
+    assert_eq!(ran_on["actor"], chosen.as_str(), "{done}");
+
+    let forged = "inv_00000000000b7722";
+    let other_id = agent_id(&w, other);
+    tamper(
+        &orch.database,
+        &format!(
+            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, publisher, publisher_key, hosts, narrowing, grants, limits, plan, export, plan_for, part_of, assigned_agent) SELECT '{forged}', skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, 'queued', created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, publisher, publisher_key, hosts, narrowing, grants, limits, plan, export, plan_for, '{id}', '{other_id}' FROM invocations WHERE id = '{id}'"
+        ),
+    );
+    let refused = api.wait_for(&alice, forged, "failed").await;
+    let error = refused["result"]["error"].as_str().expect("refusal");
+    assert!(
+        error.contains(other) && error.contains("not one of the hosts"),
+        "{error}"
     );
 }

@@ -515,7 +515,7 @@ pub async fn dispatch(
     let rows = match only {
         Some(id) => {
             sqlx::query(
-                "SELECT id, target, level, assigned_agent FROM invocations WHERE id = $1 AND state = $2 AND target <> 'local'",
+                "SELECT id, target, level, assigned_agent, hosts FROM invocations WHERE id = $1 AND state = $2 AND target <> 'local'",
             )
             .bind(id)
             .bind(State::Queued.as_str())
@@ -524,7 +524,7 @@ pub async fn dispatch(
         }
         None => {
             sqlx::query(
-                "SELECT id, target, level, assigned_agent FROM invocations WHERE state = $1 AND target <> 'local' ORDER BY created_ms LIMIT 500",
+                "SELECT id, target, level, assigned_agent, hosts FROM invocations WHERE state = $1 AND target <> 'local' ORDER BY created_ms LIMIT 500",
             )
             .bind(State::Queued.as_str())
             .fetch_all(&db.pool)
@@ -555,11 +555,21 @@ pub async fn dispatch(
         {
             continue;
         }
-        let fits = |a: &Agent| match target.split_once(':') {
-            Some(("pool", p)) => a.pools.iter().any(|x| x == p),
-            Some(("agent", name)) => a.name == name || a.id == name,
-            _ => false,
-        } && i64::from(a.ceiling.max_level) >= level;
+        // A `pool:` invocation approved for one host (its bound host list) goes there only.
+        let hosts: Vec<String> = r
+            .try_get::<Option<String>, _>("hosts")?
+            .and_then(|h| serde_json::from_str(&h).ok())
+            .unwrap_or_default();
+        let fits = |a: &Agent| {
+            let named = match target.split_once(':') {
+                Some(("pool", p)) => a.pools.iter().any(|x| x == p),
+                Some(("agent", name)) => a.name == name || a.id == name,
+                _ => false,
+            };
+            named
+                && i64::from(a.ceiling.max_level) >= level
+                && (hosts.is_empty() || hosts.contains(&a.name))
+        };
         let best = live
             .iter()
             .filter(|(a, _)| fits(a))

@@ -123,7 +123,8 @@ fn grouped(fits: &[(String, Fit)]) -> Vec<(Vec<String>, String)> {
 }
 
 /// Check the agents of `target` for an invocation decided as `verdict`. Returns the verdict
-/// to record (with a note on the agents that would refuse, if any), or
+/// to record (with a note on the agents that would refuse, if any) and the agents that would
+/// accept it, best first (online before offline, then the healthiest) — or
 /// [`SubmitError::NoAgentCanRun`] after auditing it when no agent could accept it.
 #[allow(clippy::too_many_arguments)]
 pub async fn refuse_early(
@@ -135,7 +136,7 @@ pub async fn refuse_early(
     narrowed: &Manifest,
     reason: &str,
     mut verdict: Verdict,
-) -> Result<Verdict, SubmitError> {
+) -> Result<(Verdict, Vec<String>), SubmitError> {
     // The local worker's own ceiling is the target's, which `decide` already checked; a
     // caller who may not invoke at all learns nothing about the agents.
     if target == services.settings.target.name
@@ -144,11 +145,11 @@ pub async fn refuse_early(
             Decision::Deny(DenyReason::RoleCannotInvoke { .. })
         )
     {
-        return Ok(verdict);
+        return Ok((verdict, Vec::new()));
     }
     let all = agents::list(&services.db).await?;
     let Some(members) = crate::agents::members(&all, target) else {
-        return Ok(verdict);
+        return Ok((verdict, Vec::new()));
     };
     let now = tend_protocol::now_ms();
     let fits: Vec<(String, Fit)> = members
@@ -206,7 +207,20 @@ pub async fn refuse_early(
             agents: named(&offline),
         });
     }
-    Ok(verdict)
+    let mut fitting: Vec<(bool, u8, &str)> = members
+        .iter()
+        .zip(&fits)
+        .filter(|(_, (_, f))| !matches!(f, Fit::Refuses(_)))
+        .map(|(a, (_, f))| {
+            let score = agents::health(a, now, services.settings.offline_after).1;
+            (*f == Fit::Online, score, a.name.as_str())
+        })
+        .collect();
+    fitting.sort_by(|x, y| (y.0, y.1).cmp(&(x.0, x.1)).then(x.2.cmp(y.2)));
+    Ok((
+        verdict,
+        fitting.into_iter().map(|(_, _, n)| n.to_string()).collect(),
+    ))
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ pub async fn submit(
         .target
         .clone()
         .unwrap_or_else(|| services.settings.target.name.clone());
-    let (policy_target, hosts) = resolve_target(services, &target).await?;
+    let (policy_target, mut hosts) = resolve_target(services, &target).await?;
     let skill = services
         .catalog
         .resolve(&request.skill, request.version.as_deref())
@@ -211,7 +211,7 @@ pub async fn submit(
             role: caller.role,
         })
     };
-    let verdict = crate::fit::refuse_early(
+    let (verdict, fitting) = crate::fit::refuse_early(
         services,
         trigger,
         caller,
@@ -244,6 +244,15 @@ pub async fn submit(
             why: why.to_string(),
             reasons: verdict.explain(),
         });
+    }
+    // An approval of a `pool:` invocation is for one host, chosen now (the best agent that
+    // would accept it) and bound into the digest, so the approver sees where it will run and
+    // no copy of it can run on another member of the pool. Its plan runs on that host too.
+    if target.starts_with("pool:")
+        && matches!(verdict.decision, Decision::NeedsApproval { .. })
+        && let Some(best) = fitting.first()
+    {
+        hosts = vec![best.clone()];
     }
     let cap = services.settings.blast_radius[u8::from(verdict.level) as usize];
     if hosts.len() > cap {
@@ -308,7 +317,7 @@ pub async fn submit(
     // approvers and bound into the digest. The plan job is decided as what it is — an
     // observation with the repair's grants read-only and no programs — and when even that
     // would need approval, the repair waits for approval with its plan marked as not run.
-    if !hosts.is_empty() {
+    if target.starts_with("all:") {
         // One plan per host is not shown yet: say so, and let the approver decide knowing it.
         let plan = tend_protocol::plan_not_run(&[format!(
             "a run across a pool ({target}) does not run its plan first yet: run the plan on one host with pool:NAME or agent:NAME to see it"

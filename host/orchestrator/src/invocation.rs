@@ -220,7 +220,7 @@ async fn insert(
         detail,
     )
     .await?;
-    if inv.state == State::Queued && !inv.hosts.is_empty() {
+    if inv.state == State::Queued && inv.target.starts_with("all:") {
         fan_out(tx, &inv.id, &inv.requester).await?;
         inv.state = State::Running;
     }
@@ -482,7 +482,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Invocation, FlowError> {
         .await?
         .ok_or_else(|| FlowError::NotFound(format!("no invocation {id}")))?;
     let mut inv = from_row(&row, approvals(db, id).await?)?;
-    if !inv.hosts.is_empty() && inv.part_of.is_none() {
+    if inv.target.starts_with("all:") && inv.part_of.is_none() {
         inv.parts = parts_in(&db.pool, id).await?;
     }
     Ok(inv)
@@ -786,12 +786,12 @@ async fn queue_if_approved(
         Err(FlowError::Conflict(_)) => return Ok(false),
         Err(e) => return Err(e),
     }
-    let across_pool: Option<String> = sqlx::query("SELECT hosts FROM invocations WHERE id = $1")
+    let target: String = sqlx::query("SELECT target FROM invocations WHERE id = $1")
         .bind(id)
         .fetch_one(&mut **tx)
         .await?
-        .try_get("hosts")?;
-    if across_pool.is_some_and(|h| h != "[]") {
+        .try_get("target")?;
+    if target.starts_with("all:") {
         fan_out(tx, id, actor).await?;
     }
     Ok(true)
