@@ -209,10 +209,12 @@ async fn a_forged_job_row_is_refused_from_the_verified_manifest() {
             None,
             "refused at run time: L2 disrupt (recomputed from the verified manifest) needs 1 approval",
         ),
+        // A `pool:` job that needs approval is bound to the one member that would accept it
+        // (high); the forged copy for low is refused for that before its level is looked at.
         (
             "pool:ops",
             Some(agent_id(&w, "low")),
-            "level L2 disrupt, recomputed from the verified manifest, is above this agent's ceiling L0 observe",
+            "this host (low) is not one of the hosts the invocation was decided and approved for (high)",
         ),
         (
             "pool:ops",

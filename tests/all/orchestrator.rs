@@ -1551,3 +1551,19 @@ c.commit()
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("audit event 4"), "{}", err(&o));
 }
+
+/// An orchestrator serving its own host under another name than `local` (`--target NAME`)
+/// runs that host's jobs: its worker claims the jobs of the target it serves as.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_served_under_its_own_name_runs_its_jobs() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &["--target", "db-host"]);
+    let api = Api::new(&orch);
+    let (s, v) = api.submit(&orch.admin, "acme-echo", json!({"x": 5})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["target"], "db-host", "{v}");
+    let done = api
+        .wait_for(&orch.admin, v["id"].as_str().expect("id"), "succeeded")
+        .await;
+    assert_eq!(done["result"]["output"]["echo"]["x"], 5, "{done}");
+}

@@ -254,7 +254,7 @@ async fn of_racing_changes_exactly_one_wins(backend: Backend) {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
             let owner = format!("worker-{n}");
-            invocation::claim(&db, &owner, 60_000, Queue::Local).await
+            invocation::claim(&db, &owner, 60_000, Queue::Local("local")).await
         }));
     }
     let mut claimed = Vec::new();

@@ -918,8 +918,9 @@ pub async fn expire_due(db: &Db) -> Result<usize, FlowError> {
 /// Which queued jobs a claimant may take.
 #[derive(Debug, Clone, Copy)]
 pub enum Queue<'a> {
-    /// Jobs for this host, run by the built-in worker.
-    Local,
+    /// Jobs for this host (the target the orchestrator serves as, `local` by default), run by
+    /// the built-in worker.
+    Local(&'a str),
     /// Jobs assigned to this agent.
     Agent(&'a str),
 }
@@ -936,7 +937,7 @@ pub async fn claim(
     let lease = Set::Lease { owner, until_ms };
     // The local worker starts a job the moment it claims it; an agent says when it starts.
     let set: &[Set] = match queue {
-        Queue::Local => &[lease, Set::ClaimedNow, Set::StartedNow],
+        Queue::Local(_) => &[lease, Set::ClaimedNow, Set::StartedNow],
         Queue::Agent(_) => &[lease, Set::ClaimedNow],
     };
     let claim = Transition {

@@ -136,7 +136,14 @@ impl Worker {
     async fn claim_loop(&self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             let lease = LEASE_SLACK_MS + tend_runtime::HOST_MAXIMA.timeout_ms as i64;
-            match invocation::claim(&self.db, &self.owner, lease, invocation::Queue::Local).await {
+            match invocation::claim(
+                &self.db,
+                &self.owner,
+                lease,
+                invocation::Queue::Local(&self.target.name),
+            )
+            .await
+            {
                 Ok(Some(inv)) => {
                     let span = tracing::info_span!("job", invocation = %inv.id, skill = %inv.skill);
                     tracing::Instrument::instrument(self.run_job(inv), span).await

@@ -210,7 +210,7 @@ fn update<'a>(
             sql.push(" WHERE id = (SELECT id FROM invocations WHERE state = ")
                 .arg(Arg::Text(from.as_str()));
             match queue {
-                Queue::Local => sql.push(" AND target = ").arg(Arg::Text("local")),
+                Queue::Local(target) => sql.push(" AND target = ").arg(Arg::Text(target)),
                 Queue::Agent(agent) => sql.push(" AND assigned_agent = ").arg(Arg::Text(agent)),
             };
             sql.push(" ORDER BY created_ms LIMIT 1");
