@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 
 use serde_json::{Value, json};
 
-use crate::agent::{AgentProc, audit_events, count, enroll, submit_to, wait_audit};
+use crate::agent::{AgentProc, agent_id, audit_events, count, enroll, submit_to, wait_audit};
 use crate::orchestrator::{Api, Backend, Orch, tamper};
 use crate::registry::{Registry, World};
 use crate::support::*;
@@ -141,13 +141,6 @@ impl Drop for Victim {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn agent_id(w: &World, name: &str) -> String {
-    let text =
-        std::fs::read_to_string(w.path(&format!("agent-{name}/agent.toml"))).expect("config");
-    let config: toml::Value = toml::from_str(&text).expect("toml");
-    config["agent_id"].as_str().expect("agent_id").to_string()
 }
 
 /// Someone with write access to the database turns a pending L2 repair into a queued L0 job

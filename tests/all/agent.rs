@@ -829,3 +829,30 @@ async fn offline_removal_and_graceful_shutdown() {
     let (_, agents) = api.call("GET", "/api/v1/agents", Some(&admin), None).await;
     assert_eq!(agents.as_array().expect("agents").len(), 1);
 }
+
+/// The agent id `tend agent enroll` wrote into `agent-NAME/agent.toml`.
+pub fn agent_id(w: &World, name: &str) -> String {
+    let text =
+        std::fs::read_to_string(w.path(&format!("agent-{name}/agent.toml"))).expect("config");
+    let config: toml::Value = toml::from_str(&text).expect("toml");
+    config["agent_id"].as_str().expect("agent_id").to_string()
+}
+
+/// Wait until the orchestrator sees `name` in `state` (`online`/`offline`).
+pub async fn until_agent(api: &Api, token: &str, name: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, agents) = api.call("GET", "/api/v1/agents", Some(token), None).await;
+        let now = agents
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["name"] == name)
+            .map(|a| a["state"].as_str().unwrap_or("").to_string());
+        if now.as_deref() == Some(state) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never {state}: {agents}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -2,39 +2,10 @@
 //! the replay guard and token lifecycle: each is what someone holding the orchestrator's
 //! database (or an API token) would try, and what Tend does about it.
 
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 
-use crate::agent::{AgentProc, audit_events, enroll, submit_to};
+use crate::agent::{AgentProc, agent_id, audit_events, enroll, submit_to, until_agent};
 use crate::orchestrator::{Api, Backend, Orch, setup, tamper};
-use crate::registry::World;
-
-/// Wait until the orchestrator sees `name` in `state` (`online`/`offline`).
-async fn until_agent(api: &Api, token: &str, name: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, agents) = api.call("GET", "/api/v1/agents", Some(token), None).await;
-        let now = agents
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["name"] == name)
-            .map(|a| a["state"].as_str().unwrap_or("").to_string());
-        if now.as_deref() == Some(state) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} never {state}: {agents}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn agent_id(w: &World, name: &str) -> String {
-    let text =
-        std::fs::read_to_string(w.path(&format!("agent-{name}/agent.toml"))).expect("config");
-    let config: toml::Value = toml::from_str(&text).expect("toml");
-    config["agent_id"].as_str().expect("agent_id").to_string()
-}
 
 /// An approval for `agent:web-1` binds that target. Whoever holds the database copies the
 /// approved job (its approvals read through `part_of`) and assigns the copy to web-2, whose

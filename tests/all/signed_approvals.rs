@@ -6,16 +6,9 @@
 
 use serde_json::{Value, json};
 
-use crate::agent::{AgentProc, audit_events, enroll, submit_to};
+use crate::agent::{AgentProc, agent_id, audit_events, enroll, submit_to};
 use crate::orchestrator::{Api, Backend, Orch, setup, tamper};
 use crate::support::*;
-
-fn agent_id(w: &crate::registry::World, name: &str) -> String {
-    let text =
-        std::fs::read_to_string(w.path(&format!("agent-{name}/agent.toml"))).expect("config");
-    let config: toml::Value = toml::from_str(&text).expect("toml");
-    config["agent_id"].as_str().expect("agent_id").to_string()
-}
 
 fn insert_approval(
     orch: &Orch,
