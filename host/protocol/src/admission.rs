@@ -91,8 +91,9 @@ impl Runner<'_> {
     }
 }
 
-/// May `inv` run here, now? `runner` is this host as targets and host lists name it. Returns the manifest narrowed as the invocation may use it (what the runtime must
-/// enforce) and the admission, or why not.
+/// May `inv` run here, now? `runner` is this host as targets and host lists name it. Returns
+/// the manifest narrowed as the invocation may use it (what the runtime must enforce) and the
+/// admission, or why not.
 pub fn admit_job(
     runner: Runner<'_>,
     inv: &Invocation,
@@ -117,8 +118,9 @@ pub fn admit_job(
             target: inv.target.chars().take(160).collect(),
         });
     }
-    // A run across a pool binds its host list: a part for any other host is not what was
-    // decided or approved, whatever its row says.
+    // A host list is bound (a run across a pool, or the one host an approval of a `pool:`
+    // invocation is for): a job for any other host is not what was decided or approved,
+    // whatever its row says.
     if !inv.hosts.is_empty() && !inv.hosts.iter().any(|h| h == runner.name()) {
         return Err(AdmitError::NotListed {
             runner: runner.name().to_string(),

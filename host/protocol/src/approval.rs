@@ -36,8 +36,9 @@ pub struct Bound<'a> {
     /// trust policy, so the key, not the name, is bound).
     pub publisher_key: &'a str,
     pub target: &'a str,
-    /// The agents it runs on when that is fixed at submit (a pool run lists each); empty when
-    /// one runner of the target is chosen when it runs.
+    /// The agents it may run on when that is fixed at submit (a run across a pool lists each;
+    /// an approval of a `pool:` invocation names its one host); empty when one runner of the
+    /// target is chosen when it runs.
     pub hosts: &'a [String],
     pub requester: &'a str,
     pub input: &'a serde_json::Value,

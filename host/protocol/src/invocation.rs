@@ -99,8 +99,9 @@ pub struct Invocation {
     #[serde(default)]
     pub publisher_key: String,
     pub target: String,
-    /// The agents it runs on when fixed at submit (a pool run); empty when one runner of the
-    /// target is chosen when it runs.
+    /// The agents it may run on, fixed at submit: every host of a run across a pool, or the one
+    /// host an approval of a `pool:` invocation is for; empty when one runner of the target is
+    /// chosen when it runs.
     #[serde(default)]
     pub hosts: Vec<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]

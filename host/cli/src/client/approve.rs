@@ -159,7 +159,6 @@ pub async fn approve(args: ApproveArgs) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-/// Ask on the terminal; anything but `y`/`yes` is a no. Without a terminal, `--yes` is needed.
 /// Why the level or approvals `inv` shows are lower than its bound grants imply, if they are.
 /// The level and its reasons are the orchestrator's words, not bound into the digest; the
 /// grants are. Every runner recomputes the level anyway, but an approver must not be told a
@@ -198,6 +197,7 @@ fn understated(inv: &tend_protocol::Invocation) -> Option<String> {
     })
 }
 
+/// Ask on the terminal; anything but `y`/`yes` is a no. Without a terminal, `--yes` is needed.
 fn confirm(question: &str) -> Result<(), Failure> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
