@@ -4,6 +4,7 @@
 mod admission;
 mod agent;
 mod agent_hardening;
+mod alerts;
 mod attacks_14;
 mod authoring;
 mod cache;

@@ -134,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::agent_api::routes())
         .merge(crate::approvers::api::routes())
         .merge(crate::token_api::routes())
+        .merge(crate::incidents::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -147,7 +148,8 @@ pub fn router(state: AppState) -> Router {
     paths(readyz, metrics, status, submit, list, show, approve, reject, cancel, audit_list, audit_head,
         crate::agent_api::list, crate::agent_api::remove, crate::agent_api::create_enroll_token, crate::agent_api::enroll,
         crate::approvers::api::register, crate::approvers::api::list, crate::approvers::api::remove,
-        crate::token_api::create, crate::token_api::list, crate::token_api::revoke, crate::token_api::rotate),
+        crate::token_api::create, crate::token_api::list, crate::token_api::revoke, crate::token_api::rotate,
+        crate::incidents::alertmanager, crate::incidents::list_incidents, crate::incidents::show_incident),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -133,6 +133,12 @@ pub enum Action {
     AgentRefused,
     /// An agent was removed; its unstarted jobs went back to the queue.
     AgentDelete,
+    /// An alert opened an incident.
+    IncidentOpen,
+    /// An alert's `resolved` notification resolved its incident.
+    IncidentResolved,
+    /// An alert that names no enrolled agent was escalated to a person.
+    IncidentEscalated,
     /// An orchestrator process started serving.
     OrchestratorStart,
     /// An orchestrator process stopped.
@@ -144,7 +150,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 37] = [
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::TokenRotate,
@@ -175,6 +181,9 @@ impl Action {
         Action::AgentRequestRefused,
         Action::AgentRefused,
         Action::AgentDelete,
+        Action::IncidentOpen,
+        Action::IncidentResolved,
+        Action::IncidentEscalated,
         Action::OrchestratorStart,
         Action::OrchestratorStop,
         Action::AuditRefusalsSuppressed,
@@ -213,6 +222,9 @@ impl Action {
             Action::AgentRequestRefused => "agent.request_refused",
             Action::AgentRefused => "agent.refused",
             Action::AgentDelete => "agent.delete",
+            Action::IncidentOpen => "incident.open",
+            Action::IncidentResolved => "incident.resolved",
+            Action::IncidentEscalated => "incident.escalated",
             Action::OrchestratorStart => "orchestrator.start",
             Action::OrchestratorStop => "orchestrator.stop",
             Action::AuditRefusalsSuppressed => "audit.refusals_suppressed",

@@ -29,6 +29,7 @@ pub mod db;
 pub mod extract;
 pub mod fit;
 pub mod flow;
+pub mod incidents;
 pub mod invocation;
 pub mod metrics;
 pub mod token_api;

@@ -1,0 +1,478 @@
+//! Alert intake: Prometheus Alertmanager's webhook (payload version 4) becomes incidents.
+//!
+//! `POST /api/v1/alerts/alertmanager` (a bearer token with the operator role, which
+//! Alertmanager sends through `http_config.authorization`) checks the whole payload, then
+//! records every alert in one transaction and answers 200 only after the commit: an answer
+//! Alertmanager sees means the alerts are stored, and anything else makes it retry. A
+//! malformed payload is a 400 naming the field, and nothing is stored.
+//!
+//! One incident per alert fingerprint: a repeated notification updates it (last seen, count,
+//! labels) and never opens a second; a `resolved` notification resolves it. Its target agent
+//! comes from the alert's `instance` (without the port), `host` or `nodename` label, matched to
+//! an enrolled agent's name; an alert that names no enrolled agent is **escalated**, not
+//! dropped. Opening, resolving and escalating are audited.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::api::{ApiError, ApiJson, ApiResult, AppState, ErrorBody};
+use crate::audit::{self, Action};
+use crate::db::{Db, now_ms, random_id, rfc3339};
+use crate::extract::{Caller, Operator, Viewer};
+use crate::invocation::FlowError;
+
+/// Largest webhook body: Alertmanager batches a group's alerts into one notification.
+pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+/// Most alerts in one notification.
+pub const MAX_ALERTS: usize = 1000;
+/// Most labels (and annotations) on one alert.
+const MAX_LABELS: usize = 64;
+/// Longest label name, label value or annotation (bytes).
+const MAX_TEXT: usize = 4096;
+
+/// Alertmanager's webhook payload, version 4
+/// (<https://prometheus.io/docs/alerting/latest/configuration/#webhook_config>). Fields it may
+/// add later are ignored; the ones Tend uses are checked.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub version: String,
+    #[serde(default)]
+    pub group_key: String,
+    #[serde(default)]
+    pub truncated_alerts: u64,
+    /// `firing` or `resolved` (the group's).
+    pub status: String,
+    #[serde(default)]
+    pub receiver: String,
+    #[serde(default)]
+    pub group_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub common_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub common_annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "externalURL")]
+    pub external_url: String,
+    pub alerts: Vec<Alert>,
+}
+
+/// One alert of a notification.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// `firing` or `resolved`.
+    pub status: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub starts_at: String,
+    /// RFC 3339; `0001-01-01T00:00:00Z` while firing.
+    #[serde(default)]
+    pub ends_at: String,
+    #[serde(default, rename = "generatorURL")]
+    pub generator_url: String,
+    /// Alertmanager's identity of the alert (hex).
+    pub fingerprint: String,
+}
+
+/// An incident as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Incident {
+    pub id: String,
+    pub fingerprint: String,
+    pub alertname: String,
+    /// `open`, `escalated` or `resolved`.
+    pub state: String,
+    /// The alert's own status in its last notification: `firing` or `resolved`.
+    pub alert_status: String,
+    /// The agent it is about, when its labels name an enrolled one.
+    pub target: Option<String>,
+    /// Why it was escalated to a person, if it was.
+    pub escalation: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub starts_at: String,
+    pub generator_url: String,
+    /// Notifications received for it (Alertmanager repeats and regroups).
+    pub notifications: i64,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+    pub resolved_at: Option<String>,
+}
+
+/// What a notification did: each alert's incident, and whether it was new.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Received {
+    pub incidents: Vec<Touched>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Touched {
+    pub id: String,
+    pub fingerprint: String,
+    pub state: String,
+    /// `opened`, `updated`, `resolved` or `escalated`.
+    pub change: String,
+}
+
+/// A payload field that is wrong, named as JSON path.
+fn invalid(field: String, why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!(
+        "{field}: {why}; nothing was stored (Alertmanager webhook payload, version 4)"
+    ))
+}
+
+fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| {
+            invalid(
+                field.to_string(),
+                format!("{:?} is not an RFC 3339 time", audit::safe_field(value, 40)),
+            )
+        })
+}
+
+fn check_map(field: &str, map: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if map.len() > MAX_LABELS {
+        return Err(invalid(
+            field.into(),
+            format!("more than {MAX_LABELS} entries"),
+        ));
+    }
+    for (k, v) in map {
+        if k.contains('\0') || v.contains('\0') {
+            return Err(invalid(
+                format!("{field}.{}", audit::safe_field(k, 40)),
+                "contains a NUL character",
+            ));
+        }
+        if k.is_empty() || k.len() > MAX_TEXT || v.len() > MAX_TEXT {
+            return Err(invalid(
+                format!("{field}.{}", audit::safe_field(k, 40)),
+                format!("names and values are 1-{MAX_TEXT} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every check before anything is stored.
+pub fn check(n: &Notification) -> Result<(), ApiError> {
+    if n.version != "4" {
+        return Err(invalid(
+            "version".into(),
+            format!(
+                "{:?}: only version 4 is understood",
+                audit::safe_field(&n.version, 20)
+            ),
+        ));
+    }
+    if !["firing", "resolved"].contains(&n.status.as_str()) {
+        return Err(invalid("status".into(), "is firing or resolved"));
+    }
+    if n.alerts.is_empty() || n.alerts.len() > MAX_ALERTS {
+        return Err(invalid(
+            "alerts".into(),
+            format!("1 to {MAX_ALERTS} alerts"),
+        ));
+    }
+    for (i, a) in n.alerts.iter().enumerate() {
+        let at = |f: &str| format!("alerts[{i}].{f}");
+        if !["firing", "resolved"].contains(&a.status.as_str()) {
+            return Err(invalid(at("status"), "is firing or resolved"));
+        }
+        if a.fingerprint.is_empty()
+            || a.fingerprint.len() > 64
+            || !a.fingerprint.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(invalid(at("fingerprint"), "is 1-64 hex digits"));
+        }
+        check_map(&at("labels"), &a.labels)?;
+        check_map(&at("annotations"), &a.annotations)?;
+        if !a.labels.contains_key("alertname") {
+            return Err(invalid(at("labels.alertname"), "is missing"));
+        }
+        parse_time(&at("startsAt"), &a.starts_at)?;
+        if a.generator_url.len() > MAX_TEXT {
+            return Err(invalid(
+                at("generatorURL"),
+                format!("over {MAX_TEXT} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The enrolled agent an alert's labels name: `instance` (without its port), `host` or
+/// `nodename`, matched to an agent's name.
+fn target_of(labels: &BTreeMap<String, String>, agents: &[String]) -> Result<String, String> {
+    let mut tried = Vec::new();
+    for key in ["instance", "host", "nodename"] {
+        let Some(value) = labels.get(key) else {
+            continue;
+        };
+        let host = if key == "instance" {
+            // `host:port`, `[v6]:port`, or a bare host.
+            value
+                .rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(value.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+        } else {
+            value.as_str()
+        };
+        let host = host.to_ascii_lowercase();
+        if let Some(agent) = agents.iter().find(|a| **a == host) {
+            return Ok(agent.clone());
+        }
+        tried.push(format!("{key}={}", audit::safe_field(value, 80)));
+    }
+    Err(if tried.is_empty() {
+        "the alert has no instance, host or nodename label naming an agent".to_string()
+    } else {
+        format!(
+            "no enrolled agent is named by {}: a person must look",
+            tried.join(", ")
+        )
+    })
+}
+
+/// Record a checked notification: every alert's incident, in one transaction.
+pub async fn record(db: &Db, by: &str, n: &Notification) -> Result<Received, FlowError> {
+    let agents: Vec<String> = crate::agents::list(db)
+        .await?
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    let now = now_ms();
+    let mut tx = db.pool.begin().await?;
+    let mut touched = Vec::with_capacity(n.alerts.len());
+    for a in &n.alerts {
+        let fingerprint = a.fingerprint.to_ascii_lowercase();
+        let alertname = a.labels.get("alertname").cloned().unwrap_or_default();
+        let labels = serde_json::to_string(&a.labels).unwrap_or_default();
+        let annotations = serde_json::to_string(&a.annotations).unwrap_or_default();
+        let starts = parse_time("startsAt", &a.starts_at).unwrap_or(now);
+        let existing = sqlx::query("SELECT id, state FROM incidents WHERE fingerprint = $1")
+            .bind(&fingerprint)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let resolved = a.status == "resolved";
+        let (id, state, change) = match existing {
+            Some(row) => {
+                let id: String = row.try_get("id")?;
+                let was: String = row.try_get("state")?;
+                let state = if resolved { "resolved" } else { was.as_str() };
+                sqlx::query(
+                    "UPDATE incidents SET alert_status = $1, labels = $2, annotations = $3, notifications = notifications + 1, last_seen_ms = $4, state = $5, resolved_ms = CASE WHEN $6 = 1 AND resolved_ms IS NULL THEN $4 ELSE resolved_ms END WHERE id = $7",
+                )
+                .bind(&a.status)
+                .bind(&labels)
+                .bind(&annotations)
+                .bind(now)
+                .bind(state)
+                .bind(i64::from(resolved && was != "resolved"))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+                let change = if resolved && was != "resolved" {
+                    audit::append_tx(
+                        &mut tx,
+                        by,
+                        Action::IncidentResolved,
+                        &id,
+                        serde_json::json!({ "fingerprint": fingerprint, "alertname": alertname }),
+                    )
+                    .await?;
+                    "resolved"
+                } else {
+                    "updated"
+                };
+                (id, state.to_string(), change)
+            }
+            None => {
+                let id = random_id("inc");
+                let (target, escalation) = match target_of(&a.labels, &agents) {
+                    Ok(t) => (Some(t), None),
+                    Err(why) => (None, Some(why)),
+                };
+                let state = match (resolved, &escalation) {
+                    (true, _) => "resolved",
+                    (false, Some(_)) => "escalated",
+                    (false, None) => "open",
+                };
+                sqlx::query(
+                    "INSERT INTO incidents (id, fingerprint, alertname, state, alert_status, target, escalation, labels, annotations, starts_ms, generator_url, notifications, first_seen_ms, last_seen_ms, resolved_ms, receiver, group_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13, $14, $15)",
+                )
+                .bind(&id)
+                .bind(&fingerprint)
+                .bind(&alertname)
+                .bind(state)
+                .bind(&a.status)
+                .bind(target.as_deref())
+                .bind(escalation.as_deref())
+                .bind(&labels)
+                .bind(&annotations)
+                .bind(starts)
+                .bind(&a.generator_url)
+                .bind(now)
+                .bind(resolved.then_some(now))
+                .bind(audit::safe_field(&n.receiver, 200))
+                .bind(audit::safe_field(&n.group_key, 1000))
+                .execute(&mut *tx)
+                .await?;
+                let (action, change) = if escalation.is_some() && !resolved {
+                    (Action::IncidentEscalated, "escalated")
+                } else {
+                    (Action::IncidentOpen, "opened")
+                };
+                audit::append_tx(
+                    &mut tx,
+                    by,
+                    action,
+                    &id,
+                    serde_json::json!({
+                        "fingerprint": fingerprint, "alertname": alertname,
+                        "status": a.status, "target": target, "why": escalation,
+                    }),
+                )
+                .await?;
+                (id, state.to_string(), change)
+            }
+        };
+        touched.push(Touched {
+            id,
+            fingerprint,
+            state,
+            change: change.to_string(),
+        });
+    }
+    tx.commit().await?;
+    Ok(Received { incidents: touched })
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Incident, FlowError> {
+    let map = |col: &str| -> Result<BTreeMap<String, String>, FlowError> {
+        let text: String = r.try_get(col)?;
+        Ok(serde_json::from_str(&text).unwrap_or_default())
+    };
+    Ok(Incident {
+        id: r.try_get("id")?,
+        fingerprint: r.try_get("fingerprint")?,
+        alertname: r.try_get("alertname")?,
+        state: r.try_get("state")?,
+        alert_status: r.try_get("alert_status")?,
+        target: r.try_get("target")?,
+        escalation: r.try_get("escalation")?,
+        labels: map("labels")?,
+        annotations: map("annotations")?,
+        starts_at: rfc3339(r.try_get("starts_ms")?),
+        generator_url: r.try_get("generator_url")?,
+        notifications: r.try_get("notifications")?,
+        first_seen_at: rfc3339(r.try_get("first_seen_ms")?),
+        last_seen_at: rfc3339(r.try_get("last_seen_ms")?),
+        resolved_at: r.try_get::<Option<i64>, _>("resolved_ms")?.map(rfc3339),
+    })
+}
+
+pub async fn list(db: &Db, limit: i64) -> Result<Vec<Incident>, FlowError> {
+    let rows = sqlx::query("SELECT * FROM incidents ORDER BY first_seen_ms DESC LIMIT $1")
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn find(db: &Db, id: &str) -> Result<Incident, FlowError> {
+    let row = sqlx::query("SELECT * FROM incidents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| FlowError::NotFound(format!("no incident {}", audit::safe_field(id, 40))))?;
+    from_row(&row)
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/alerts/alertmanager",
+            post(alertmanager).layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES)),
+        )
+        .route("/api/v1/incidents", get(list_incidents))
+        .route("/api/v1/incidents/{id}", get(show_incident))
+}
+
+/// Alertmanager's webhook: every alert of the notification is recorded as (or updates) an
+/// incident before the answer; a malformed payload is a 400 naming the field.
+#[utoipa::path(post, path = "/api/v1/alerts/alertmanager", tag = "incidents", security(("bearer" = [])), request_body = Notification,
+    responses((status = 200, body = Received), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 500, body = ErrorBody)))]
+pub async fn alertmanager(
+    State(state): State<AppState>,
+    Caller(who, ..): Caller<Operator>,
+    ApiJson(n): ApiJson<Notification>,
+) -> ApiResult<Json<Received>> {
+    check(&n)?;
+    Ok(Json(record(&state.db, &who.name, &n).await?))
+}
+
+/// Incidents, newest first (at most 500).
+#[utoipa::path(get, path = "/api/v1/incidents", tag = "incidents", security(("bearer" = [])),
+    responses((status = 200, body = [Incident]), (status = 401, body = ErrorBody)))]
+pub async fn list_incidents(
+    State(state): State<AppState>,
+    _: Caller<Viewer>,
+) -> ApiResult<Json<Vec<Incident>>> {
+    Ok(Json(list(&state.db, 500).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "incidents", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = Incident), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show_incident(
+    State(state): State<AppState>,
+    _: Caller<Viewer>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Incident>> {
+    Ok(Json(find(&state.db, &id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_names_its_agent_by_instance_host_or_nodename() {
+        let agents = vec!["web-1".to_string(), "db-1".to_string()];
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            target_of(&labels(&[("instance", "web-1:9100")]), &agents),
+            Ok("web-1".to_string())
+        );
+        assert_eq!(
+            target_of(
+                &labels(&[("instance", "10.0.0.9:9100"), ("host", "DB-1")]),
+                &agents
+            ),
+            Ok("db-1".to_string())
+        );
+        let why = target_of(&labels(&[("instance", "cache-9:9100")]), &agents)
+            .expect_err("no such agent");
+        assert!(why.contains("instance=cache-9:9100"), "{why}");
+        assert!(target_of(&labels(&[("job", "x")]), &agents).is_err());
+    }
+}

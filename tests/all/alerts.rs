@@ -1,0 +1,309 @@
+//! Alert intake from a real Prometheus Alertmanager (Debian's `prometheus-alertmanager`, which
+//! `scripts/test` installs) on loopback: alerts posted to Alertmanager's API reach Tend's
+//! webhook with Alertmanager's own payload, grouping, repeats and `resolved` notifications,
+//! and become one incident per alert.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::agent::enroll;
+use crate::orchestrator::{Api, Backend, Orch, setup};
+
+/// A running Alertmanager, killed when dropped.
+struct Alertmanager {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Alertmanager {
+    /// Alertmanager sending every group to Tend's webhook with `token`, at once and again every
+    /// two seconds, resolved notifications included.
+    async fn start(dir: &std::path::Path, tend: &str, token: &str) -> Alertmanager {
+        let config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: tend\n  group_by: ['alertname', 'instance']\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 2s\nreceivers:\n  - name: tend\n    webhook_configs:\n      - url: {tend}/api/v1/alerts/alertmanager\n        send_resolved: true\n        http_config:\n          authorization:\n            credentials: {token}\n"
+            ),
+        )
+        .expect("config");
+        let port = free_port();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager (Debian's prometheus-alertmanager; scripts/test installs it)");
+        let am = Alertmanager {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = http
+                .get(format!("{}/-/ready", am.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return am;
+            }
+            assert!(Instant::now() < deadline, "alertmanager never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Post alerts to Alertmanager's own API, as Prometheus does.
+    async fn post(&self, alerts: Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v2/alerts", self.url))
+            .json(&alerts)
+            .send()
+            .await
+            .expect("post alerts");
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+}
+
+fn now_rfc3339(offset_s: i64) -> String {
+    let t = std::time::SystemTime::now()
+        .checked_add(Duration::from_secs(offset_s.max(0) as u64))
+        .and_then(|t| t.checked_sub(Duration::from_secs((-offset_s).max(0) as u64)))
+        .expect("time");
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Wait until the incident with `alertname` (and `pred`) is there; returns it.
+async fn until_incident(
+    api: &Api,
+    token: &str,
+    alertname: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, list) = api
+            .call("GET", "/api/v1/incidents", Some(token), None)
+            .await;
+        assert_eq!(s, 200, "{list}");
+        if let Some(found) = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["alertname"] == alertname && pred(i))
+        {
+            return found.clone();
+        }
+        assert!(Instant::now() < deadline, "no such incident: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alertmanager_notifications_become_one_incident_per_alert() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let token = orch.token(&w, "alertmanager", "operator");
+    let trust = w.path("trust.toml");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("trust"),
+        &["--pool", "web"],
+    );
+    let am = Alertmanager::start(w.dir.path(), &orch.url, &token).await;
+
+    // A firing alert about an enrolled host: one open incident targeting it.
+    let disk = json!([{
+        "labels": {"alertname": "DiskFull", "instance": "web-1:9100", "severity": "warning", "mountpoint": "/var/log"},
+        "annotations": {"summary": "/var/log is 97% full"},
+        "startsAt": now_rfc3339(-5),
+        "generatorURL": "http://prometheus.example/graph",
+    }]);
+    am.post(disk.clone()).await;
+    let open = until_incident(&api, &admin, "DiskFull", |i| i["state"] == "open").await;
+    assert_eq!(open["target"], "web-1", "{open}");
+    assert_eq!(open["alert_status"], "firing", "{open}");
+    assert_eq!(
+        open["annotations"]["summary"], "/var/log is 97% full",
+        "{open}"
+    );
+
+    // Alertmanager repeats the notification (and Prometheus re-posts the alert): still one
+    // incident, its count going up.
+    am.post(disk.clone()).await;
+    let repeated = until_incident(&api, &admin, "DiskFull", |i| {
+        i["notifications"].as_i64().unwrap_or(0) >= 2
+    })
+    .await;
+    assert_eq!(repeated["id"], open["id"], "{repeated}");
+    let (_, list) = api
+        .call("GET", "/api/v1/incidents", Some(&admin), None)
+        .await;
+    let disk_incidents = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|i| i["alertname"] == "DiskFull")
+        .count();
+    assert_eq!(disk_incidents, 1, "{list}");
+
+    // An alert about a host no agent is enrolled as is escalated, not dropped.
+    am.post(json!([{
+        "labels": {"alertname": "ServiceDown", "instance": "cache-9:9100"},
+        "startsAt": now_rfc3339(-1),
+    }]))
+    .await;
+    let escalated = until_incident(&api, &admin, "ServiceDown", |_| true).await;
+    assert_eq!(escalated["state"], "escalated", "{escalated}");
+    assert!(
+        escalated["escalation"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("instance=cache-9:9100"),
+        "{escalated}"
+    );
+
+    // The alert ends: Alertmanager sends `resolved`, and the incident is resolved.
+    let mut ended = disk.clone();
+    ended[0]["endsAt"] = json!(now_rfc3339(-1));
+    am.post(ended).await;
+    let resolved = until_incident(&api, &admin, "DiskFull", |i| i["state"] == "resolved").await;
+    assert_eq!(resolved["id"], open["id"], "{resolved}");
+    assert!(resolved["resolved_at"].is_string(), "{resolved}");
+
+    // Each change is in the audit trail, under the token Alertmanager used.
+    let (_, page) = api
+        .call("GET", "/api/v1/audit?limit=1000", Some(&admin), None)
+        .await;
+    let events = page["events"].as_array().expect("events").clone();
+    for action in ["incident.open", "incident.escalated", "incident.resolved"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["action"] == action && e["actor"] == "alertmanager"),
+            "{action}: {events:?}"
+        );
+    }
+}
+
+/// What Alertmanager retries on: no token, a token too weak, a malformed payload (400 naming
+/// the field). None of them stores anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_notification_is_refused_naming_what_and_stores_nothing() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let token = orch.token(&w, "alertmanager", "operator");
+    let viewer = orch.token(&w, "watcher", "viewer");
+    let good = json!({
+        "version": "4", "status": "firing", "receiver": "tend", "groupKey": "{}:{}",
+        "truncatedAlerts": 0, "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://am", "alerts": [{
+            "status": "firing", "labels": {"alertname": "X", "instance": "h:1"},
+            "annotations": {}, "startsAt": "2026-11-29T00:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": "0123abcd",
+        }],
+    });
+    let post = |token: Option<String>, body: Value| {
+        let api = api.clone();
+        async move {
+            api.call(
+                "POST",
+                "/api/v1/alerts/alertmanager",
+                token.as_deref(),
+                Some(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(post(None, good.clone()).await.0, 401);
+    assert_eq!(post(Some(viewer.clone()), good.clone()).await.0, 403);
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"version": "3"}), ""),
+        (
+            {
+                let mut v = good.clone();
+                v["version"] = json!("3");
+                v
+            },
+            "version",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["alerts"] = json!([]);
+                v
+            },
+            "alerts",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["alerts"][0]["fingerprint"] = json!("../x");
+                v
+            },
+            "alerts[0].fingerprint",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["alerts"][0]["status"] = json!("maybe");
+                v
+            },
+            "alerts[0].status",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["alerts"][0]["startsAt"] = json!("yesterday");
+                v
+            },
+            "alerts[0].startsAt",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["alerts"][0]["labels"] = json!({"instance": "h"});
+                v
+            },
+            "alerts[0].labels.alertname",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, v) = post(Some(token.clone()), body).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v.to_string().contains(field), "{field}: {v}");
+    }
+    let (_, list) = api
+        .call("GET", "/api/v1/incidents", Some(&token), None)
+        .await;
+    assert_eq!(list, json!([]), "a refused notification stored something");
+    let (s, v) = post(Some(token.clone()), good).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["incidents"][0]["change"], "escalated", "{v}");
+}
