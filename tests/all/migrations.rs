@@ -364,7 +364,13 @@ async fn a_database_from_the_first_release_gains_what_it_lacks(backend: Backend)
     assert_eq!(report["events"], 17, "{report}");
     assert_eq!(rows(&database, "SELECT DISTINCT v FROM audit"), ["1"]);
     // Every table and column this release has, with the defaults of the release that added it.
-    for table in ["agents", "enroll_tokens", "agent_nonces", "approver_keys"] {
+    for table in [
+        "agents",
+        "enroll_tokens",
+        "agent_nonces",
+        "approver_keys",
+        "incidents",
+    ] {
         assert!(has_table(&database, table), "{table}");
     }
     let fresh = load(backend, &w, "fresh", "/dev/null");
