@@ -307,3 +307,110 @@ async fn a_bad_notification_is_refused_naming_what_and_stores_nothing() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["incidents"][0]["change"], "escalated", "{v}");
 }
+
+/// An alert that matches a healing policy opens an incident under it, and the policy's
+/// diagnose skill runs at once on the alert's host through the one submit flow (trigger
+/// `webhook`), its input filled from the alert's labels. An alert that matches no policy
+/// opens an incident and runs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_matching_healing_policy_diagnoses_the_alerts_host() {
+    let (w, reg) = setup();
+    let token = w.token("ci-look", "publisher");
+    let wasm = w.signed_with(
+        "acme-look",
+        &crate::support::guest("trivial"),
+        "[skill]\nname = \"acme-look\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\nlevel = 0\n",
+    );
+    w.published(&reg.url, &wasm, &token);
+    std::fs::write(
+        w.path("healing.toml"),
+        "[[policy]]\nname = \"disk-full\"\nmatch = { alertname = \"DiskFull\", severity = \"~warning|critical\" }\ndiagnose = [{ skill = \"acme-look\", input = { mount = \"{{labels.mountpoint}}\", why = \"{{annotations.summary}}\" } }]\n",
+    )
+    .expect("policies");
+    let orch = Orch::start(
+        &w,
+        &reg,
+        Backend::Sqlite,
+        &["--healing-policies", "healing.toml"],
+    );
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let am_token = orch.token(&w, "alertmanager", "operator");
+    let trust = w.path("trust.toml");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("trust"),
+        &["--pool", "web"],
+    );
+    let _agent = crate::agent::AgentProc::start(&w, "web-1");
+    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+
+    am.post(json!([
+        {
+            "labels": {"alertname": "DiskFull", "instance": "web-1:9100", "severity": "critical", "mountpoint": "/var/log"},
+            "annotations": {"summary": "97% full"},
+            "startsAt": now_rfc3339(-2),
+        },
+        {
+            "labels": {"alertname": "DiskFull", "instance": "web-1:9100", "severity": "info", "mountpoint": "/srv"},
+            "startsAt": now_rfc3339(-2),
+        }
+    ]))
+    .await;
+    let healing = until_incident(&api, &admin, "DiskFull", |i| {
+        i["labels"]["mountpoint"] == "/var/log"
+            && i["invocations"].as_array().is_some_and(|v| !v.is_empty())
+    })
+    .await;
+    assert_eq!(healing["policy"], "disk-full", "{healing}");
+    let id = healing["invocations"][0].as_str().expect("id").to_string();
+    let done = api.wait_for(&admin, &id, "succeeded").await;
+    assert_eq!(done["trigger"], "webhook", "{done}");
+    assert_eq!(done["target"], "agent:web-1", "{done}");
+    assert_eq!(done["requester"], "alertmanager", "{done}");
+    assert_eq!(
+        done["result"]["output"]["echo"]["mount"], "/var/log",
+        "{done}"
+    );
+    assert_eq!(
+        done["result"]["output"]["echo"]["why"], "97% full",
+        "{done}"
+    );
+    // `info` does not match `~warning|critical`: an incident, no policy, nothing run.
+    let other = until_incident(&api, &admin, "DiskFull", |i| {
+        i["labels"]["mountpoint"] == "/srv"
+    })
+    .await;
+    assert_eq!(other["policy"], Value::Null, "{other}");
+    assert_eq!(other["invocations"], json!([]), "{other}");
+
+    // A policy file with a typo is refused at start, naming the line and the key.
+    std::fs::write(
+        w.path("typo.toml"),
+        "[[policy]]\nname = \"x\"\nmatch = { alertname = \"A\" }\nauto_hael = true\n",
+    )
+    .expect("typo");
+    let o = w.tend(&[
+        "orchestrator",
+        "serve",
+        "--registry",
+        &reg.url,
+        "--trust",
+        "trust.toml",
+        "--database",
+        &format!("sqlite://{}", w.path("typo.db").display()),
+        "--listen",
+        "127.0.0.1:0",
+        "--healing-policies",
+        "typo.toml",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", crate::registry::err(&o));
+    let err = crate::registry::err(&o);
+    assert!(
+        err.contains("typo.toml:4") && err.contains("auto_hael"),
+        "{err}"
+    );
+}

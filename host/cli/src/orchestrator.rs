@@ -170,6 +170,9 @@ pub struct ServeArgs {
     /// defaults L0=100, L1=25, L2=5, L3=1)
     #[arg(long = "blast-radius", value_name = "LEVEL=HOSTS", value_parser = parse_blast_radius)]
     blast_radius: Vec<(Level, usize)>,
+    /// Healing policies (TOML): which alerts Tend acts on, and how (docs/self-healing.md)
+    #[arg(long, value_name = "FILE")]
+    healing_policies: Option<PathBuf>,
 }
 
 fn parse_blast_radius(s: &str) -> Result<(Level, usize), String> {
@@ -252,6 +255,10 @@ pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Fa
                 radius[u8::from(*level) as usize] = *n;
             }
             radius
+        },
+        healing: match &args.healing_policies {
+            Some(path) => tend_orchestrator::healing::load(path).map_err(Failure::bad_input)?,
+            None => Vec::new(),
         },
     };
     let orchestrator = Orchestrator::open(config)

@@ -18,5 +18,9 @@ CREATE TABLE incidents (
     last_seen_ms BIGINT NOT NULL,
     resolved_ms BIGINT,
     receiver TEXT NOT NULL,
-    group_key TEXT NOT NULL
+    group_key TEXT NOT NULL,
+    -- the healing policy that matched it, if any
+    policy TEXT,
+    -- the invocations Tend submitted for it (JSON array of ids)
+    invocations TEXT NOT NULL DEFAULT '[]'
 );

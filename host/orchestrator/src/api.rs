@@ -40,6 +40,8 @@ pub struct Settings {
     pub env_floors: std::collections::BTreeMap<String, tend_policy::Level>,
     /// Most hosts one run across a pool may cover, per level L0..L3.
     pub blast_radius: [usize; 4],
+    /// Healing policies, in file order.
+    pub healing: Vec<crate::healing::Compiled>,
 }
 
 #[derive(Clone)]

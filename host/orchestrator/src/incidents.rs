@@ -95,6 +95,10 @@ pub struct Incident {
     pub target: Option<String>,
     /// Why it was escalated to a person, if it was.
     pub escalation: Option<String>,
+    /// The healing policy that matched it, if any.
+    pub policy: Option<String>,
+    /// The invocations Tend submitted for it (its policy's diagnose skills, ...).
+    pub invocations: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub starts_at: String,
@@ -247,8 +251,26 @@ fn target_of(labels: &BTreeMap<String, String>, agents: &[String]) -> Result<Str
     })
 }
 
-/// Record a checked notification: every alert's incident, in one transaction.
-pub async fn record(db: &Db, by: &str, n: &Notification) -> Result<Received, FlowError> {
+/// An incident this notification opened under a healing policy: what its policy runs next.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub id: String,
+    pub alertname: String,
+    pub target: String,
+    pub policy: crate::healing::Compiled,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Record a checked notification: every alert's incident, in one transaction. Returns what
+/// changed, and the incidents it opened under a healing policy of `policies`.
+pub async fn record(
+    db: &Db,
+    by: &str,
+    n: &Notification,
+    policies: &[crate::healing::Compiled],
+) -> Result<(Received, Vec<Opened>), FlowError> {
+    let mut opened = Vec::new();
     let agents: Vec<String> = crate::agents::list(db)
         .await?
         .into_iter()
@@ -311,8 +333,19 @@ pub async fn record(db: &Db, by: &str, n: &Notification) -> Result<Received, Flo
                     (false, Some(_)) => "escalated",
                     (false, None) => "open",
                 };
+                let policy = crate::healing::matching(policies, &a.labels);
+                if let (Some(p), Some(t), "open") = (policy, &target, state) {
+                    opened.push(Opened {
+                        id: id.clone(),
+                        alertname: alertname.clone(),
+                        target: t.clone(),
+                        policy: p.clone(),
+                        labels: a.labels.clone(),
+                        annotations: a.annotations.clone(),
+                    });
+                }
                 sqlx::query(
-                    "INSERT INTO incidents (id, fingerprint, alertname, state, alert_status, target, escalation, labels, annotations, starts_ms, generator_url, notifications, first_seen_ms, last_seen_ms, resolved_ms, receiver, group_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13, $14, $15)",
+                    "INSERT INTO incidents (id, fingerprint, alertname, state, alert_status, target, escalation, labels, annotations, starts_ms, generator_url, notifications, first_seen_ms, last_seen_ms, resolved_ms, receiver, group_key, policy) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13, $14, $15, $16)",
                 )
                 .bind(&id)
                 .bind(&fingerprint)
@@ -329,6 +362,7 @@ pub async fn record(db: &Db, by: &str, n: &Notification) -> Result<Received, Flo
                 .bind(resolved.then_some(now))
                 .bind(audit::safe_field(&n.receiver, 200))
                 .bind(audit::safe_field(&n.group_key, 1000))
+                .bind(policy.map(|p| p.policy.name.clone()))
                 .execute(&mut *tx)
                 .await?;
                 let (action, change) = if escalation.is_some() && !resolved {
@@ -344,6 +378,7 @@ pub async fn record(db: &Db, by: &str, n: &Notification) -> Result<Received, Flo
                     serde_json::json!({
                         "fingerprint": fingerprint, "alertname": alertname,
                         "status": a.status, "target": target, "why": escalation,
+                        "policy": policy.map(|p| p.policy.name.clone()),
                     }),
                 )
                 .await?;
@@ -358,7 +393,63 @@ pub async fn record(db: &Db, by: &str, n: &Notification) -> Result<Received, Flo
         });
     }
     tx.commit().await?;
-    Ok(Received { incidents: touched })
+    Ok((Received { incidents: touched }, opened))
+}
+
+/// An incident opened under a policy: its diagnose skills, submitted through the one submit
+/// flow (trigger `webhook`, as `caller`) on the incident's agent, each decided like any other
+/// invocation. The ids are kept on the incident; one that cannot be submitted escalates it
+/// with why.
+pub async fn diagnose(
+    state: &AppState,
+    caller: &crate::auth::Actor,
+    o: &Opened,
+) -> Result<(), FlowError> {
+    let mut ids = Vec::new();
+    let mut failed = Vec::new();
+    for call in &o.policy.policy.diagnose {
+        let submission = crate::flow::Submission {
+            skill: call.skill.clone(),
+            version: call.version.clone(),
+            target: Some(format!("agent:{}", o.target)),
+            input: crate::healing::fill(&call.input, &o.labels, &o.annotations),
+            reason: format!(
+                "incident {} ({}), healing policy {}",
+                o.id, o.alertname, o.policy.policy.name
+            ),
+            narrowing: Default::default(),
+        };
+        match crate::flow::submit(state, crate::flow::Trigger::Webhook, caller, submission).await {
+            Ok(inv) => ids.push(inv.id),
+            Err(e) => failed.push(format!("diagnose {} was not submitted: {e}", call.skill)),
+        }
+    }
+    let escalation = (!failed.is_empty()).then(|| failed.join("; "));
+    let ids = serde_json::to_string(&ids).unwrap_or_default();
+    match &escalation {
+        None => sqlx::query("UPDATE incidents SET invocations = $1 WHERE id = $2")
+            .bind(&ids)
+            .bind(&o.id),
+        Some(why) => sqlx::query(
+            "UPDATE incidents SET invocations = $1, state = 'escalated', escalation = $2 WHERE id = $3",
+        )
+        .bind(&ids)
+        .bind(why)
+        .bind(&o.id),
+    }
+    .execute(&state.db.pool)
+    .await?;
+    if let Some(why) = escalation {
+        audit::append(
+            &state.db,
+            &caller.name,
+            Action::IncidentEscalated,
+            &o.id,
+            serde_json::json!({ "why": why }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Incident, FlowError> {
@@ -374,6 +465,11 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Incident, FlowError> {
         alert_status: r.try_get("alert_status")?,
         target: r.try_get("target")?,
         escalation: r.try_get("escalation")?,
+        policy: r.try_get("policy")?,
+        invocations: {
+            let text: String = r.try_get("invocations")?;
+            serde_json::from_str(&text).unwrap_or_default()
+        },
         labels: map("labels")?,
         annotations: map("annotations")?,
         starts_at: rfc3339(r.try_get("starts_ms")?),
@@ -423,7 +519,14 @@ pub async fn alertmanager(
     ApiJson(n): ApiJson<Notification>,
 ) -> ApiResult<Json<Received>> {
     check(&n)?;
-    Ok(Json(record(&state.db, &who.name, &n).await?))
+    let (received, opened) = record(&state.db, &who.name, &n, &state.settings.healing).await?;
+    // Stored: from here on a failure is the incident's (escalated), not the notification's.
+    for o in &opened {
+        if let Err(e) = diagnose(&state, &who, o).await {
+            tracing::error!(incident = %o.id, error = %e, "diagnosing an incident failed");
+        }
+    }
+    Ok(Json(received))
 }
 
 /// Incidents, newest first (at most 500).

@@ -29,6 +29,7 @@ pub mod db;
 pub mod extract;
 pub mod fit;
 pub mod flow;
+pub mod healing;
 pub mod incidents;
 pub mod invocation;
 pub mod metrics;
@@ -78,6 +79,8 @@ pub struct Config {
     pub env_floors: std::collections::BTreeMap<String, tend_policy::Level>,
     /// Most hosts one run across a pool (`all:pool:NAME`) may cover, per level L0..L3.
     pub blast_radius: [usize; 4],
+    /// Healing policies: which alerts Tend acts on, and how.
+    pub healing: Vec<healing::Compiled>,
 }
 
 /// Hosts one run across a pool may cover by default, per level L0..L3: wide for reads, one
@@ -157,6 +160,7 @@ impl Orchestrator {
                 agent_lease: config.agent_lease,
                 env_floors: config.env_floors.clone(),
                 blast_radius: config.blast_radius,
+                healing: config.healing.clone(),
             },
         );
         Ok(Orchestrator { state, config })
