@@ -521,10 +521,16 @@ pub async fn alertmanager(
     check(&n)?;
     let (received, opened) = record(&state.db, &who.name, &n, &state.settings.healing).await?;
     // Stored: from here on a failure is the incident's (escalated), not the notification's.
-    for o in &opened {
-        if let Err(e) = diagnose(&state, &who, o).await {
-            tracing::error!(incident = %o.id, error = %e, "diagnosing an incident failed");
-        }
+    // The diagnosis runs on its own task, so Alertmanager's answer does not wait for it and a
+    // dropped connection does not cut it short.
+    if !opened.is_empty() {
+        tokio::spawn(async move {
+            for o in &opened {
+                if let Err(e) = diagnose(&state, &who, o).await {
+                    tracing::error!(incident = %o.id, error = %e, "diagnosing an incident failed");
+                }
+            }
+        });
     }
     Ok(Json(received))
 }
