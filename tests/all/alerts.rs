@@ -414,3 +414,74 @@ async fn a_matching_healing_policy_diagnoses_the_alerts_host() {
         "{err}"
     );
 }
+
+/// The shipped examples hold: the alert rules pass `promtool check rules`, the healing
+/// policies parse, every skill they name is in the catalog, and each input, filled from the
+/// labels its rule's alerts carry, is one that skill's input schema accepts.
+#[test]
+fn the_example_rules_and_policies_are_valid_together() {
+    let root = crate::support::repo_root();
+    let rules = root.join("examples/prometheus/tend-alerts.yml");
+    let o = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (Debian's prometheus; scripts/test installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let policies = tend_orchestrator::healing::load(&root.join("examples/healing/policies.toml"))
+        .expect("the example policies parse");
+    // Labels as the example rules' alerts carry them.
+    let alerts: Vec<std::collections::BTreeMap<String, String>> = [
+        vec![
+            ("alertname", "ServiceDown"),
+            ("name", "nginx.service"),
+            ("severity", "critical"),
+        ],
+        vec![
+            ("alertname", "DiskFull"),
+            ("mountpoint", "/var/log"),
+            ("severity", "warning"),
+        ],
+        vec![("alertname", "HighCPU"), ("severity", "warning")],
+        vec![
+            ("alertname", "ConnectionTimeout"),
+            ("target", "db-1:5432"),
+            ("severity", "warning"),
+        ],
+    ]
+    .into_iter()
+    .map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("instance".to_string(), "web-1:9100".to_string())])
+            .collect()
+    })
+    .collect();
+    for labels in &alerts {
+        let p = tend_orchestrator::healing::matching(&policies, labels)
+            .unwrap_or_else(|| panic!("no example policy matches {labels:?}"));
+        let calls = p.policy.diagnose.iter().chain(p.policy.repair.as_ref());
+        for call in calls {
+            let text =
+                std::fs::read_to_string(root.join(format!("skills/{}/skill.toml", call.skill)))
+                    .unwrap_or_else(|e| panic!("{}: not in the catalog ({e})", call.skill));
+            let manifest = tend_manifest::Manifest::parse(&text, &call.skill).expect("manifest");
+            let input = tend_orchestrator::healing::fill(&call.input, labels, &Default::default());
+            if let Some(section) = manifest.input {
+                let validator = jsonschema::validator_for(&section.schema).expect("schema");
+                let errors: Vec<String> = validator
+                    .iter_errors(&input)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{} {}: {input}: {errors:?}",
+                    p.policy.name,
+                    call.skill
+                );
+            }
+        }
+    }
+}
