@@ -485,3 +485,73 @@ fn the_example_rules_and_policies_are_valid_together() {
         }
     }
 }
+
+/// An alert that fires again after it was resolved is a new episode: its incident opens again
+/// (with the labels of the new firing), rather than staying resolved while the alert burns.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_firing_again_after_it_resolved_reopens_its_incident() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let token = orch.token(&w, "alertmanager", "operator");
+    let trust = w.path("trust.toml");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("trust"),
+        &["--pool", "web"],
+    );
+    let notification = |status: &str, summary: &str| {
+        json!({
+            "version": "4", "status": status, "receiver": "tend", "groupKey": "{}:{}",
+            "alerts": [{
+                "status": status, "labels": {"alertname": "DiskFull", "instance": "web-1:9100"},
+                "annotations": {"summary": summary}, "startsAt": now_rfc3339(-1),
+                "fingerprint": "00ff00ff00ff00ff",
+            }],
+        })
+    };
+    let send = |body: Value| {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let (s, v) = api
+                .call(
+                    "POST",
+                    "/api/v1/alerts/alertmanager",
+                    Some(&token),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v["incidents"][0].clone()
+        }
+    };
+    let first = send(notification("firing", "first")).await;
+    assert_eq!(first["change"], "opened", "{first}");
+    let gone = send(notification("resolved", "first")).await;
+    assert_eq!(
+        (gone["change"].as_str(), gone["state"].as_str()),
+        (Some("resolved"), Some("resolved"))
+    );
+    let again = send(notification("firing", "second")).await;
+    assert_eq!(again["id"], first["id"], "{again}");
+    assert_eq!(
+        (again["change"].as_str(), again["state"].as_str()),
+        (Some("reopened"), Some("open")),
+        "{again}"
+    );
+    let (_, shown) = api
+        .call(
+            "GET",
+            &format!("/api/v1/incidents/{}", first["id"].as_str().expect("id")),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(shown["state"], "open", "{shown}");
+    assert_eq!(shown["resolved_at"], Value::Null, "{shown}");
+    assert_eq!(shown["annotations"]["summary"], "second", "{shown}");
+    assert_eq!(shown["notifications"], 3, "{shown}");
+}

@@ -7,7 +7,8 @@
 //! malformed payload is a 400 naming the field, and nothing is stored.
 //!
 //! One incident per alert fingerprint: a repeated notification updates it (last seen, count,
-//! labels) and never opens a second; a `resolved` notification resolves it. Its target agent
+//! labels) and never opens a second; a `resolved` notification resolves it, and the alert
+//! firing again later opens it again (a new episode, diagnosed again under its policy). Its target agent
 //! comes from the alert's `instance` (without the port), `host` or `nodename` label, matched to
 //! an enrolled agent's name; an alert that names no enrolled agent is **escalated**, not
 //! dropped. Opening, resolving and escalating are audited.
@@ -121,7 +122,8 @@ pub struct Touched {
     pub id: String,
     pub fingerprint: String,
     pub state: String,
-    /// `opened`, `updated`, `resolved` or `escalated`.
+    /// `opened`, `reopened` (it fired again after it was resolved), `updated`, `resolved` or
+    /// `escalated`.
     pub change: String,
 }
 
@@ -290,10 +292,13 @@ pub async fn record(
             .fetch_optional(&mut *tx)
             .await?;
         let resolved = a.status == "resolved";
-        let (id, state, change) = match existing {
-            Some(row) => {
-                let id: String = row.try_get("id")?;
-                let was: String = row.try_get("state")?;
+        // A known alert: updated, or resolved. One that fires again after it was resolved is a
+        // new episode: opened again below (and diagnosed again under its policy).
+        let mut reopen = None;
+        if let Some(row) = existing {
+            let id: String = row.try_get("id")?;
+            let was: String = row.try_get("state")?;
+            if resolved || was != "resolved" {
                 let state = if resolved { "resolved" } else { was.as_str() };
                 sqlx::query(
                     "UPDATE incidents SET alert_status = $1, labels = $2, annotations = $3, notifications = notifications + 1, last_seen_ms = $4, state = $5, resolved_ms = CASE WHEN $6 = 1 AND resolved_ms IS NULL THEN $4 ELSE resolved_ms END WHERE id = $7",
@@ -320,30 +325,48 @@ pub async fn record(
                 } else {
                     "updated"
                 };
-                (id, state.to_string(), change)
+                touched.push(Touched {
+                    id,
+                    fingerprint,
+                    state: state.to_string(),
+                    change: change.to_string(),
+                });
+                continue;
+            }
+            reopen = Some(id);
+        }
+        let (target, escalation) = match target_of(&a.labels, &agents) {
+            Ok(t) => (Some(t), None),
+            Err(why) => (None, Some(why)),
+        };
+        let state = match (resolved, &escalation) {
+            (true, _) => "resolved",
+            (false, Some(_)) => "escalated",
+            (false, None) => "open",
+        };
+        let policy = crate::healing::matching(policies, &a.labels);
+        let id = match &reopen {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE incidents SET state = $1, alert_status = $2, target = $3, escalation = $4, labels = $5, annotations = $6, starts_ms = $7, generator_url = $8, notifications = notifications + 1, last_seen_ms = $9, resolved_ms = NULL, policy = $10, invocations = '[]' WHERE id = $11",
+                )
+                .bind(state)
+                .bind(&a.status)
+                .bind(target.as_deref())
+                .bind(escalation.as_deref())
+                .bind(&labels)
+                .bind(&annotations)
+                .bind(starts)
+                .bind(&a.generator_url)
+                .bind(now)
+                .bind(policy.map(|p| p.policy.name.clone()))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                id.clone()
             }
             None => {
                 let id = random_id("inc");
-                let (target, escalation) = match target_of(&a.labels, &agents) {
-                    Ok(t) => (Some(t), None),
-                    Err(why) => (None, Some(why)),
-                };
-                let state = match (resolved, &escalation) {
-                    (true, _) => "resolved",
-                    (false, Some(_)) => "escalated",
-                    (false, None) => "open",
-                };
-                let policy = crate::healing::matching(policies, &a.labels);
-                if let (Some(p), Some(t), "open") = (policy, &target, state) {
-                    opened.push(Opened {
-                        id: id.clone(),
-                        alertname: alertname.clone(),
-                        target: t.clone(),
-                        policy: p.clone(),
-                        labels: a.labels.clone(),
-                        annotations: a.annotations.clone(),
-                    });
-                }
                 sqlx::query(
                     "INSERT INTO incidents (id, fingerprint, alertname, state, alert_status, target, escalation, labels, annotations, starts_ms, generator_url, notifications, first_seen_ms, last_seen_ms, resolved_ms, receiver, group_key, policy) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13, $14, $15, $16)",
                 )
@@ -365,31 +388,51 @@ pub async fn record(
                 .bind(policy.map(|p| p.policy.name.clone()))
                 .execute(&mut *tx)
                 .await?;
-                let (action, change) = if escalation.is_some() && !resolved {
-                    (Action::IncidentEscalated, "escalated")
-                } else {
-                    (Action::IncidentOpen, "opened")
-                };
-                audit::append_tx(
-                    &mut tx,
-                    by,
-                    action,
-                    &id,
-                    serde_json::json!({
-                        "fingerprint": fingerprint, "alertname": alertname,
-                        "status": a.status, "target": target, "why": escalation,
-                        "policy": policy.map(|p| p.policy.name.clone()),
-                    }),
-                )
-                .await?;
-                (id, state.to_string(), change)
+                id
             }
         };
+        if let (Some(p), Some(t), "open") = (policy, &target, state) {
+            opened.push(Opened {
+                id: id.clone(),
+                alertname: alertname.clone(),
+                target: t.clone(),
+                policy: p.clone(),
+                labels: a.labels.clone(),
+                annotations: a.annotations.clone(),
+            });
+        }
+        let (action, change) = if escalation.is_some() && !resolved {
+            (Action::IncidentEscalated, "escalated")
+        } else {
+            (
+                Action::IncidentOpen,
+                if reopen.is_some() {
+                    "reopened"
+                } else {
+                    "opened"
+                },
+            )
+        };
+        audit::append_tx(
+            &mut tx,
+            by,
+            action,
+            &id,
+            serde_json::json!({
+                "fingerprint": fingerprint, "alertname": alertname,
+                "status": a.status, "target": target, "why": escalation,
+                "policy": policy.map(|p| p.policy.name.clone()),
+                "reopened": reopen.is_some(),
+            }),
+        )
+        .await?;
+        let state = state.to_string();
+        let change = change.to_string();
         touched.push(Touched {
             id,
             fingerprint,
             state,
-            change: change.to_string(),
+            change,
         });
     }
     tx.commit().await?;
