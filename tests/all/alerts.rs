@@ -12,9 +12,9 @@ use crate::agent::enroll;
 use crate::orchestrator::{Api, Backend, Orch, setup};
 
 /// A running Alertmanager, killed when dropped.
-struct Alertmanager {
+pub struct Alertmanager {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl Drop for Alertmanager {
@@ -24,7 +24,7 @@ impl Drop for Alertmanager {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 impl Alertmanager {
     /// Alertmanager sending every group to Tend's webhook with `token`, at once and again every
     /// two seconds, resolved notifications included.
-    async fn start(dir: &std::path::Path, tend: &str, token: &str) -> Alertmanager {
+    pub async fn start(dir: &std::path::Path, tend: &str, token: &str) -> Alertmanager {
         let config = dir.join("alertmanager.yml");
         std::fs::write(
             &config,
@@ -74,7 +74,7 @@ impl Alertmanager {
     }
 
     /// Post alerts to Alertmanager's own API, as Prometheus does.
-    async fn post(&self, alerts: Value) {
+    pub async fn post(&self, alerts: Value) {
         let resp = reqwest::Client::new()
             .post(format!("{}/api/v2/alerts", self.url))
             .json(&alerts)
@@ -85,7 +85,7 @@ impl Alertmanager {
     }
 }
 
-fn now_rfc3339(offset_s: i64) -> String {
+pub fn now_rfc3339(offset_s: i64) -> String {
     let t = std::time::SystemTime::now()
         .checked_add(Duration::from_secs(offset_s.max(0) as u64))
         .and_then(|t| t.checked_sub(Duration::from_secs((-offset_s).max(0) as u64)))
@@ -94,7 +94,7 @@ fn now_rfc3339(offset_s: i64) -> String {
 }
 
 /// Wait until the incident with `alertname` (and `pred`) is there; returns it.
-async fn until_incident(
+pub async fn until_incident(
     api: &Api,
     token: &str,
     alertname: &str,
@@ -460,7 +460,7 @@ fn the_example_rules_and_policies_are_valid_together() {
     })
     .collect();
     for labels in &alerts {
-        let p = tend_orchestrator::healing::matching(&policies, labels)
+        let p = tend_orchestrator::healing::matching(&policies.policies, labels)
             .unwrap_or_else(|| panic!("no example policy matches {labels:?}"));
         let calls = p.policy.diagnose.iter().chain(p.policy.repair.as_ref());
         for call in calls {
@@ -468,7 +468,14 @@ fn the_example_rules_and_policies_are_valid_together() {
                 std::fs::read_to_string(root.join(format!("skills/{}/skill.toml", call.skill)))
                     .unwrap_or_else(|e| panic!("{}: not in the catalog ({e})", call.skill));
             let manifest = tend_manifest::Manifest::parse(&text, &call.skill).expect("manifest");
-            let input = tend_orchestrator::healing::fill(&call.input, labels, &Default::default());
+            let input = tend_orchestrator::healing::fill(
+                &call.input,
+                &tend_orchestrator::healing::Facts {
+                    labels,
+                    annotations: &Default::default(),
+                    diagnosis: &Default::default(),
+                },
+            );
             if let Some(section) = manifest.input {
                 let validator = jsonschema::validator_for(&section.schema).expect("schema");
                 let errors: Vec<String> = validator

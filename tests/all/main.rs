@@ -14,6 +14,7 @@ mod cli;
 mod client;
 mod early_refusal;
 mod facts;
+mod healing;
 mod hostile;
 mod migrations;
 mod oci;

@@ -47,7 +47,7 @@ async fn app() -> App {
         agent_lease: std::time::Duration::from_secs(30),
         env_floors: Default::default(),
         blast_radius: tend_orchestrator::DEFAULT_BLAST_RADIUS,
-        healing: Vec::new(),
+        healing: None,
     };
     let orch = Orchestrator::open(config).await.expect("open");
     let state = orch.state.clone();

@@ -480,6 +480,7 @@ async fn check(shared: &Shared, job: &Job) -> Result<Checked, Refusal> {
             ceiling: tend_policy::Level::try_from(ceiling.max_level)
                 .unwrap_or(tend_policy::Level::L0),
         },
+        &ceiling.auto_heal,
         tend_protocol::now_ms(),
     )?;
     tracing::debug!(invocation = %inv.id, level = %admitted.level, approvers = ?admitted.approvers, "admitted");

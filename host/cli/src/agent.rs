@@ -95,6 +95,10 @@ pub struct EnrollArgs {
     /// Directories fs_read/fs_write grants must stay inside (repeatable; default: any)
     #[arg(long = "allow-path", value_name = "DIR")]
     paths: Vec<String>,
+    /// A skill a healing policy with auto_heal may run here without an approval, at L1 at
+    /// most (repeatable; default: none, so every repair above L0 needs a person)
+    #[arg(long = "auto-heal", value_name = "SKILL")]
+    auto_heal: Vec<String>,
     /// Its state directory [default: $TEND_DATA_DIR/agent]
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -142,6 +146,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
                 publishers,
                 capabilities,
                 paths,
+                auto_heal,
                 dir,
             } = *args;
             let dir = dir.unwrap_or_else(default_dir);
@@ -164,6 +169,7 @@ pub async fn run(cmd: AgentCommand, cache: &CacheArgs) -> Result<u8, Failure> {
                     publishers,
                     capabilities,
                     paths,
+                    auto_heal,
                 },
             })
             .await

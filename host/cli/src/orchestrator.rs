@@ -257,8 +257,8 @@ pub async fn serve(cmd: OrchestratorCommand, cache: &CacheArgs) -> Result<u8, Fa
             radius
         },
         healing: match &args.healing_policies {
-            Some(path) => tend_orchestrator::healing::load(path).map_err(Failure::bad_input)?,
-            None => Vec::new(),
+            Some(path) => Some(tend_orchestrator::healing::load(path).map_err(Failure::bad_input)?),
+            None => None,
         },
     };
     let orchestrator = Orchestrator::open(config)

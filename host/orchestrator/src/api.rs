@@ -40,8 +40,8 @@ pub struct Settings {
     pub env_floors: std::collections::BTreeMap<String, tend_policy::Level>,
     /// Most hosts one run across a pool may cover, per level L0..L3.
     pub blast_radius: [usize; 4],
-    /// Healing policies, in file order.
-    pub healing: Vec<crate::healing::Compiled>,
+    /// The healing policies in force (replaced whole through the API).
+    pub healing: crate::healing::Live,
 }
 
 #[derive(Clone)]
@@ -55,6 +55,8 @@ pub struct AppState {
     pub started: Instant,
     /// Wakes long-polling agents when work is assigned.
     pub agents_notify: Arc<Notify>,
+    /// Wakes the healing loop (an alert arrived, a job ended).
+    pub heal_wake: Arc<Notify>,
     pub(crate) tokens: Arc<TokenCache>,
 }
 
@@ -76,6 +78,7 @@ impl AppState {
             settings: Arc::new(settings),
             started: Instant::now(),
             agents_notify: Arc::new(Notify::new()),
+            heal_wake: Arc::new(Notify::new()),
             tokens: Arc::default(),
         }
     }
@@ -151,7 +154,8 @@ pub fn router(state: AppState) -> Router {
         crate::agent_api::list, crate::agent_api::remove, crate::agent_api::create_enroll_token, crate::agent_api::enroll,
         crate::approvers::api::register, crate::approvers::api::list, crate::approvers::api::remove,
         crate::token_api::create, crate::token_api::list, crate::token_api::revoke, crate::token_api::rotate,
-        crate::incidents::alertmanager, crate::incidents::list_incidents, crate::incidents::show_incident),
+        crate::incidents::alertmanager, crate::incidents::list_incidents, crate::incidents::show_incident,
+        crate::incidents::show_policies, crate::incidents::set_policies),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -137,8 +137,14 @@ pub enum Action {
     IncidentOpen,
     /// An alert's `resolved` notification resolved its incident.
     IncidentResolved,
-    /// An alert that names no enrolled agent was escalated to a person.
+    /// An incident was handed to a person (no agent to act on, or the loop could not heal it).
     IncidentEscalated,
+    /// The healing loop moved an incident on (diagnosis, repair, verification).
+    IncidentStep,
+    /// A repair was verified: the incident is healed.
+    IncidentHealed,
+    /// New healing policies were put in force (through the API, or a changed file at start).
+    HealingPoliciesSet,
     /// An orchestrator process started serving.
     OrchestratorStart,
     /// An orchestrator process stopped.
@@ -150,7 +156,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 37] = [
+    pub const ALL: [Action; 40] = [
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::TokenRotate,
@@ -184,6 +190,9 @@ impl Action {
         Action::IncidentOpen,
         Action::IncidentResolved,
         Action::IncidentEscalated,
+        Action::IncidentStep,
+        Action::IncidentHealed,
+        Action::HealingPoliciesSet,
         Action::OrchestratorStart,
         Action::OrchestratorStop,
         Action::AuditRefusalsSuppressed,
@@ -225,6 +234,9 @@ impl Action {
             Action::IncidentOpen => "incident.open",
             Action::IncidentResolved => "incident.resolved",
             Action::IncidentEscalated => "incident.escalated",
+            Action::IncidentStep => "incident.step",
+            Action::IncidentHealed => "incident.healed",
+            Action::HealingPoliciesSet => "healing.policies_set",
             Action::OrchestratorStart => "orchestrator.start",
             Action::OrchestratorStop => "orchestrator.stop",
             Action::AuditRefusalsSuppressed => "audit.refusals_suppressed",

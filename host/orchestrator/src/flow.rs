@@ -59,11 +59,27 @@ impl Trigger {
     pub fn parse(s: &str) -> Option<Trigger> {
         Trigger::ALL.into_iter().find(|t| t.as_str() == s)
     }
+}
 
-    /// How the policy sees it. Every trigger today acts for a person; a healing policy's
-    /// trigger (with its `auto_heal`) comes with the healing loop.
-    fn policy(self) -> tend_policy::Trigger {
-        tend_policy::Trigger::Human
+/// What the healing loop adds to a submission for an incident: the policy it acts under.
+#[derive(Debug, Clone)]
+pub struct Healing {
+    pub policy: String,
+    /// The policy has `auto_heal` and the target allows it for this skill: an L1 repair runs
+    /// without a person (after its plan, for the record).
+    pub auto_heal: bool,
+    /// The policy's `dry_run`: only the repair's plan runs; nothing is applied.
+    pub dry_run: bool,
+}
+
+/// How the policy sees who asked: a person (whatever the trigger), or a healing policy.
+fn policy_trigger(healing: Option<&Healing>) -> tend_policy::Trigger {
+    match healing {
+        Some(h) => tend_policy::Trigger::Healing {
+            policy: h.policy.clone(),
+            auto_heal: h.auto_heal,
+        },
+        None => tend_policy::Trigger::Human,
     }
 }
 
@@ -168,6 +184,19 @@ pub async fn submit(
     caller: &Actor,
     request: Submission,
 ) -> Result<Invocation, SubmitError> {
+    submit_under(services, trigger, caller, request, None).await
+}
+
+/// [`submit`], for the healing loop: under a healing policy (its `auto_heal` and `dry_run`).
+/// A repair always runs its plan first here, so an incident's record shows what the repair
+/// meant to do even when no person had to approve it.
+pub async fn submit_under(
+    services: &AppState,
+    trigger: Trigger,
+    caller: &Actor,
+    request: Submission,
+    healing: Option<&Healing>,
+) -> Result<Invocation, SubmitError> {
     validate(&request)?;
     let target = request
         .target
@@ -206,7 +235,7 @@ pub async fn submit(
             declared: narrowed.declared_level(),
             grants: narrowed.grants(),
             target: policy_target.clone(),
-            trigger: trigger.policy(),
+            trigger: policy_trigger(healing),
             requester: caller.name.clone(),
             role: caller.role,
         })
@@ -302,9 +331,12 @@ pub async fn submit(
         plan_for: None,
         plan,
         planning,
+        healing: healing.map(|h| h.policy.as_str()),
     };
     let needs_approval = matches!(verdict.decision, Decision::NeedsApproval { .. });
-    if !(needs_approval && skill.manifest.skill.kind == tend_manifest::SkillKind::Repair) {
+    let repair = skill.manifest.skill.kind == tend_manifest::SkillKind::Repair;
+    let dry_run = healing.is_some_and(|h| h.dry_run);
+    if !(repair && (needs_approval || healing.is_some())) {
         let inv = invocation::create(
             &services.db,
             new(&verdict, "run", request.input.clone(), None, false),
@@ -336,11 +368,21 @@ pub async fn submit(
             declared: tend_policy::Level::L0,
             grants: narrowed.grants().for_plan(),
             target: policy_target.clone(),
-            trigger: trigger.policy(),
+            trigger: policy_trigger(healing),
             requester: caller.name.clone(),
             role: caller.role,
         })
     };
+    if dry_run {
+        // Plan only: the plan job alone, decided as what it is; nothing is applied.
+        let plan_only = invocation::create(
+            &services.db,
+            new(&plan_verdict, "plan", request.input.clone(), None, false),
+        )
+        .await?;
+        notify(services, &plan_only).await;
+        return Ok(plan_only);
+    }
     if plan_verdict.decision != Decision::Allow {
         let mut why = vec!["the plan would itself need approval to run here".to_string()];
         why.extend(plan_verdict.explain());

@@ -2,6 +2,15 @@
 //! `deny_unknown_fields`; an error names the file, line and key):
 //!
 //! ```toml
+//! [alertmanager]                      # optional: silences while a repair runs
+//! url = "http://127.0.0.1:9093"
+//! silence = true
+//!
+//! [[channel]]                         # where people hear about incidents
+//! name = "ops"
+//! kind = "slack"                      # slack (incoming webhook) | webhook (generic JSON)
+//! url = "https://hooks.slack.com/services/..."
+//!
 //! [[policy]]
 //! name = "disk-full"
 //! match = { alertname = "DiskFull", severity = "~warning|critical" }   # "~" = a regex
@@ -9,25 +18,29 @@
 //! repair = { skill = "clean-old-logs", input = { dir = "{{labels.mountpoint}}" } }
 //! auto_heal = true
 //! max_retries = 2
+//! verify = "resolved"                 # or "rerun": the diagnosis again, `verify_after` later
 //! cooldown = "10m"
 //! max_repairs_per_hour = 5
+//! max_repairs_per_target_per_hour = 2
 //! max_targets = 3
 //! dry_run = false
+//! notify = ["ops"]
 //! escalate = ["ops"]
 //! ```
 //!
 //! The first policy whose every `match` entry matches an alert's labels (exactly, or the whole
-//! value against a `~regex`) is the incident's. What runs today: when an incident opens under
-//! a policy, its `diagnose` skills are submitted through the one submit flow (trigger
-//! `webhook`) on the incident's agent, each input's `{{labels.NAME}}` and
-//! `{{annotations.NAME}}` filled from the alert. A policy never raises what a skill may do:
-//! every submission is decided like any other. (The repair, verification and the limits come
-//! with the rest of the loop.)
+//! value against a `~regex`) is the incident's; [`crate::heal`] runs the loop it describes.
+//! Inputs are templates: `{{labels.NAME}}`, `{{annotations.NAME}}` and, in the repair's,
+//! `{{diagnosis.SKILL.path.to.field}}` from a diagnose skill's output. A policy never raises
+//! what a skill may do: every submission is decided like any other.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::audit;
+use sha2::Digest;
 
 /// One skill a policy runs, with its input (a template).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,19 +73,76 @@ pub struct HealingPolicy {
     pub auto_heal: bool,
     #[serde(default = "two")]
     pub max_retries: u32,
-    /// How long after a repair before the same policy repairs the same target again.
+    /// How a repair is proven: `resolved` (the alert's resolved notification within
+    /// `verify_timeout`) or `rerun` (the diagnose skills again, `verify_after` later, all `ok`).
+    #[serde(default)]
+    pub verify: Verify,
+    /// `rerun`: how long after the repair the diagnosis runs again.
+    #[serde(default = "thirty_seconds")]
+    pub verify_after: String,
+    /// `resolved`: how long to wait for the alert to resolve after the repair.
+    #[serde(default = "ten_minutes")]
+    pub verify_timeout: String,
+    /// How long after a repair before the same policy repairs the same target again (for
+    /// another incident or episode; retries within one are `max_retries`).
     #[serde(default = "ten_minutes")]
     pub cooldown: String,
+    /// The circuit breaker: most repairs this policy submits in an hour, all targets.
     #[serde(default)]
     pub max_repairs_per_hour: Option<u32>,
+    /// The circuit breaker per target: most repairs of one target by this policy in an hour.
+    #[serde(default)]
+    pub max_repairs_per_target_per_hour: Option<u32>,
+    /// The blast radius: most targets this policy repairs at once; more wait their turn.
     #[serde(default)]
     pub max_targets: Option<u32>,
     /// Plan only: nothing is applied.
     #[serde(default)]
     pub dry_run: bool,
-    /// Where to tell a person when it cannot heal.
+    /// Channels told of every change of its incidents.
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// Channels told when it cannot heal and hands an incident to a person.
     #[serde(default)]
     pub escalate: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    #[default]
+    Resolved,
+    Rerun,
+}
+
+/// A place people hear about incidents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// Where messages are POSTed (a secret: a Slack incoming webhook URL is its own key).
+    #[serde(skip_serializing)]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// A Slack-compatible incoming webhook: `{"text": ...}`.
+    Slack,
+    /// A generic JSON webhook: the incident's event as data.
+    Webhook,
+}
+
+/// Alertmanager's API, for silences while a repair runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alertmanager {
+    pub url: String,
+    /// Silence an incident's alert while its repair runs and is verified.
+    #[serde(default)]
+    pub silence: bool,
 }
 
 fn two() -> u32 {
@@ -83,11 +153,171 @@ fn ten_minutes() -> String {
     "10m".into()
 }
 
+fn thirty_seconds() -> String {
+    "30s".into()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(default)]
+    alertmanager: Option<Alertmanager>,
+    #[serde(default)]
+    channel: Vec<Channel>,
+    /// Channels told of incidents no policy matches.
+    #[serde(default)]
+    notify_unmatched: Vec<String>,
+    #[serde(default)]
     policy: Vec<HealingPolicy>,
+}
+
+/// A checked policy file: everything the healing loop acts on.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub alertmanager: Option<Alertmanager>,
+    pub channels: Vec<Channel>,
+    pub notify_unmatched: Vec<String>,
+    pub policies: Vec<Compiled>,
+    /// The text it was read from (shown by the API).
+    pub text: String,
+}
+
+impl Config {
+    pub fn policy(&self, name: &str) -> Option<&Compiled> {
+        self.policies.iter().find(|p| p.policy.name == name)
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+/// The policy file in force and its version, replaced whole when the API sets a new one.
+#[derive(Debug, Clone, Default)]
+pub struct Live(std::sync::Arc<std::sync::RwLock<(i64, std::sync::Arc<Config>)>>);
+
+impl Live {
+    pub fn new(version: i64, config: Config) -> Live {
+        Live(std::sync::Arc::new(std::sync::RwLock::new((
+            version,
+            std::sync::Arc::new(config),
+        ))))
+    }
+
+    pub fn current(&self) -> std::sync::Arc<Config> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    pub fn version(&self) -> i64 {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    pub fn replace(&self, version: i64, config: Config) {
+        let mut live = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if version >= live.0 {
+            *live = (version, std::sync::Arc::new(config));
+        }
+    }
+}
+
+/// The policies to start with: the file when one is given (recorded as a new version when it
+/// differs from the last one in force, and audited), else the last set through the API, else
+/// none. Returns the version and the policies.
+pub async fn in_force(
+    db: &crate::db::Db,
+    file: Option<Config>,
+) -> Result<(i64, Config), crate::invocation::FlowError> {
+    let latest = latest(db).await?;
+    match (file, latest) {
+        (Some(file), Some((version, text))) if text == file.text => Ok((version, file)),
+        (Some(file), latest) => {
+            let version = latest.map_or(1, |(v, _)| v + 1);
+            store(db, version, &file.text, "file", "tend").await?;
+            Ok((version, file))
+        }
+        (None, Some((version, text))) => {
+            let origin = format!("the healing policies set through the API (version {version})");
+            let config = parse(&text, &origin)
+                .map_err(|e| crate::invocation::FlowError::Invalid(e.to_string()))?;
+            Ok((version, config))
+        }
+        (None, None) => Ok((0, Config::default())),
+    }
+}
+
+async fn latest(db: &crate::db::Db) -> Result<Option<(i64, String)>, crate::invocation::FlowError> {
+    use sqlx::Row;
+    let row =
+        sqlx::query("SELECT version, text FROM healing_policies ORDER BY version DESC LIMIT 1")
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(match row {
+        Some(r) => Some((r.try_get("version")?, r.try_get("text")?)),
+        None => None,
+    })
+}
+
+/// Record `text` as policy version `version`, audited, in one transaction. A version another
+/// replica recorded first is a conflict that changes nothing.
+pub async fn store(
+    db: &crate::db::Db,
+    version: i64,
+    text: &str,
+    source: &str,
+    by: &str,
+) -> Result<(), crate::invocation::FlowError> {
+    let mut tx = db.pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO healing_policies (version, text, source, created_by, created_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(version)
+    .bind(text)
+    .bind(source)
+    .bind(by)
+    .bind(crate::db::now_ms())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted != 1 {
+        tx.rollback().await?;
+        return Err(crate::invocation::FlowError::Conflict(format!(
+            "healing policies version {version} was set meanwhile: read them again and retry"
+        )));
+    }
+    audit::append_tx(
+        &mut tx,
+        by,
+        audit::Action::HealingPoliciesSet,
+        &format!("v{version}"),
+        serde_json::json!({
+            "version": version, "source": source,
+            "sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Take up a newer version another replica (or the API) recorded.
+pub async fn refresh(db: &crate::db::Db, live: &Live) -> Result<(), crate::invocation::FlowError> {
+    use sqlx::Row;
+    let newest: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM healing_policies")
+        .fetch_one(&db.pool)
+        .await?
+        .try_get("v")?;
+    if let Some(v) = newest.filter(|v| *v > live.version())
+        && let Some((version, text)) = latest(db).await?
+    {
+        match parse(&text, &format!("healing policies version {version}")) {
+            Ok(config) => live.replace(version, config),
+            Err(e) => {
+                tracing::error!(error = %e, "stored healing policies do not parse; the ones in force stay")
+            }
+        }
+        let _ = v;
+    }
+    Ok(())
 }
 
 /// A policy ready to match: its regexes compiled.
@@ -122,8 +352,8 @@ pub enum PolicyError {
     },
 }
 
-/// The policies of `path`, checked.
-pub fn load(path: &Path) -> Result<Vec<Compiled>, PolicyError> {
+/// The policy file at `path`, checked.
+pub fn load(path: &Path) -> Result<Config, PolicyError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
         path: origin.clone(),
@@ -133,7 +363,7 @@ pub fn load(path: &Path) -> Result<Vec<Compiled>, PolicyError> {
 }
 
 /// Parse and check policy text (`origin` names it in errors).
-pub fn parse(text: &str, origin: &str) -> Result<Vec<Compiled>, PolicyError> {
+pub fn parse(text: &str, origin: &str) -> Result<Config, PolicyError> {
     let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
         path: origin.to_string(),
         line: tend_manifest::toml_error_line(text, &e),
@@ -144,6 +374,41 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Compiled>, PolicyError> {
         key,
         message,
     };
+    if let Some(am) = &file.alertmanager {
+        check_url(&am.url).map_err(|e| invalid("alertmanager.url".into(), e))?;
+    }
+    for (i, c) in file.channel.iter().enumerate() {
+        tend_protocol::check_name("name", &c.name)
+            .map_err(|e| invalid(format!("channel[{i}].name"), e.why))?;
+        if file.channel[..i].iter().any(|o| o.name == c.name) {
+            return Err(invalid(
+                format!("channel[{i}].name"),
+                format!("{} is used twice", c.name),
+            ));
+        }
+        check_url(&c.url).map_err(|e| invalid(format!("channel[{i}].url"), e))?;
+    }
+    let known = |names: &[String], key: String| -> Result<(), PolicyError> {
+        match names
+            .iter()
+            .find(|n| !file.channel.iter().any(|c| c.name == **n))
+        {
+            Some(n) => Err(invalid(
+                key,
+                format!(
+                    "no [[channel]] is named {:?} (channels: {})",
+                    audit::safe_field(n, 64),
+                    file.channel
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    };
+    known(&file.notify_unmatched, "notify_unmatched".into())?;
     let mut out: Vec<Compiled> = Vec::new();
     for (i, p) in file.policy.into_iter().enumerate() {
         let at = |k: &str| format!("policy[{i}].{k}");
@@ -176,14 +441,64 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Compiled>, PolicyError> {
             tend_manifest::SkillName::parse(&r.skill)
                 .map_err(|e| invalid(at("repair.skill"), e.to_string()))?;
         }
-        humantime::parse_duration(&p.cooldown)
-            .map_err(|e| invalid(at("cooldown"), format!("{:?}: {e}", p.cooldown)))?;
+        for (key, value) in [
+            ("cooldown", &p.cooldown),
+            ("verify_after", &p.verify_after),
+            ("verify_timeout", &p.verify_timeout),
+        ] {
+            humantime::parse_duration(value)
+                .map_err(|e| invalid(at(key), format!("{value:?}: {e}")))?;
+        }
+        if p.max_retries > 10 {
+            return Err(invalid(at("max_retries"), "is 0 to 10".into()));
+        }
+        if p.max_targets == Some(0) {
+            return Err(invalid(
+                at("max_targets"),
+                "is at least 1 (leave out `repair` to never repair)".into(),
+            ));
+        }
+        known(&p.notify, at("notify"))?;
+        known(&p.escalate, at("escalate"))?;
         out.push(Compiled {
             policy: p,
             matchers,
         });
     }
-    Ok(out)
+    Ok(Config {
+        alertmanager: file.alertmanager,
+        channels: file.channel,
+        notify_unmatched: file.notify_unmatched,
+        policies: out,
+        text: text.to_string(),
+    })
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err("is an http:// or https:// URL".into());
+    }
+    Ok(())
+}
+
+impl HealingPolicy {
+    fn duration(text: &str) -> std::time::Duration {
+        humantime::parse_duration(text).unwrap_or(std::time::Duration::from_secs(600))
+    }
+
+    pub fn cooldown(&self) -> std::time::Duration {
+        Self::duration(&self.cooldown)
+    }
+
+    pub fn verify_after(&self) -> std::time::Duration {
+        Self::duration(&self.verify_after)
+    }
+
+    pub fn verify_timeout(&self) -> std::time::Duration {
+        Self::duration(&self.verify_timeout)
+    }
 }
 
 impl Compiled {
@@ -206,42 +521,71 @@ pub fn matching<'a>(
     policies.iter().find(|p| p.matches(labels))
 }
 
-/// A skill call's input with `{{labels.NAME}}` and `{{annotations.NAME}}` filled from the alert
-/// (a name the alert lacks becomes the empty string).
-pub fn fill(
-    input: &toml::Table,
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-) -> serde_json::Value {
-    fn walk(
-        v: serde_json::Value,
-        labels: &BTreeMap<String, String>,
-        annotations: &BTreeMap<String, String>,
-    ) -> serde_json::Value {
+/// What a template may read: the alert, and (for a repair) the diagnosis — each diagnose
+/// skill's output by skill name.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub labels: &'a BTreeMap<String, String>,
+    pub annotations: &'a BTreeMap<String, String>,
+    pub diagnosis: &'a BTreeMap<String, serde_json::Value>,
+}
+
+impl Facts<'_> {
+    /// The value a placeholder names: `labels.NAME`, `annotations.NAME` (a name the alert lacks
+    /// is the empty string) or `diagnosis.SKILL.path.to.field` (array items by index; absent
+    /// is `None`). `None` for anything else.
+    fn lookup(&self, key: &str) -> Option<serde_json::Value> {
+        let text = |v: Option<&String>| serde_json::Value::String(v.cloned().unwrap_or_default());
+        if let Some(k) = key.strip_prefix("labels.") {
+            return Some(text(self.labels.get(k)));
+        }
+        if let Some(k) = key.strip_prefix("annotations.") {
+            return Some(text(self.annotations.get(k)));
+        }
+        let path = key.strip_prefix("diagnosis.")?;
+        // Skill names have no dots; the rest is the path inside its output.
+        let (skill, rest) = path.split_once('.').unwrap_or((path, ""));
+        let mut at = self.diagnosis.get(skill)?;
+        for step in rest.split('.').filter(|s| !s.is_empty()) {
+            at = match at {
+                serde_json::Value::Array(items) => items.get(step.parse::<usize>().ok()?)?,
+                serde_json::Value::Object(map) => map.get(step)?,
+                _ => return None,
+            };
+        }
+        Some(at.clone())
+    }
+}
+
+/// A skill call's input with its placeholders filled (see [`Facts::lookup`]). A string that is
+/// exactly one placeholder takes the value's own type (a pid stays a number); inside longer
+/// text a value is written as text. A placeholder Tend does not know, or a diagnosis field
+/// that is absent, is kept as written — so the input schema refuses it rather than a guess.
+pub fn fill(input: &toml::Table, facts: &Facts<'_>) -> serde_json::Value {
+    fn walk(v: serde_json::Value, facts: &Facts<'_>) -> serde_json::Value {
         match v {
-            serde_json::Value::String(s) => {
-                serde_json::Value::String(substitute(&s, labels, annotations))
+            serde_json::Value::String(s) => substitute(&s, facts),
+            serde_json::Value::Array(items) => items.into_iter().map(|i| walk(i, facts)).collect(),
+            serde_json::Value::Object(map) => {
+                map.into_iter().map(|(k, v)| (k, walk(v, facts))).collect()
             }
-            serde_json::Value::Array(items) => items
-                .into_iter()
-                .map(|i| walk(i, labels, annotations))
-                .collect(),
-            serde_json::Value::Object(map) => map
-                .into_iter()
-                .map(|(k, v)| (k, walk(v, labels, annotations)))
-                .collect(),
             other => other,
         }
     }
     let json = serde_json::to_value(input).unwrap_or_else(|_| serde_json::json!({}));
-    walk(json, labels, annotations)
+    walk(json, facts)
 }
 
-fn substitute(
-    text: &str,
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-) -> String {
+fn substitute(text: &str, facts: &Facts<'_>) -> serde_json::Value {
+    let whole = text.trim();
+    if let Some(key) = whole
+        .strip_prefix("{{")
+        .and_then(|k| k.strip_suffix("}}"))
+        .filter(|k| !k.contains("{{") && !k.contains("}}"))
+        && let Some(value) = facts.lookup(key.trim())
+    {
+        return value;
+    }
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -250,19 +594,16 @@ fn substitute(
         };
         out.push_str(&rest[..start]);
         let key = rest[start + 2..start + len].trim();
-        let value = key
-            .strip_prefix("labels.")
-            .map(|k| labels.get(k))
-            .or_else(|| key.strip_prefix("annotations.").map(|k| annotations.get(k)));
-        match value {
-            Some(v) => out.push_str(v.map_or("", String::as_str)),
+        match facts.lookup(key) {
+            Some(serde_json::Value::String(v)) => out.push_str(&v),
+            Some(v) => out.push_str(&v.to_string()),
             // Not a placeholder Tend knows: kept as written.
             None => out.push_str(&rest[start..start + len + 2]),
         }
         rest = &rest[start + len + 2..];
     }
     out.push_str(rest);
-    out
+    serde_json::Value::String(out)
 }
 
 #[cfg(test)]
@@ -287,26 +628,138 @@ auto_heal = true
 
     #[test]
     fn a_policy_matches_labels_exactly_or_by_whole_regex_and_fills_inputs() {
-        let policies = parse(GOOD, "healing.toml").expect("parses");
+        let config = parse(GOOD, "healing.toml").expect("parses");
+        let policies = &config.policies;
         let alert = labels(&[
             ("alertname", "DiskFull"),
             ("severity", "critical"),
             ("mountpoint", "/var/log"),
             ("instance", "web-1:9100"),
         ]);
-        let p = matching(&policies, &alert).expect("matches");
+        let p = matching(policies, &alert).expect("matches");
         assert_eq!(p.policy.name, "disk-full");
         assert!(
             matching(
-                &policies,
+                policies,
                 &labels(&[("alertname", "DiskFull"), ("severity", "criticality")])
             )
             .is_none()
         );
-        assert!(matching(&policies, &labels(&[("alertname", "DiskFull")])).is_none());
-        let input = fill(&p.policy.diagnose[0].input, &alert, &BTreeMap::new());
+        assert!(matching(policies, &labels(&[("alertname", "DiskFull")])).is_none());
+        let none = BTreeMap::new();
+        let facts = Facts {
+            labels: &alert,
+            annotations: &none,
+            diagnosis: &BTreeMap::new(),
+        };
+        let input = fill(&p.policy.diagnose[0].input, &facts);
         assert_eq!(input["where"], "/var/log on web-1:9100");
         assert_eq!(input["warn_percent"], 80);
+    }
+
+    #[test]
+    fn a_repair_input_reads_the_diagnosis_keeping_its_types() {
+        let text = r#"
+[[policy]]
+name = "cpu"
+match = { alertname = "HighCPU" }
+repair = { skill = "kill-runaway-process", input = { pid = "{{diagnosis.top-processes.processes.0.pid}}", note = "pid {{diagnosis.top-processes.processes.0.pid}} on {{labels.instance}}", missing = "{{diagnosis.top-processes.nothing}}", other = "{{secrets.x}}" } }
+"#;
+        let config = parse(text, "healing.toml").expect("parses");
+        let alert = labels(&[("alertname", "HighCPU"), ("instance", "web-1")]);
+        let mut diagnosis = BTreeMap::new();
+        diagnosis.insert(
+            "top-processes".to_string(),
+            serde_json::json!({ "processes": [{ "pid": 4242, "name": "spin" }] }),
+        );
+        let facts = Facts {
+            labels: &alert,
+            annotations: &BTreeMap::new(),
+            diagnosis: &diagnosis,
+        };
+        let input = fill(
+            &config.policies[0]
+                .policy
+                .repair
+                .as_ref()
+                .expect("repair")
+                .input,
+            &facts,
+        );
+        assert_eq!(input["pid"], 4242);
+        assert_eq!(input["note"], "pid 4242 on web-1");
+        // Absent or unknown: kept as written, for the input schema to refuse.
+        assert_eq!(input["missing"], "{{diagnosis.top-processes.nothing}}");
+        assert_eq!(input["other"], "{{secrets.x}}");
+    }
+
+    #[test]
+    fn channels_and_the_alertmanager_are_checked_and_named() {
+        let ok = r#"
+notify_unmatched = ["ops"]
+[alertmanager]
+url = "http://127.0.0.1:9093"
+silence = true
+[[channel]]
+name = "ops"
+kind = "slack"
+url = "https://hooks.example.com/services/T0/B0/x"
+[[policy]]
+name = "p"
+match = { alertname = "A" }
+notify = ["ops"]
+escalate = ["ops"]
+verify = "rerun"
+verify_after = "5s"
+"#;
+        let config = parse(ok, "h.toml").expect("parses");
+        assert_eq!(config.channels[0].kind, ChannelKind::Slack);
+        assert_eq!(config.policies[0].policy.verify, Verify::Rerun);
+        assert!(config.alertmanager.as_ref().is_some_and(|a| a.silence));
+        let cases = [
+            (
+                ok.replace("escalate = [\"ops\"]", "escalate = [\"pager\"]"),
+                "policy[0].escalate",
+                "pager",
+            ),
+            (
+                ok.replace("notify_unmatched = [\"ops\"]", "notify_unmatched = [\"x\"]"),
+                "notify_unmatched",
+                "x",
+            ),
+            (
+                ok.replace("kind = \"slack\"", "kind = \"email\""),
+                "h.toml:8",
+                "email",
+            ),
+            (
+                ok.replace(
+                    "https://hooks.example.com/services/T0/B0/x",
+                    "file:///etc/passwd",
+                ),
+                "channel[0].url",
+                "http",
+            ),
+            (
+                ok.replace("http://127.0.0.1:9093", "not a url"),
+                "alertmanager.url",
+                "",
+            ),
+            (
+                ok.replace("verify = \"rerun\"", "verify = \"hope\""),
+                "h.toml:15",
+                "hope",
+            ),
+            (
+                ok.replace("verify_after = \"5s\"", "verify_after = \"later\""),
+                "policy[0].verify_after",
+                "later",
+            ),
+        ];
+        for (text, place, what) in cases {
+            let err = parse(&text, "h.toml").expect_err(place).to_string();
+            assert!(err.contains(place) && err.contains(what), "{place}: {err}");
+        }
     }
 
     #[test]

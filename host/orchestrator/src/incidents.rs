@@ -98,8 +98,26 @@ pub struct Incident {
     pub escalation: Option<String>,
     /// The healing policy that matched it, if any.
     pub policy: Option<String>,
-    /// The invocations Tend submitted for it (its policy's diagnose skills, ...).
+    /// The invocations Tend submitted for it: diagnoses, repairs, verifications.
     pub invocations: Vec<String>,
+    /// Where the healing loop is: `none` (no loop), `diagnose`, `diagnosing`, `repair`,
+    /// `repairing`, `verifying`, `checking` or `done`.
+    pub stage: String,
+    /// How the loop ended: `healed`, `resolved` (cleared by itself), `escalated` or `dry_run`.
+    pub outcome: Option<String>,
+    /// 1, and +1 each time the alert fires again after it resolved.
+    pub episode: i64,
+    /// Repairs submitted in this episode.
+    pub attempts: i64,
+    /// The repair being followed (in a dry run, its plan).
+    pub repair: Option<String>,
+    /// What happened, in order: `{at, step, text, data}`.
+    #[schema(value_type = Vec<Object>)]
+    pub story: Vec<serde_json::Value>,
+    /// The messages sent (or being sent) to people about it; shown for one incident only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<serde_json::Value>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub starts_at: String,
@@ -253,26 +271,16 @@ fn target_of(labels: &BTreeMap<String, String>, agents: &[String]) -> Result<Str
     })
 }
 
-/// An incident this notification opened under a healing policy: what its policy runs next.
-#[derive(Debug, Clone)]
-pub struct Opened {
-    pub id: String,
-    pub alertname: String,
-    pub target: String,
-    pub policy: crate::healing::Compiled,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-}
-
-/// Record a checked notification: every alert's incident, in one transaction. Returns what
-/// changed, and the incidents it opened under a healing policy of `policies`.
+/// Record a checked notification: every alert's incident, in one transaction, with the
+/// messages its changes send. An incident that opens under a healing policy of `config` with
+/// an agent to act on starts the loop at `diagnose` ([`crate::heal`] takes it from there).
+/// Returns what changed.
 pub async fn record(
     db: &Db,
     by: &str,
     n: &Notification,
-    policies: &[crate::healing::Compiled],
-) -> Result<(Received, Vec<Opened>), FlowError> {
-    let mut opened = Vec::new();
+    config: &crate::healing::Config,
+) -> Result<Received, FlowError> {
     let agents: Vec<String> = crate::agents::list(db)
         .await?
         .into_iter()
@@ -287,7 +295,9 @@ pub async fn record(
         let labels = serde_json::to_string(&a.labels).unwrap_or_default();
         let annotations = serde_json::to_string(&a.annotations).unwrap_or_default();
         let starts = parse_time("startsAt", &a.starts_at).unwrap_or(now);
-        let existing = sqlx::query("SELECT id, state FROM incidents WHERE fingerprint = $1")
+        let existing = sqlx::query(
+            "SELECT id, state, stage, episode, policy, target FROM incidents WHERE fingerprint = $1",
+        )
             .bind(&fingerprint)
             .fetch_optional(&mut *tx)
             .await?;
@@ -295,9 +305,12 @@ pub async fn record(
         // A known alert: updated, or resolved. One that fires again after it was resolved is a
         // new episode: opened again below (and diagnosed again under its policy).
         let mut reopen = None;
+        let mut episode = 1;
         if let Some(row) = existing {
             let id: String = row.try_get("id")?;
             let was: String = row.try_get("state")?;
+            let stage: String = row.try_get("stage")?;
+            episode = row.try_get::<i64, _>("episode")?;
             if resolved || was != "resolved" {
                 let state = if resolved { "resolved" } else { was.as_str() };
                 sqlx::query(
@@ -321,6 +334,29 @@ pub async fn record(
                         serde_json::json!({ "fingerprint": fingerprint, "alertname": alertname }),
                     )
                     .await?;
+                    // In the loop, the loop ends it (healed, or cleared by itself) and says so.
+                    if matches!(stage.as_str(), "none" | "done") {
+                        let policy: Option<String> = row.try_get("policy")?;
+                        let target: Option<String> = row.try_get("target")?;
+                        crate::notify::queue_tx(
+                            &mut tx,
+                            config,
+                            &crate::notify::Message {
+                                incident: id.clone(),
+                                policy,
+                                event: "resolved".into(),
+                                key: "resolved".into(),
+                                alertname: alertname.clone(),
+                                target,
+                                state: "resolved".into(),
+                                text: "the alert resolved".into(),
+                                labels: a.labels.clone(),
+                                story: Vec::new(),
+                            },
+                            episode,
+                        )
+                        .await?;
+                    }
                     "resolved"
                 } else {
                     "updated"
@@ -334,6 +370,7 @@ pub async fn record(
                 continue;
             }
             reopen = Some(id);
+            episode += 1;
         }
         let (target, escalation) = match target_of(&a.labels, &agents) {
             Ok(t) => (Some(t), None),
@@ -344,11 +381,17 @@ pub async fn record(
             (false, Some(_)) => "escalated",
             (false, None) => "open",
         };
-        let policy = crate::healing::matching(policies, &a.labels);
+        let policy = crate::healing::matching(&config.policies, &a.labels);
+        // The loop runs for an open incident under a policy, with an agent to act on.
+        let stage = match (policy, state) {
+            (Some(_), "open") => "diagnose",
+            _ => "none",
+        };
+        let outcome = (state == "escalated").then_some("escalated");
         let id = match &reopen {
             Some(id) => {
                 sqlx::query(
-                    "UPDATE incidents SET state = $1, alert_status = $2, target = $3, escalation = $4, labels = $5, annotations = $6, starts_ms = $7, generator_url = $8, notifications = notifications + 1, last_seen_ms = $9, resolved_ms = NULL, policy = $10, invocations = '[]' WHERE id = $11",
+                    "UPDATE incidents SET state = $1, alert_status = $2, target = $3, escalation = $4, labels = $5, annotations = $6, starts_ms = $7, generator_url = $8, notifications = notifications + 1, last_seen_ms = $9, resolved_ms = NULL, policy = $10, invocations = '[]', stage = $12, outcome = $13, episode = $14, attempts = 0, repair_id = NULL, round = '[]', due_ms = NULL, verify_until_ms = NULL, story = '[]', opened_by = $15, lease_until_ms = NULL WHERE id = $11",
                 )
                 .bind(state)
                 .bind(&a.status)
@@ -361,6 +404,10 @@ pub async fn record(
                 .bind(now)
                 .bind(policy.map(|p| p.policy.name.clone()))
                 .bind(id)
+                .bind(stage)
+                .bind(outcome)
+                .bind(episode)
+                .bind(audit::safe_field(by, 200))
                 .execute(&mut *tx)
                 .await?;
                 id.clone()
@@ -368,7 +415,7 @@ pub async fn record(
             None => {
                 let id = random_id("inc");
                 sqlx::query(
-                    "INSERT INTO incidents (id, fingerprint, alertname, state, alert_status, target, escalation, labels, annotations, starts_ms, generator_url, notifications, first_seen_ms, last_seen_ms, resolved_ms, receiver, group_key, policy) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13, $14, $15, $16)",
+                    "INSERT INTO incidents (id, fingerprint, alertname, state, alert_status, target, escalation, labels, annotations, starts_ms, generator_url, notifications, first_seen_ms, last_seen_ms, resolved_ms, receiver, group_key, policy, stage, outcome, opened_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13, $14, $15, $16, $17, $18, $19)",
                 )
                 .bind(&id)
                 .bind(&fingerprint)
@@ -386,21 +433,14 @@ pub async fn record(
                 .bind(audit::safe_field(&n.receiver, 200))
                 .bind(audit::safe_field(&n.group_key, 1000))
                 .bind(policy.map(|p| p.policy.name.clone()))
+                .bind(stage)
+                .bind(outcome)
+                .bind(audit::safe_field(by, 200))
                 .execute(&mut *tx)
                 .await?;
                 id
             }
         };
-        if let (Some(p), Some(t), "open") = (policy, &target, state) {
-            opened.push(Opened {
-                id: id.clone(),
-                alertname: alertname.clone(),
-                target: t.clone(),
-                policy: p.clone(),
-                labels: a.labels.clone(),
-                annotations: a.annotations.clone(),
-            });
-        }
         let (action, change) = if escalation.is_some() && !resolved {
             (Action::IncidentEscalated, "escalated")
         } else {
@@ -426,6 +466,38 @@ pub async fn record(
             }),
         )
         .await?;
+        let text = match (&escalation, policy) {
+            (Some(why), _) => why.to_string(),
+            (None, Some(p)) => format!(
+                "the alert fired; healing policy {} diagnoses it on {}",
+                p.policy.name,
+                target.as_deref().unwrap_or("?")
+            ),
+            (None, None) => "the alert fired; no healing policy matches it".to_string(),
+        };
+        crate::notify::queue_tx(
+            &mut tx,
+            config,
+            &crate::notify::Message {
+                incident: id.clone(),
+                policy: policy.map(|p| p.policy.name.clone()),
+                event: change.to_string(),
+                key: if escalation.is_some() {
+                    "escalated"
+                } else {
+                    "opened"
+                }
+                .into(),
+                alertname: alertname.clone(),
+                target: target.clone(),
+                state: state.to_string(),
+                text,
+                labels: a.labels.clone(),
+                story: Vec::new(),
+            },
+            episode,
+        )
+        .await?;
         let state = state.to_string();
         let change = change.to_string();
         touched.push(Touched {
@@ -436,63 +508,7 @@ pub async fn record(
         });
     }
     tx.commit().await?;
-    Ok((Received { incidents: touched }, opened))
-}
-
-/// An incident opened under a policy: its diagnose skills, submitted through the one submit
-/// flow (trigger `webhook`, as `caller`) on the incident's agent, each decided like any other
-/// invocation. The ids are kept on the incident; one that cannot be submitted escalates it
-/// with why.
-pub async fn diagnose(
-    state: &AppState,
-    caller: &crate::auth::Actor,
-    o: &Opened,
-) -> Result<(), FlowError> {
-    let mut ids = Vec::new();
-    let mut failed = Vec::new();
-    for call in &o.policy.policy.diagnose {
-        let submission = crate::flow::Submission {
-            skill: call.skill.clone(),
-            version: call.version.clone(),
-            target: Some(format!("agent:{}", o.target)),
-            input: crate::healing::fill(&call.input, &o.labels, &o.annotations),
-            reason: format!(
-                "incident {} ({}), healing policy {}",
-                o.id, o.alertname, o.policy.policy.name
-            ),
-            narrowing: Default::default(),
-        };
-        match crate::flow::submit(state, crate::flow::Trigger::Webhook, caller, submission).await {
-            Ok(inv) => ids.push(inv.id),
-            Err(e) => failed.push(format!("diagnose {} was not submitted: {e}", call.skill)),
-        }
-    }
-    let escalation = (!failed.is_empty()).then(|| failed.join("; "));
-    let ids = serde_json::to_string(&ids).unwrap_or_default();
-    match &escalation {
-        None => sqlx::query("UPDATE incidents SET invocations = $1 WHERE id = $2")
-            .bind(&ids)
-            .bind(&o.id),
-        Some(why) => sqlx::query(
-            "UPDATE incidents SET invocations = $1, state = 'escalated', escalation = $2 WHERE id = $3",
-        )
-        .bind(&ids)
-        .bind(why)
-        .bind(&o.id),
-    }
-    .execute(&state.db.pool)
-    .await?;
-    if let Some(why) = escalation {
-        audit::append(
-            &state.db,
-            &caller.name,
-            Action::IncidentEscalated,
-            &o.id,
-            serde_json::json!({ "why": why }),
-        )
-        .await?;
-    }
-    Ok(())
+    Ok(Received { incidents: touched })
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Incident, FlowError> {
@@ -513,6 +529,16 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Incident, FlowError> {
             let text: String = r.try_get("invocations")?;
             serde_json::from_str(&text).unwrap_or_default()
         },
+        stage: r.try_get("stage")?,
+        outcome: r.try_get("outcome")?,
+        episode: r.try_get("episode")?,
+        attempts: r.try_get("attempts")?,
+        repair: r.try_get("repair_id")?,
+        story: {
+            let text: String = r.try_get("story")?;
+            serde_json::from_str(&text).unwrap_or_default()
+        },
+        messages: Vec::new(),
         labels: map("labels")?,
         annotations: map("annotations")?,
         starts_at: rfc3339(r.try_get("starts_ms")?),
@@ -549,6 +575,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/incidents/{id}", get(show_incident))
+        .route(
+            "/api/v1/healing/policies",
+            get(show_policies).put(set_policies),
+        )
 }
 
 /// Alertmanager's webhook: every alert of the notification is recorded as (or updates) an
@@ -562,19 +592,11 @@ pub async fn alertmanager(
     ApiJson(n): ApiJson<Notification>,
 ) -> ApiResult<Json<Received>> {
     check(&n)?;
-    let (received, opened) = record(&state.db, &who.name, &n, &state.settings.healing).await?;
-    // Stored: from here on a failure is the incident's (escalated), not the notification's.
-    // The diagnosis runs on its own task, so Alertmanager's answer does not wait for it and a
-    // dropped connection does not cut it short.
-    if !opened.is_empty() {
-        tokio::spawn(async move {
-            for o in &opened {
-                if let Err(e) = diagnose(&state, &who, o).await {
-                    tracing::error!(incident = %o.id, error = %e, "diagnosing an incident failed");
-                }
-            }
-        });
-    }
+    let config = state.settings.healing.current();
+    let received = record(&state.db, &who.name, &n, &config).await?;
+    // Stored: the healing loop takes it from here, on its own task, so Alertmanager's answer
+    // does not wait for it (and an orchestrator that stops picks it up again at start).
+    state.heal_wake.notify_one();
     Ok(Json(received))
 }
 
@@ -595,7 +617,88 @@ pub async fn show_incident(
     _: Caller<Viewer>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Incident>> {
-    Ok(Json(find(&state.db, &id).await?))
+    let mut incident = find(&state.db, &id).await?;
+    incident.messages = crate::notify::of_incident(&state, &incident.id).await?;
+    Ok(Json(incident))
+}
+
+/// The healing policies in force: their version and text (channel URLs included: admin only).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Policies {
+    pub version: i64,
+    /// The policy file (TOML).
+    pub text: String,
+    /// The policies' names, in matching order.
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+fn policies_view(state: &AppState) -> Policies {
+    let config = state.settings.healing.current();
+    Policies {
+        version: state.settings.healing.version(),
+        text: config.text.clone(),
+        policies: config
+            .policies
+            .iter()
+            .map(|p| p.policy.name.clone())
+            .collect(),
+    }
+}
+
+/// The healing policies in force. Admin: the text holds the channels' webhook URLs.
+#[utoipa::path(get, path = "/api/v1/healing/policies", tag = "incidents", security(("bearer" = [])),
+    responses((status = 200, body = Policies), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn show_policies(
+    State(state): State<AppState>,
+    _: Caller<crate::extract::Admin>,
+) -> ApiResult<Json<Policies>> {
+    crate::healing::refresh(&state.db, &state.settings.healing).await?;
+    Ok(Json(policies_view(&state)))
+}
+
+/// A new policy file to put in force.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPolicies {
+    /// The whole policy file (TOML), as `--healing-policies` reads it.
+    pub text: String,
+    /// The version this replaces (from GET): a change made meanwhile is a conflict.
+    pub replaces: i64,
+}
+
+/// Largest policy file (bytes).
+const MAX_POLICY_TEXT: usize = 256 * 1024;
+
+/// Put new healing policies in force on every replica (admin). A file that does not parse is
+/// a 400 naming the line or key, and changes nothing.
+#[utoipa::path(put, path = "/api/v1/healing/policies", tag = "incidents", security(("bearer" = [])), request_body = NewPolicies,
+    responses((status = 200, body = Policies), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn set_policies(
+    State(state): State<AppState>,
+    Caller(who, ..): Caller<crate::extract::Admin>,
+    ApiJson(new): ApiJson<NewPolicies>,
+) -> ApiResult<Json<Policies>> {
+    if new.text.len() > MAX_POLICY_TEXT {
+        return Err(ApiError::bad_request(format!(
+            "`text` is {} bytes; at most {MAX_POLICY_TEXT} are accepted; nothing was changed",
+            new.text.len()
+        )));
+    }
+    let config = crate::healing::parse(&new.text, "text")
+        .map_err(|e| ApiError::bad_request(format!("{e}; nothing was changed")))?;
+    crate::healing::refresh(&state.db, &state.settings.healing).await?;
+    let current = state.settings.healing.version();
+    if new.replaces != current {
+        return Err(FlowError::Conflict(format!(
+            "`replaces` is {} but version {current} is in force: read them again and retry",
+            new.replaces
+        ))
+        .into());
+    }
+    crate::healing::store(&state.db, current + 1, &new.text, "api", &who.name).await?;
+    state.settings.healing.replace(current + 1, config);
+    Ok(Json(policies_view(&state)))
 }
 
 #[cfg(test)]

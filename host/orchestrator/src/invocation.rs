@@ -69,8 +69,11 @@ pub struct NewInvocation<'a> {
     pub plan_for: Option<&'a str>,
     /// A plan record known at submit (a plan that could not run), bound into the digest.
     pub plan: Option<serde_json::Value>,
-    /// It waits in `planning` for its plan job before anyone may approve it.
+    /// It waits in `planning` for its plan job: then for approval, or (allowed without one)
+    /// straight to the queue.
     pub planning: bool,
+    /// The healing policy it is submitted under, if any (see [`Invocation::healing`]).
+    pub healing: Option<&'a str>,
 }
 
 pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowError> {
@@ -116,6 +119,7 @@ async fn insert(
     let now = now_ms();
     let expires = now + new.approval_ttl_ms;
     let (state, required) = match &new.verdict.decision {
+        Decision::Allow if new.planning => (State::Planning, 0u8),
         Decision::Allow => (State::Queued, 0u8),
         Decision::NeedsApproval {
             approvals_required, ..
@@ -151,6 +155,7 @@ async fn insert(
         reason: new.reason.to_string(),
         requester: new.requester.name.clone(),
         trigger: new.trigger.as_str().to_string(),
+        healing: new.healing.map(str::to_string),
         level: u8::from(new.verdict.level),
         approvals_required: required,
         invocation_digest: String::new(),
@@ -169,7 +174,7 @@ async fn insert(
     };
     inv.invocation_digest = digest_of(&inv);
     sqlx::query(
-        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
+        "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, healing) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
     )
     .bind(&inv.id)
     .bind(&inv.skill)
@@ -199,6 +204,7 @@ async fn insert(
     .bind(inv.plan_for.as_deref())
     .bind(&inv.publisher)
     .bind(&inv.publisher_key)
+    .bind(inv.healing.as_deref())
     .execute(&mut **tx)
     .await?;
     let mut detail = serde_json::json!({
@@ -211,6 +217,9 @@ async fn insert(
     });
     if let Some(repair) = &inv.plan_for {
         detail["plan_for"] = serde_json::json!(repair);
+    }
+    if let Some(policy) = &inv.healing {
+        detail["healing"] = serde_json::json!(policy);
     }
     audit::append_tx(
         tx,
@@ -253,7 +262,7 @@ async fn fan_out(
         let part = random_id("inv");
         // Copy every column but the ones that make it a part.
         sqlx::query(
-            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, part_of, assigned_agent) SELECT $1, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, $2, $3, expires_ms, $3, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, id, $4 FROM invocations WHERE id = $5",
+            "INSERT INTO invocations (id, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, state, created_ms, expires_ms, queued_ms, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, healing, part_of, assigned_agent) SELECT $1, skill, version, digest, target, input, reason, requester, level, approvals_required, invocation_digest, verdict, $2, $3, expires_ms, $3, kind, trigger, manifest_digest, hosts, narrowing, grants, limits, plan, export, plan_for, publisher, publisher_key, healing, id, $4 FROM invocations WHERE id = $5",
         )
         .bind(&part)
         .bind(State::Queued.as_str())
@@ -413,6 +422,7 @@ fn from_row(r: &AnyRow, approvals: Vec<Approval>) -> Result<Invocation, FlowErro
         reason: r.try_get("reason")?,
         requester: r.try_get("requester")?,
         trigger: r.try_get("trigger")?,
+        healing: r.try_get("healing")?,
         level: r.try_get::<i64, _>("level")? as u8,
         approvals_required: r.try_get::<i64, _>("approvals_required")? as u8,
         invocation_digest: r.try_get("invocation_digest")?,
@@ -1112,21 +1122,67 @@ async fn attach_plan(
     let plan = tend_protocol::plan_record(id, result);
     repair.plan = Some(plan.clone());
     let digest = digest_of(&repair);
-    let set = [Set::Plan {
+    // A repair allowed without approval (an L1 repair under a healing policy's auto_heal) ran
+    // its plan for the record and goes on to the queue — unless its plan failed: nobody is
+    // there to judge that, so it does not run. Any other repair waits for its approvers.
+    let planned_ok = plan["outcome"] == "ok";
+    if repair.approvals_required == 0 && !planned_ok {
+        let why = serde_json::json!({
+            "error": format!("not run: its plan did not succeed ({}), and no person approved it", plan["outcome"].as_str().unwrap_or("refused")),
+        });
+        let set = [
+            Set::Plan {
+                plan: &plan,
+                digest: &digest,
+            },
+            Set::Result(&why),
+            Set::FinishedNow,
+        ];
+        let stopped = Transition::new(
+            &repair_id,
+            &[(State::Planning, &[])],
+            State::Failed,
+            &set,
+            vec![Audit {
+                actor: "tend",
+                action: Action::InvocationFailed,
+                detail: serde_json::json!({
+                    "plan_job": id, "outcome": plan["outcome"], "why": why["error"],
+                    "state": State::Failed.as_str(),
+                }),
+            }],
+        );
+        return match apply_in(tx, &stopped).await {
+            Ok(_) | Err(FlowError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
+    let to = if repair.approvals_required == 0 {
+        State::Queued
+    } else {
+        State::PendingApproval
+    };
+    let plan_set = Set::Plan {
         plan: &plan,
         digest: &digest,
-    }];
+    };
+    let queued_set = [plan_set, Set::QueuedNow];
+    let waiting_set = [plan_set];
     let planned = Transition::new(
         &repair_id,
         &[(State::Planning, &[])],
-        State::PendingApproval,
-        &set,
+        to,
+        if to == State::Queued {
+            &queued_set
+        } else {
+            &waiting_set
+        },
         vec![Audit {
             actor: "tend",
             action: Action::InvocationPlanned,
             detail: serde_json::json!({
                 "plan_job": id, "outcome": plan["outcome"],
-                "invocation_digest": digest, "state": State::PendingApproval.as_str(),
+                "invocation_digest": digest, "state": to.as_str(),
             }),
         }],
     );

@@ -29,10 +29,12 @@ pub mod db;
 pub mod extract;
 pub mod fit;
 pub mod flow;
+pub mod heal;
 pub mod healing;
 pub mod incidents;
 pub mod invocation;
 pub mod metrics;
+pub mod notify;
 pub mod token_api;
 pub use tend_protocol as protocol;
 
@@ -80,7 +82,8 @@ pub struct Config {
     /// Most hosts one run across a pool (`all:pool:NAME`) may cover, per level L0..L3.
     pub blast_radius: [usize; 4],
     /// Healing policies: which alerts Tend acts on, and how.
-    pub healing: Vec<healing::Compiled>,
+    /// Healing policies from a file; `None`: the last ones set through the API.
+    pub healing: Option<healing::Config>,
 }
 
 /// Hosts one run across a pool may cover by default, per level L0..L3: wide for reads, one
@@ -118,6 +121,9 @@ impl Orchestrator {
         let catalog = Arc::new(skills::Catalog::new(client, config.trust.clone(), store));
         let runtime =
             Runtime::new(config.runtime.clone()).map_err(|e| ServeError::Setup(e.to_string()))?;
+        let (healing_version, healing) = healing::in_force(&db, config.healing.clone())
+            .await
+            .map_err(|e| ServeError::Setup(format!("healing policies: {e}")))?;
         let notify = Arc::new(Notify::new());
         let metrics = Arc::new(metrics::Metrics::default());
         let owner = format!(
@@ -160,7 +166,7 @@ impl Orchestrator {
                 agent_lease: config.agent_lease,
                 env_floors: config.env_floors.clone(),
                 blast_radius: config.blast_radius,
-                healing: config.healing.clone(),
+                healing: healing::Live::new(healing_version, healing),
             },
         );
         Ok(Orchestrator { state, config })
@@ -213,6 +219,7 @@ impl Orchestrator {
                 .run(self.config.workers, stop_rx.clone()),
         );
         let housekeeping = tokio::spawn(housekeep(state.clone(), stop_rx.clone()));
+        let healing = tokio::spawn(heal::run(state.clone(), stop_rx.clone()));
         let app = api::router(state.clone());
         let mut http_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
@@ -242,6 +249,7 @@ impl Orchestrator {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         housekeeping.abort();
+        healing.abort();
         if let Err(e) = audit::flush_all_refusals(&state.db).await {
             tracing::warn!(error = %e, "summarising suppressed refusals failed");
         }

@@ -240,6 +240,8 @@ impl Worker {
                 floor: self.target.floor,
                 ceiling: self.target.ceiling,
             },
+            // Healing acts on enrolled agents only: nothing runs here without its approvals.
+            &[],
             crate::db::now_ms(),
         )
         .map_err(RunError::Refused)?;

@@ -91,9 +91,13 @@ impl Runner<'_> {
     }
 }
 
-/// May `inv` run here, now? `runner` is this host as targets and host lists name it. Returns
+/// May `inv` run here, now? `runner` is this host as targets and host lists name it;
+/// `auto_heal` the skills this host itself lets a healing policy's `auto_heal` run without an
+/// approval (L1 at most: the level is still computed here). Returns
 /// the manifest narrowed as the invocation may use it (what the runtime must enforce) and the
 /// admission, or why not.
+// Each argument is one fact the admitting host holds itself; bundling them would only hide that.
+#[allow(clippy::too_many_arguments)]
 pub fn admit_job(
     runner: Runner<'_>,
     inv: &Invocation,
@@ -101,6 +105,7 @@ pub fn admit_job(
     skill: VerifiedSkill<'_>,
     trusted: &[TrustedApprover],
     local: &Local<'_>,
+    auto_heal: &[String],
     now_ms: i64,
 ) -> Result<(Manifest, Admitted), AdmitError> {
     // Only two exports exist. Anything else would run as `run` while skipping what is kept
@@ -153,6 +158,23 @@ pub fn admit_job(
     } else {
         (narrowed.declared_level(), grants)
     };
+    // That a healing policy asked is the orchestrator's word, which this host cannot verify:
+    // it counts only for a skill this host's own `auto_heal` list names, and `admit` lets that
+    // skip approvals at L1 only. Every other job counts as asked for by a person.
+    let trigger = match &inv.healing {
+        Some(policy) if inv.export == "run" && auto_heal.contains(&inv.skill) => {
+            tend_policy::Trigger::Healing {
+                policy: format!(
+                    "{} (and {} lists {} under auto_heal)",
+                    policy.chars().take(64).collect::<String>(),
+                    local.name,
+                    inv.skill
+                ),
+                auto_heal: true,
+            }
+        }
+        _ => tend_policy::Trigger::Human,
+    };
     let admitted = tend_policy::admit(
         &tend_policy::admit::Job {
             skill: &inv.skill,
@@ -160,9 +182,7 @@ pub fn admit_job(
             invocation_digest: &digest,
             announced_digest: &inv.invocation_digest,
             expires_ms,
-            // A healing policy's auto-heal is the orchestrator's word, which this host cannot
-            // verify: every job counts as asked for by a person (so L1 needs an approval).
-            trigger: &tend_policy::Trigger::Human,
+            trigger: &trigger,
             approvals: &approvals,
         },
         &tend_policy::admit::Verified {

@@ -103,6 +103,7 @@ mod tests {
             publishers: v(publishers),
             capabilities: v(capabilities),
             paths: v(paths),
+            auto_heal: Vec::new(),
         }
     }
 

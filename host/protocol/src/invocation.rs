@@ -132,6 +132,11 @@ pub struct Invocation {
     /// What started it: `api`, `cli`, `webhook`, `console`, `mcp` or `schedule`.
     #[serde(default = "api")]
     pub trigger: String,
+    /// The healing policy it was submitted under (by the healing loop for an incident), if
+    /// any. Not bound and not trusted: a runner lets it run without an approval only when it
+    /// is L1 and the runner's own `auto_heal` list names the skill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healing: Option<String>,
     pub level: u8,
     pub approvals_required: u8,
     pub invocation_digest: String,

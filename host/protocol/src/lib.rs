@@ -183,6 +183,11 @@ pub struct Ceiling {
     /// (within the kinds above).
     #[serde(default)]
     pub paths: Vec<String>,
+    /// Skills this host lets run without an approval when a healing policy with `auto_heal`
+    /// asks, at L1 at most (the level is still computed here; L2 and above always need their
+    /// approvals). Empty: every repair above L0 needs a person's signed approval here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auto_heal: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -363,6 +368,16 @@ impl Ceiling {
         }
         if self.paths.len() > MAX_LIST {
             return Err(field_error("ceiling.paths", format!("at most {MAX_LIST}")));
+        }
+        if self.auto_heal.len() > MAX_LIST {
+            return Err(field_error(
+                "ceiling.auto_heal",
+                format!("at most {MAX_LIST}"),
+            ));
+        }
+        for s in &self.auto_heal {
+            tend_manifest::SkillName::parse(s)
+                .map_err(|e| field_error("ceiling.auto_heal", format!("{:?}: {e}", shorten(s))))?;
         }
         for p in &self.paths {
             if !p.starts_with('/') {

@@ -1,0 +1,526 @@
+//! The healing loop end to end, with a real Alertmanager on loopback, real agents and the
+//! catalog's own disk-usage and clean-old-logs (signed with their write grant pointed at a
+//! scratch directory): an alert is diagnosed, repaired under policy, verified and notified —
+//! or held back by the policy's limits and handed to a person with the whole story.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::agent::{AgentProc, enroll};
+use crate::alerts::{Alertmanager, now_rfc3339, until_incident};
+use crate::orchestrator::{Api, Backend, Orch, setup};
+use crate::registry::{Registry, World};
+
+/// A local HTTP receiver for notifications: every POST body, by path.
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let sink = got.clone();
+        let app = axum::Router::new().route(
+            "/{channel}",
+            axum::routing::post(
+                move |axum::extract::Path(channel): axum::extract::Path<String>,
+                      axum::Json(body): axum::Json<Value>| {
+                    let sink = sink.clone();
+                    async move {
+                        sink.lock().expect("lock").push((channel, body));
+                        "ok"
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, got }
+    }
+
+    fn bodies(&self, channel: &str) -> Vec<Value> {
+        self.got
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(c, _)| c == channel)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// The generic webhook's events for `incident`, in arrival order.
+    fn events(&self, incident: &str) -> Vec<String> {
+        self.bodies("hook")
+            .iter()
+            .filter(|b| b["incident"] == incident)
+            .map(|b| b["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    async fn until(&self, what: &str, pred: impl Fn(&Receiver) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pred(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: got {:?}",
+                self.got.lock().expect("lock")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A scratch log directory: two rotated logs ten days old (what clean-old-logs deletes), a live
+/// log and a rotated log from yesterday (what it keeps).
+fn logs(w: &World, name: &str) -> std::path::PathBuf {
+    let dir = w.path("logs").join(name);
+    std::fs::create_dir_all(&dir).expect("logs");
+    let day = Duration::from_secs(86_400);
+    for (file, age) in [
+        ("app.log.1", 10),
+        ("app.log.2.gz", 10),
+        ("app.log", 10),
+        ("fresh.log.1", 1),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, vec![b'x'; 4096]).expect("log");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(SystemTime::now() - day * age)
+            .expect("mtime");
+    }
+    dir
+}
+
+fn remaining(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The catalog's disk-usage and clean-old-logs, signed as `acme-…` with clean-old-logs'
+/// write grant on the scratch log root instead of /var/log.
+fn publish_catalog(w: &World, reg: &Registry) {
+    let token = w.token("ci-heal", "publisher");
+    let root = crate::support::repo_root().join("skills");
+    let logs_root = w.path("logs");
+    std::fs::create_dir_all(&logs_root).expect("logs root");
+    for (skill, version) in [("disk-usage", "0.1.0"), ("clean-old-logs", "0.1.0")] {
+        let text = std::fs::read_to_string(root.join(skill).join("skill.toml")).expect("manifest");
+        let text = text
+            .replace(
+                &format!("name = \"{skill}\""),
+                &format!("name = \"acme-{skill}\""),
+            )
+            .replace(
+                "fs_write = [\"/var/log\"]",
+                &format!("fs_write = [{:?}]", logs_root.display().to_string()),
+            );
+        let component = root
+            .join(skill)
+            .join("dist")
+            .join(format!("{skill}-{version}.wasm"));
+        let wasm = w.signed_with(&format!("acme-{skill}"), &component, &text);
+        w.published(&reg.url, &wasm, &token);
+    }
+}
+
+fn alert(name: &str, agent: &str, dir: &std::path::Path, extra: Value) -> Value {
+    let mut labels = json!({
+        "alertname": name, "instance": format!("{agent}:9100"), "severity": "critical",
+        "dir": dir.display().to_string(),
+    });
+    if let (Some(l), Some(e)) = (labels.as_object_mut(), extra.as_object()) {
+        l.extend(e.clone());
+    }
+    json!({ "labels": labels, "annotations": { "summary": "disk almost full" }, "startsAt": now_rfc3339(-2) })
+}
+
+fn resolved(mut a: Value) -> Value {
+    a["endsAt"] = json!(now_rfc3339(-1));
+    a
+}
+
+fn steps(incident: &Value) -> Vec<String> {
+    incident["story"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["step"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// One agent that lets acme-clean-old-logs heal automatically, and one that does not.
+fn agents(w: &World, orch: &Orch, reg: &Registry, names: &[(&str, bool)]) -> Vec<AgentProc> {
+    let trust = w.path("trust.toml");
+    names
+        .iter()
+        .map(|(name, auto)| {
+            let mut extra = vec![
+                "--max-level",
+                "1",
+                "--allow-capability",
+                "fs_read",
+                "--allow-capability",
+                "fs_write",
+            ];
+            if *auto {
+                extra.extend(["--auto-heal", "acme-clean-old-logs"]);
+            }
+            enroll(w, orch, reg, name, trust.to_str().expect("trust"), &extra);
+            AgentProc::start(w, name)
+        })
+        .collect()
+}
+
+const CHANNELS: &str = r#"
+[[channel]]
+name = "hook"
+kind = "webhook"
+url = "RECEIVER/hook"
+
+[[channel]]
+name = "chat"
+kind = "slack"
+url = "RECEIVER/slack"
+"#;
+
+/// Diagnose with disk-usage (warn at 1%: this machine's disks are "full"), repair with
+/// clean-old-logs on the alert's directory.
+fn policy(name: &str, alertname: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[policy]]
+name = "{name}"
+match = {{ alertname = "{alertname}" }}
+diagnose = [{{ skill = "acme-disk-usage", input = {{ warn_percent = 1, critical_percent = 2 }} }}]
+repair = {{ skill = "acme-clean-old-logs", input = {{ dir = "{{{{labels.dir}}}}", older_than_days = 7 }} }}
+auto_heal = true
+notify = ["hook"]
+escalate = ["chat"]
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_is_diagnosed_repaired_verified_and_told_without_a_person() {
+    let (w, reg) = setup();
+    publish_catalog(&w, &reg);
+    let rx = Receiver::start().await;
+    let text = format!(
+        "{}{}{}",
+        CHANNELS.replace("RECEIVER", &rx.url),
+        policy("disk-full", "DiskFull", "max_retries = 0"),
+        r#"
+[[policy]]
+name = "disk-looks-fine"
+match = { alertname = "DiskFine" }
+diagnose = [{ skill = "acme-disk-usage", input = { warn_percent = 100, critical_percent = 100 } }]
+repair = { skill = "acme-clean-old-logs", input = { dir = "{{labels.dir}}", older_than_days = 7 } }
+auto_heal = true
+notify = ["hook"]
+"#
+    );
+    std::fs::write(w.path("healing.toml"), text).expect("policies");
+    let orch = Orch::start(
+        &w,
+        &reg,
+        Backend::Sqlite,
+        &["--healing-policies", "healing.toml"],
+    );
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let am_token = orch.token(&w, "alertmanager", "operator");
+    let _agents = agents(&w, &orch, &reg, &[("web-1", true), ("web-2", false)]);
+    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+
+    // web-1 lets clean-old-logs heal: diagnosed, planned, repaired, with nobody asked.
+    let dir1 = logs(&w, "web-1");
+    let fired = alert("DiskFull", "web-1", &dir1, json!({}));
+    am.post(json!([fired])).await;
+    let inc = until_incident(&api, &admin, "DiskFull", |i| {
+        i["target"] == "web-1" && i["stage"] == "verifying"
+    })
+    .await;
+    assert_eq!(
+        remaining(&dir1),
+        ["app.log", "fresh.log.1"],
+        "only rotated logs older than 7 days go"
+    );
+    let repair = api
+        .get(&admin, inc["repair"].as_str().expect("repair"))
+        .await;
+    assert_eq!(repair["state"], "succeeded", "{repair}");
+    assert_eq!(repair["approvals_required"], 0, "{repair}");
+    assert_eq!(repair["healing"], "disk-full", "{repair}");
+    assert_eq!(repair["target"], "agent:web-1", "{repair}");
+    assert_eq!(
+        repair["plan"]["outcome"], "ok",
+        "the plan ran first: {repair}"
+    );
+    assert!(
+        repair["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.contains("auto_heal"))),
+        "{repair}"
+    );
+    // Alertmanager repeats the firing alert every 2 s: still one incident, one repair.
+    // Then the alert resolves (as Prometheus would once the disk has room): healed.
+    am.post(json!([resolved(fired)])).await;
+    let healed = until_incident(&api, &admin, "DiskFull", |i| {
+        i["target"] == "web-1" && i["outcome"] == "healed"
+    })
+    .await;
+    assert_eq!(healed["state"], "resolved", "{healed}");
+    assert_eq!(healed["attempts"], 1, "{healed}");
+    assert_eq!(
+        steps(&healed),
+        ["diagnosing", "diagnosed", "repair", "repaired", "healed"],
+        "{healed}"
+    );
+    let id1 = healed["id"].as_str().expect("id").to_string();
+    rx.until("healed is told", |r| {
+        r.events(&id1).contains(&"healed".to_string())
+    })
+    .await;
+    assert_eq!(rx.events(&id1), ["opened", "repairing", "healed"]);
+    let told = rx
+        .bodies("hook")
+        .into_iter()
+        .find(|b| b["incident"] == id1.as_str() && b["event"] == "healed")
+        .expect("healed");
+    assert_eq!(told["target"], "web-1", "{told}");
+    assert!(
+        told["story"].as_array().is_some_and(|s| s.len() == 5),
+        "{told}"
+    );
+    let events = crate::agent::audit_events(&api, &admin).await;
+    assert_eq!(crate::agent::count(&events, &id1, "incident.healed"), 1);
+
+    // web-2 does not list clean-old-logs under auto_heal: the same repair waits for a
+    // person, who hears of it on the escalation channel with the command to run.
+    let dir2 = logs(&w, "web-2");
+    let fired2 = alert("DiskFull", "web-2", &dir2, json!({}));
+    am.post(json!([fired2])).await;
+    let waiting = until_incident(&api, &admin, "DiskFull", |i| {
+        i["target"] == "web-2" && steps(i).contains(&"approval".to_string())
+    })
+    .await;
+    let repair2 = api
+        .get(&admin, waiting["repair"].as_str().expect("repair"))
+        .await;
+    assert_eq!(repair2["state"], "pending_approval", "{repair2}");
+    assert_eq!(repair2["plan"]["outcome"], "ok", "{repair2}");
+    assert!(
+        steps(&waiting).contains(&"decision".to_string()),
+        "the story says why a person must approve: {waiting}"
+    );
+    rx.until("the approver is asked", |r| {
+        r.bodies("slack").iter().any(|b| {
+            b["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("approval_needed") && t.contains("tend approve"))
+        })
+    })
+    .await;
+    assert_eq!(
+        remaining(&dir2).len(),
+        4,
+        "nothing is deleted without a person"
+    );
+    // The alert clears before anyone approves: the repair is withdrawn.
+    am.post(json!([resolved(fired2)])).await;
+    let cleared = until_incident(&api, &admin, "DiskFull", |i| {
+        i["target"] == "web-2" && i["stage"] == "done"
+    })
+    .await;
+    assert_eq!(cleared["outcome"], "resolved", "{cleared}");
+    let withdrawn = api
+        .get(&admin, cleared["repair"].as_str().expect("repair"))
+        .await;
+    assert_eq!(withdrawn["state"], "cancelled", "{withdrawn}");
+
+    // A diagnosis that finds nothing wrong repairs nothing: a person is told why.
+    let dir3 = logs(&w, "fine");
+    am.post(json!([alert("DiskFine", "web-1", &dir3, json!({}))]))
+        .await;
+    let fine = until_incident(&api, &admin, "DiskFine", |i| i["stage"] == "done").await;
+    assert_eq!(fine["outcome"], "escalated", "{fine}");
+    assert!(
+        fine["escalation"]
+            .as_str()
+            .is_some_and(|e| e.contains("found nothing wrong")),
+        "{fine}"
+    );
+    assert_eq!(remaining(&dir3).len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
+    let (w, reg) = setup();
+    publish_catalog(&w, &reg);
+    let rx = Receiver::start().await;
+    let text = format!(
+        "{}{}{}{}{}",
+        CHANNELS.replace("RECEIVER", &rx.url),
+        policy("dry", "DiskDry", "dry_run = true"),
+        // A directory with `..` in it: the skill refuses it, so the repair fails, is tried once
+        // more, then escalated.
+        policy("broken", "DiskBroken", "max_retries = 1")
+            .replace("{{labels.dir}}", "{{labels.dir}}/../gone"),
+        policy(
+            "careful",
+            "DiskCareful",
+            "cooldown = \"1h\"\nmax_targets = 1\nverify_timeout = \"10m\""
+        ),
+        policy(
+            "breaker",
+            "DiskBreaker",
+            "cooldown = \"0s\"\nmax_repairs_per_hour = 1\nverify = \"rerun\"\nverify_after = \"0s\""
+        ),
+    );
+    std::fs::write(w.path("healing.toml"), text).expect("policies");
+    let orch = Orch::start(
+        &w,
+        &reg,
+        Backend::Sqlite,
+        &["--healing-policies", "healing.toml"],
+    );
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let am_token = orch.token(&w, "alertmanager", "operator");
+    let _agents = agents(&w, &orch, &reg, &[("web-1", true), ("web-2", true)]);
+    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+
+    // Dry run: the plan runs and is attached; nothing is applied.
+    let dry = logs(&w, "dry");
+    am.post(json!([alert("DiskDry", "web-1", &dry, json!({}))]))
+        .await;
+    let inc = until_incident(&api, &admin, "DiskDry", |i| i["stage"] == "done").await;
+    assert_eq!(inc["outcome"], "dry_run", "{inc}");
+    assert_eq!(inc["state"], "escalated", "{inc}");
+    assert_eq!(remaining(&dry).len(), 4, "a dry run deletes nothing");
+    let plan = api.get(&admin, inc["repair"].as_str().expect("plan")).await;
+    assert_eq!(plan["export"], "plan", "{plan}");
+    assert_eq!(plan["state"], "succeeded", "{plan}");
+    let planned = inc["story"]
+        .as_array()
+        .expect("story")
+        .iter()
+        .find(|s| s["step"] == "planned")
+        .expect("planned step")
+        .clone();
+    assert!(
+        planned["data"]["plan"].to_string().contains("app.log.1"),
+        "the plan names what it would delete: {planned}"
+    );
+
+    // A repair that keeps failing: tried 1 + max_retries times, then escalated with the story.
+    let broken = logs(&w, "broken");
+    am.post(json!([alert("DiskBroken", "web-1", &broken, json!({}))]))
+        .await;
+    let inc = until_incident(&api, &admin, "DiskBroken", |i| i["stage"] == "done").await;
+    assert_eq!(inc["outcome"], "escalated", "{inc}");
+    assert_eq!(inc["attempts"], 2, "{inc}");
+    assert!(steps(&inc).contains(&"retry".to_string()), "{inc}");
+    let why = inc["escalation"].as_str().expect("why");
+    assert!(why.contains("no retries left"), "{why}");
+    let id = inc["id"].as_str().expect("id").to_string();
+    rx.until("the escalation is told", |r| {
+        r.bodies("slack").iter().any(|b| {
+            b["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(&id) && t.contains("escalated"))
+        })
+    })
+    .await;
+
+    // Blast radius 1: web-1's repair is being verified, so web-2's waits its turn...
+    let c1 = logs(&w, "careful-1");
+    let c2 = logs(&w, "careful-2");
+    let first = alert("DiskCareful", "web-1", &c1, json!({}));
+    am.post(json!([first])).await;
+    until_incident(&api, &admin, "DiskCareful", |i| {
+        i["target"] == "web-1" && i["stage"] == "verifying"
+    })
+    .await;
+    am.post(json!([alert("DiskCareful", "web-2", &c2, json!({}))]))
+        .await;
+    let held = until_incident(&api, &admin, "DiskCareful", |i| {
+        i["target"] == "web-2" && steps(i).contains(&"waiting".to_string())
+    })
+    .await;
+    assert_eq!(held["stage"], "repair", "{held}");
+    assert_eq!(remaining(&c2).len(), 4, "held back: nothing done yet");
+    // ...and goes once web-1 is healed.
+    am.post(json!([resolved(first)])).await;
+    until_incident(&api, &admin, "DiskCareful", |i| {
+        i["target"] == "web-2" && i["stage"] == "verifying"
+    })
+    .await;
+    assert_eq!(remaining(&c2), ["app.log", "fresh.log.1"]);
+    // Cooldown 1h: the same policy does not repair web-1 again for another alert.
+    let c3 = logs(&w, "careful-3");
+    am.post(json!([alert(
+        "DiskCareful",
+        "web-1",
+        &c3,
+        json!({ "mountpoint": "/srv" })
+    )]))
+    .await;
+    let cooled = until_incident(&api, &admin, "DiskCareful", |i| {
+        i["labels"]["mountpoint"] == "/srv" && i["stage"] == "done"
+    })
+    .await;
+    assert!(
+        cooled["escalation"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("cooldown")),
+        "{cooled}"
+    );
+    assert_eq!(remaining(&c3).len(), 4);
+
+    // Circuit breaker: one repair an hour for this policy. (Verified by re-running the
+    // diagnosis, which at 1% still finds the disks full: retried until escalated; the
+    // breaker then stops the next incident before anything runs.)
+    let b1 = logs(&w, "breaker-1");
+    am.post(json!([alert("DiskBreaker", "web-1", &b1, json!({}))]))
+        .await;
+    let tripped = until_incident(&api, &admin, "DiskBreaker", |i| i["stage"] == "done").await;
+    assert_eq!(tripped["attempts"], 1, "{tripped}");
+    assert!(
+        tripped["escalation"]
+            .as_str()
+            .is_some_and(|e| e.contains("circuit breaker")),
+        "the retry itself is stopped by the breaker: {tripped}"
+    );
+    let b2 = logs(&w, "breaker-2");
+    am.post(json!([alert("DiskBreaker", "web-2", &b2, json!({}))]))
+        .await;
+    let stopped = until_incident(&api, &admin, "DiskBreaker", |i| {
+        i["target"] == "web-2" && i["stage"] == "done"
+    })
+    .await;
+    assert!(
+        stopped["escalation"].as_str().is_some_and(
+            |e| e.contains("circuit breaker") && e.contains("max_repairs_per_hour = 1")
+        ),
+        "{stopped}"
+    );
+    assert_eq!(stopped["attempts"], 0, "{stopped}");
+    assert_eq!(remaining(&b2).len(), 4);
+}
