@@ -194,8 +194,11 @@ impl SignedSkill {
         std::fs::write(dir.join("replication-lag.wasm"), bytes).expect("write component");
         let real = std::fs::read_to_string(repo_root().join("skills/replication-lag/skill.toml"))
             .expect("manifest");
-        let original = "tcp = [\"127.0.0.1:5432\"]";
-        assert!(real.contains(original), "the manifest's default grant moved");
+        let original = "tcp = [\"127.0.0.1:5432\"]\nfs_read = [\"/etc/tend/pgpass.d\"]";
+        assert!(
+            real.contains(original),
+            "the manifest's default grants moved"
+        );
         let grants = tcp
             .iter()
             .map(|t| format!("{t:?}"))
@@ -400,11 +403,7 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
         ),
     )
     .expect("passfile");
-    std::fs::write(
-        pass_dir.join("wrong"),
-        "*:*:*:monitor:a-wrong-password\n",
-    )
-    .expect("passfile");
+    std::fs::write(pass_dir.join("wrong"), "*:*:*:monitor:a-wrong-password\n").expect("passfile");
     let passfile = path(&pass_dir.join("pgpass")).to_string();
 
     // Three more ports: nothing listening; listening but never answering; not granted.
@@ -488,7 +487,10 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
             .contains("password authentication failed for user \"monitor\""),
         "{e:#}"
     );
-    assert_eq!(target(&out, &closed_t)["error"]["kind"], "connection_refused");
+    assert_eq!(
+        target(&out, &closed_t)["error"]["kind"],
+        "connection_refused"
+    );
     assert_eq!(target(&out, &silent_t)["error"]["kind"], "timeout");
     let refused = &target(&out, &ungranted_t)["error"];
     assert_eq!(refused["kind"], "not_granted", "{out:#}");
@@ -525,7 +527,11 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
         "t",
     );
     pg.sql(replica.port, "SELECT pg_wal_replay_pause()");
-    pg.wait_for(replica.port, "SELECT pg_get_wal_replay_pause_state()", "paused");
+    pg.wait_for(
+        replica.port,
+        "SELECT pg_get_wal_replay_pause_state()",
+        "paused",
+    );
     pg.sql(
         primary.port,
         "INSERT INTO filler SELECT n, repeat('x', 40) FROM generate_series(1, 100000) n",
@@ -574,7 +580,11 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
     // 5. The replica stops: the primary has no replica left (critical), the replica's port
     //    refuses.
     replica.stop("fast");
-    pg.wait_for(primary.port, "SELECT count(*) FROM pg_stat_replication", "0");
+    pg.wait_for(
+        primary.port,
+        "SELECT count(*) FROM pg_stat_replication",
+        "0",
+    );
     let out = skill.output(&json!({
         "targets": [p, r], "user": "monitor", "passfile": passfile,
     }));
@@ -592,4 +602,58 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
 
     drop(silent);
     drop(ungranted);
+}
+
+/// The shipped `ReplicationLag` alert rule and its healing policy fit the skill: an alert as
+/// the rule fires it matches the `replication-lag` policy, which diagnoses with this skill
+/// (and repairs nothing: a lag goes to a person), and the input filled from the alert is one
+/// the skill's input schema accepts.
+#[test]
+fn the_replication_lag_example_policy_fits_the_skill() {
+    let root = repo_root();
+    let rules =
+        std::fs::read_to_string(root.join("examples/prometheus/tend-alerts.yml")).expect("rules");
+    assert!(
+        rules.contains("alert: ReplicationLag"),
+        "the rule is shipped"
+    );
+    let policies = tend_orchestrator::healing::load(&root.join("examples/healing/policies.toml"))
+        .expect("the example policies parse");
+    let labels: std::collections::BTreeMap<String, String> = [
+        ("alertname", "ReplicationLag"),
+        ("severity", "warning"),
+        ("instance", "db-2:9187"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let p = tend_orchestrator::healing::matching(&policies, &labels)
+        .expect("a policy matches ReplicationLag");
+    assert_eq!(p.policy.name, "replication-lag");
+    assert!(
+        p.policy.repair.is_none(),
+        "a lag is escalated, not repaired"
+    );
+    assert_eq!(p.policy.diagnose.len(), 1);
+    let call = &p.policy.diagnose[0];
+    assert_eq!(call.skill, "replication-lag");
+    let (_, manifest) = catalog_skill("replication-lag");
+    let schema = manifest.input.expect("an input schema").schema;
+    let input = tend_orchestrator::healing::fill(&call.input, &labels, &Default::default());
+    let validator = jsonschema::validator_for(&schema).expect("schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&input)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{input}: {errors:?}");
+    // The passfile it names is under the directory the manifest grants.
+    let passfile = input["passfile"].as_str().expect("a passfile");
+    assert!(
+        manifest
+            .capabilities
+            .fs_read
+            .iter()
+            .any(|d| passfile.starts_with(&format!("{d}/"))),
+        "{passfile} is not under a granted directory"
+    );
 }
