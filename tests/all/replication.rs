@@ -412,17 +412,33 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
     let silent_port = silent.local_addr().expect("addr").port();
     let ungranted = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let ungranted_port = ungranted.local_addr().expect("addr").port();
+    // And one that is not PostgreSQL: it greets like an SSH server.
+    let ssh = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let ssh_port = ssh.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut conn in ssh.incoming().flatten() {
+            let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+        }
+    });
 
     let p = format!("127.0.0.1:{}", primary.port);
     let r = format!("127.0.0.1:{}", replica.port);
     let closed_t = format!("127.0.0.1:{closed}");
     let silent_t = format!("127.0.0.1:{silent_port}");
     let ungranted_t = format!("127.0.0.1:{ungranted_port}");
+    let ssh_t = format!("127.0.0.1:{ssh_port}");
     let skill_dir = dir.join("skill");
     std::fs::create_dir(&skill_dir).expect("mkdir");
     let skill = SignedSkill::new(
         &skill_dir,
-        &[p.clone(), r.clone(), closed_t.clone(), silent_t.clone()],
+        &[
+            p.clone(),
+            r.clone(),
+            closed_t.clone(),
+            silent_t.clone(),
+            ssh_t.clone(),
+        ],
         &pass_dir,
     );
 
@@ -469,7 +485,7 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
 
     // 3. What cannot be asked is named per target: a wrong password (the server's message),
     //    no password at all, nothing listening, a server that never answers, a port the
-    //    manifest does not grant.
+    //    manifest does not grant, a peer that is not PostgreSQL, a database that does not exist.
     let out = skill.output(&json!({
         "targets": [p, closed_t, silent_t, ungranted_t],
         "user": "monitor",
@@ -505,6 +521,27 @@ fn replication_lag_reads_a_real_primary_and_its_streaming_replica() {
         assert_eq!(t["status"], "critical", "{t:#}");
         assert_eq!(t["role"], Value::Null, "{t:#}");
     }
+    let out = skill.output(&json!({"targets": [ssh_t], "timeout_ms": 2000}));
+    let e = &target(&out, &ssh_t)["error"];
+    assert_eq!(e["kind"], "protocol_error", "{out:#}");
+    assert!(
+        e["message"]
+            .as_str()
+            .expect("message")
+            .contains("does not look like a PostgreSQL server"),
+        "{e:#}"
+    );
+    let out = skill.output(&json!({"targets": [p], "database": "no_such_db"}));
+    let e = &target(&out, &p)["error"];
+    assert_eq!(e["kind"], "server_error", "{out:#}");
+    assert_eq!(e["sqlstate"], "3D000");
+    assert!(
+        e["message"]
+            .as_str()
+            .expect("message")
+            .contains("no_such_db"),
+        "{e:#}"
+    );
     let out = skill.output(&json!({"targets": [p], "user": "monitor"}));
     let e = &target(&out, &p)["error"];
     assert_eq!(e["kind"], "auth_failed", "{out:#}");

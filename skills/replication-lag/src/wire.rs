@@ -352,9 +352,14 @@ impl Session {
             dropped: 0,
         };
         let mut error: Option<ServerMessage> = None;
-        // Read up to ReadyForQuery even after an error, so the session stays in step.
+        // Read up to ReadyForQuery even after an error, so the session stays in step; a FATAL
+        // error ends the session, and is what the operator sees rather than the closed socket.
         loop {
-            match self.receive()? {
+            let message = match self.receive() {
+                Ok(m) => m,
+                Err(e) => return Err(error.map_or(e, query_failure)),
+            };
+            match message {
                 Message::RowDescription(_) => {}
                 Message::DataRow(body) => {
                     if rows.rows.len() >= MAX_ROWS {
@@ -365,7 +370,11 @@ impl Session {
                 }
                 Message::CommandComplete(_) | Message::EmptyQueryResponse => {}
                 Message::ErrorResponse(body) => {
-                    error.get_or_insert(ServerMessage::decode(body.fields()));
+                    let e = ServerMessage::decode(body.fields());
+                    if matches!(e.severity.as_deref(), Some("FATAL" | "PANIC")) {
+                        return Err(query_failure(e));
+                    }
+                    error.get_or_insert(e);
                 }
                 Message::NoticeResponse(body) => self.notice(body.fields()),
                 Message::ParameterStatus(body) => self.parameter(&body),
@@ -380,10 +389,7 @@ impl Session {
             }
         }
         match error {
-            Some(e) => Err(Failure::Query {
-                message: e.describe(),
-                sqlstate: e.sqlstate,
-            }),
+            Some(e) => Err(query_failure(e)),
             None => Ok(rows),
         }
     }
@@ -509,6 +515,13 @@ fn startup_error(e: ServerMessage) -> Failure {
         Failure::Auth { message, sqlstate }
     } else {
         Failure::Server { message, sqlstate }
+    }
+}
+
+fn query_failure(e: ServerMessage) -> Failure {
+    Failure::Query {
+        message: e.describe(),
+        sqlstate: e.sqlstate,
     }
 }
 
