@@ -23,6 +23,7 @@ mod plans;
 mod pool_runs;
 mod precompile_cache;
 mod registry;
+mod replication;
 mod router;
 mod sandbox_hardening;
 mod signed_approvals;

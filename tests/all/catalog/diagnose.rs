@@ -1,5 +1,5 @@
 //! Catalog diagnose skills (Rust): memory-pressure, top-processes, log-search,
-//! service-status, tcp-check, cert-expiry.
+//! service-status, tcp-check, cert-expiry (replication-lag against real servers: replication.rs).
 //!
 //! Each is invoked through the runtime with real inputs; its output is checked against its
 //! `[output.schema]` and against facts of this machine read independently by the test.
@@ -73,6 +73,7 @@ async fn every_example_input_works_with_the_real_manifest() {
         "service-status",
         "tcp-check",
         "cert-expiry",
+        "replication-lag",
     ] {
         let input = std::fs::read_to_string(
             repo_root()
