@@ -524,3 +524,51 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
     assert_eq!(stopped["attempts"], 0, "{stopped}");
     assert_eq!(remaining(&b2).len(), 4);
 }
+
+/// The orchestrator's word that a job is an auto-heal repair is not enough: an agent runs an
+/// L1 repair without a signed approval only when its own ceiling lists the skill. A repair
+/// rewritten in the database to look approved and queued is refused by an agent that does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_heals_without_approval_only_when_its_own_ceiling_says_so() {
+    let (w, reg) = setup();
+    publish_catalog(&w, &reg);
+    let rx = Receiver::start().await;
+    let text = format!(
+        "{}{}",
+        CHANNELS.replace("RECEIVER", &rx.url),
+        policy("disk-full", "DiskFull", "max_retries = 0")
+    );
+    std::fs::write(w.path("healing.toml"), text).expect("policies");
+    let orch = Orch::start(
+        &w,
+        &reg,
+        Backend::Sqlite,
+        &["--healing-policies", "healing.toml"],
+    );
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let am_token = orch.token(&w, "alertmanager", "operator");
+    let _agents = agents(&w, &orch, &reg, &[("web-2", false)]);
+    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+    let dir = logs(&w, "web-2");
+    am.post(json!([alert("DiskFull", "web-2", &dir, json!({}))]))
+        .await;
+    let waiting = until_incident(&api, &admin, "DiskFull", |i| {
+        steps(i).contains(&"approval".to_string())
+    })
+    .await;
+    let id = waiting["repair"].as_str().expect("repair").to_string();
+    // Whoever holds the database makes it look like an auto-heal repair that needs nobody.
+    crate::orchestrator::tamper(
+        &orch.database,
+        &format!(
+            "UPDATE invocations SET state = 'queued', approvals_required = 0, queued_ms = 1 WHERE id = '{id}'"
+        ),
+    );
+    let refused = api.wait_for(&admin, &id, "failed").await;
+    let error = refused["result"]["error"].as_str().expect("refusal");
+    assert!(error.contains("approval"), "{error}");
+    assert_eq!(remaining(&dir).len(), 4, "nothing was deleted");
+    let inc = until_incident(&api, &admin, "DiskFull", |i| i["stage"] == "done").await;
+    assert_eq!(inc["outcome"], "escalated", "{inc}");
+}

@@ -664,7 +664,7 @@ fn the_replication_lag_example_policy_fits_the_skill() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let p = tend_orchestrator::healing::matching(&policies, &labels)
+    let p = tend_orchestrator::healing::matching(&policies.policies, &labels)
         .expect("a policy matches ReplicationLag");
     assert_eq!(p.policy.name, "replication-lag");
     assert!(
@@ -676,7 +676,14 @@ fn the_replication_lag_example_policy_fits_the_skill() {
     assert_eq!(call.skill, "replication-lag");
     let (_, manifest) = catalog_skill("replication-lag");
     let schema = manifest.input.expect("an input schema").schema;
-    let input = tend_orchestrator::healing::fill(&call.input, &labels, &Default::default());
+    let input = tend_orchestrator::healing::fill(
+        &call.input,
+        &tend_orchestrator::healing::Facts {
+            labels: &labels,
+            annotations: &Default::default(),
+            diagnosis: &Default::default(),
+        },
+    );
     let validator = jsonschema::validator_for(&schema).expect("schema");
     let errors: Vec<String> = validator
         .iter_errors(&input)
