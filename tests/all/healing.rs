@@ -572,3 +572,235 @@ async fn an_agent_heals_without_approval_only_when_its_own_ceiling_says_so() {
     let inc = until_incident(&api, &admin, "DiskFull", |i| i["stage"] == "done").await;
     assert_eq!(inc["outcome"], "escalated", "{inc}");
 }
+
+/// A process killed (and waited for) when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+async fn until_ready(url: &str, what: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{what} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn(program: &str, args: &[String], hint: &str) -> Running {
+    Running(
+        std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e} ({hint}; scripts/test installs it)")),
+    )
+}
+
+fn millis(rfc3339: &Value) -> u128 {
+    humantime::parse_rfc3339_weak(rfc3339.as_str().expect("time"))
+        .expect("rfc3339")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("epoch")
+        .as_millis()
+}
+
+fn now_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("epoch")
+        .as_millis()
+}
+
+/// The demo, for real: a 2 MiB tmpfs fills with rotated logs; node_exporter's filesystem
+/// metrics, scraped by Prometheus every second, fire a `DiskFull` rule; Alertmanager sends it
+/// to Tend; disk-usage finds the mount critical; clean-old-logs (L1, auto-healed on an agent
+/// that allows it) deletes the old rotated logs; the space comes back, the rule stops firing,
+/// Prometheus and Alertmanager send `resolved`, and the incident is healed. Its timeline is
+/// printed (the figures in docs/benchmarks.md come from it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_heals_itself_from_prometheus_to_resolved() {
+    let (w, reg) = setup();
+    publish_catalog(&w, &reg);
+    let mount = w.path("logs").join("disk");
+    std::fs::create_dir_all(&mount).expect("mount point");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=0755", "tend-demo"])
+        .arg(&mount)
+        .status()
+        .expect("mount");
+    assert!(
+        ok.success(),
+        "mounting a tmpfs needs root (the tests run as root)"
+    );
+    let _tmpfs = Tmpfs(mount.clone());
+    let rx = Receiver::start().await;
+    let text = format!(
+        "{}{}",
+        CHANNELS.replace("RECEIVER", &rx.url),
+        r#"
+[[policy]]
+name = "disk-full"
+match = { alertname = "DiskFull" }
+diagnose = [{ skill = "acme-disk-usage", input = { warn_percent = 85, critical_percent = 90 } }]
+repair = { skill = "acme-clean-old-logs", input = { dir = "{{labels.mountpoint}}", older_than_days = 7 } }
+auto_heal = true
+verify = "resolved"
+verify_timeout = "2m"
+notify = ["hook"]
+"#
+    );
+    std::fs::write(w.path("healing.toml"), text).expect("policies");
+    let orch = Orch::start(
+        &w,
+        &reg,
+        Backend::Sqlite,
+        &["--healing-policies", "healing.toml"],
+    );
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let am_token = orch.token(&w, "alertmanager", "operator");
+    let _agents = agents(&w, &orch, &reg, &[("web-1", true)]);
+    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+
+    let node_port = crate::alerts::free_port();
+    let _node = spawn(
+        "prometheus-node-exporter",
+        &[
+            format!("--web.listen-address=127.0.0.1:{node_port}"),
+            "--collector.disable-defaults".into(),
+            "--collector.filesystem".into(),
+            "--collector.filesystem.mount-points-exclude=^/(dev|proc|sys)($|/)".into(),
+        ],
+        "Debian's prometheus-node-exporter",
+    );
+    until_ready(
+        &format!("http://127.0.0.1:{node_port}/metrics"),
+        "node_exporter",
+    )
+    .await;
+    let mountpoint = mount.display().to_string();
+    std::fs::write(
+        w.path("rules.yml"),
+        format!(
+            "groups:\n  - name: tend-demo\n    rules:\n      - alert: DiskFull\n        expr: (1 - node_filesystem_avail_bytes{{mountpoint=\"{mountpoint}\"}} / node_filesystem_size_bytes{{mountpoint=\"{mountpoint}\"}}) * 100 > 90\n        for: 1s\n        labels:\n          severity: critical\n        annotations:\n          summary: \"{{{{ $labels.mountpoint }}}} is {{{{ $value | humanize }}}}% full\"\n"
+        ),
+    )
+    .expect("rules");
+    let am_hostport = am.url.trim_start_matches("http://").to_string();
+    std::fs::write(
+        w.path("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{:?}]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am_hostport}']\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node_port}']\n        labels:\n          host: web-1\n",
+            w.path("rules.yml").display().to_string()
+        ),
+    )
+    .expect("prometheus.yml");
+    let prom_port = crate::alerts::free_port();
+    let _prometheus = spawn(
+        "prometheus",
+        &[
+            format!("--config.file={}", w.path("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", w.path("tsdb").display()),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+            "--rules.alert.resend-delay=1s".into(),
+        ],
+        "Debian's prometheus",
+    );
+    until_ready(
+        &format!("http://127.0.0.1:{prom_port}/-/ready"),
+        "prometheus",
+    )
+    .await;
+
+    // Fill the disk: rotated logs from ten days ago, and today's live log.
+    let day = Duration::from_secs(86_400);
+    let filled_at = now_millis();
+    for i in 1..=18 {
+        let path = mount.join(format!("app.log.{i}"));
+        std::fs::write(&path, vec![b'x'; 100 * 1024]).expect("fill");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(SystemTime::now() - day * 10)
+            .expect("mtime");
+    }
+    std::fs::write(mount.join("app.log"), vec![b'x'; 64 * 1024]).expect("live log");
+
+    let deadline = Duration::from_secs(120);
+    let healed = tokio::time::timeout(deadline, until_incident_healed(&api, &admin))
+        .await
+        .expect("the incident was not healed within two minutes");
+    assert_eq!(remaining(&mount), ["app.log"], "{healed}");
+    assert_eq!(healed["state"], "resolved", "{healed}");
+    assert_eq!(healed["target"], "web-1", "{healed}");
+    assert_eq!(
+        healed["labels"]["mountpoint"],
+        mountpoint.as_str(),
+        "{healed}"
+    );
+    let repair = api
+        .get(&admin, healed["repair"].as_str().expect("repair"))
+        .await;
+    assert_eq!(repair["approvals_required"], 0, "{repair}");
+    let id = healed["id"].as_str().expect("id").to_string();
+    rx.until("healed is told", |r| {
+        r.events(&id).contains(&"healed".to_string())
+    })
+    .await;
+
+    // The timeline (printed, not asserted: a test never asserts a time).
+    let fired = millis(&healed["first_seen_at"]);
+    let running = millis(&repair["started_at"]);
+    let resolved_at = millis(&healed["resolved_at"]);
+    eprintln!(
+        "tmpfs demo timeline: disk filled → alert at Tend {} ms; alert → repair running {} ms; repair running → resolved {} ms; alert → resolved {} ms",
+        fired - filled_at,
+        running - fired,
+        resolved_at - running,
+        resolved_at - fired
+    );
+}
+
+async fn until_incident_healed(api: &Api, token: &str) -> Value {
+    loop {
+        let (s, list) = api
+            .call("GET", "/api/v1/incidents", Some(token), None)
+            .await;
+        assert_eq!(s, 200, "{list}");
+        if let Some(done) = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["alertname"] == "DiskFull" && i["stage"] == "done")
+        {
+            assert_eq!(done["outcome"], "healed", "{done}");
+            return done.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
