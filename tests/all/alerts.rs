@@ -35,6 +35,16 @@ impl Alertmanager {
     /// Alertmanager sending every group to Tend's webhook with `token`, at once and again every
     /// two seconds, resolved notifications included.
     pub async fn start(dir: &std::path::Path, tend: &str, token: &str) -> Alertmanager {
+        Alertmanager::start_on(dir, tend, token, free_port()).await
+    }
+
+    /// [`Alertmanager::start`] on a port chosen beforehand.
+    pub async fn start_on(
+        dir: &std::path::Path,
+        tend: &str,
+        token: &str,
+        port: u16,
+    ) -> Alertmanager {
         let config = dir.join("alertmanager.yml");
         std::fs::write(
             &config,
@@ -43,7 +53,6 @@ impl Alertmanager {
             ),
         )
         .expect("config");
-        let port = free_port();
         let child = Command::new("prometheus-alertmanager")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.path={}", dir.join("am-data").display()))

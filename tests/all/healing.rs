@@ -658,8 +658,10 @@ async fn a_full_disk_heals_itself_from_prometheus_to_resolved() {
     );
     let _tmpfs = Tmpfs(mount.clone());
     let rx = Receiver::start().await;
+    // Alertmanager's port is chosen first so the policy file can name it for silences.
+    let am_port = crate::alerts::free_port();
     let text = format!(
-        "{}{}",
+        "[alertmanager]\nurl = \"http://127.0.0.1:{am_port}\"\nsilence = true\n{}{}",
         CHANNELS.replace("RECEIVER", &rx.url),
         r#"
 [[policy]]
@@ -684,7 +686,7 @@ notify = ["hook"]
     let admin = orch.admin.clone();
     let am_token = orch.token(&w, "alertmanager", "operator");
     let _agents = agents(&w, &orch, &reg, &[("web-1", true)]);
-    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+    let am = Alertmanager::start_on(w.dir.path(), &orch.url, &am_token, am_port).await;
 
     let node_port = crate::alerts::free_port();
     let _node = spawn(
@@ -772,6 +774,31 @@ notify = ["hook"]
         r.events(&id).contains(&"healed".to_string())
     })
     .await;
+
+    // While the repair was verified the alert was silenced, and the silence is expired now.
+    assert!(steps(&healed).contains(&"silenced".to_string()), "{healed}");
+    let silences: Value = reqwest::get(format!("{}/api/v2/silences", am.url))
+        .await
+        .expect("silences")
+        .json()
+        .await
+        .expect("json");
+    let ours: Vec<&Value> = silences
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|s| s["createdBy"] == "tend")
+        .collect();
+    assert_eq!(ours.len(), 1, "{silences}");
+    assert_eq!(ours[0]["status"]["state"], "expired", "{silences}");
+    assert!(
+        ours[0]["matchers"]
+            .as_array()
+            .expect("matchers")
+            .iter()
+            .any(|m| m["name"] == "mountpoint" && m["value"] == mountpoint.as_str()),
+        "{silences}"
+    );
 
     // The timeline (printed, not asserted: a test never asserts a time).
     let fired = millis(&healed["first_seen_at"]);
