@@ -37,6 +37,7 @@ pub fn kinds_used(manifest: &Manifest) -> Vec<&'static str> {
         ),
         ("http", !caps.http.is_empty()),
         ("tcp", !caps.tcp.is_empty()),
+        ("dns", !caps.dns.is_empty()),
     ]
     .into_iter()
     .filter_map(|(kind, used)| used.then_some(kind))

@@ -651,6 +651,7 @@ impl Runtime {
         if let Some(n) = narrowed {
             caps.fs_read = n.capabilities.fs_read.clone();
             caps.fs_write = n.capabilities.fs_write.clone();
+            caps.dns = n.capabilities.dns.clone();
         }
         // A repair's `plan` is shown before anyone approves the repair: it runs read-only.
         let exec = if export == Export::Plan {
