@@ -73,6 +73,7 @@ async fn every_example_input_works_with_the_real_manifest() {
         "service-status",
         "tcp-check",
         "cert-expiry",
+        "dns-check",
     ] {
         let input = std::fs::read_to_string(
             repo_root()
