@@ -330,3 +330,87 @@ fn the_example_dns_policy_builds_a_valid_dns_check_input() {
         assert!(errors.is_empty(), "{input}: {errors:?}");
     }
 }
+
+/// Through the orchestrator and a real agent: the agent verifies dns-check, admits it from the
+/// manifest it verified (a `dns` grant is L0 and a kind its ceiling must allow) and runs it
+/// with exactly the lookups the (narrowed) grant allows.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_runs_dns_check_with_the_lookups_its_grant_allows() {
+    use crate::agent::{AgentProc, enroll, submit_to};
+    use crate::orchestrator::{Api, Backend, Orch, setup};
+
+    let (w, reg) = setup();
+    let publisher = w.token("ci-dns", "publisher");
+    let (bytes, _) = catalog_skill("dns-check");
+    let component = w.path("dns-check-built.wasm");
+    std::fs::write(&component, bytes).expect("write component");
+    let text = std::fs::read_to_string(repo_root().join("skills/dns-check/skill.toml"))
+        .expect("skill.toml")
+        .replace("name = \"dns-check\"", "name = \"acme-dns\"")
+        .replace(
+            "dns = [\"localhost\"]",
+            "dns = [\"localhost\", \"*.tend.invalid\"]",
+        );
+    let wasm = w.signed_with("acme-dns", &component, &text);
+    w.published(&reg.url, &wasm, &publisher);
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let trust = w.path("trust.toml");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("trust"),
+        &["--pool", "web", "--allow-capability", "dns"],
+    );
+    let _agent = AgentProc::start(&w, "web-1");
+
+    let names =
+        json!({"names": ["localhost", "no-such-host.tend.invalid", "secret.attacker.invalid"]});
+    let (s, v) = submit_to(&api, &admin, "acme-dns", "agent:web-1", names.clone()).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["level"], 0, "{v}");
+    assert_eq!(
+        v["grants"]["dns"],
+        json!(["localhost", "*.tend.invalid"]),
+        "{v}"
+    );
+    let done = api
+        .wait_for(&admin, v["id"].as_str().expect("id"), "succeeded")
+        .await;
+    let out = &done["result"]["output"];
+    let codes: Vec<&Value> = out["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|n| &n["error"]["code"])
+        .collect();
+    assert_eq!(
+        codes,
+        [&Value::Null, &json!("not-found"), &json!("not-granted")],
+        "{out:#}"
+    );
+
+    // Narrowed to `localhost`: the name under the granted zone is refused on the agent too.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/invocations",
+            Some(&admin),
+            Some(json!({
+                "skill": "acme-dns", "target": "agent:web-1", "input": names,
+                "reason": "test", "narrowing": {"dns": ["localhost"]},
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["grants"]["dns"], json!(["localhost"]), "{v}");
+    let done = api
+        .wait_for(&admin, v["id"].as_str().expect("id"), "succeeded")
+        .await;
+    let out = &done["result"]["output"];
+    assert_eq!(out["names"][0]["ok"], true, "{out:#}");
+    assert_eq!(out["names"][1]["error"]["code"], "not-granted", "{out:#}");
+}

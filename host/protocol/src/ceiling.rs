@@ -141,6 +141,24 @@ mod tests {
         );
     }
 
+    /// An agent runs a skill that looks names up only if it allows `dns`, like any kind.
+    #[test]
+    fn a_dns_grant_is_a_kind_an_agent_must_allow() {
+        let m = manifest("dns = [\"db.example.com\"]\n");
+        assert_eq!(kinds_used(&m), ["dns"]);
+        assert_eq!(
+            ceiling(&[], &["tcp"], &[])
+                .refuses("acme", &m)
+                .map(|r| r.to_string()),
+            Some(
+                "the skill is granted dns, which this agent does not allow (allowed: [\"tcp\"])"
+                    .into()
+            )
+        );
+        assert_eq!(ceiling(&[], &["dns"], &[]).refuses("acme", &m), None);
+        assert!(crate::CAPABILITY_KINDS.contains(&"dns"));
+    }
+
     #[test]
     fn the_kinds_a_manifest_uses_are_listed_in_order() {
         let m = manifest("tcp = [\"127.0.0.1:80\"]\nfs_write = [\"/tmp/x\"]\n");
