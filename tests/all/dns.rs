@@ -414,3 +414,46 @@ async fn an_agent_runs_dns_check_with_the_lookups_its_grant_allows() {
     assert_eq!(out["names"][0]["ok"], true, "{out:#}");
     assert_eq!(out["names"][1]["error"]["code"], "not-granted", "{out:#}");
 }
+
+/// The sandbox checks a name in the form the resolver would use: case and one trailing dot do
+/// not matter; a spelling a resolver would first rewrite into another name (full-width
+/// letters or dots, percent-escapes) is refused rather than guessed at, so what is resolved is
+/// always what was checked.
+#[tokio::test]
+async fn raw_lookups_are_checked_in_the_form_they_are_resolved_in() {
+    let (rt, _dir) = runtime();
+    let grant = "dns = [\"localhost\", \"*.tend.invalid\"]";
+    for name in ["LOCALHOST", "localhost."] {
+        let out = hostile(&rt, grant, json!({"do": "lookup", "addr": name})).await;
+        assert_eq!(out["ok"], true, "{name}: {out}");
+    }
+    let out = hostile(
+        &rt,
+        grant,
+        json!({"do": "lookup", "addr": "No-Such-Host.TEND.invalid."}),
+    )
+    .await;
+    assert_eq!(out["ok"], false, "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NameUnresolvable") || e.contains("name-unresolvable")),
+        "granted, so the resolver answered: {out}"
+    );
+    for name in [
+        "\u{ff4c}\u{ff4f}\u{ff43}\u{ff41}\u{ff4c}\u{ff48}\u{ff4f}\u{ff53}\u{ff54}",
+        "localhost\u{3002}",
+        "local%68ost",
+        "x.tend.invalid.attacker.invalid",
+        "tend.invalid",
+    ] {
+        let out = hostile(&rt, grant, json!({"do": "lookup", "addr": name})).await;
+        assert_eq!(out["ok"], false, "{name:?}: {out}");
+        assert!(
+            out["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("AccessDenied") || e.contains("access-denied")),
+            "{name:?}: {out}"
+        );
+    }
+}
