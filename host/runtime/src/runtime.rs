@@ -562,8 +562,8 @@ impl Runtime {
 
     /// [`Runtime::invoke`] under `narrowed`: the skill's manifest as one invocation may use it
     /// ([`tend_manifest::Manifest::narrowed`], checked by the caller against the verified
-    /// manifest). Its path and `dns` grants and limits replace the loaded manifest's; the programs a
-    /// skill may run stay the ones it was loaded with.
+    /// manifest). Its path and `dns` grants and limits replace the loaded manifest's; the
+    /// programs a skill may run stay the ones it was loaded with.
     pub async fn invoke_narrowed(
         &self,
         skill: &LoadedSkill,

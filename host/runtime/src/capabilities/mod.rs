@@ -1,6 +1,7 @@
 //! Capabilities: one module per host interface (`log`, `host`, `exec`) plus the WASI grants
-//! (`fs`, `net`, `http`, and name lookups for `tcp` and `dns`). Everything starts denied; [`Grants`] turns a manifest's
-//! `[capabilities]` into the exact `WasiCtx` and policies of one invocation.
+//! (`fs`, `net`, `http`, and name lookups for `tcp` and `dns`). Everything starts denied;
+//! [`Grants`] turns a manifest's `[capabilities]` into the exact `WasiCtx` and policies of one
+//! invocation.
 
 pub mod exec;
 pub mod fs;
