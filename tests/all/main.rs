@@ -12,6 +12,7 @@ mod capabilities;
 mod catalog;
 mod cli;
 mod client;
+mod dns;
 mod early_refusal;
 mod facts;
 mod healing;

@@ -182,7 +182,7 @@ async fn only_granted_names_are_looked_up() {
         assert!(
             notes.iter().any(|n| n
                 == &format!(
-                    "name lookup of {name:?} refused: only names granted in capabilities.tcp are resolved"
+                    "name lookup of {name:?} refused: only names granted in capabilities.tcp or capabilities.dns are resolved"
                 )),
             "{notes:?}"
         );

@@ -89,7 +89,7 @@ pub struct EnrollArgs {
     /// Publishers whose skills it runs (repeatable; default: any its trust policy trusts)
     #[arg(long = "publisher")]
     publishers: Vec<String>,
-    /// Capability kinds it grants: fs_read, fs_write, exec, services, http, tcp (repeatable)
+    /// Capability kinds it grants: fs_read, fs_write, exec, services, http, tcp, dns (repeatable)
     #[arg(long = "allow-capability", value_parser = CAPABILITY_KINDS)]
     capabilities: Vec<String>,
     /// Directories fs_read/fs_write grants must stay inside (repeatable; default: any)

@@ -110,6 +110,12 @@ pub struct Capabilities {
     /// `host:port` addresses the skill may open TCP connections to.
     #[serde(default)]
     pub tcp: Vec<String>,
+    /// Host names the skill may look up through `wasi:sockets/ip-name-lookup` (exact names, or
+    /// `*.zone` for every name under a zone), and nothing else: no connection anywhere.
+    /// See [`grant::DnsGrant`]. Left out of serialised forms when empty, so manifests and
+    /// grants written before it existed serialise as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 /// One allowlisted program. `args` are matched one to one: a literal must be equal,
@@ -218,6 +224,7 @@ impl Manifest {
             service_reload: c.services.reload.clone(),
             http: c.http.clone(),
             tcp: c.tcp.clone(),
+            dns: c.dns.clone(),
         }
     }
 
@@ -348,6 +355,11 @@ impl Manifest {
         for (i, addr) in c.tcp.iter().enumerate() {
             if let Err(message) = crate::grant::TcpGrant::parse(addr) {
                 return Err(invalid(&format!("capabilities.tcp[{i}]"), message));
+            }
+        }
+        for (i, name) in c.dns.iter().enumerate() {
+            if let Err(message) = crate::grant::DnsGrant::parse(name) {
+                return Err(invalid(&format!("capabilities.dns[{i}]"), message));
             }
         }
         Ok(())
@@ -557,6 +569,11 @@ tcp = ["127.0.0.1:5432"]
                 "capabilities.http[0]",
             ),
             ("127.0.0.1:5432", "127.0.0.1", "capabilities.tcp[0]"),
+            (
+                "tcp = [\"127.0.0.1:5432\"]",
+                "tcp = [\"127.0.0.1:5432\"]\ndns = [\"db.example.com\", \"db..example.com\"]",
+                "capabilities.dns[1]",
+            ),
         ] {
             let text = GOOD.replace(from, to);
             assert_ne!(text, GOOD, "replacement {from} did not apply");
@@ -678,5 +695,65 @@ tcp = ["127.0.0.1:5432"]
         .expect("valid");
         assert_eq!(m.capabilities, Capabilities::default());
         assert_eq!(m.skill.level, 0);
+    }
+
+    #[test]
+    fn dns_grants_parse_and_bad_names_name_the_key() {
+        let text = GOOD.replace(
+            "tcp = [\"127.0.0.1:5432\"]",
+            "tcp = [\"127.0.0.1:5432\"]\ndns = [\"DB.Example.com.\", \"*.internal.example.com\", \"localhost\"]",
+        );
+        let m = Manifest::parse(&text, "m.toml").expect("valid");
+        assert_eq!(
+            m.capabilities.dns,
+            ["DB.Example.com.", "*.internal.example.com", "localhost"]
+        );
+        assert_eq!(m.grants().dns, m.capabilities.dns);
+        for (bad, why) in [
+            ("", "empty name"),
+            ("db..example.com", "empty label"),
+            (".example.com", "empty label"),
+            ("db example.com", "' ' is not allowed"),
+            ("db%2eexample.com", "'%' is not allowed"),
+            ("bücher.example", "xn--"),
+            ("*", "'*' is not allowed"),
+            ("*.com", "at least two labels"),
+            ("*.com.", "at least two labels"),
+            ("db.*.example.com", "'*' is not allowed"),
+            ("**.example.com", "'*' is not allowed"),
+            ("127.0.0.1", "is an IP address"),
+            ("::1", "is an IP address"),
+            ("[::1]", "is an IP address"),
+            ("-db.example.com", "starts or ends with '-'"),
+            ("db.example.com:53", "':' is not allowed"),
+        ] {
+            let text = GOOD.replace(
+                "tcp = [\"127.0.0.1:5432\"]",
+                &format!("dns = [\"localhost\", {bad:?}]"),
+            );
+            let err = Manifest::parse(&text, "m.toml").expect_err(bad).to_string();
+            assert!(
+                err.starts_with("m.toml: capabilities.dns[1]: "),
+                "{bad}: {err}"
+            );
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        let text = GOOD.replace("tcp = [\"127.0.0.1:5432\"]", &format!("dns = [{long:?}]"));
+        let err = Manifest::parse(&text, "m.toml")
+            .expect_err("long label")
+            .to_string();
+        assert!(
+            err.contains("capabilities.dns[0]") && err.contains("longer than 63"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_dns_grant_is_not_serialised() {
+        // Manifests and grants from before `dns` existed serialise byte for byte as they did.
+        let m = Manifest::parse(GOOD, "m.toml").expect("valid");
+        let json = serde_json::to_value(&m.capabilities).expect("json");
+        assert!(json.get("dns").is_none(), "{json}");
     }
 }

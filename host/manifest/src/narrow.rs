@@ -1,5 +1,6 @@
 //! Narrowing at invocation time. An operator may give one invocation **less** than the signed
-//! manifest grants — path grants narrowed to subdirectories, limits lowered — never more.
+//! manifest grants — path grants narrowed to subdirectories, DNS names to some of those granted,
+//! limits lowered — never more.
 //! [`Manifest::narrowed`] is the one place that checks it: the orchestrator at submit, the
 //! local worker and every agent just before a run, each from the manifest it verified. The
 //! narrowed manifest is what the level is computed from, what the invocation digest binds,
@@ -23,6 +24,10 @@ pub struct Narrowing {
     /// Lower limits: each at most the manifest's (or the default when it sets none).
     #[serde(default, skip_serializing_if = "ManifestLimits::is_unset")]
     pub limits: ManifestLimits,
+    /// Names to look up, each one the manifest's `dns` grants (a name a granted `*.zone`
+    /// covers, or a narrower `*.zone`). `[]` grants none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<String>>,
 }
 
 /// Most paths one narrowed grant may list.
@@ -88,6 +93,12 @@ pub enum NarrowError {
     },
     #[error("limits.{name}: must be at least 1")]
     Zero { name: &'static str },
+    #[error(
+        "grants.dns: {name:?} is not a name the signed manifest grants ({granted}): an invocation may narrow grants, never widen them"
+    )]
+    WidensDns { name: String, granted: String },
+    #[error("grants.dns: {why}")]
+    BadName { why: String },
 }
 
 impl Manifest {
@@ -104,6 +115,9 @@ impl Manifest {
         }
         if let Some(paths) = &narrowing.fs_write {
             out.capabilities.fs_write = inside("fs_write", paths, &writable)?;
+        }
+        if let Some(names) = &narrowing.dns {
+            out.capabilities.dns = dns_within(names, &caps.dns)?;
         }
         let asked = narrowing.limits.named();
         let signed = self.limits.named();
@@ -181,6 +195,40 @@ fn inside(
     Ok(out)
 }
 
+/// Each of `names`, checked to be a DNS grant that one of `granted` covers, in its normal form.
+fn dns_within(names: &[String], granted: &[String]) -> Result<Vec<String>, NarrowError> {
+    use crate::grant::DnsGrant;
+    if names.len() > MAX_NARROWED_PATHS {
+        return Err(NarrowError::TooMany { field: "dns" });
+    }
+    // The signed grants parsed when the manifest was validated; one that does not parse
+    // covers nothing.
+    let signed: Vec<DnsGrant> = granted
+        .iter()
+        .filter_map(|g| DnsGrant::parse(g).ok())
+        .collect();
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let asked =
+            DnsGrant::parse(name).map_err(|why| NarrowError::BadName { why: shorten(&why) })?;
+        if !signed.iter().any(|g| g.covers(&asked)) {
+            return Err(NarrowError::WidensDns {
+                name: shorten(name),
+                granted: if granted.is_empty() {
+                    "none".into()
+                } else {
+                    granted.join(", ")
+                },
+            });
+        }
+        let normal = asked.to_string();
+        if !out.contains(&normal) {
+            out.push(normal);
+        }
+    }
+    Ok(out)
+}
+
 fn shorten(path: &str) -> String {
     match path.char_indices().nth(200) {
         Some((i, _)) => format!("{}…", &path[..i]),
@@ -223,6 +271,7 @@ fs_write = ["/var/log"]
                 memory_mib: Some(16),
                 ..ManifestLimits::default()
             },
+            dns: None,
         };
         let got = m.narrowed(&n).expect("narrows");
         assert_eq!(got.capabilities.fs_write, vec!["/var/log/nginx"]);
@@ -282,5 +331,88 @@ fs_write = ["/var/log"]
             let err = m.narrowed(&n).expect_err(want).to_string();
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    fn dns_manifest() -> Manifest {
+        Manifest::parse(
+            r#"
+[skill]
+name = "dns-check"
+version = "1.0.0"
+kind = "diagnose"
+[capabilities]
+dns = ["db.example.com", "*.internal.example.com"]
+"#,
+            "skill.toml",
+        )
+        .expect("manifest")
+    }
+
+    #[test]
+    fn dns_narrows_to_names_the_manifest_grants() {
+        let m = dns_manifest();
+        let n = Narrowing {
+            dns: Some(vec![
+                "DB.example.com.".into(),
+                "a.internal.example.com".into(),
+                "*.eu.internal.example.com".into(),
+                "db.example.com".into(),
+            ]),
+            ..Narrowing::default()
+        };
+        let got = m.narrowed(&n).expect("narrows");
+        // In normal form, duplicates once.
+        assert_eq!(
+            got.capabilities.dns,
+            [
+                "db.example.com",
+                "a.internal.example.com",
+                "*.eu.internal.example.com"
+            ]
+        );
+        let none = Narrowing {
+            dns: Some(Vec::new()),
+            ..Narrowing::default()
+        };
+        assert!(m.narrowed(&none).expect("none").capabilities.dns.is_empty());
+    }
+
+    #[test]
+    fn dns_widening_is_refused_with_the_reason() {
+        let m = dns_manifest();
+        for (names, want) in [
+            (
+                vec!["evil.example.com"],
+                "grants.dns: \"evil.example.com\" is not a name the signed manifest grants (db.example.com, *.internal.example.com): an invocation may narrow grants, never widen them",
+            ),
+            // The zone itself is not under it; a wider wildcard is wider.
+            (vec!["internal.example.com"], "never widen"),
+            (vec!["*.example.com"], "never widen"),
+            (vec!["*.db.example.com"], "never widen"),
+            (vec!["internal.example.com.evil"], "never widen"),
+            (
+                vec!["db.example.com", "secret.attacker.invalid"],
+                "secret.attacker.invalid",
+            ),
+            (
+                vec!["db..example.com"],
+                "grants.dns: \"db..example.com\": has an empty label",
+            ),
+            (vec!["*.com"], "at least two labels"),
+        ] {
+            let n = Narrowing {
+                dns: Some(names.iter().map(|s| s.to_string()).collect()),
+                ..Narrowing::default()
+            };
+            let err = m.narrowed(&n).expect_err(want).to_string();
+            assert!(err.contains(want), "{names:?}: {err}");
+        }
+        // A manifest without a dns grant cannot be given one.
+        let n = Narrowing {
+            dns: Some(vec!["localhost".into()]),
+            ..Narrowing::default()
+        };
+        let err = manifest().narrowed(&n).expect_err("widens").to_string();
+        assert!(err.contains("grants (none)"), "{err}");
     }
 }

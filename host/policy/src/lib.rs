@@ -138,6 +138,10 @@ pub struct Grants {
     pub service_reload: Vec<String>,
     pub http: Vec<String>,
     pub tcp: Vec<String>,
+    /// Names it may look up (and nothing else). Omitted when empty, so the canonical JSON an
+    /// approval binds is unchanged for every invocation without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 impl Grants {
@@ -158,6 +162,7 @@ impl Grants {
             service_reload: Vec::new(),
             http: self.http.clone(),
             tcp: self.tcp.clone(),
+            dns: self.dns.clone(),
         }
     }
 }
@@ -491,6 +496,13 @@ fn each_capability_floor(grants: &Grants) -> Vec<Reason> {
     }
     for t in &grants.tcp {
         floor(format!("tcp {t}"), Level::L0, "a TCP probe observes");
+    }
+    for n in &grants.dns {
+        floor(
+            format!("dns {n}"),
+            Level::L0,
+            "a name lookup observes (it cannot connect anywhere)",
+        );
     }
     out
 }

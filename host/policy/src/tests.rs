@@ -263,6 +263,13 @@ fn every_capability_has_its_floor() {
             },
             Level::L0,
         ),
+        (
+            Grants {
+                dns: vec!["*.internal.example.com".into()],
+                ..g()
+            },
+            Level::L0,
+        ),
     ];
     for (grants, expected) in table {
         let got = floor_of(grants.clone());
@@ -717,4 +724,34 @@ fn a_plan_is_never_above_its_repair() {
             );
         }
     }
+}
+
+#[test]
+fn a_dns_grant_observes_and_says_why() {
+    let floors = capability_floors(&Grants {
+        dns: vec!["db.example.com".into(), "*.internal.example.com".into()],
+        ..Grants::default()
+    });
+    let lines: Vec<String> = floors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "dns db.example.com implies at least L0 observe: a name lookup observes (it cannot connect anywhere)",
+            "dns *.internal.example.com implies at least L0 observe: a name lookup observes (it cannot connect anywhere)",
+        ]
+    );
+    let v = decide(&request(
+        Level::L0,
+        Grants {
+            dns: vec!["db.example.com".into()],
+            ..Grants::default()
+        },
+    ));
+    assert_eq!(v.decision, Decision::Allow);
+    // A plan runs with its lookups as they are (reading, not changing).
+    let g = Grants {
+        dns: vec!["db.example.com".into()],
+        ..Grants::default()
+    };
+    assert_eq!(g.for_plan().dns, g.dns);
 }

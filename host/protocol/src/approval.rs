@@ -268,6 +268,40 @@ mod tests {
         );
     }
 
+    /// `dns` is bound like every grant; left out when empty, so the fixed vector above (and
+    /// every approval given before `dns` existed) keeps its digest.
+    #[test]
+    fn a_dns_grant_is_bound_and_an_empty_one_changes_nothing() {
+        let input = serde_json::json!({});
+        let limits = ManifestLimits::default();
+        let none = tend_policy::Grants::default();
+        let empty = tend_policy::Grants {
+            dns: Vec::new(),
+            ..tend_policy::Grants::default()
+        };
+        let one = tend_policy::Grants {
+            dns: vec!["db.example.com".into()],
+            ..tend_policy::Grants::default()
+        };
+        let other = tend_policy::Grants {
+            dns: vec!["*.example.com".into()],
+            ..tend_policy::Grants::default()
+        };
+        let digest = |g| invocation_digest(&bound(&input, g, &limits));
+        assert_eq!(digest(&none), digest(&empty));
+        assert_ne!(digest(&none), digest(&one));
+        assert_ne!(digest(&one), digest(&other));
+        let mut text = String::new();
+        canonical_json(
+            &serde_json::to_value(bound(&input, &one, &limits)).unwrap_or_default(),
+            &mut text,
+        );
+        assert!(
+            text.contains(r#""grants":{"dns":["db.example.com"],"exec":[]"#),
+            "{text}"
+        );
+    }
+
     /// An input (or a plan's output) crosses JSON text several times between the request and
     /// the runner: request body, database column, API answer to `tend approve`, the job an
     /// agent receives. Each end recomputes the digest from what it parsed, so a number must

@@ -37,6 +37,7 @@ pub fn kinds_used(manifest: &Manifest) -> Vec<&'static str> {
         ),
         ("http", !caps.http.is_empty()),
         ("tcp", !caps.tcp.is_empty()),
+        ("dns", !caps.dns.is_empty()),
     ]
     .into_iter()
     .filter_map(|(kind, used)| used.then_some(kind))
@@ -139,6 +140,24 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    /// An agent runs a skill that looks names up only if it allows `dns`, like any kind.
+    #[test]
+    fn a_dns_grant_is_a_kind_an_agent_must_allow() {
+        let m = manifest("dns = [\"db.example.com\"]\n");
+        assert_eq!(kinds_used(&m), ["dns"]);
+        assert_eq!(
+            ceiling(&[], &["tcp"], &[])
+                .refuses("acme", &m)
+                .map(|r| r.to_string()),
+            Some(
+                "the skill is granted dns, which this agent does not allow (allowed: [\"tcp\"])"
+                    .into()
+            )
+        );
+        assert_eq!(ceiling(&[], &["dns"], &[]).refuses("acme", &m), None);
+        assert!(crate::CAPABILITY_KINDS.contains(&"dns"));
     }
 
     #[test]

@@ -175,8 +175,8 @@ pub struct Ceiling {
     /// Publishers (trust-policy names) whose skills it runs; empty means any it trusts.
     #[serde(default)]
     pub publishers: Vec<String>,
-    /// Capability kinds it grants: fs_read, fs_write, exec, services, http, tcp. Empty means
-    /// none beyond host facts.
+    /// Capability kinds it grants: fs_read, fs_write, exec, services, http, tcp, dns. Empty
+    /// means none beyond host facts.
     #[serde(default)]
     pub capabilities: Vec<String>,
     /// Directories a skill's `fs_read`/`fs_write` grants must stay inside; empty means any
@@ -321,7 +321,9 @@ pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Resu
 }
 
 /// The capability kinds a ceiling can allow.
-pub const CAPABILITY_KINDS: [&str; 6] = ["fs_read", "fs_write", "exec", "services", "http", "tcp"];
+pub const CAPABILITY_KINDS: [&str; 7] = [
+    "fs_read", "fs_write", "exec", "services", "http", "tcp", "dns",
+];
 
 impl Ceiling {
     /// Bounds on what an agent declares about itself.

@@ -562,8 +562,8 @@ impl Runtime {
 
     /// [`Runtime::invoke`] under `narrowed`: the skill's manifest as one invocation may use it
     /// ([`tend_manifest::Manifest::narrowed`], checked by the caller against the verified
-    /// manifest). Its path grants and limits replace the loaded manifest's; the programs a
-    /// skill may run stay the ones it was loaded with.
+    /// manifest). Its path and `dns` grants and limits replace the loaded manifest's; the
+    /// programs a skill may run stay the ones it was loaded with.
     pub async fn invoke_narrowed(
         &self,
         skill: &LoadedSkill,
@@ -651,6 +651,7 @@ impl Runtime {
         if let Some(n) = narrowed {
             caps.fs_read = n.capabilities.fs_read.clone();
             caps.fs_write = n.capabilities.fs_write.clone();
+            caps.dns = n.capabilities.dns.clone();
         }
         // A repair's `plan` is shown before anyone approves the repair: it runs read-only.
         let exec = if export == Export::Plan {

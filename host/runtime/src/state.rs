@@ -1,17 +1,16 @@
 //! The data of one Store: one invocation's WASI context, grants, limiter and capture buffers.
 //! Built fresh for every invocation and dropped with its Store; nothing survives a call.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::capabilities::HostNotes;
 use crate::capabilities::exec::{ExecPolicy, ExecRecord};
 use crate::capabilities::http::HttpPolicy;
 use crate::capabilities::log::LogBuffer;
+use crate::capabilities::{HostNotes, LookupNames};
 use crate::limits::StoreLimiter;
 
 pub struct SkillState {
@@ -26,7 +25,7 @@ pub struct SkillState {
     /// Exec calls refused unrecorded once `MAX_EXEC_RECORDS` were recorded.
     pub(crate) exec_refused_unrecorded: u64,
     /// Host names the guest may look up (see `capabilities::GuardedLookup`).
-    pub(crate) lookup_names: HashSet<String>,
+    pub(crate) lookup_names: LookupNames,
     /// Notes host calls add for the report (bounded).
     pub(crate) host_notes: HostNotes,
     /// When the invocation's wall-clock budget ends; host calls clamp their own waits to it.

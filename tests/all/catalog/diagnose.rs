@@ -74,6 +74,7 @@ async fn every_example_input_works_with_the_real_manifest() {
         "tcp-check",
         "cert-expiry",
         "replication-lag",
+        "dns-check",
     ] {
         let input = std::fs::read_to_string(
             repo_root()

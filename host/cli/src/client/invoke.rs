@@ -54,6 +54,10 @@ pub struct InvokeArgs {
     /// Narrow the skill's fs_write grant to this directory inside it (repeat for several)
     #[arg(long = "fs-write", value_name = "DIR")]
     fs_write: Vec<String>,
+    /// Narrow the skill's dns grant to this name (one it grants, or a name under a granted
+    /// `*.zone`; repeat for several)
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
     /// Lower the skill's fuel limit for this invocation
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
@@ -143,6 +147,7 @@ pub async fn invoke(args: InvokeArgs) -> Result<u8, Failure> {
             timeout_ms: args.timeout_ms,
             output_kib: args.output_kib,
         },
+        dns: (!args.dns.is_empty()).then_some(args.dns),
     };
     if !narrowing.is_empty() {
         body["narrowing"] = json!(narrowing);

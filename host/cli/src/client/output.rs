@@ -304,6 +304,7 @@ fn grants_text(g: &tend_policy::Grants) -> String {
         ("reload", &g.service_reload),
         ("http", &g.http),
         ("tcp", &g.tcp),
+        ("dns", &g.dns),
     ] {
         if !list.is_empty() {
             parts.push(format!("{kind} {}", list.join(", ")));
@@ -460,6 +461,23 @@ mod tests {
             .expect("an expires line");
         assert!(line.contains("2027-01-01T00:00:00.000Z"), "{line}");
         assert!(!line.contains("2026-01-01T01:00:00"), "{line}");
+    }
+
+    /// An approver sees the names a skill may look up, beside its other grants.
+    #[test]
+    fn an_approver_sees_dns_grants() {
+        let mut inv = pending("2027-01-01T00:00:00.000Z", 1_798_761_600_000);
+        inv.grants.dns = vec!["db.example.com".into(), "*.internal.example.com".into()];
+        inv.grants.tcp = vec!["db.example.com:5432".into()];
+        let text = render_invocation(&inv);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("grants"))
+            .expect("a grants line");
+        assert!(
+            line.ends_with("tcp db.example.com:5432; dns db.example.com, *.internal.example.com"),
+            "{line}"
+        );
     }
 
     /// Everything an approval binds is shown in full: a requester cannot hide part of the

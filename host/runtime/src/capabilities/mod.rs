@@ -1,6 +1,7 @@
 //! Capabilities: one module per host interface (`log`, `host`, `exec`) plus the WASI grants
-//! (`fs`, `net`, `http`). Everything starts denied; [`Grants`] turns a manifest's
-//! `[capabilities]` into the exact `WasiCtx` and policies of one invocation.
+//! (`fs`, `net`, `http`, and name lookups for `tcp` and `dns`). Everything starts denied;
+//! [`Grants`] turns a manifest's `[capabilities]` into the exact `WasiCtx` and policies of one
+//! invocation.
 
 pub mod exec;
 pub mod fs;
@@ -9,7 +10,6 @@ pub mod http;
 pub mod log;
 pub mod net;
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +24,7 @@ use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, 
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 
 use crate::manifest::Capabilities;
+use crate::manifest::grant::{DnsGrant, normalise_dns_name};
 use crate::output::BoundedPipe;
 use crate::report::{MAX_NOTE_BYTES, MAX_NOTES, clip};
 use crate::state::SkillState;
@@ -86,9 +87,10 @@ impl HostNotes {
     }
 }
 
-/// `wasi:sockets/ip-name-lookup` for a skill: only names its TCP grants name are resolved;
-/// any other name is refused with `access-denied` before a resolver is asked, so a lookup
-/// cannot carry data out (`<secret>.attacker.example`). IP literals resolve to themselves.
+/// `wasi:sockets/ip-name-lookup` for a skill: only names its TCP grants name or its `dns`
+/// grants cover are resolved; any other name is refused with `access-denied` before a resolver
+/// is asked, so a lookup cannot carry data out (`<secret>.attacker.example`). IP literals
+/// resolve to themselves.
 pub struct GuardedLookup;
 
 impl HasData for GuardedLookup {
@@ -97,14 +99,52 @@ impl HasData for GuardedLookup {
 
 pub struct LookupView<'a> {
     sockets: WasiSocketsCtxView<'a>,
-    names: &'a HashSet<String>,
+    names: &'a LookupNames,
     notes: &'a HostNotes,
 }
 
-/// Whether `name` may be looked up under these granted names.
-pub fn lookup_allowed(names: &HashSet<String>, name: &str) -> bool {
+/// The names one invocation may look up: the hosts its TCP grants name (each exactly) and its
+/// `dns` grants (exact names and `*.zone`s), all in [`normalise_dns_name`]'s form.
+#[derive(Debug, Clone, Default)]
+pub struct LookupNames {
+    grants: Vec<DnsGrant>,
+}
+
+impl LookupNames {
+    /// From the host names of TCP grants and the `dns` grants of a (validated) manifest. A
+    /// grant that does not parse grants nothing.
+    pub fn new<'a>(tcp_hosts: impl IntoIterator<Item = &'a String>, dns: &[String]) -> Self {
+        let mut grants: Vec<DnsGrant> = tcp_hosts
+            .into_iter()
+            .filter_map(|h| normalise_dns_name(h).ok().map(DnsGrant::Name))
+            .collect();
+        grants.extend(dns.iter().filter_map(|g| DnsGrant::parse(g).ok()));
+        LookupNames { grants }
+    }
+
+    /// No name may be looked up.
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+}
+
+/// Whether `name` may be looked up under these grants: the name to hand the resolver (in the
+/// form it was checked in, so what is resolved is what was allowed), or `None`. IP literals
+/// pass unchanged (they resolve to themselves, no query is sent). A name is checked after
+/// normalisation (case, one trailing dot) and refused outright when it is not a plain ASCII
+/// host name: a resolver could otherwise map it (IDNA, percent-decoding) to a name never
+/// checked.
+pub fn lookup_allowed(names: &LookupNames, name: &str) -> Option<String> {
     let bare = name.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>().is_ok() || names.contains(&name.to_ascii_lowercase())
+    if bare.parse::<IpAddr>().is_ok() {
+        return Some(name.to_string());
+    }
+    let normal = normalise_dns_name(name).ok()?;
+    names
+        .grants
+        .iter()
+        .any(|g| g.matches(&normal))
+        .then_some(normal)
 }
 
 impl ip_name_lookup::Host for LookupView<'_> {
@@ -113,17 +153,17 @@ impl ip_name_lookup::Host for LookupView<'_> {
         network: Resource<Network>,
         name: String,
     ) -> Result<Resource<ResolveAddressStream>, SocketError> {
-        if !lookup_allowed(self.names, &name) {
+        let Some(checked) = lookup_allowed(self.names, &name) else {
             let mut shown = name;
             clip(&mut shown, 256);
             let message = format!(
-                "name lookup of {shown:?} refused: only names granted in capabilities.tcp are resolved"
+                "name lookup of {shown:?} refused: only names granted in capabilities.tcp or capabilities.dns are resolved"
             );
             tracing::info!("{message}");
             self.notes.push(message);
             return Err(ErrorCode::AccessDenied.into());
-        }
-        ip_name_lookup::Host::resolve_addresses(&mut self.sockets, network, name)
+        };
+        ip_name_lookup::Host::resolve_addresses(&mut self.sockets, network, checked)
     }
 }
 
@@ -174,8 +214,8 @@ pub struct WasiSetup {
     pub http: http::HttpPolicy,
     pub stdout: BoundedPipe,
     pub stderr: BoundedPipe,
-    /// Host names the guest may look up (those its TCP grants name, lower-case).
-    pub lookup_names: HashSet<String>,
+    /// Host names the guest may look up (those its TCP grants name and its `dns` grants).
+    pub lookup_names: LookupNames,
 }
 
 /// The grants a repair's `plan` runs with: it must not change anything, so `fs_write`
@@ -218,13 +258,16 @@ pub async fn wasi_for(
     fs::preopen(&mut builder, &caps.fs_read, &caps.fs_write, notes);
 
     let mut tcp = net::TcpPolicy::resolve(&caps.tcp, notes).await;
-    if !tcp.allowed.is_empty() {
-        builder.allow_tcp(true);
-        builder.allow_ip_name_lookup(tcp.uses_names);
+    // Names a TCP grant names are looked up only when it may connect somewhere; `dns` names
+    // always (a `dns` grant alone connects nowhere: TCP stays off, every address refused).
+    let tcp_hosts = if tcp.allowed.is_empty() {
+        Vec::new()
     } else {
-        builder.allow_tcp(false);
-        builder.allow_ip_name_lookup(false);
-    }
+        tcp.names.iter().collect()
+    };
+    let lookup_names = LookupNames::new(tcp_hosts, &caps.dns);
+    builder.allow_tcp(!tcp.allowed.is_empty());
+    builder.allow_ip_name_lookup(!lookup_names.is_empty());
     builder.allow_udp(false);
     let allowed = Arc::new(std::mem::take(&mut tcp.allowed));
     builder.socket_addr_check(move |addr, use_| {
@@ -247,6 +290,53 @@ pub async fn wasi_for(
         http: http::HttpPolicy::new(&caps.http, http_notes),
         stdout,
         stderr,
-        lookup_names: tcp.names,
+        lookup_names,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_are_checked_in_the_form_they_are_resolved_in() {
+        let names = LookupNames::new(
+            &["db.example.com".to_string()],
+            &["localhost".into(), "*.internal.example.com".into()],
+        );
+        let allowed = |n: &str| lookup_allowed(&names, n);
+        // Case and one trailing dot do not matter; the resolver gets the checked form.
+        assert_eq!(allowed("LocalHost."), Some("localhost".into()));
+        assert_eq!(allowed("DB.example.COM"), Some("db.example.com".into()));
+        assert_eq!(
+            allowed("a.b.Internal.Example.com."),
+            Some("a.b.internal.example.com".into())
+        );
+        assert_eq!(
+            allowed("evil.com.internal.example.com"),
+            Some("evil.com.internal.example.com".into())
+        );
+        // IP literals resolve to themselves.
+        assert_eq!(allowed("127.0.0.1"), Some("127.0.0.1".into()));
+        assert_eq!(allowed("::1"), Some("::1".into()));
+        for refused in [
+            "internal.example.com",
+            "internal.example.com.evil",
+            "xinternal.example.com",
+            "secret.attacker.invalid",
+            "localhost.attacker.invalid",
+            "localhost..",
+            "db.example.com.evil",
+            // Spellings a resolver would map to another name are not guessed at.
+            "db%2eexample.com",
+            "db\u{3002}example.com",
+            "ｄｂ.example.com",
+            "a.internal.example.com\u{0}.evil",
+            "",
+        ] {
+            assert_eq!(allowed(refused), None, "{refused:?}");
+        }
+        assert!(LookupNames::default().is_empty());
+        assert_eq!(lookup_allowed(&LookupNames::default(), "localhost"), None);
     }
 }
