@@ -831,3 +831,77 @@ async fn until_incident_healed(api: &Api, token: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Benchmark, not a test (run by `scripts/bench-healing`): webhook received → repair running,
+/// with no person in the loop — the diagnosis on the agent, the repair's plan, then its run.
+/// Each alert is posted straight to Tend's webhook (Alertmanager's grouping is not Tend's
+/// time), one at a time; the figure is the repair's `started_at` (the agent's clock, on this
+/// machine) minus the incident's `first_seen_at`. Prints p50 and p99.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: scripts/bench-healing runs it"]
+async fn bench_webhook_to_repair_running() {
+    let (w, reg) = setup();
+    publish_catalog(&w, &reg);
+    std::fs::write(
+        w.path("healing.toml"),
+        policy("disk-full", "DiskFull", "cooldown = \"0s\"\nverify_timeout = \"1h\"")
+            .replace("notify = [\"hook\"]\nescalate = [\"chat\"]\n", ""),
+    )
+    .expect("policies");
+    let orch = Orch::start(
+        &w,
+        &reg,
+        Backend::Sqlite,
+        &["--healing-policies", "healing.toml"],
+    );
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let am_token = orch.token(&w, "alertmanager", "operator");
+    let _agents = agents(&w, &orch, &reg, &[("web-1", true)]);
+    let n: usize = std::env::var("TEND_BENCH_ALERTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let dir = logs(&w, &format!("b{i}"));
+        let body = json!({
+            "version": "4", "status": "firing", "receiver": "tend", "groupKey": format!("{{}}:{i}"),
+            "alerts": [{
+                "status": "firing",
+                "labels": { "alertname": "DiskFull", "instance": "web-1:9100", "dir": dir.display().to_string(), "n": i.to_string() },
+                "startsAt": now_rfc3339(0),
+                "fingerprint": format!("{:016x}", 0xbe00 + i),
+            }],
+        });
+        let (s, v) = api
+            .call("POST", "/api/v1/alerts/alertmanager", Some(&am_token), Some(body))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let id = v["incidents"][0]["id"].as_str().expect("id").to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, inc) = api
+                .call("GET", &format!("/api/v1/incidents/{id}"), Some(&admin), None)
+                .await;
+            if let Some(repair) = inc["repair"].as_str() {
+                let r = api.get(&admin, repair).await;
+                if r["started_at"].is_string() {
+                    took.push(millis(&r["started_at"]) as f64 - millis(&inc["first_seen_at"]) as f64);
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "no repair started: {inc}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    took.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| took[((took.len() as f64 - 1.0) * q).round() as usize];
+    eprintln!(
+        "webhook → repair running, {n} alerts: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        at(0.5),
+        at(0.99),
+        took[0],
+        took[took.len() - 1]
+    );
+}

@@ -269,7 +269,7 @@ async fn a_database_from_before_migrations_upgrades_without_loss(backend: Backen
     );
     // Not a row lost or changed; the only columns added are those later migrations add
     // (0002: what started an invocation, 0003: a reject's comment, 0005: what an approval
-    // binds), and old invocations read as started by the API.
+    // binds, 0007: the healing policy it was submitted under), and old invocations read as started by the API.
     assert_eq!(contents_of(&database, ALL_TABLES, &before_cols), before);
     let mut want = before_cols[1].clone();
     want.extend(
@@ -287,6 +287,7 @@ async fn a_database_from_before_migrations_upgrades_without_loss(backend: Backen
             "export",
             "plan_for",
             "part_of",
+            "healing",
         ]
         .map(String::from),
     );
