@@ -844,8 +844,12 @@ async fn bench_webhook_to_repair_running() {
     publish_catalog(&w, &reg);
     std::fs::write(
         w.path("healing.toml"),
-        policy("disk-full", "DiskFull", "cooldown = \"0s\"\nverify_timeout = \"1h\"")
-            .replace("notify = [\"hook\"]\nescalate = [\"chat\"]\n", ""),
+        policy(
+            "disk-full",
+            "DiskFull",
+            "cooldown = \"0s\"\nverify_timeout = \"1h\"",
+        )
+        .replace("notify = [\"hook\"]\nescalate = [\"chat\"]\n", ""),
     )
     .expect("policies");
     let orch = Orch::start(
@@ -875,19 +879,31 @@ async fn bench_webhook_to_repair_running() {
             }],
         });
         let (s, v) = api
-            .call("POST", "/api/v1/alerts/alertmanager", Some(&am_token), Some(body))
+            .call(
+                "POST",
+                "/api/v1/alerts/alertmanager",
+                Some(&am_token),
+                Some(body),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         let id = v["incidents"][0]["id"].as_str().expect("id").to_string();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (_, inc) = api
-                .call("GET", &format!("/api/v1/incidents/{id}"), Some(&admin), None)
+                .call(
+                    "GET",
+                    &format!("/api/v1/incidents/{id}"),
+                    Some(&admin),
+                    None,
+                )
                 .await;
             if let Some(repair) = inc["repair"].as_str() {
                 let r = api.get(&admin, repair).await;
                 if r["started_at"].is_string() {
-                    took.push(millis(&r["started_at"]) as f64 - millis(&inc["first_seen_at"]) as f64);
+                    took.push(
+                        millis(&r["started_at"]) as f64 - millis(&inc["first_seen_at"]) as f64,
+                    );
                     break;
                 }
             }
