@@ -220,7 +220,15 @@ impl Orch {
                 break rest.split_whitespace().next().expect("url").to_string();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        // Its log, shown with TEND_TEST_ORCH_LOG=1 (when a test needs explaining).
+        let show = std::env::var_os("TEND_TEST_ORCH_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if show {
+                    eprintln!("orchestrator: {line}");
+                }
+            }
+        });
         Orch {
             child,
             url,

@@ -122,6 +122,16 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// A transaction that reads and then writes: on SQLite it takes the writer lock at once
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout), since a read transaction that a
+    /// concurrent writer overtakes cannot be upgraded to write (`database is locked`).
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
 }
 
 /// Bring the schema up to date, all or nothing: every pending migration (and, on a database

@@ -287,7 +287,7 @@ pub async fn record(
         .map(|a| a.name)
         .collect();
     let now = now_ms();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let mut touched = Vec::with_capacity(n.alerts.len());
     for a in &n.alerts {
         let fingerprint = a.fingerprint.to_ascii_lowercase();
