@@ -196,6 +196,70 @@ kind = "slack"
 url = "RECEIVER/slack"
 "#;
 
+/// A world for healing tests: the registry with the catalog's two skills, a notification
+/// receiver, and the port Alertmanager will listen on (so a policy file can name it).
+struct Scene {
+    w: World,
+    reg: Registry,
+    rx: Receiver,
+    am_port: u16,
+}
+
+/// What [`Scene::serve`] started: the orchestrator with the policies, agents, Alertmanager.
+struct Served {
+    orch: Orch,
+    api: Api,
+    admin: String,
+    am_token: String,
+    am: Alertmanager,
+    /// Bound by every test (`agents: _agents`): dropping it stops them.
+    agents: Vec<AgentProc>,
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        let (w, reg) = setup();
+        publish_catalog(&w, &reg);
+        Scene {
+            w,
+            reg,
+            rx: Receiver::start().await,
+            am_port: crate::alerts::free_port(),
+        }
+    }
+
+    /// The `hook` (generic webhook) and `chat` (Slack) channels, pointing at the receiver.
+    fn channels(&self) -> String {
+        CHANNELS.replace("RECEIVER", &self.rx.url)
+    }
+
+    /// An orchestrator serving `policies`, the agents (name, whether it allows auto-heal of
+    /// acme-clean-old-logs) and Alertmanager sending to it with an operator token.
+    async fn serve(&self, policies: &str, names: &[(&str, bool)]) -> Served {
+        let w = &self.w;
+        std::fs::write(w.path("healing.toml"), policies).expect("policies");
+        let orch = Orch::start(
+            w,
+            &self.reg,
+            Backend::Sqlite,
+            &["--healing-policies", "healing.toml"],
+        );
+        let api = Api::new(&orch);
+        let admin = orch.admin.clone();
+        let am_token = orch.token(w, "alertmanager", "operator");
+        let running = agents(w, &orch, &self.reg, names);
+        let am = Alertmanager::start_on(w.dir.path(), &orch.url, &am_token, self.am_port).await;
+        Served {
+            orch,
+            api,
+            admin,
+            am_token,
+            am,
+            agents: running,
+        }
+    }
+}
+
 /// Diagnose with disk-usage (warn at 1%: this machine's disks are "full"), repair with
 /// clean-old-logs on the alert's directory.
 fn policy(name: &str, alertname: &str, extra: &str) -> String {
@@ -216,12 +280,11 @@ escalate = ["chat"]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alert_is_diagnosed_repaired_verified_and_told_without_a_person() {
-    let (w, reg) = setup();
-    publish_catalog(&w, &reg);
-    let rx = Receiver::start().await;
+    let scene = Scene::new().await;
+    let (w, rx) = (&scene.w, &scene.rx);
     let text = format!(
         "{}{}{}",
-        CHANNELS.replace("RECEIVER", &rx.url),
+        scene.channels(),
         policy("disk-full", "DiskFull", "max_retries = 0"),
         r#"
 [[policy]]
@@ -233,18 +296,16 @@ auto_heal = true
 notify = ["hook"]
 "#
     );
-    std::fs::write(w.path("healing.toml"), text).expect("policies");
-    let orch = Orch::start(
-        &w,
-        &reg,
-        Backend::Sqlite,
-        &["--healing-policies", "healing.toml"],
-    );
-    let api = Api::new(&orch);
-    let admin = orch.admin.clone();
-    let am_token = orch.token(&w, "alertmanager", "operator");
-    let _agents = agents(&w, &orch, &reg, &[("web-1", true), ("web-2", false)]);
-    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+    let Served {
+        orch: _orch,
+        agents: _agents,
+        api,
+        admin,
+        am,
+        ..
+    } = scene
+        .serve(&text, &[("web-1", true), ("web-2", false)])
+        .await;
 
     // web-1 lets clean-old-logs heal: diagnosed, planned, repaired, with nobody asked.
     let dir1 = logs(&w, "web-1");
@@ -371,12 +432,11 @@ notify = ["hook"]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
-    let (w, reg) = setup();
-    publish_catalog(&w, &reg);
-    let rx = Receiver::start().await;
+    let scene = Scene::new().await;
+    let (w, rx) = (&scene.w, &scene.rx);
     let text = format!(
         "{}{}{}{}{}",
-        CHANNELS.replace("RECEIVER", &rx.url),
+        scene.channels(),
         policy("dry", "DiskDry", "dry_run = true"),
         // A directory with `..` in it: the skill refuses it, so the repair fails, is tried once
         // more, then escalated.
@@ -393,18 +453,16 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
             "cooldown = \"0s\"\nmax_repairs_per_hour = 1\nverify = \"rerun\"\nverify_after = \"0s\""
         ),
     );
-    std::fs::write(w.path("healing.toml"), text).expect("policies");
-    let orch = Orch::start(
-        &w,
-        &reg,
-        Backend::Sqlite,
-        &["--healing-policies", "healing.toml"],
-    );
-    let api = Api::new(&orch);
-    let admin = orch.admin.clone();
-    let am_token = orch.token(&w, "alertmanager", "operator");
-    let _agents = agents(&w, &orch, &reg, &[("web-1", true), ("web-2", true)]);
-    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+    let Served {
+        orch: _orch,
+        agents: _agents,
+        api,
+        admin,
+        am,
+        ..
+    } = scene
+        .serve(&text, &[("web-1", true), ("web-2", true)])
+        .await;
 
     // Dry run: the plan runs and is attached; nothing is applied.
     let dry = logs(&w, "dry");
@@ -530,26 +588,21 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
 /// rewritten in the database to look approved and queued is refused by an agent that does not.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_heals_without_approval_only_when_its_own_ceiling_says_so() {
-    let (w, reg) = setup();
-    publish_catalog(&w, &reg);
-    let rx = Receiver::start().await;
+    let scene = Scene::new().await;
+    let w = &scene.w;
     let text = format!(
         "{}{}",
-        CHANNELS.replace("RECEIVER", &rx.url),
+        scene.channels(),
         policy("disk-full", "DiskFull", "max_retries = 0")
     );
-    std::fs::write(w.path("healing.toml"), text).expect("policies");
-    let orch = Orch::start(
-        &w,
-        &reg,
-        Backend::Sqlite,
-        &["--healing-policies", "healing.toml"],
-    );
-    let api = Api::new(&orch);
-    let admin = orch.admin.clone();
-    let am_token = orch.token(&w, "alertmanager", "operator");
-    let _agents = agents(&w, &orch, &reg, &[("web-2", false)]);
-    let am = Alertmanager::start(w.dir.path(), &orch.url, &am_token).await;
+    let Served {
+        orch,
+        agents: _agents,
+        api,
+        admin,
+        am,
+        ..
+    } = scene.serve(&text, &[("web-2", false)]).await;
     let dir = logs(&w, "web-2");
     am.post(json!([alert("DiskFull", "web-2", &dir, json!({}))]))
         .await;
@@ -643,8 +696,8 @@ fn now_millis() -> u128 {
 /// printed (the figures in docs/benchmarks.md come from it).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_heals_itself_from_prometheus_to_resolved() {
-    let (w, reg) = setup();
-    publish_catalog(&w, &reg);
+    let scene = Scene::new().await;
+    let (w, rx) = (&scene.w, &scene.rx);
     let mount = w.path("logs").join("disk");
     std::fs::create_dir_all(&mount).expect("mount point");
     let ok = std::process::Command::new("mount")
@@ -657,12 +710,10 @@ async fn a_full_disk_heals_itself_from_prometheus_to_resolved() {
         "mounting a tmpfs needs root (the tests run as root)"
     );
     let _tmpfs = Tmpfs(mount.clone());
-    let rx = Receiver::start().await;
-    // Alertmanager's port is chosen first so the policy file can name it for silences.
-    let am_port = crate::alerts::free_port();
     let text = format!(
-        "[alertmanager]\nurl = \"http://127.0.0.1:{am_port}\"\nsilence = true\n{}{}",
-        CHANNELS.replace("RECEIVER", &rx.url),
+        "[alertmanager]\nurl = \"http://127.0.0.1:{}\"\nsilence = true\n{}{}",
+        scene.am_port,
+        scene.channels(),
         r#"
 [[policy]]
 name = "disk-full"
@@ -675,18 +726,14 @@ verify_timeout = "2m"
 notify = ["hook"]
 "#
     );
-    std::fs::write(w.path("healing.toml"), text).expect("policies");
-    let orch = Orch::start(
-        &w,
-        &reg,
-        Backend::Sqlite,
-        &["--healing-policies", "healing.toml"],
-    );
-    let api = Api::new(&orch);
-    let admin = orch.admin.clone();
-    let am_token = orch.token(&w, "alertmanager", "operator");
-    let _agents = agents(&w, &orch, &reg, &[("web-1", true)]);
-    let am = Alertmanager::start_on(w.dir.path(), &orch.url, &am_token, am_port).await;
+    let Served {
+        orch: _orch,
+        agents: _agents,
+        api,
+        admin,
+        am,
+        ..
+    } = scene.serve(&text, &[("web-1", true)]).await;
 
     let node_port = crate::alerts::free_port();
     let _node = spawn(
@@ -840,28 +887,22 @@ async fn until_incident_healed(api: &Api, token: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a benchmark: scripts/bench-healing runs it"]
 async fn bench_webhook_to_repair_running() {
-    let (w, reg) = setup();
-    publish_catalog(&w, &reg);
-    std::fs::write(
-        w.path("healing.toml"),
-        policy(
-            "disk-full",
-            "DiskFull",
-            "cooldown = \"0s\"\nverify_timeout = \"1h\"",
-        )
-        .replace("notify = [\"hook\"]\nescalate = [\"chat\"]\n", ""),
+    let scene = Scene::new().await;
+    let w = &scene.w;
+    let text = policy(
+        "disk-full",
+        "DiskFull",
+        "cooldown = \"0s\"\nverify_timeout = \"1h\"",
     )
-    .expect("policies");
-    let orch = Orch::start(
-        &w,
-        &reg,
-        Backend::Sqlite,
-        &["--healing-policies", "healing.toml"],
-    );
-    let api = Api::new(&orch);
-    let admin = orch.admin.clone();
-    let am_token = orch.token(&w, "alertmanager", "operator");
-    let _agents = agents(&w, &orch, &reg, &[("web-1", true)]);
+    .replace("notify = [\"hook\"]\nescalate = [\"chat\"]\n", "");
+    let Served {
+        orch: _orch,
+        agents: _agents,
+        am: _am,
+        api,
+        admin,
+        am_token,
+    } = scene.serve(&text, &[("web-1", true)]).await;
     let n: usize = std::env::var("TEND_BENCH_ALERTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -920,4 +961,65 @@ async fn bench_webhook_to_repair_running() {
         took[0],
         took[took.len() - 1]
     );
+}
+
+/// The loop's state survives a lost step. A repair submitted by a step whose save never
+/// happened (the orchestrator killed in between) is found and followed, not submitted again —
+/// the circuit breaker (one repair an hour) would stop a second one. And a repair whose
+/// result is recorded after the alert resolved, before the loop looked, is still healed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_step_is_picked_up_without_repairing_twice() {
+    let scene = Scene::new().await;
+    let w = &scene.w;
+    let text = format!(
+        "{}{}",
+        scene.channels(),
+        policy("disk-full", "DiskFull", "max_repairs_per_hour = 1")
+    );
+    let Served {
+        orch,
+        agents: _agents,
+        api,
+        admin,
+        am,
+        ..
+    } = scene.serve(&text, &[("web-1", true)]).await;
+    let dir = logs(w, "web-1");
+    let fired = alert("DiskFull", "web-1", &dir, json!({}));
+    am.post(json!([fired])).await;
+    let inc = until_incident(&api, &admin, "DiskFull", |i| i["stage"] == "verifying").await;
+    let id = inc["id"].as_str().expect("id").to_string();
+    let repair = inc["repair"].as_str().expect("repair").to_string();
+    // As if the step that submitted the repair was never saved.
+    crate::orchestrator::tamper(
+        &orch.database,
+        &format!(
+            "UPDATE incidents SET stage = 'repair', repair_id = NULL, attempts = 0, due_ms = NULL, verify_until_ms = NULL WHERE id = '{id}'"
+        ),
+    );
+    let again = until_incident(&api, &admin, "DiskFull", |i| {
+        i["stage"] == "verifying" && steps(i).iter().filter(|s| *s == "repair").count() == 2
+    })
+    .await;
+    assert_eq!(again["repair"], repair.as_str(), "{again}");
+    assert_eq!(again["attempts"], 1, "{again}");
+    let (_, all) = api
+        .call("GET", "/api/v1/invocations", Some(&admin), None)
+        .await;
+    let runs = all["invocations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|i| i["skill"] == "acme-clean-old-logs" && i["export"] == "run")
+        .count();
+    assert_eq!(runs, 1, "one repair, not two: {all}");
+    // The alert resolves before the loop has seen the repair's result.
+    crate::orchestrator::tamper(
+        &orch.database,
+        &format!(
+            "UPDATE incidents SET stage = 'repairing', state = 'resolved', alert_status = 'resolved' WHERE id = '{id}'"
+        ),
+    );
+    let done = until_incident(&api, &admin, "DiskFull", |i| i["stage"] == "done").await;
+    assert_eq!(done["outcome"], "healed", "{done}");
 }

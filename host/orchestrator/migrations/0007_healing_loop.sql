@@ -37,7 +37,9 @@ CREATE TABLE healing_repairs (
 CREATE INDEX healing_repairs_policy ON healing_repairs (policy, created_ms);
 
 -- The healing policy an invocation was submitted under (not bound; see Invocation.healing).
+-- The loop finds a repair it submitted by policy and reason after a lost step.
 ALTER TABLE invocations ADD COLUMN healing TEXT;
+CREATE INDEX invocations_healing ON invocations (healing, reason);
 
 -- Messages to people about incidents, one per (incident, channel, event), sent with retries.
 CREATE TABLE notifications (

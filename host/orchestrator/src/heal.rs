@@ -463,7 +463,18 @@ async fn on_resolved(state: &AppState, c: &mut Case) -> Result<(), FlowError> {
             return Ok(());
         }
     }
-    if matches!(c.stage, Stage::Verifying | Stage::Checking) && repaired {
+    // The repair's result may be recorded after the alert resolved, before the loop saw it.
+    if c.stage == Stage::Repairing
+        && repaired
+        && let Some(r) = &repair
+    {
+        note_repaired(c, r);
+    }
+    if matches!(
+        c.stage,
+        Stage::Repairing | Stage::Verifying | Stage::Checking
+    ) && repaired
+    {
         c.note(
             "healed",
             "verified: the alert resolved after the repair",
@@ -680,6 +691,36 @@ fn analyse(policy: &Compiled, diagnosis: &BTreeMap<String, Value>) -> Result<(),
 /// Analyse, check the cooldown, the circuit breaker and the blast radius, then submit the
 /// repair (its plan first) under the policy.
 async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(), FlowError> {
+    // This attempt's repair may have been submitted already by a step whose save was lost (a
+    // crash, a lease that ran out): it is followed, never submitted a second time.
+    let reason = c.reason(&format!(
+        "{} (episode {}, attempt {})",
+        match &policy.policy.repair {
+            Some(r) if policy.policy.dry_run => format!("dry run of {} (plan only)", r.skill),
+            Some(r) => format!("repair with {}", r.skill),
+            None => String::new(),
+        },
+        c.episode,
+        c.attempts + 1
+    ));
+    if let Some(inv) = submitted_before(state, &c.policy, &reason).await? {
+        c.attempts += 1;
+        if !c.invocations.contains(&inv.id) {
+            c.invocations.push(inv.id.clone());
+        }
+        c.note(
+            "repair",
+            format!(
+                "repair {} ({}) was submitted before the orchestrator stopped: followed, not submitted again",
+                inv.skill, inv.id
+            ),
+            json!({ "invocation": inv.id }),
+        );
+        c.repair_id = Some(inv.id);
+        c.stage = Stage::Repairing;
+        c.due_ms = None;
+        return Ok(());
+    }
     let diagnosis = match round_results(state, &c.round).await? {
         Some((outputs, _, _)) => outputs,
         None => BTreeMap::new(),
@@ -722,11 +763,7 @@ async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(),
         version: call.version.clone(),
         target: Some(format!("agent:{}", c.target)),
         input: input.clone(),
-        reason: c.reason(&if policy.policy.dry_run {
-            format!("dry run of {} (plan only)", call.skill)
-        } else {
-            format!("repair with {}", call.skill)
-        }),
+        reason,
         narrowing: Default::default(),
     };
     let healing = crate::flow::Healing {
@@ -755,7 +792,7 @@ async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(),
     c.stage = Stage::Repairing;
     if !policy.policy.dry_run {
         sqlx::query(
-            "INSERT INTO healing_repairs (invocation_id, incident_id, episode, policy, target, created_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO healing_repairs (invocation_id, incident_id, episode, policy, target, created_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invocation_id) DO NOTHING",
         )
         .bind(&inv.id)
         .bind(&c.id)
@@ -792,6 +829,28 @@ async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(),
         c.event("repairing", format!("repairing:{}", c.attempts), text);
     }
     Ok(())
+}
+
+/// The repair (or dry-run plan) this policy submitted with exactly `reason` — which names the
+/// incident, its episode and the attempt — if there is one.
+async fn submitted_before(
+    state: &AppState,
+    policy: &str,
+    reason: &str,
+) -> Result<Option<Invocation>, FlowError> {
+    let row = sqlx::query(
+        "SELECT id FROM invocations WHERE healing = $1 AND reason = $2 AND plan_for IS NULL AND part_of IS NULL ORDER BY created_ms LIMIT 1",
+    )
+    .bind(policy)
+    .bind(reason)
+    .fetch_optional(&state.db.pool)
+    .await?;
+    match row {
+        Some(r) => Ok(Some(
+            invocation::get(&state.db, &r.try_get::<String, _>("id")?).await?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// Whether `agent`'s own ceiling lets `skill` run under auto-heal (it checks again itself).
@@ -970,11 +1029,7 @@ async fn repairing(
             c.event("dry_run", "dry_run", why);
         }
         State::Succeeded => {
-            c.note(
-                "repaired",
-                format!("{} ran and succeeded", inv.skill),
-                json!({ "invocation": inv.id, "plan_check": inv.plan_check, "output": inv.result.as_ref().and_then(|r| r.get("output")) }),
-            );
+            note_repaired(c, &inv);
             c.stage = Stage::Verifying;
             let now = now_ms();
             let until = now
@@ -1039,6 +1094,14 @@ async fn repairing(
         State::Planning | State::Queued | State::Running => {}
     }
     Ok(())
+}
+
+fn note_repaired(c: &mut Case, inv: &Invocation) {
+    c.note(
+        "repaired",
+        format!("{} ran and succeeded", inv.skill),
+        json!({ "invocation": inv.id, "plan_check": inv.plan_check, "output": inv.result.as_ref().and_then(|r| r.get("output")) }),
+    );
 }
 
 /// Wait for proof: the resolved notification (handled in [`on_resolved`]) until the timeout,
