@@ -308,7 +308,7 @@ notify = ["hook"]
         .await;
 
     // web-1 lets clean-old-logs heal: diagnosed, planned, repaired, with nobody asked.
-    let dir1 = logs(&w, "web-1");
+    let dir1 = logs(w, "web-1");
     let fired = alert("DiskFull", "web-1", &dir1, json!({}));
     am.post(json!([fired])).await;
     let inc = until_incident(&api, &admin, "DiskFull", |i| {
@@ -374,7 +374,7 @@ notify = ["hook"]
 
     // web-2 does not list clean-old-logs under auto_heal: the same repair waits for a
     // person, who hears of it on the escalation channel with the command to run.
-    let dir2 = logs(&w, "web-2");
+    let dir2 = logs(w, "web-2");
     let fired2 = alert("DiskFull", "web-2", &dir2, json!({}));
     am.post(json!([fired2])).await;
     let waiting = until_incident(&api, &admin, "DiskFull", |i| {
@@ -416,7 +416,7 @@ notify = ["hook"]
     assert_eq!(withdrawn["state"], "cancelled", "{withdrawn}");
 
     // A diagnosis that finds nothing wrong repairs nothing: a person is told why.
-    let dir3 = logs(&w, "fine");
+    let dir3 = logs(w, "fine");
     am.post(json!([alert("DiskFine", "web-1", &dir3, json!({}))]))
         .await;
     let fine = until_incident(&api, &admin, "DiskFine", |i| i["stage"] == "done").await;
@@ -465,7 +465,7 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
         .await;
 
     // Dry run: the plan runs and is attached; nothing is applied.
-    let dry = logs(&w, "dry");
+    let dry = logs(w, "dry");
     am.post(json!([alert("DiskDry", "web-1", &dry, json!({}))]))
         .await;
     let inc = until_incident(&api, &admin, "DiskDry", |i| i["stage"] == "done").await;
@@ -488,7 +488,7 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
     );
 
     // A repair that keeps failing: tried 1 + max_retries times, then escalated with the story.
-    let broken = logs(&w, "broken");
+    let broken = logs(w, "broken");
     am.post(json!([alert("DiskBroken", "web-1", &broken, json!({}))]))
         .await;
     let inc = until_incident(&api, &admin, "DiskBroken", |i| i["stage"] == "done").await;
@@ -508,8 +508,8 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
     .await;
 
     // Blast radius 1: web-1's repair is being verified, so web-2's waits its turn...
-    let c1 = logs(&w, "careful-1");
-    let c2 = logs(&w, "careful-2");
+    let c1 = logs(w, "careful-1");
+    let c2 = logs(w, "careful-2");
     let first = alert("DiskCareful", "web-1", &c1, json!({}));
     am.post(json!([first])).await;
     until_incident(&api, &admin, "DiskCareful", |i| {
@@ -532,7 +532,7 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
     .await;
     assert_eq!(remaining(&c2), ["app.log", "fresh.log.1"]);
     // Cooldown 1h: the same policy does not repair web-1 again for another alert.
-    let c3 = logs(&w, "careful-3");
+    let c3 = logs(w, "careful-3");
     am.post(json!([alert(
         "DiskCareful",
         "web-1",
@@ -555,7 +555,7 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
     // Circuit breaker: one repair an hour for this policy. (Verified by re-running the
     // diagnosis, which at 1% still finds the disks full: retried until escalated; the
     // breaker then stops the next incident before anything runs.)
-    let b1 = logs(&w, "breaker-1");
+    let b1 = logs(w, "breaker-1");
     am.post(json!([alert("DiskBreaker", "web-1", &b1, json!({}))]))
         .await;
     let tripped = until_incident(&api, &admin, "DiskBreaker", |i| i["stage"] == "done").await;
@@ -566,7 +566,7 @@ async fn a_policys_limits_hold_repairs_back_and_hand_them_to_a_person() {
             .is_some_and(|e| e.contains("circuit breaker")),
         "the retry itself is stopped by the breaker: {tripped}"
     );
-    let b2 = logs(&w, "breaker-2");
+    let b2 = logs(w, "breaker-2");
     am.post(json!([alert("DiskBreaker", "web-2", &b2, json!({}))]))
         .await;
     let stopped = until_incident(&api, &admin, "DiskBreaker", |i| {
@@ -603,7 +603,7 @@ async fn an_agent_heals_without_approval_only_when_its_own_ceiling_says_so() {
         am,
         ..
     } = scene.serve(&text, &[("web-2", false)]).await;
-    let dir = logs(&w, "web-2");
+    let dir = logs(w, "web-2");
     am.post(json!([alert("DiskFull", "web-2", &dir, json!({}))]))
         .await;
     let waiting = until_incident(&api, &admin, "DiskFull", |i| {
@@ -909,7 +909,7 @@ async fn bench_webhook_to_repair_running() {
         .unwrap_or(50);
     let mut took = Vec::with_capacity(n);
     for i in 0..n {
-        let dir = logs(&w, &format!("b{i}"));
+        let dir = logs(w, &format!("b{i}"));
         let body = json!({
             "version": "4", "status": "firing", "receiver": "tend", "groupKey": format!("{{}}:{i}"),
             "alerts": [{
