@@ -1023,3 +1023,41 @@ async fn a_lost_step_is_picked_up_without_repairing_twice() {
     let done = until_incident(&api, &admin, "DiskFull", |i| i["stage"] == "done").await;
     assert_eq!(done["outcome"], "healed", "{done}");
 }
+
+/// Replicas started together with the same policy file all start, on one version of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_starting_together_with_one_policy_file_agree() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let w = World::new();
+        let url = backend.database(&w, "together");
+        let text = format!(
+            "{}{}",
+            CHANNELS.replace("RECEIVER", "http://127.0.0.1:9"),
+            policy("disk-full", "DiskFull", "")
+        );
+        let config = tend_orchestrator::healing::parse(&text, "healing.toml").expect("parses");
+        // The schema first, so the replicas race on the policies alone.
+        drop(tend_orchestrator::Db::connect(&url).await.expect("db"));
+        // Eight replicas, each on a thread and runtime of its own, as separate processes would.
+        let mut starts = Vec::new();
+        for _ in 0..8 {
+            let (url, config) = (url.clone(), config.clone());
+            starts.push(std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let db = tend_orchestrator::Db::connect(&url).await.expect("db");
+                    tend_orchestrator::healing::in_force(&db, Some(config))
+                        .await
+                        .map(|(version, _)| version)
+                        .map_err(|e| e.to_string())
+                })
+            }));
+        }
+        for start in starts {
+            assert_eq!(start.join().expect("replica"), Ok(1), "{backend:?}");
+        }
+    }
+}

@@ -227,21 +227,35 @@ pub async fn in_force(
     db: &crate::db::Db,
     file: Option<Config>,
 ) -> Result<(i64, Config), crate::invocation::FlowError> {
-    let latest = latest(db).await?;
-    match (file, latest) {
-        (Some(file), Some((version, text))) if text == file.text => Ok((version, file)),
-        (Some(file), latest) => {
-            let version = latest.map_or(1, |(v, _)| v + 1);
-            store(db, version, &file.text, "file", "tend").await?;
-            Ok((version, file))
+    let Some(file) = file else {
+        return match latest(db).await? {
+            Some((version, text)) => {
+                let origin =
+                    format!("the healing policies set through the API (version {version})");
+                let config = parse(&text, &origin)
+                    .map_err(|e| crate::invocation::FlowError::Invalid(e.to_string()))?;
+                Ok((version, config))
+            }
+            None => Ok((0, Config::default())),
+        };
+    };
+    // Replicas starting together race to record the file: each takes the newest version when
+    // it holds this text, else records the next one (the same text recorded by another replica
+    // first is the same version, not a conflict).
+    let mut tries = 0;
+    loop {
+        let latest = latest(db).await?;
+        if let Some((version, text)) = &latest
+            && *text == file.text
+        {
+            return Ok((*version, file));
         }
-        (None, Some((version, text))) => {
-            let origin = format!("the healing policies set through the API (version {version})");
-            let config = parse(&text, &origin)
-                .map_err(|e| crate::invocation::FlowError::Invalid(e.to_string()))?;
-            Ok((version, config))
+        let version = latest.map_or(1, |(v, _)| v + 1);
+        match store(db, version, &file.text, "file", "tend").await {
+            Ok(()) => return Ok((version, file)),
+            Err(crate::invocation::FlowError::Conflict(_)) if tries < 5 => tries += 1,
+            Err(e) => return Err(e),
         }
-        (None, None) => Ok((0, Config::default())),
     }
 }
 
@@ -306,7 +320,7 @@ pub async fn refresh(db: &crate::db::Db, live: &Live) -> Result<(), crate::invoc
         .fetch_one(&db.pool)
         .await?
         .try_get("v")?;
-    if let Some(v) = newest.filter(|v| *v > live.version())
+    if newest.is_some_and(|v| v > live.version())
         && let Some((version, text)) = latest(db).await?
     {
         match parse(&text, &format!("healing policies version {version}")) {
@@ -315,7 +329,6 @@ pub async fn refresh(db: &crate::db::Db, live: &Live) -> Result<(), crate::invoc
                 tracing::error!(error = %e, "stored healing policies do not parse; the ones in force stay")
             }
         }
-        let _ = v;
     }
     Ok(())
 }
