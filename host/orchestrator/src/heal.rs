@@ -38,6 +38,24 @@ const SLOT_RECHECK_MS: i64 = 2_000;
 const ALERT_POLL_MS: i64 = 1_000;
 /// Most story entries kept per incident episode.
 const MAX_STORY: usize = 200;
+/// Longest story text (characters), and the most JSON kept as one entry's data (bytes): a skill's output
+/// can be megabytes; the story keeps a pointer to its invocation instead.
+const MAX_STORY_TEXT: usize = 2048;
+const MAX_STORY_DATA: usize = 16 * 1024;
+
+/// `data` as a story entry keeps it: whole when small, else what it was about and its size.
+fn clip(data: Value) -> Value {
+    let size = data.to_string().len();
+    if size <= MAX_STORY_DATA {
+        return data;
+    }
+    json!({
+        "clipped": true,
+        "bytes": size,
+        "invocation": data.get("invocation").cloned().unwrap_or(Value::Null),
+        "see": "the invocation's result holds all of it",
+    })
+}
 
 /// Where an incident is in the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +152,8 @@ impl Case {
         tracing::info!(incident = %self.id, step, "{text}");
         if self.story.len() < MAX_STORY {
             self.story.push(json!({
-                "at": rfc3339(now_ms()), "step": step, "text": text, "data": data,
+                "at": rfc3339(now_ms()), "step": step,
+                "text": text.chars().take(MAX_STORY_TEXT).collect::<String>(), "data": clip(data),
             }));
         }
     }
@@ -211,7 +230,8 @@ impl Case {
 }
 
 /// Run the loop until `stop`: look at incidents that can move every 100 ms, or at once when
-/// woken (an alert arrived, a job finished), and deliver due notifications.
+/// woken (an alert arrived). Notifications are sent by a task of their own
+/// ([`crate::notify::run`]), so a slow receiver never holds the loop up.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -224,7 +244,6 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         if let Err(e) = pass(&state).await {
             tracing::warn!(error = %e, "the healing loop could not look at incidents");
         }
-        crate::notify::deliver_due(&state).await;
     }
 }
 
@@ -1187,4 +1206,21 @@ async fn checking(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(
         c.retry_or_escalate(policy, why);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_story_entry_keeps_large_outputs_out_and_says_where_they_are() {
+        let small = json!({ "invocation": "inv_1", "output": { "deleted": ["a"] } });
+        assert_eq!(clip(small.clone()), small);
+        let big = json!({ "invocation": "inv_2", "output": "x".repeat(1 << 20) });
+        let kept = clip(big);
+        assert_eq!(kept["clipped"], true);
+        assert_eq!(kept["invocation"], "inv_2");
+        assert!(kept["bytes"].as_u64().is_some_and(|b| b > 1 << 20));
+        assert!(kept.to_string().len() < MAX_STORY_DATA);
+    }
 }

@@ -220,6 +220,7 @@ impl Orchestrator {
         );
         let housekeeping = tokio::spawn(housekeep(state.clone(), stop_rx.clone()));
         let healing = tokio::spawn(heal::run(state.clone(), stop_rx.clone()));
+        let notifying = tokio::spawn(notify::run(state.clone(), stop_rx.clone()));
         let app = api::router(state.clone());
         let mut http_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
@@ -250,6 +251,7 @@ impl Orchestrator {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         housekeeping.abort();
         healing.abort();
+        notifying.abort();
         if let Err(e) = audit::flush_all_refusals(&state.db).await {
             tracing::warn!(error = %e, "summarising suppressed refusals failed");
         }

@@ -149,10 +149,18 @@ pub fn slack_text(body: &Value) -> String {
     slack_escape(&text)
 }
 
-/// Send what is due, a few at a time.
-pub async fn deliver_due(state: &AppState) {
-    if let Err(e) = deliver(state).await {
-        tracing::warn!(error = %e, "delivering notifications failed");
+/// Send what is due until `stop`, looking every 200 ms.
+pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = deliver(&state).await {
+            tracing::warn!(error = %e, "delivering notifications failed");
+        }
     }
 }
 
