@@ -11,6 +11,10 @@
 //! kind = "slack"                      # slack (incoming webhook) | webhook (generic JSON)
 //! url = "https://hooks.slack.com/services/..."
 //!
+//! [[target]]                        # optional: which agent an alert is about, when its
+//! match = { job = "postgres" }        # labels do not name one (instance, host, nodename)
+//! agent = "{{labels.server}}"         # an agent name, or a template of the alert's labels
+//!
 //! [[policy]]
 //! name = "disk-full"
 //! match = { alertname = "DiskFull", severity = "~warning|critical" }   # "~" = a regex
@@ -169,6 +173,49 @@ struct PolicyFile {
     notify_unmatched: Vec<String>,
     #[serde(default)]
     policy: Vec<HealingPolicy>,
+    /// Which agent an alert is about, tried before the labels that name one.
+    #[serde(default)]
+    target: Vec<TargetMapping>,
+}
+
+/// A mapping from alert labels to the enrolled agent the alert is about: for alerts whose
+/// `instance`, `host` or `nodename` do not name an agent (a blackbox probe, a database
+/// cluster's label, a service's own name).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetMapping {
+    /// Label → exact value, or `~regex` matched against the whole value.
+    #[serde(rename = "match")]
+    pub matches: BTreeMap<String, String>,
+    /// The agent's name, or a template of the alert's labels (`{{labels.server}}`).
+    pub agent: String,
+}
+
+/// A target mapping ready to match.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub mapping: TargetMapping,
+    matchers: Vec<(String, Matcher)>,
+}
+
+impl Target {
+    /// The agent name this mapping gives for `labels`, if it matches them: lower-cased, as
+    /// agents are named.
+    pub fn agent_for(&self, labels: &BTreeMap<String, String>) -> Option<String> {
+        if !matches_all(&self.matchers, labels) {
+            return None;
+        }
+        let facts = Facts {
+            labels,
+            annotations: &BTreeMap::new(),
+            diagnosis: &BTreeMap::new(),
+        };
+        let agent = match substitute(&self.mapping.agent, &facts) {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        Some(agent.to_ascii_lowercase())
+    }
 }
 
 /// A checked policy file: everything the healing loop acts on.
@@ -178,6 +225,8 @@ pub struct Config {
     pub channels: Vec<Channel>,
     pub notify_unmatched: Vec<String>,
     pub policies: Vec<Compiled>,
+    /// Alert labels → agent, tried in order before `instance`, `host` and `nodename`.
+    pub targets: Vec<Target>,
     /// The text it was read from (shown by the API).
     pub text: String,
 }
@@ -435,17 +484,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, PolicyError> {
                 "match at least one label (e.g. alertname)".into(),
             ));
         }
-        let mut matchers = Vec::new();
-        for (label, want) in &p.matches {
-            let m = match want.strip_prefix('~') {
-                Some(re) => Matcher::Regex(
-                    regex::Regex::new(&format!("^(?:{re})$"))
-                        .map_err(|e| invalid(at(&format!("match.{label}")), e.to_string()))?,
-                ),
-                None => Matcher::Exact(want.clone()),
-            };
-            matchers.push((label.clone(), m));
-        }
+        let matchers = compile_matchers(&p.matches)
+            .map_err(|(label, e)| invalid(at(&format!("match.{label}")), e))?;
         for (j, call) in p.diagnose.iter().enumerate() {
             tend_manifest::SkillName::parse(&call.skill)
                 .map_err(|e| invalid(at(&format!("diagnose[{j}].skill")), e.to_string()))?;
@@ -478,13 +518,81 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, PolicyError> {
             matchers,
         });
     }
+    let mut targets = Vec::new();
+    for (i, t) in file.target.into_iter().enumerate() {
+        let at = |k: &str| format!("target[{i}].{k}");
+        if t.matches.is_empty() {
+            return Err(invalid(
+                at("match"),
+                "match at least one label (e.g. job)".into(),
+            ));
+        }
+        let matchers = compile_matchers(&t.matches)
+            .map_err(|(label, e)| invalid(at(&format!("match.{label}")), e))?;
+        check_agent_template(&t.agent).map_err(|e| invalid(at("agent"), e))?;
+        targets.push(Target {
+            mapping: t,
+            matchers,
+        });
+    }
     Ok(Config {
         alertmanager: file.alertmanager,
         channels: file.channel,
         notify_unmatched: file.notify_unmatched,
         policies: out,
+        targets,
         text: text.to_string(),
     })
+}
+
+/// A `match` table's matchers; an error names the label.
+fn compile_matchers(
+    matches: &BTreeMap<String, String>,
+) -> Result<Vec<(String, Matcher)>, (String, String)> {
+    matches
+        .iter()
+        .map(|(label, want)| {
+            let m = match want.strip_prefix('~') {
+                Some(re) => Matcher::Regex(
+                    regex::Regex::new(&format!("^(?:{re})$"))
+                        .map_err(|e| (label.clone(), e.to_string()))?,
+                ),
+                None => Matcher::Exact(want.clone()),
+            };
+            Ok((label.clone(), m))
+        })
+        .collect()
+}
+
+fn matches_all(matchers: &[(String, Matcher)], labels: &BTreeMap<String, String>) -> bool {
+    matchers.iter().all(|(label, m)| {
+        labels.get(label).is_some_and(|v| match m {
+            Matcher::Exact(want) => v == want,
+            Matcher::Regex(re) => re.is_match(v),
+        })
+    })
+}
+
+/// A target's `agent`: an agent name, or a template that reads only the alert's labels.
+fn check_agent_template(agent: &str) -> Result<(), String> {
+    let mut rest = agent;
+    let mut literal = String::new();
+    while let Some(start) = rest.find("{{") {
+        literal.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            return Err(format!("{agent:?}: a {{{{ without }}}}"));
+        };
+        let key = rest[start + 2..start + end].trim();
+        if key.strip_prefix("labels.").is_none_or(str::is_empty) {
+            return Err(format!(
+                "{agent:?}: only {{{{labels.NAME}}}} may be used here, not {{{{{key}}}}}"
+            ));
+        }
+        literal.push('x');
+        rest = &rest[start + end + 2..];
+    }
+    literal.push_str(rest);
+    tend_protocol::check_name("agent", &literal.to_ascii_lowercase()).map_err(|e| e.why)
 }
 
 /// An `http://` or `https://` URL with a host.
@@ -517,12 +625,7 @@ impl HealingPolicy {
 impl Compiled {
     /// Whether every `match` entry matches `labels`.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.matchers.iter().all(|(label, m)| {
-            labels.get(label).is_some_and(|v| match m {
-                Matcher::Exact(want) => v == want,
-                Matcher::Regex(re) => re.is_match(v),
-            })
-        })
+        matches_all(&self.matchers, labels)
     }
 }
 
@@ -813,5 +916,42 @@ verify_after = "5s"
             let err = parse(text, "healing.toml").expect_err(place).to_string();
             assert!(err.contains(place) && err.contains(what), "{place}: {err}");
         }
+    }
+
+    #[test]
+    fn a_target_mapping_is_checked_with_its_key_named() {
+        for (text, key, words) in [
+            (
+                "[[target]]\nmatch = {}\nagent = \"db-1\"\n",
+                "target[0].match",
+                "at least one label",
+            ),
+            (
+                "[[target]]\nmatch = { job = \"~(\" }\nagent = \"db-1\"\n",
+                "target[0].match.job",
+                "regex",
+            ),
+            (
+                "[[target]]\nmatch = { job = \"pg\" }\nagent = \"DB 1/..\"\n",
+                "target[0].agent",
+                "a-z",
+            ),
+            (
+                "[[target]]\nmatch = { job = \"pg\" }\nagent = \"{{annotations.host}}\"\n",
+                "target[0].agent",
+                "only {{labels.NAME}}",
+            ),
+        ] {
+            let e = parse(text, "healing.toml").expect_err(text).to_string();
+            assert!(e.starts_with(&format!("healing.toml: {key}: ")), "{e}");
+            assert!(e.contains(words), "{e}");
+        }
+        let e = parse(
+            "[[target]]\nmatch = { job = \"pg\" }\nagents = \"db-1\"\n",
+            "h.toml",
+        )
+        .expect_err("unknown key")
+        .to_string();
+        assert!(e.contains("h.toml:3") && e.contains("agents"), "{e}");
     }
 }

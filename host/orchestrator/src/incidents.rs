@@ -9,8 +9,8 @@
 //! One incident per alert fingerprint: a repeated notification updates it (last seen, count,
 //! labels) and never opens a second; a `resolved` notification resolves it, and the alert
 //! firing again later opens it again (a new episode, diagnosed again under its policy). Its target agent
-//! comes from the alert's `instance` (without the port), `host` or `nodename` label, matched to
-//! an enrolled agent's name; an alert that names no enrolled agent is **escalated**, not
+//! comes from a `[[target]]` mapping of the healing policy file, else the alert's `instance`
+//! (without the port), `host` or `nodename` label, matched to an enrolled agent's name; an alert that names no enrolled agent is **escalated**, not
 //! dropped. Opening, resolving and escalating are audited.
 
 use std::collections::BTreeMap;
@@ -236,9 +236,27 @@ pub fn check(n: &Notification) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The enrolled agent an alert's labels name: `instance` (without its port), `host` or
-/// `nodename`, matched to an agent's name.
-fn target_of(labels: &BTreeMap<String, String>, agents: &[String]) -> Result<String, String> {
+/// The enrolled agent an alert's labels name: the first `[[target]]` mapping of the healing
+/// policy file that matches them, else `instance` (without its port), `host` or `nodename`,
+/// matched to an agent's name. A mapping that matches but names no enrolled agent is an
+/// error (the operator said which agent it is; guessing from other labels would be wrong).
+fn target_of(
+    labels: &BTreeMap<String, String>,
+    agents: &[String],
+    mappings: &[crate::healing::Target],
+) -> Result<String, String> {
+    for (i, m) in mappings.iter().enumerate() {
+        if let Some(agent) = m.agent_for(labels) {
+            return match agents.iter().find(|a| **a == agent) {
+                Some(a) => Ok(a.clone()),
+                None => Err(format!(
+                    "target mapping {} of the healing policies names agent {:?}, which is not enrolled: a person must look",
+                    i + 1,
+                    audit::safe_field(&agent, 80)
+                )),
+            };
+        }
+    }
     let mut tried = Vec::new();
     for key in ["instance", "host", "nodename"] {
         let Some(value) = labels.get(key) else {
@@ -372,7 +390,7 @@ pub async fn record(
             reopen = Some(id);
             episode += 1;
         }
-        let (target, escalation) = match target_of(&a.labels, &agents) {
+        let (target, escalation) = match target_of(&a.labels, &agents, &config.targets) {
             Ok(t) => (Some(t), None),
             Err(why) => (None, Some(why)),
         };
@@ -715,19 +733,89 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            target_of(&labels(&[("instance", "web-1:9100")]), &agents),
+            target_of(&labels(&[("instance", "web-1:9100")]), &agents, &[]),
             Ok("web-1".to_string())
         );
         assert_eq!(
             target_of(
                 &labels(&[("instance", "10.0.0.9:9100"), ("host", "DB-1")]),
-                &agents
+                &agents,
+                &[]
             ),
             Ok("db-1".to_string())
         );
-        let why = target_of(&labels(&[("instance", "cache-9:9100")]), &agents)
+        let why = target_of(&labels(&[("instance", "cache-9:9100")]), &agents, &[])
             .expect_err("no such agent");
         assert!(why.contains("instance=cache-9:9100"), "{why}");
-        assert!(target_of(&labels(&[("job", "x")]), &agents).is_err());
+        assert!(target_of(&labels(&[("job", "x")]), &agents, &[]).is_err());
+    }
+
+    #[test]
+    fn a_target_mapping_names_the_agent_before_the_labels_do() {
+        let config = crate::healing::parse(
+            r#"
+[[target]]
+match = { job = "postgres", cluster = "main" }
+agent = "db-1"
+
+[[target]]
+match = { job = "~blackbox|probe" }
+agent = "{{labels.probe_from}}"
+"#,
+            "healing.toml",
+        )
+        .expect("parses");
+        let agents = vec!["web-1".to_string(), "db-1".to_string()];
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // The mapping wins over an instance that names another agent.
+        assert_eq!(
+            target_of(
+                &labels(&[
+                    ("job", "postgres"),
+                    ("cluster", "main"),
+                    ("instance", "web-1:9187")
+                ]),
+                &agents,
+                &config.targets
+            ),
+            Ok("db-1".to_string())
+        );
+        assert_eq!(
+            target_of(
+                &labels(&[("job", "probe"), ("probe_from", "Web-1")]),
+                &agents,
+                &config.targets
+            ),
+            Ok("web-1".to_string())
+        );
+        // A mapping that names no enrolled agent escalates; it never falls back to a guess.
+        let why = target_of(
+            &labels(&[
+                ("job", "blackbox"),
+                ("probe_from", "cache-9"),
+                ("instance", "web-1"),
+            ]),
+            &agents,
+            &config.targets,
+        )
+        .expect_err("not enrolled");
+        assert!(
+            why.contains("target mapping 2") && why.contains("cache-9"),
+            "{why}"
+        );
+        // No mapping matches: the labels decide, as before.
+        assert_eq!(
+            target_of(
+                &labels(&[("job", "node"), ("instance", "web-1:9100")]),
+                &agents,
+                &config.targets
+            ),
+            Ok("web-1".to_string())
+        );
     }
 }
