@@ -297,7 +297,7 @@ notify = ["hook"]
 "#
     );
     let Served {
-        orch: _orch,
+        orch,
         agents: _agents,
         api,
         admin,
@@ -403,6 +403,54 @@ notify = ["hook"]
         4,
         "nothing is deleted without a person"
     );
+    // What a person reads before approving: the repair with its plan, and beside it the alert
+    // and what the diagnosis found (`tend status`, which `tend approve` shows too).
+    let cli = |args: &[&str]| {
+        let o = crate::support::tend()
+            .env("TEND_URL", &orch.url)
+            .env("TEND_TOKEN", &admin)
+            .env("TEND_CONFIG", w.path("no-config.toml"))
+            .args(args)
+            .output()
+            .expect("run tend");
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "tend {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let shown = cli(&["status", repair2["id"].as_str().expect("id")]);
+    let incident2 = waiting["id"].as_str().expect("id");
+    for want in [
+        "plan:",
+        &format!("incident:   {incident2} — DiskFull on web-2"),
+        "alert       alertname=DiskFull",
+        "diagnosis   diagnosis: acme-disk-usage critical",
+        "\"status\":\"critical\"",
+    ] {
+        assert!(shown.contains(want), "{want:?} in {shown}");
+    }
+    let listed = cli(&["incidents", "--open"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(incident2))
+        .unwrap_or_else(|| panic!("{incident2} in {listed}"));
+    assert!(
+        row.contains("DiskFull") && row.contains("web-2") && row.contains("repairing"),
+        "{row}"
+    );
+    let one = cli(&["incidents", incident2]);
+    for want in [
+        "healing      repairing",
+        "story:",
+        "diagnosed",
+        "approval",
+        "messages:",
+    ] {
+        assert!(one.contains(want), "{want:?} in {one}");
+    }
     // The alert clears before anyone approves: the repair is withdrawn.
     am.post(json!([resolved(fired2)])).await;
     let cleared = until_incident(&api, &admin, "DiskFull", |i| {

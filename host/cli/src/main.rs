@@ -175,6 +175,9 @@ enum Command {
     /// Enrolled host agents: pools, state, ceiling
     #[cfg(feature = "client")]
     Agents(client::manage::AgentsArgs),
+    /// Incidents from alerts: list them, or show one with its healing story
+    #[cfg(feature = "client")]
+    Incidents(client::incidents::IncidentsArgs),
     /// The orchestrator's audit trail
     #[cfg(feature = "client")]
     #[command(subcommand)]
@@ -224,7 +227,8 @@ fn main() -> ExitCode {
         | Command::Approver(_)
         | Command::Token(_)
         | Command::Cancel(_)
-        | Command::Agents(_) => true,
+        | Command::Agents(_)
+        | Command::Incidents(_) => true,
         #[cfg(feature = "authoring")]
         Command::Key(_) => true,
         #[allow(unreachable_patterns)]
@@ -276,6 +280,8 @@ fn main() -> ExitCode {
             Command::Cancel(args) => client::manage::cancel(args).await,
             #[cfg(feature = "client")]
             Command::Agents(args) => client::manage::agents(args).await,
+            #[cfg(feature = "client")]
+            Command::Incidents(args) => client::incidents::incidents(args).await,
             #[cfg(feature = "client")]
             Command::Audit(cmd) => client::audit::run(cmd).await,
             #[cfg(feature = "agent")]

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -576,6 +576,19 @@ pub async fn list(db: &Db, limit: i64) -> Result<Vec<Incident>, FlowError> {
     rows.iter().map(from_row).collect()
 }
 
+/// The incident an invocation was submitted for (a diagnosis, a repair or its verification),
+/// if the healing loop submitted it. `id` must be an invocation id (checked by the caller).
+pub async fn of_invocation(db: &Db, id: &str) -> Result<Vec<Incident>, FlowError> {
+    // The id is `inv_` and hex digits, so it cannot carry a LIKE wildcard or a quote.
+    let rows = sqlx::query(
+        "SELECT * FROM incidents WHERE invocations LIKE $1 ORDER BY first_seen_ms DESC LIMIT 10",
+    )
+    .bind(format!("%\"{id}\"%"))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
 pub async fn find(db: &Db, id: &str) -> Result<Incident, FlowError> {
     let row = sqlx::query("SELECT * FROM incidents WHERE id = $1")
         .bind(id)
@@ -618,14 +631,40 @@ pub async fn alertmanager(
     Ok(Json(received))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct IncidentQuery {
+    /// Only the incident this invocation was submitted for (what an approver reads beside a
+    /// repair: the alert and its diagnosis)
+    invocation: Option<String>,
+    /// At most this many, newest first (1-500, default 500)
+    limit: Option<i64>,
+}
+
 /// Incidents, newest first (at most 500).
-#[utoipa::path(get, path = "/api/v1/incidents", tag = "incidents", security(("bearer" = [])),
-    responses((status = 200, body = [Incident]), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/incidents", tag = "incidents", security(("bearer" = [])), params(IncidentQuery),
+    responses((status = 200, body = [Incident]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list_incidents(
     State(state): State<AppState>,
     _: Caller<Viewer>,
+    Query(q): Query<IncidentQuery>,
 ) -> ApiResult<Json<Vec<Incident>>> {
-    Ok(Json(list(&state.db, 500).await?))
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is not 1-500"
+        )));
+    }
+    if let Some(id) = &q.invocation {
+        if !tend_protocol::is_invocation_id(id) {
+            return Err(ApiError::bad_request(format!(
+                "invocation: {:?} is not an invocation id (inv_ and 16 hex digits)",
+                audit::safe_field(id, 40)
+            )));
+        }
+        return Ok(Json(of_invocation(&state.db, id).await?));
+    }
+    Ok(Json(list(&state.db, limit).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "incidents", security(("bearer" = [])), params(("id" = String, Path)),

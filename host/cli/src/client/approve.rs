@@ -128,6 +128,9 @@ pub async fn approve(args: ApproveArgs) -> Result<u8, Failure> {
     }
     if !args.yes {
         eprint!("{}", output::render_invocation(&inv));
+        if let Some(context) = super::incidents::context_of(&client, &inv.id).await {
+            eprint!("{context}");
+        }
         confirm(&format!(
             "Approve {} ({}@{} on {}) as shown, digest {}?",
             inv.id,

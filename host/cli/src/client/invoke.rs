@@ -179,6 +179,10 @@ pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
             out(&answer.to_string());
         } else {
             out(output::render_invocation(&inv).trim_end());
+            // What the healing loop submitted it for: the alert and its diagnosis.
+            if let Some(context) = super::incidents::context_of(&client, &inv.id).await {
+                out(context.trim_end());
+            }
         }
         return Ok(exit::OK);
     }
