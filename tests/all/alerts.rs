@@ -426,9 +426,10 @@ async fn a_matching_healing_policy_diagnoses_the_alerts_host() {
 
 /// The shipped examples hold: the alert rules pass `promtool check rules`, the healing
 /// policies parse, every skill they name is in the catalog, and each input, filled from the
-/// labels its rule's alerts carry, is one that skill's input schema accepts.
-#[test]
-fn the_example_rules_and_policies_are_valid_together() {
+/// labels its rule's alerts carry — and a repair's, from what its diagnose skills say when they
+/// run on this machine — is one that skill's input schema accepts.
+#[tokio::test]
+async fn the_example_rules_and_policies_are_valid_together() {
     let root = crate::support::repo_root();
     let rules = root.join("examples/prometheus/tend-alerts.yml");
     let o = Command::new("promtool")
@@ -471,6 +472,31 @@ fn the_example_rules_and_policies_are_valid_together() {
     for labels in &alerts {
         let p = tend_orchestrator::healing::matching(&policies.policies, labels)
             .unwrap_or_else(|| panic!("no example policy matches {labels:?}"));
+        // A repair that reads the diagnosis gets the real one: its diagnose skills run here.
+        let mut diagnosis = std::collections::BTreeMap::new();
+        let reads_diagnosis =
+            p.policy.repair.as_ref().is_some_and(|r| {
+                toml::to_string(&r.input).is_ok_and(|t| t.contains("{{diagnosis."))
+            });
+        if reads_diagnosis {
+            let (rt, _dir) = crate::support::runtime();
+            for call in &p.policy.diagnose {
+                let skill = crate::support::load_catalog(&rt, &call.skill, None);
+                let input = tend_orchestrator::healing::fill(
+                    &call.input,
+                    &tend_orchestrator::healing::Facts {
+                        labels,
+                        annotations: &Default::default(),
+                        diagnosis: &Default::default(),
+                    },
+                );
+                let report = crate::support::call(&rt, &skill, &input.to_string()).await;
+                let output = report
+                    .output
+                    .unwrap_or_else(|| panic!("{} ran: {:?}", call.skill, report.error));
+                diagnosis.insert(call.skill.clone(), output);
+            }
+        }
         let calls = p.policy.diagnose.iter().chain(p.policy.repair.as_ref());
         for call in calls {
             let text =
@@ -482,7 +508,7 @@ fn the_example_rules_and_policies_are_valid_together() {
                 &tend_orchestrator::healing::Facts {
                     labels,
                     annotations: &Default::default(),
-                    diagnosis: &Default::default(),
+                    diagnosis: &diagnosis,
                 },
             );
             if let Some(section) = manifest.input {
