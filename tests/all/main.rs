@@ -32,3 +32,4 @@ mod signing;
 mod support;
 mod tokens;
 mod transitions;
+mod up;

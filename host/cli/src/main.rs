@@ -43,6 +43,13 @@ mod orchestrator;
 mod registry;
 mod run;
 mod skill;
+#[cfg(all(
+    feature = "orchestrator",
+    feature = "registry",
+    feature = "agent",
+    feature = "authoring"
+))]
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,6 +125,15 @@ impl CacheArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run all of Tend on this machine: registry with the signed catalog, orchestrator,
+    /// console and a local agent, until Ctrl-C
+    #[cfg(all(
+        feature = "orchestrator",
+        feature = "registry",
+        feature = "agent",
+        feature = "authoring"
+    ))]
+    Up(up::UpArgs),
     /// Run a skill component once and print its result
     Run(run::RunArgs),
     /// Work with skill components
@@ -248,6 +264,13 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match cli.command {
+            #[cfg(all(
+                feature = "orchestrator",
+                feature = "registry",
+                feature = "agent",
+                feature = "authoring"
+            ))]
+            Command::Up(args) => up::up(args).await,
             Command::Run(args) => run::run(args, &cli.cache).await,
             Command::Skill(cmd) => skill::run(cmd, &cli.cache).await,
             #[cfg(feature = "authoring")]

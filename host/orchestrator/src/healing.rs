@@ -17,6 +17,7 @@
 //!
 //! [[policy]]
 //! name = "disk-full"
+//! enabled = true                      # false: matches nothing until switched on
 //! match = { alertname = "DiskFull", severity = "~warning|critical" }   # "~" = a regex
 //! diagnose = [{ skill = "disk-usage", input = { warn_percent = 80 } }]
 //! repair = { skill = "clean-old-logs", input = { dir = "{{labels.mountpoint}}" } }
@@ -65,6 +66,10 @@ fn empty_table() -> toml::Table {
 #[serde(deny_unknown_fields)]
 pub struct HealingPolicy {
     pub name: String,
+    /// A policy that is switched off matches nothing (its alerts are incidents without a
+    /// loop). `tend up` loads the example policies switched off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// Label → exact value, or `~regex` matched against the whole value.
     #[serde(rename = "match")]
     pub matches: BTreeMap<String, String>,
@@ -147,6 +152,10 @@ pub struct Alertmanager {
     /// Silence an incident's alert while its repair runs and is verified.
     #[serde(default)]
     pub silence: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn two() -> u32 {
@@ -308,7 +317,9 @@ pub async fn in_force(
     }
 }
 
-async fn latest(db: &crate::db::Db) -> Result<Option<(i64, String)>, crate::invocation::FlowError> {
+pub async fn latest(
+    db: &crate::db::Db,
+) -> Result<Option<(i64, String)>, crate::invocation::FlowError> {
     use sqlx::Row;
     let row =
         sqlx::query("SELECT version, text FROM healing_policies ORDER BY version DESC LIMIT 1")
@@ -625,7 +636,7 @@ impl HealingPolicy {
 impl Compiled {
     /// Whether every `match` entry matches `labels`.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        matches_all(&self.matchers, labels)
+        self.policy.enabled && matches_all(&self.matchers, labels)
     }
 }
 
@@ -953,5 +964,15 @@ verify_after = "5s"
         .expect_err("unknown key")
         .to_string();
         assert!(e.contains("h.toml:3") && e.contains("agents"), "{e}");
+    }
+
+    #[test]
+    fn a_policy_switched_off_matches_nothing() {
+        let text = GOOD.replace("auto_heal = true", "auto_heal = true\nenabled = false");
+        let config = parse(&text, "healing.toml").expect("parses");
+        let alert = labels(&[("alertname", "DiskFull"), ("severity", "critical")]);
+        assert!(matching(&config.policies, &alert).is_none());
+        let on = parse(GOOD, "healing.toml").expect("parses");
+        assert!(matching(&on.policies, &alert).is_some());
     }
 }

@@ -67,7 +67,7 @@ pub enum ApproverCommand {
 }
 
 /// The approver key file: `--key`, `$TEND_KEY`, or `~/.config/tend/me.key`.
-fn key_path(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
+pub fn key_path(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(p) = given.or_else(|| var("TEND_KEY").map(PathBuf::from)) {
         return Ok(p);

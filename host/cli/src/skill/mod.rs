@@ -1,7 +1,7 @@
 //! `tend skill ...`: scaffold, build, sign, inspect, publish and pull skills.
 
 #[cfg(feature = "authoring")]
-mod build;
+pub mod build;
 #[cfg(feature = "authoring")]
 mod new;
 mod remote;
