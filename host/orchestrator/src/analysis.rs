@@ -376,7 +376,14 @@ async fn exchange(llm: &Llm, messages: &[Value], timeout: Duration) -> Result<St
 /// same skill, if it names one) or "escalate", with a reason, and nothing else.
 fn check(content: &str, candidates: &[Candidate]) -> Result<Answer, String> {
     let said = |s: &str| audit::safe_field(s, 200);
-    let answer: Value = serde_json::from_str(content.trim())
+    // Some models fence JSON as Markdown even when asked for a JSON object: the fence goes.
+    let bare = content.trim();
+    let bare = bare
+        .strip_prefix("```json")
+        .or_else(|| bare.strip_prefix("```"))
+        .and_then(|b| b.trim_end().strip_suffix("```"))
+        .unwrap_or(bare);
+    let answer: Value = serde_json::from_str(bare.trim())
         .map_err(|_| format!("its answer is not JSON: {}", said(content)))?;
     let Some(fields) = answer.as_object() else {
         return Err(format!(
@@ -471,6 +478,10 @@ mod tests {
             Ok(Answer::Pick(1, "(none given)".into()))
         );
         assert_eq!(
+            check("```json\n{\"choice\": \"2\"}\n```", &c),
+            Ok(Answer::Pick(2, "(none given)".into()))
+        );
+        assert_eq!(
             check(r#"{"choice": "escalate", "reason": "a person"}"#, &c),
             Ok(Answer::Escalate("a person".into()))
         );
@@ -480,6 +491,12 @@ mod tests {
             (r#"{"choice": 3}"#, "not one of the candidates (1 to 2"),
             (r#"{"choice": 0}"#, "not one of the candidates"),
             (r#"{"choice": -1}"#, "not one of the candidates"),
+            (r#"{"choice": 1.5}"#, "not one of the candidates"),
+            (r#"{"reason": "no choice"}"#, "its choice (none) is not one"),
+            (
+                r#"{"choice": "escalate", "skill": "service-restart"}"#,
+                "escalate and named a skill",
+            ),
             (
                 r#"{"choice": "service-restart"}"#,
                 "\"service-restart\" is not one",
@@ -524,5 +541,51 @@ mod tests {
             data["alert"]["labels"].as_object().map(Map::len),
             Some(MAX_PROMPT_ENTRIES)
         );
+    }
+
+    #[test]
+    fn the_rules_use_the_policys_own_repair_and_number_the_others_after_it() {
+        let text = r#"
+[[policy]]
+name = "both"
+match = { alertname = "A" }
+repair = { skill = "clean-old-logs", input = { dir = "{{labels.dir}}" } }
+repairs = [{ skill = "service-restart", input = { unit = "{{labels.unit}}" } }]
+[[policy]]
+name = "only-others"
+match = { alertname = "B" }
+repairs = [{ skill = "service-restart" }]
+[[policy]]
+name = "none"
+match = { alertname = "C" }
+"#;
+        let config = crate::healing::parse(text, "h.toml").expect("parses");
+        let labels: BTreeMap<String, String> = [("dir", "/var/log"), ("unit", "nginx")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        let (none, diagnosis) = (BTreeMap::new(), BTreeMap::new());
+        let facts = Facts {
+            labels: &labels,
+            annotations: &none,
+            diagnosis: &diagnosis,
+        };
+        let both = &config.policies[0];
+        let c = candidates(both, &facts);
+        assert_eq!(c.len(), 2);
+        assert_eq!((c[0].number, c[0].rules), (1, true));
+        assert_eq!(c[1].input, json!({ "unit": "nginx" }));
+        assert_eq!(rules(both, &c), Choice::Repair(c[0].clone()));
+        let others = &config.policies[1];
+        assert!(needs_repair(others, &diagnosis).is_ok());
+        let Choice::Escalate(why) = rules(others, &candidates(others, &facts)) else {
+            panic!("the rules never choose an analyst's repair");
+        };
+        assert!(why.contains("only for an analyst"), "{why}");
+        let err = needs_repair(&config.policies[2], &diagnosis).expect_err("no repair");
+        assert!(err.contains("has no repair"), "{err}");
+        let ok: BTreeMap<String, Value> =
+            [("disk-usage".to_string(), json!({ "status": "ok" }))].into();
+        let err = needs_repair(both, &ok).expect_err("nothing wrong");
+        assert!(err.contains("found nothing wrong"), "{err}");
     }
 }
