@@ -78,7 +78,7 @@ impl Receiver {
 
 /// A scratch log directory: two rotated logs ten days old (what clean-old-logs deletes), a live
 /// log and a rotated log from yesterday (what it keeps).
-fn logs(w: &World, name: &str) -> std::path::PathBuf {
+pub(crate) fn logs(w: &World, name: &str) -> std::path::PathBuf {
     let dir = w.path("logs").join(name);
     std::fs::create_dir_all(&dir).expect("logs");
     let day = Duration::from_secs(86_400);
@@ -100,7 +100,7 @@ fn logs(w: &World, name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn remaining(dir: &std::path::Path) -> Vec<String> {
+pub(crate) fn remaining(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -111,7 +111,7 @@ fn remaining(dir: &std::path::Path) -> Vec<String> {
 
 /// The catalog's disk-usage and clean-old-logs, signed as `acme-…` with clean-old-logs'
 /// write grant on the scratch log root instead of /var/log.
-fn publish_catalog(w: &World, reg: &Registry) {
+pub(crate) fn publish_catalog(w: &World, reg: &Registry) {
     let token = w.token("ci-heal", "publisher");
     let root = crate::support::repo_root().join("skills");
     let logs_root = w.path("logs");
@@ -136,7 +136,7 @@ fn publish_catalog(w: &World, reg: &Registry) {
     }
 }
 
-fn alert(name: &str, agent: &str, dir: &std::path::Path, extra: Value) -> Value {
+pub(crate) fn alert(name: &str, agent: &str, dir: &std::path::Path, extra: Value) -> Value {
     let mut labels = json!({
         "alertname": name, "instance": format!("{agent}:9100"), "severity": "critical",
         "dir": dir.display().to_string(),
@@ -152,7 +152,7 @@ fn resolved(mut a: Value) -> Value {
     a
 }
 
-fn steps(incident: &Value) -> Vec<String> {
+pub(crate) fn steps(incident: &Value) -> Vec<String> {
     incident["story"]
         .as_array()
         .into_iter()
@@ -162,7 +162,12 @@ fn steps(incident: &Value) -> Vec<String> {
 }
 
 /// One agent that lets acme-clean-old-logs heal automatically, and one that does not.
-fn agents(w: &World, orch: &Orch, reg: &Registry, names: &[(&str, bool)]) -> Vec<AgentProc> {
+pub(crate) fn agents(
+    w: &World,
+    orch: &Orch,
+    reg: &Registry,
+    names: &[(&str, bool)],
+) -> Vec<AgentProc> {
     let trust = w.path("trust.toml");
     names
         .iter()

@@ -184,7 +184,7 @@ impl Orch {
     }
 
     /// `tend orchestrator serve` with `cmd`'s arguments after the common ones.
-    fn spawn(w: &World, reg: &Registry, cmd: Command, database: &str) -> Orch {
+    pub(crate) fn spawn(w: &World, reg: &Registry, cmd: Command, database: &str) -> Orch {
         let database = database.to_string();
         let mut child = tend()
             .current_dir(w.dir.path())

@@ -431,7 +431,7 @@ async fn step(state: &AppState, config: &Config, id: &str, lease: i64) -> Result
             match c.stage {
                 Stage::Diagnose => diagnose(state, &policy, &mut c).await,
                 Stage::Diagnosing => diagnosing(state, &mut c).await?,
-                Stage::Repair => repair(state, &policy, &mut c).await?,
+                Stage::Repair => repair(state, config, &policy, &mut c).await?,
                 Stage::Repairing => repairing(state, config, &policy, &mut c).await?,
                 Stage::Verifying => verifying(state, config, &policy, &mut c).await,
                 Stage::Checking => checking(state, &policy, &mut c).await?,
@@ -683,46 +683,48 @@ fn statuses(summary: &[Value]) -> String {
         .join(", ")
 }
 
-/// The rule-based analysis: repair only when the policy has a repair and the diagnosis found
-/// something wrong (a diagnose skill that reports `status: ok` everywhere found nothing).
-fn analyse(policy: &Compiled, diagnosis: &BTreeMap<String, Value>) -> Result<(), String> {
-    if policy.policy.repair.is_none() {
-        return Err(format!(
-            "policy {} has no repair: the diagnosis is for a person to act on",
-            policy.policy.name
-        ));
-    }
-    let statuses: Vec<&str> = diagnosis
-        .values()
-        .filter_map(|o| o.get("status").and_then(Value::as_str))
-        .collect();
-    if !diagnosis.is_empty()
-        && statuses.len() == diagnosis.len()
-        && statuses.iter().all(|s| *s == "ok")
-    {
-        return Err(
-            "the diagnosis found nothing wrong (every diagnose skill reports ok), so Tend did not repair: a person must look at why the alert fires".into(),
-        );
-    }
-    Ok(())
-}
-
-/// Analyse, check the cooldown, the circuit breaker and the blast radius, then submit the
-/// repair (its plan first) under the policy.
-async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(), FlowError> {
-    // This attempt's repair may have been submitted already by a step whose save was lost (a
-    // crash, a lease that ran out): it is followed, never submitted a second time.
-    let reason = c.reason(&format!(
+/// The reason a repair with `skill` is submitted with: it names the incident, its episode and
+/// the attempt, so a repair submitted before a lost step is found again.
+fn repair_reason(c: &Case, policy: &Compiled, skill: &str) -> String {
+    c.reason(&format!(
         "{} (episode {}, attempt {})",
-        match &policy.policy.repair {
-            Some(r) if policy.policy.dry_run => format!("dry run of {} (plan only)", r.skill),
-            Some(r) => format!("repair with {}", r.skill),
-            None => String::new(),
+        if policy.policy.dry_run {
+            format!("dry run of {skill} (plan only)")
+        } else {
+            format!("repair with {skill}")
         },
         c.episode,
         c.attempts + 1
-    ));
-    if let Some(inv) = submitted_before(state, &c.policy, &reason).await? {
+    ))
+}
+
+/// Analyse, check the cooldown, the circuit breaker and the blast radius, then submit the
+/// repair the analysis chose ([`crate::analysis`]; its plan first) under the policy.
+async fn repair(
+    state: &AppState,
+    config: &Config,
+    policy: &Compiled,
+    c: &mut Case,
+) -> Result<(), FlowError> {
+    // This attempt's repair may have been submitted already by a step whose save was lost (a
+    // crash, a lease that ran out): it is followed, never submitted a second time. It is any
+    // of the policy's repairs (an analyst may have chosen one of `repairs`).
+    let mut skills: Vec<&str> = Vec::new();
+    for call in policy.policy.repair.iter().chain(&policy.policy.repairs) {
+        if !skills.contains(&call.skill.as_str()) {
+            skills.push(&call.skill);
+        }
+    }
+    let mut before = None;
+    for skill in skills {
+        if let Some(inv) =
+            submitted_before(state, &c.policy, &repair_reason(c, policy, skill)).await?
+        {
+            before = Some(inv);
+            break;
+        }
+    }
+    if let Some(inv) = before {
         c.attempts += 1;
         if !c.invocations.contains(&inv.id) {
             c.invocations.push(inv.id.clone());
@@ -744,13 +746,10 @@ async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(),
         Some((outputs, _, _)) => outputs,
         None => BTreeMap::new(),
     };
-    if let Err(why) = analyse(policy, &diagnosis) {
+    if let Err(why) = crate::analysis::needs_repair(policy, &diagnosis) {
         c.escalate(why);
         return Ok(());
     }
-    let Some(call) = policy.policy.repair.clone() else {
-        return Ok(());
-    };
     if let Some(why) = limits(state, policy, c).await? {
         match why {
             Limit::Wait(text) => {
@@ -764,6 +763,44 @@ async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(),
         return Ok(());
     }
     c.due_ms = None;
+    // The limits hold whatever is chosen, so the analyst is asked only once they allow a repair
+    // (a repair waiting for a blast-radius slot does not ask again every few seconds).
+    let facts = c.facts(&diagnosis);
+    let candidates = crate::analysis::candidates(policy, &facts);
+    let decision = crate::analysis::decide(
+        config.llm.as_ref(),
+        policy,
+        &c.alertname,
+        &facts,
+        &candidates,
+    )
+    .await;
+    if let Some(text) = &decision.story {
+        let chosen = match &decision.choice {
+            crate::analysis::Choice::Repair(call) => json!(call.number),
+            crate::analysis::Choice::Escalate(_) => json!("escalate"),
+        };
+        c.note(
+            "analysis",
+            text.clone(),
+            json!({
+                "analyst": decision.analyst.name(),
+                "model": config.llm.as_ref().map(|l| audit::safe_field(&l.model, 80)),
+                "choice": chosen,
+                "reason": decision.reason,
+                "candidates": candidates.iter().map(|k| json!({ "number": k.number, "skill": k.skill })).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let call = match decision.choice {
+        crate::analysis::Choice::Repair(call) => call,
+        crate::analysis::Choice::Escalate(why) => {
+            c.escalate(why);
+            return Ok(());
+        }
+    };
+    let reason = repair_reason(c, policy, &call.skill);
+    let analyst = decision.analyst.name();
     let agent_allows = agent_allows_auto_heal(state, &c.target, &call.skill).await?;
     let auto_heal = policy.policy.auto_heal && agent_allows;
     if policy.policy.auto_heal && !agent_allows && !policy.policy.dry_run {
@@ -776,7 +813,7 @@ async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(),
             Value::Null,
         );
     }
-    let input = crate::healing::fill(&call.input, &c.facts(&diagnosis));
+    let input = call.input.clone();
     let submission = crate::flow::Submission {
         skill: call.skill.clone(),
         version: call.version.clone(),
@@ -841,7 +878,7 @@ async fn repair(state: &AppState, policy: &Compiled, c: &mut Case) -> Result<(),
             c.attempts,
             inv.reasons.join("; ")
         ),
-        json!({ "invocation": inv.id, "input": input, "level": inv.level }),
+        json!({ "invocation": inv.id, "input": input, "level": inv.level, "analyst": analyst }),
     );
     if !policy.policy.dry_run {
         let text = format!("repairing with {} ({decision})", inv.skill);

@@ -6,6 +6,12 @@
 //! url = "http://127.0.0.1:9093"
 //! silence = true
 //!
+//! [llm]                               # optional: an analyst that may choose the repair
+//! url = "http://127.0.0.1:8080/v1"    # OpenAI-compatible: POST {url}/chat/completions
+//! model = "qwen2.5-7b-instruct"
+//! api_key_env = "TEND_LLM_KEY"        # the NAME of the variable holding the key
+//! timeout = "10s"                     # at most 20s; slower is the rules' choice
+//!
 //! [[channel]]                         # where people hear about incidents
 //! name = "ops"
 //! kind = "slack"                      # slack (incoming webhook) | webhook (generic JSON)
@@ -21,6 +27,7 @@
 //! match = { alertname = "DiskFull", severity = "~warning|critical" }   # "~" = a regex
 //! diagnose = [{ skill = "disk-usage", input = { warn_percent = 80 } }]
 //! repair = { skill = "clean-old-logs", input = { dir = "{{labels.mountpoint}}" } }
+//! repairs = [{ skill = "clean-old-logs", input = { dir = "{{labels.mountpoint}}", older_than_days = 1 } }]
 //! auto_heal = true
 //! max_retries = 2
 //! verify = "resolved"                 # or "rerun": the diagnosis again, `verify_after` later
@@ -75,8 +82,13 @@ pub struct HealingPolicy {
     pub matches: BTreeMap<String, String>,
     #[serde(default)]
     pub diagnose: Vec<SkillCall>,
+    /// The rules' repair: what the rule-based analysis submits.
     #[serde(default)]
     pub repair: Option<SkillCall>,
+    /// Further repairs only an analyst (an LLM, see [`Llm`]) may choose instead of `repair`;
+    /// it picks one of these or `repair` as written, never a skill or input of its own.
+    #[serde(default)]
+    pub repairs: Vec<SkillCall>,
     /// An L1 repair under this policy may run without a person (never anything above L1).
     #[serde(default)]
     pub auto_heal: bool,
@@ -158,6 +170,56 @@ fn yes() -> bool {
     true
 }
 
+/// An OpenAI-compatible endpoint that may choose the repair among a policy's `repair` and
+/// `repairs` ([`crate::analysis`]); the rules decide when it is absent, slow or wrong.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Llm {
+    /// The API's base URL: requests go to `{url}/chat/completions`.
+    pub url: String,
+    pub model: String,
+    /// The NAME of the environment variable holding the bearer key (never the key itself);
+    /// none for an endpoint that asks for no key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// How long an answer may take before the rules decide (at most [`MAX_LLM_TIMEOUT`], well
+    /// inside the lease a replica holds an incident by).
+    #[serde(default = "ten_seconds")]
+    pub timeout: String,
+    /// The key, read from `api_key_env` when the file is loaded.
+    #[serde(skip)]
+    pub api_key: ApiKey,
+}
+
+/// Longest an analyst may take to answer.
+pub const MAX_LLM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+impl Llm {
+    pub fn timeout(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.timeout)
+            .unwrap_or(std::time::Duration::from_secs(10))
+            .min(MAX_LLM_TIMEOUT)
+    }
+}
+
+/// A bearer key: never shown by `Debug`, never serialised.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiKey(pub Option<String>);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ApiKey(<set>)"
+        } else {
+            "ApiKey(None)"
+        })
+    }
+}
+
+fn ten_seconds() -> String {
+    "10s".into()
+}
+
 fn two() -> u32 {
     2
 }
@@ -175,6 +237,8 @@ fn thirty_seconds() -> String {
 struct PolicyFile {
     #[serde(default)]
     alertmanager: Option<Alertmanager>,
+    #[serde(default)]
+    llm: Option<Llm>,
     #[serde(default)]
     channel: Vec<Channel>,
     /// Channels told of incidents no policy matches.
@@ -231,6 +295,8 @@ impl Target {
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub alertmanager: Option<Alertmanager>,
+    /// The analyst that may choose among a policy's repairs; the rules alone when absent.
+    pub llm: Option<Llm>,
     pub channels: Vec<Channel>,
     pub notify_unmatched: Vec<String>,
     pub policies: Vec<Compiled>,
@@ -437,7 +503,7 @@ pub fn load(path: &Path) -> Result<Config, PolicyError> {
 
 /// Parse and check policy text (`origin` names it in errors).
 pub fn parse(text: &str, origin: &str) -> Result<Config, PolicyError> {
-    let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
+    let mut file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
         path: origin.to_string(),
         line: tend_manifest::toml_error_line(text, &e),
         message: e.message().trim().to_string(),
@@ -449,6 +515,37 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, PolicyError> {
     };
     if let Some(am) = &file.alertmanager {
         check_url(&am.url).map_err(|e| invalid("alertmanager.url".into(), e))?;
+    }
+    if let Some(llm) = &mut file.llm {
+        check_url(&llm.url).map_err(|e| invalid("llm.url".into(), e))?;
+        if llm.model.trim().is_empty() {
+            return Err(invalid("llm.model".into(), "names the model to ask".into()));
+        }
+        let timeout = humantime::parse_duration(&llm.timeout)
+            .map_err(|e| invalid("llm.timeout".into(), format!("{:?}: {e}", llm.timeout)))?;
+        if timeout.is_zero() || timeout > MAX_LLM_TIMEOUT {
+            return Err(invalid(
+                "llm.timeout".into(),
+                format!(
+                    "{:?} is more than 0 and at most {} (an incident is held by one replica for 30s)",
+                    llm.timeout,
+                    humantime::format_duration(MAX_LLM_TIMEOUT)
+                ),
+            ));
+        }
+        if let Some(name) = &llm.api_key_env {
+            let key = std::env::var(name).ok().filter(|k| !k.trim().is_empty());
+            let Some(key) = key else {
+                return Err(invalid(
+                    "llm.api_key_env".into(),
+                    format!(
+                        "the environment variable {:?} that holds the key is not set (or empty) for this orchestrator",
+                        audit::safe_field(name, 64)
+                    ),
+                ));
+            };
+            llm.api_key = ApiKey(Some(key.trim().to_string()));
+        }
     }
     for (i, c) in file.channel.iter().enumerate() {
         tend_protocol::check_name("name", &c.name)
@@ -505,6 +602,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, PolicyError> {
             tend_manifest::SkillName::parse(&r.skill)
                 .map_err(|e| invalid(at("repair.skill"), e.to_string()))?;
         }
+        for (j, call) in p.repairs.iter().enumerate() {
+            tend_manifest::SkillName::parse(&call.skill)
+                .map_err(|e| invalid(at(&format!("repairs[{j}].skill")), e.to_string()))?;
+        }
         for (key, value) in [
             ("cooldown", &p.cooldown),
             ("verify_after", &p.verify_after),
@@ -548,6 +649,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, PolicyError> {
     }
     Ok(Config {
         alertmanager: file.alertmanager,
+        llm: file.llm,
         channels: file.channel,
         notify_unmatched: file.notify_unmatched,
         policies: out,
@@ -974,5 +1076,97 @@ verify_after = "5s"
         assert!(matching(&config.policies, &alert).is_none());
         let on = parse(GOOD, "healing.toml").expect("parses");
         assert!(matching(&on.policies, &alert).is_some());
+    }
+
+    const LLM: &str = r#"
+[llm]
+url = "http://127.0.0.1:8080/v1"
+model = "small"
+timeout = "5s"
+[[policy]]
+name = "p"
+match = { alertname = "A" }
+repair = { skill = "clean-old-logs", input = { dir = "/var/log" } }
+repairs = [{ skill = "clean-old-logs", input = { dir = "/var/log", older_than_days = 1 } }]
+"#;
+
+    #[test]
+    fn an_llm_section_and_further_repairs_are_read() {
+        let config = parse(LLM, "h.toml").expect("parses");
+        let llm = config.llm.as_ref().expect("llm");
+        assert_eq!(llm.model, "small");
+        assert_eq!(llm.timeout(), std::time::Duration::from_secs(5));
+        assert_eq!(llm.api_key, ApiKey(None), "no key asked for");
+        assert_eq!(config.policies[0].policy.repairs.len(), 1);
+        let defaults = parse(&LLM.replace("timeout = \"5s\"\n", ""), "h.toml").expect("parses");
+        assert_eq!(
+            defaults.llm.expect("llm").timeout(),
+            std::time::Duration::from_secs(10)
+        );
+        assert!(parse(GOOD, "h.toml").expect("parses").llm.is_none());
+    }
+
+    #[test]
+    fn a_bad_llm_section_names_the_key_and_what_is_wrong() {
+        let cases = [
+            (
+                LLM.replace(
+                    "model = \"small\"",
+                    "model = \"small\"\napi_key = \"sk-123\"",
+                ),
+                "h.toml:5",
+                "api_key",
+            ),
+            (
+                LLM.replace(
+                    "model = \"small\"",
+                    "model = \"small\"\napi_key_env = \"TEND_TEST_NO_SUCH_LLM_KEY\"",
+                ),
+                "llm.api_key_env",
+                "TEND_TEST_NO_SUCH_LLM_KEY\" that holds the key is not set",
+            ),
+            (
+                LLM.replace("http://127.0.0.1:8080/v1", "ftp://models.example/v1"),
+                "llm.url",
+                "http",
+            ),
+            (
+                LLM.replace("http://127.0.0.1:8080/v1", "not a url"),
+                "llm.url",
+                "relative URL",
+            ),
+            (
+                LLM.replace("timeout = \"5s\"", "timeout = \"1m\""),
+                "llm.timeout",
+                "at most 20s",
+            ),
+            (
+                LLM.replace("timeout = \"5s\"", "timeout = \"soon\""),
+                "llm.timeout",
+                "soon",
+            ),
+            (
+                LLM.replace("model = \"small\"", "model = \" \""),
+                "llm.model",
+                "model",
+            ),
+            (
+                LLM.replace(
+                    "repairs = [{ skill = \"clean-old-logs\"",
+                    "repairs = [{ skill = \"../x\"",
+                ),
+                "policy[0].repairs[0].skill",
+                "",
+            ),
+            (
+                LLM.replace("older_than_days = 1 }", "older_than_days = 1 }, why = 1"),
+                "h.toml:10",
+                "why",
+            ),
+        ];
+        for (text, place, what) in cases {
+            let err = parse(&text, "h.toml").expect_err(place).to_string();
+            assert!(err.contains(place) && err.contains(what), "{place}: {err}");
+        }
     }
 }

@@ -16,11 +16,14 @@
 //! - [`worker`]: the local worker.
 //! - [`audit`]: the hash chain and its verification.
 //! - [`flow`]: the one submit flow every trigger calls.
+//! - [`healing`]: healing policies; [`heal`]: the healing loop; [`analysis`]: which repair it
+//!   submits (the policy's rules, or an LLM choosing among the policy's repairs).
 //! - [`api`] + [`agent_api`]: the axum routes, thin; [`extract`]: who is asking (callers with
 //!   roles, signed agents); [`metrics`]: `/metrics`.
 
 pub mod agent_api;
 pub mod agents;
+pub mod analysis;
 pub mod api;
 pub mod approvers;
 pub mod audit;
