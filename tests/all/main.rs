@@ -16,6 +16,7 @@ mod dns;
 mod early_refusal;
 mod facts;
 mod healing;
+mod healing_service;
 mod hostile;
 mod migrations;
 mod oci;
