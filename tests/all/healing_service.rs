@@ -34,7 +34,9 @@ const UNIT: &str = "caddy.service";
 /// The test service: a node_exporter with no collectors (Go and process metrics only) on
 /// `port` — enough for Prometheus' `up` to be real.
 fn service_command(port: u16) -> String {
-    format!("/usr/bin/prometheus-node-exporter --web.listen-address=127.0.0.1:{port} --collector.disable-defaults")
+    format!(
+        "/usr/bin/prometheus-node-exporter --web.listen-address=127.0.0.1:{port} --collector.disable-defaults"
+    )
 }
 
 /// The stand-in `systemctl` for [`UNIT`] and the file that records every call to it.
@@ -93,9 +95,7 @@ impl Drop for StandIn {
     /// Stops the service the stand-in restarted (it is nobody's child).
     fn drop(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.trim())
-                .status();
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
         }
     }
 }
@@ -210,8 +210,7 @@ async fn a_stopped_service_is_restarted_once_a_person_approves() {
     // Rosa, the person who approves, makes her own key; the agent's trust policy lists it.
     w.ok(&["key", "gen", "--out", "rosa.key"]);
     let shown: Value =
-        serde_json::from_slice(&w.ok(&["key", "show", "rosa.key", "--json"]).stdout)
-            .expect("json");
+        serde_json::from_slice(&w.ok(&["key", "show", "rosa.key", "--json"]).stdout).expect("json");
     let trust = w.path("trust.toml");
     let mut policy_text = std::fs::read_to_string(&trust).expect("trust");
     policy_text.push_str(&format!(
@@ -339,7 +338,6 @@ escalate = ["people"]
         steps(i).contains(&"approval".to_string())
     })
     .await;
-    let waiting_at = now_millis();
     assert_eq!(waiting["target"], "web-1", "{waiting}");
     assert_eq!(waiting["stage"], "repairing", "{waiting}");
     assert_eq!(waiting["labels"]["unit"], UNIT, "{waiting}");
@@ -389,12 +387,22 @@ escalate = ["people"]
 
     // The identity that opened the incident requested the repair: it cannot approve it, even
     // holding the approver role and a key.
-    let as_admin = [("TEND_URL", orch.url.as_str()), ("TEND_TOKEN", admin.as_str())];
+    let as_admin = [
+        ("TEND_URL", orch.url.as_str()),
+        ("TEND_TOKEN", admin.as_str()),
+    ];
     let make = |name: &str| {
         let o = person(
             &w,
             &[
-                "token", "create", "--name", name, "--role", "approver", "--expires", "1h",
+                "token",
+                "create",
+                "--name",
+                name,
+                "--role",
+                "approver",
+                "--expires",
+                "1h",
             ],
             &as_admin,
         );
@@ -420,7 +428,10 @@ escalate = ["people"]
         "{}",
         err(&o)
     );
-    assert_eq!(api.get(&admin, &repair_id).await["state"], "pending_approval");
+    assert_eq!(
+        api.get(&admin, &repair_id).await["state"],
+        "pending_approval"
+    );
     assert_eq!(stand_in.calls(), "");
 
     // Rosa runs the command she was told, with her own key.
@@ -442,7 +453,6 @@ escalate = ["people"]
 
     // The agent restarts it, Prometheus sees it up, Alertmanager says resolved: healed.
     let healed = until_incident(&api, &admin, "ServiceDown", |i| i["stage"] == "done").await;
-    let healed_at = now_millis();
     assert_eq!(healed["outcome"], "healed", "{healed}");
     assert_eq!(healed["state"], "resolved", "{healed}");
     assert_eq!(healed["attempts"], 1, "{healed}");
@@ -457,30 +467,76 @@ escalate = ["people"]
     assert_eq!(done["approvals"][0]["approver"], "rosa", "{done}");
     assert_eq!(done["result"]["output"]["state"], "active", "{done}");
     assert_eq!(done["result"]["output"]["success"], true, "{done}");
-    eprintln!("story: {:?}", steps(&healed));
+    // The story: the diagnosis, the plan shown with the approval request, who approved, the
+    // repair's result, and the proof (Alertmanager's word that the alert resolved).
+    let story = steps(&healed);
+    let mut wanted = [
+        "diagnosing",
+        "diagnosed",
+        "repair",
+        "approval",
+        "repaired",
+        "healed",
+    ]
+    .into_iter()
+    .peekable();
+    for step in &story {
+        if wanted.peek() == Some(&step.as_str()) {
+            wanted.next();
+        }
+    }
+    assert_eq!(wanted.next(), None, "{story:?}");
+    assert_eq!(
+        story.last().map(String::as_str),
+        Some("healed"),
+        "{story:?}"
+    );
+    let entry = |name: &str| {
+        healed["story"]
+            .as_array()
+            .expect("story")
+            .iter()
+            .find(|s| s["step"] == name)
+            .expect("step")
+            .clone()
+    };
+    assert_eq!(
+        entry("approval")["data"]["plan"]["command"],
+        serde_json::json!([script, "restart", UNIT]),
+        "{healed}"
+    );
+    let repaired = entry("repaired");
+    assert_eq!(
+        repaired["data"]["approved_by"],
+        serde_json::json!(["rosa"]),
+        "{repaired}"
+    );
+    assert!(
+        repaired["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("approved by rosa")),
+        "{repaired}"
+    );
     rx.until("healed is told", |r| {
         r.events(&id).contains(&"healed".to_string())
     })
     .await;
 
-    // The timeline (printed, not asserted: a test never asserts a time).
-    let at = |t: u128| t as i128;
-    let (stopped_at, waiting_at, approved_at, healed_at) = (
-        at(stopped_at),
-        at(waiting_at),
-        at(approved_at),
-        at(healed_at),
-    );
-    let fired = at(millis(&healed["first_seen_at"]));
-    let running = at(millis(&done["started_at"]));
-    let resolved_at = at(millis(&healed["resolved_at"]));
+    // The timeline (printed, not asserted: a test never asserts a time). The story's entries
+    // carry the orchestrator's clock, the repair's start the agent's: one machine here.
+    let at = |t: &Value| millis(t) as i128;
+    let fired = at(&healed["first_seen_at"]);
+    let waiting = at(&entry("approval")["at"]);
+    let approved = approved_at as i128;
+    let running = at(&done["started_at"]);
+    let resolved = at(&entry("healed")["at"]);
     eprintln!(
-        "service demo timeline: stopped → alert at Tend {} ms; alert → waiting for approval {} ms (seen by the test); approved → restart running {} ms; restart running → resolved {} ms; approved → healed {} ms (seen by the test)",
-        fired - stopped_at,
-        waiting_at - fired,
-        running - approved_at,
-        resolved_at - running,
-        healed_at - approved_at,
+        "service demo timeline: stopped → alert at Tend {} ms; alert → waiting for approval {} ms; approved → restart running {} ms; restart running → healed {} ms; approved → healed {} ms",
+        fired - stopped_at as i128,
+        waiting - fired,
+        running - approved,
+        resolved - running,
+        resolved - approved,
     );
     drop(am);
 }
