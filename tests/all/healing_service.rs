@@ -131,6 +131,11 @@ fn publish(w: &World, reg: &Registry, port: u16, systemctl: &Path) {
                 "services = { restart = [\"nginx.service\", \"apache2.service\", \"caddy.service\", \"haproxy.service\"] }",
                 &format!("services = {{ restart = [\"{UNIT}\"] }}"),
             );
+            assert!(
+                !text.contains("program = \"/usr/bin/systemctl\"")
+                    && text.contains("restart = [\"caddy"),
+                "the test copy grants the stand-in alone: {text}"
+            );
         }
         let component = root
             .join(skill)
@@ -279,7 +284,7 @@ escalate = ["people"]
         ],
     );
     let _agent = AgentProc::start(&w, "web-1");
-    let am = Alertmanager::start_on(w.dir.path(), &orch.url, &am_token, am_port).await;
+    let _am = Alertmanager::start_on(w.dir.path(), &orch.url, &am_token, am_port).await;
 
     // The service runs (as its init system would have started it at boot).
     let args: Vec<String> = service_command(svc_port)
@@ -538,5 +543,4 @@ escalate = ["people"]
         resolved - running,
         resolved - approved,
     );
-    drop(am);
 }
