@@ -14,13 +14,13 @@ use crate::orchestrator::{Api, Backend, Orch, setup};
 use crate::registry::{Registry, World};
 
 /// A local HTTP receiver for notifications: every POST body, by path.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     got: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
         let sink = got.clone();
         let app = axum::Router::new().route(
@@ -44,7 +44,7 @@ impl Receiver {
         Receiver { url, got }
     }
 
-    fn bodies(&self, channel: &str) -> Vec<Value> {
+    pub(crate) fn bodies(&self, channel: &str) -> Vec<Value> {
         self.got
             .lock()
             .expect("lock")
@@ -55,7 +55,7 @@ impl Receiver {
     }
 
     /// The generic webhook's events for `incident`, in arrival order.
-    fn events(&self, incident: &str) -> Vec<String> {
+    pub(crate) fn events(&self, incident: &str) -> Vec<String> {
         self.bodies("hook")
             .iter()
             .filter(|b| b["incident"] == incident)
@@ -63,7 +63,7 @@ impl Receiver {
             .collect()
     }
 
-    async fn until(&self, what: &str, pred: impl Fn(&Receiver) -> bool) {
+    pub(crate) async fn until(&self, what: &str, pred: impl Fn(&Receiver) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !pred(self) {
             assert!(
@@ -680,7 +680,7 @@ async fn an_agent_heals_without_approval_only_when_its_own_ceiling_says_so() {
 }
 
 /// A process killed (and waited for) when dropped.
-struct Running(std::process::Child);
+pub(crate) struct Running(pub(crate) std::process::Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -701,7 +701,7 @@ impl Drop for Tmpfs {
     }
 }
 
-async fn until_ready(url: &str, what: &str) {
+pub(crate) async fn until_ready(url: &str, what: &str) {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !http
@@ -715,7 +715,7 @@ async fn until_ready(url: &str, what: &str) {
     }
 }
 
-fn spawn(program: &str, args: &[String], hint: &str) -> Running {
+pub(crate) fn spawn(program: &str, args: &[String], hint: &str) -> Running {
     Running(
         std::process::Command::new(program)
             .args(args)
@@ -726,7 +726,7 @@ fn spawn(program: &str, args: &[String], hint: &str) -> Running {
     )
 }
 
-fn millis(rfc3339: &Value) -> u128 {
+pub(crate) fn millis(rfc3339: &Value) -> u128 {
     humantime::parse_rfc3339_weak(rfc3339.as_str().expect("time"))
         .expect("rfc3339")
         .duration_since(std::time::UNIX_EPOCH)
@@ -734,7 +734,7 @@ fn millis(rfc3339: &Value) -> u128 {
         .as_millis()
 }
 
-fn now_millis() -> u128 {
+pub(crate) fn now_millis() -> u128 {
     SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("epoch")

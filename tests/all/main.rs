@@ -17,6 +17,7 @@ mod early_refusal;
 mod facts;
 mod healing;
 mod healing_llm;
+mod healing_service;
 mod hostile;
 mod migrations;
 mod oci;

@@ -1152,11 +1152,18 @@ async fn repairing(
     Ok(())
 }
 
+/// The story says who approved a repair that waited for a person.
 fn note_repaired(c: &mut Case, inv: &Invocation) {
+    let approvers: Vec<&str> = inv.approvals.iter().map(|a| a.approver.as_str()).collect();
+    let by = if approvers.is_empty() {
+        String::new()
+    } else {
+        format!(" (approved by {})", approvers.join(", "))
+    };
     c.note(
         "repaired",
-        format!("{} ran and succeeded", inv.skill),
-        json!({ "invocation": inv.id, "plan_check": inv.plan_check, "output": inv.result.as_ref().and_then(|r| r.get("output")) }),
+        format!("{} ran and succeeded{by}", inv.skill),
+        json!({ "invocation": inv.id, "approved_by": approvers, "plan_check": inv.plan_check, "output": inv.result.as_ref().and_then(|r| r.get("output")) }),
     );
 }
 
