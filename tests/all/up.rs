@@ -233,8 +233,38 @@ fn tend_up_starts_everything_once_and_reuses_it_after() {
     let config = tend_orchestrator::healing::parse(text, "served").expect("parses");
     assert!(config.policies.len() >= 5, "{text}");
     assert!(config.policies.iter().all(|p| !p.policy.enabled), "{text}");
+    // An approver the admin registers counts on the local agent too: its trust policy follows.
+    let key = p.home.join("rosa.key");
+    let (code, out, err) = client(&p, &["key", "gen", "--out", key.to_str().expect("path")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = client(
+        &p,
+        &[
+            "approver",
+            "add",
+            "rosa",
+            "--key",
+            key.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let trust = p.dir.join("trust.toml");
+    let mut trusted = String::new();
+    for _ in 0..300 {
+        trusted = std::fs::read_to_string(&trust).expect("trust.toml");
+        if trusted.contains("\"rosa\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let policy = tend_registry::trust::TrustPolicy::parse(&trusted, "trust.toml").expect("parses");
+    let names: Vec<&str> = policy.approvers.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["admin", "rosa"], "{trusted}");
+    assert_eq!(policy.publishers.len(), 1, "the publisher stays: {trusted}");
+
     let rest = up.stop().join("\n");
     assert!(rest.contains("Tend stopped"), "{rest}");
+    assert!(rest.contains("restarting the local agent"), "{rest}");
 
     // Again: nothing is made or published twice, the token is not shown again, and what was
     // done before is still there.

@@ -219,17 +219,19 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
         &trust_path,
     )
     .await?;
-    let agent_task = tokio::spawn({
-        let stop = stopped(stop_rx.clone());
-        let options = tend_agent::RunOptions {
+    sync_approvers(&db, &trust_path).await?;
+    let agent_task = tokio::spawn(supervise_agent(
+        tend_agent::RunOptions {
             dir: agent_dir.clone(),
             heartbeat: Duration::from_secs(10),
             concurrency: 4,
             grace: Duration::from_secs(10),
             runtime: cache.runtime_config(),
-        };
-        async move { tend_agent::run(options, stop).await }
-    });
+        },
+        db.clone(),
+        trust_path.clone(),
+        stop_rx.clone(),
+    ));
     until_agent_online(&db, &agent_name, &agent_task).await?;
 
     save_context(&url, admin_token.as_deref())?;
@@ -658,6 +660,87 @@ async fn enroll_or_update(
         config.name, config.agent_id
     ));
     Ok(())
+}
+
+/// How often the local agent's trust policy is compared with the registered approvers.
+const APPROVER_SYNC: Duration = Duration::from_secs(2);
+
+/// Make the local agent's trust policy count exactly the approver keys registered with this
+/// orchestrator (`tend approver add`, or the console). `tend up` runs both for one person, so
+/// registering an approver as its admin is trusting them on its agent too; agents of a real
+/// fleet keep trust policies of their own (docs/agent.md). Returns whether it changed.
+async fn sync_approvers(
+    db: &tend_orchestrator::db::Db,
+    trust_path: &Path,
+) -> Result<bool, Failure> {
+    let registered = tend_orchestrator::approvers::list(db)
+        .await
+        .map_err(Failure::host)?;
+    let mut trust = TrustPolicy::from_file(trust_path).map_err(Failure::bad_input)?;
+    let want: Vec<tend_registry::trust::Approver> = registered
+        .iter()
+        .map(|a| tend_registry::trust::Approver {
+            name: a.name.clone(),
+            key: a.public_key.clone(),
+        })
+        .collect();
+    let same = want.len() == trust.approvers.len()
+        && want.iter().all(|w| {
+            trust
+                .approvers
+                .iter()
+                .any(|t| t.name == w.name && t.key == w.key)
+        });
+    if same {
+        return Ok(false);
+    }
+    trust.approvers = want;
+    let text = toml::to_string(&trust).map_err(Failure::host)?;
+    write_private(
+        trust_path,
+        &format!(
+            "# Written by `tend up`: the approvers are those registered with its orchestrator.\n{text}"
+        ),
+    )?;
+    Ok(true)
+}
+
+/// Run the local agent until `stop`; restart it when the registered approvers change (it reads
+/// its trust policy when it starts).
+async fn supervise_agent(
+    options: tend_agent::RunOptions,
+    db: tend_orchestrator::db::Db,
+    trust_path: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tend_agent::StartError> {
+    loop {
+        let (agent_stop, agent_stopped) = watch::channel(false);
+        let mut handle = tokio::spawn(tend_agent::run(options.clone(), async move {
+            let mut rx = agent_stopped;
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+        loop {
+            tokio::select! {
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
+                    let _ = agent_stop.send(true);
+                    return handle.await.unwrap_or(Ok(()));
+                }
+                ended = &mut handle => return ended.unwrap_or(Ok(())),
+                () = tokio::time::sleep(APPROVER_SYNC) => {
+                    match sync_approvers(&db, &trust_path).await {
+                        Ok(true) => {
+                            eprintln!("==> the registered approvers changed: restarting the local agent so that it counts them");
+                            let _ = agent_stop.send(true);
+                            let _ = (&mut handle).await;
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e.message, "cannot compare the agent's approvers"),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Wait until the orchestrator has heard from the local agent since it started.
