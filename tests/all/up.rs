@@ -233,6 +233,46 @@ fn tend_up_starts_everything_once_and_reuses_it_after() {
     let config = tend_orchestrator::healing::parse(text, "served").expect("parses");
     assert!(config.policies.len() >= 5, "{text}");
     assert!(config.policies.iter().all(|p| !p.policy.enabled), "{text}");
+    // `tend healing`: switch a policy on; a bad file or a stale version changes nothing.
+    let (code, out, err) = client(&p, &["healing", "show", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["version"], 1, "{shown}");
+    let text = shown["text"].as_str().expect("text");
+    let first = text.find("enabled = false").expect("a policy switched off");
+    let on = format!(
+        "{}enabled = true{}",
+        &text[..first],
+        &text[first + "enabled = false".len()..]
+    );
+    let file = p.home.join("healing.toml");
+    std::fs::write(&file, &on).expect("write");
+    let set = |args: &[&str]| client(&p, &[&["healing", "set"], args].concat());
+    let (code, out, err) = set(&[file.to_str().expect("path")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("version 2 is in force"), "{err}");
+    std::fs::write(
+        &file,
+        format!("{on}\n[[policy]]\nname = \"x\"\nmatch = {{}}\n"),
+    )
+    .expect("write");
+    let (code, _, err) = set(&[file.to_str().expect("path")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("match"), "{err}");
+    std::fs::write(&file, &on).expect("write");
+    let (code, _, err) = set(&[file.to_str().expect("path"), "--replaces", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("version 2 is in force"), "{err}");
+    let (_, out, _) = client(&p, &["healing", "show", "--json"]);
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["version"], 2, "nothing changed: {shown}");
+    let config = tend_orchestrator::healing::parse(shown["text"].as_str().expect("text"), "v2")
+        .expect("parses");
+    assert_eq!(
+        config.policies.iter().filter(|p| p.policy.enabled).count(),
+        1
+    );
+
     // An approver the admin registers counts on the local agent too: its trust policy follows.
     let key = p.home.join("rosa.key");
     let (code, out, err) = client(&p, &["key", "gen", "--out", key.to_str().expect("path")]);

@@ -191,6 +191,10 @@ enum Command {
     /// Enrolled host agents: pools, state, ceiling
     #[cfg(feature = "client")]
     Agents(client::manage::AgentsArgs),
+    /// The healing policies in force: show them, or put a new file in force (admin)
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    Healing(client::healing::HealingCommand),
     /// Incidents from alerts: list them, or show one with its healing story
     #[cfg(feature = "client")]
     Incidents(client::incidents::IncidentsArgs),
@@ -244,7 +248,8 @@ fn main() -> ExitCode {
         | Command::Token(_)
         | Command::Cancel(_)
         | Command::Agents(_)
-        | Command::Incidents(_) => true,
+        | Command::Incidents(_)
+        | Command::Healing(_) => true,
         #[cfg(feature = "authoring")]
         Command::Key(_) => true,
         #[allow(unreachable_patterns)]
@@ -303,6 +308,8 @@ fn main() -> ExitCode {
             Command::Cancel(args) => client::manage::cancel(args).await,
             #[cfg(feature = "client")]
             Command::Agents(args) => client::manage::agents(args).await,
+            #[cfg(feature = "client")]
+            Command::Healing(cmd) => client::healing::run(cmd).await,
             #[cfg(feature = "client")]
             Command::Incidents(args) => client::incidents::incidents(args).await,
             #[cfg(feature = "client")]

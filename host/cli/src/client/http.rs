@@ -74,6 +74,16 @@ impl Client {
             .await
     }
 
+    /// PUT `body` as JSON to `path` and read the JSON answer as `T`.
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Failure> {
+        self.send(self.http.put(self.endpoint(path)).json(body))
+            .await
+    }
+
     /// DELETE `path`; a success answers nothing worth reading.
     pub async fn delete(&self, path: &str) -> Result<(), Failure> {
         let _: serde_json::Value = self.send(self.http.delete(self.endpoint(path))).await?;

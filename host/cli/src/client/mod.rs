@@ -1,6 +1,6 @@
 //! The operator's client of an orchestrator's HTTP API, in the style of `kubectl` and `gh`:
 //! `tend login`, `context`, `invoke`, `status`, `approvals`, `approve`, `reject`, `cancel`,
-//! `agents`, `incidents`, `audit show|tail`, `approver` and `token`. Takes what a person types, sends it to `/api/v1/...` with their token,
+//! `agents`, `incidents`, `healing show|set`, `audit show|tail`, `approver` and `token`. Takes what a person types, sends it to `/api/v1/...` with their token,
 //! and prints the answer as a table (or the API's JSON with `--json`).
 //!
 //! - [`config`]: where to talk to (flags > `TEND_URL`/`TEND_TOKEN` > the config file's
@@ -16,6 +16,7 @@
 pub mod approve;
 pub mod audit;
 pub mod config;
+pub mod healing;
 pub mod http;
 pub mod incidents;
 pub mod invoke;
