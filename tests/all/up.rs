@@ -346,3 +346,50 @@ fn tend_up_says_which_port_is_taken_and_starts_nothing() {
     assert!(err.contains(&format!("cannot listen on {port}")), "{err}");
     assert!(!p.dir.exists(), "nothing was made");
 }
+
+/// The README's self-healing demo, as a person runs it against their `tend up`: a tmpfs fills
+/// with rotated logs, Prometheus and Alertmanager (Debian's) report it, and Tend heals it
+/// without a person (`scripts/demo-heal`, as root).
+#[test]
+fn the_self_healing_demo_heals_a_full_disk_on_a_running_tend_up() {
+    let p = place();
+    let up = start(&p);
+    let o = Command::new(repo_root().join("scripts/demo-heal"))
+        .env("HOME", &p.home)
+        .env("TEND", crate::support::target_dir().join("debug/tend"))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("TEND_CONFIG")
+        .env_remove("TEND_URL")
+        .env_remove("TEND_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("scripts/demo-heal");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{said}");
+    for want in [
+        "resolved healed",
+        "diagnosed  diagnosis: disk-usage",
+        "runs without a person",
+        "silenced",
+        "put the healing policies back",
+    ] {
+        assert!(said.contains(want), "{want:?} in {said}");
+    }
+    let (_, out, _) = client(&p, &["healing", "show", "--json"]);
+    let shown: Value = serde_json::from_str(&out).expect("json");
+    let config = tend_orchestrator::healing::parse(shown["text"].as_str().expect("text"), "now")
+        .expect("parses");
+    assert!(
+        config.policies.iter().all(|p| !p.policy.enabled),
+        "put back: {shown}"
+    );
+    assert!(
+        !Path::new("/var/log/tend-demo/app.log").exists(),
+        "unmounted"
+    );
+    up.stop();
+}
