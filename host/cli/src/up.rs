@@ -94,6 +94,15 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
     // Both addresses first: a port in use is said before anything is made.
     let registry_listener = bind(&args.registry_listen).await?;
     let listener = bind(&args.listen).await?;
+    for l in [&registry_listener, &listener] {
+        if let Ok(addr) = l.local_addr()
+            && !addr.ip().is_loopback()
+        {
+            eprintln!(
+                "warning: listening on {addr}, not loopback: tokens and approvals cross the network in plain HTTP. Put TLS in front (a reverse proxy) or keep `tend up` on 127.0.0.1"
+            );
+        }
+    }
     make_private_dir(&dir)?;
     let layout = Layout { dir };
     let first_run = !layout.path("orchestrator.db").exists();
@@ -178,10 +187,18 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
     .await
     .map_err(Failure::bad_input)?;
     let db = orchestrator.state.db.clone();
+    let url = format!("http://{}", listener.local_addr().map_err(Failure::host)?);
     let admin_token = orchestrator
         .bootstrap_admin()
         .await
         .map_err(Failure::host)?;
+    // Saved at once: a token shown only at the end would be lost if a later step failed.
+    if let Err(e) = save_context(&url, admin_token.as_deref()) {
+        if let Some(token) = &admin_token {
+            eprintln!("admin token (shown once, keep it secret): {token}");
+        }
+        return Err(e);
+    }
     register_approver(&db, &approver, &approver_path).await?;
     let agent_name = agent_name(args.agent_name.as_deref())?;
     if tend_orchestrator::healing::latest(&db)
@@ -202,7 +219,6 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
             "loaded the example healing policies, switched off (enabled = false): switch one on with PUT /api/v1/healing/policies",
         );
     }
-    let url = format!("http://{}", listener.local_addr().map_err(Failure::host)?);
     let orchestrator_task = tokio::spawn({
         let stop = stopped(stop_rx.clone());
         async move { orchestrator.serve(listener, stop).await }
@@ -234,7 +250,6 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
     ));
     until_agent_online(&db, &agent_name, &agent_task).await?;
 
-    save_context(&url, admin_token.as_deref())?;
     eprintln!();
     eprintln!("Tend is up ({:.1} s):", started.elapsed().as_secs_f64());
     eprintln!("  console      {url}/");

@@ -51,18 +51,7 @@ pub async fn run(cmd: HealingCommand) -> Result<u8, Failure> {
                 out(&answer.to_string());
                 return Ok(exit::OK);
             }
-            eprintln!(
-                "version {}: {}",
-                answer["version"],
-                answer["policies"]
-                    .as_array()
-                    .map(|p| p
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
-            );
+            eprintln!("version {}: {}", answer["version"], names(&answer));
             out(answer["text"].as_str().unwrap_or_default().trim_end());
             Ok(exit::OK)
         }
@@ -93,16 +82,22 @@ pub async fn run(cmd: HealingCommand) -> Result<u8, Failure> {
             eprintln!(
                 "version {} is in force (it replaced {replaces}): {}",
                 answer["version"],
-                answer["policies"]
-                    .as_array()
-                    .map(|p| p
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
+                names(&answer)
             );
             Ok(exit::OK)
         }
     }
+}
+
+/// The policies' names, in matching order, from the API's answer.
+fn names(answer: &Value) -> String {
+    answer["policies"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
