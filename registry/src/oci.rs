@@ -24,13 +24,14 @@ use std::collections::BTreeMap;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{
-    ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
-    OciImageIndex, OciImageManifest,
+    ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciImageIndex, OciImageManifest,
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use crate::envelope::{Envelope, sha256_hex};
+
+pub use oci_client::manifest::OciDescriptor;
 
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const COMPONENT_MEDIA_TYPE: &str = "application/wasm";
@@ -364,7 +365,23 @@ pub async fn push(
             );
         }
     }
-    let manifest = push_component(reference, &component, title, annotations).await?;
+    // Pushing the same bytes again keeps the manifest the tag holds (its `created` time, its
+    // digest and so the signatures that refer to it).
+    let client = client(reference).await;
+    let kept = match pull_manifest(&client, reference, "its manifest").await {
+        Ok((m, held))
+            if m.config.media_type == CONFIG_MEDIA_TYPE
+                && matches!(m.layers.as_slice(), [l] if l.media_type == COMPONENT_MEDIA_TYPE
+                    && l.digest == sha256_digest(&component)) =>
+        {
+            Some(held)
+        }
+        _ => None,
+    };
+    let manifest = match kept {
+        Some(kept) => kept,
+        None => push_component(reference, &component, title, annotations).await?,
+    };
     let (signature, referrers_tag) = push_signature(reference, &manifest, envelope).await?;
     Ok(Pushed {
         manifest,
@@ -424,10 +441,8 @@ pub async fn push_signature(
             size: subject.size,
             ..Default::default()
         }),
-        annotations: Some(BTreeMap::from([(
-            "org.opencontainers.image.created".to_string(),
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        )])),
+        // No timestamp: the same envelope about the same manifest is the same artifact, so
+        // pushing again lists nothing twice.
         ..Default::default()
     };
     let body = serde_json::to_vec(&manifest).map_err(|e| registry_error(reference, e))?;
@@ -512,7 +527,7 @@ async fn pull_manifest(
     client: &Client,
     reference: &Reference,
     what: &str,
-) -> Result<(OciImageManifest, String), OciError> {
+) -> Result<(OciImageManifest, OciDescriptor), OciError> {
     let (body, _) = client
         .pull_manifest_raw(reference, &auth(), &[OCI_IMAGE_MEDIA_TYPE])
         .await
@@ -532,7 +547,7 @@ async fn pull_manifest(
             message: format!("{what} is not an OCI image manifest: {e}"),
         }
     })?;
-    Ok((manifest, digest))
+    Ok((manifest, descriptor(OCI_IMAGE_MEDIA_TYPE, &body)))
 }
 
 async fn pull_blob(
@@ -574,7 +589,8 @@ pub async fn pull(reference: &Reference) -> Result<Pulled, OciError> {
         reference: reference.whole(),
         message,
     };
-    let (manifest, manifest_digest) = pull_manifest(&client, reference, "its manifest").await?;
+    let (manifest, held) = pull_manifest(&client, reference, "its manifest").await?;
+    let manifest_digest = held.digest;
     if manifest.config.media_type != CONFIG_MEDIA_TYPE {
         return Err(artifact(format!(
             "config media type is {}, not {CONFIG_MEDIA_TYPE}: not a wasm artifact",
