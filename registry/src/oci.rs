@@ -23,8 +23,10 @@
 use std::collections::BTreeMap;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
-    ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciImageIndex, OciImageManifest,
+    ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciImageIndex,
+    OciImageManifest,
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -456,15 +458,80 @@ pub async fn push_signature(
     .await?;
     // A registry with the referrers API lists the new artifact at once; one without it answers
     // 404 and the client reads the referrers tag instead, which does not list it yet.
-    let listed = client
-        .pull_referrers(&with_digest(reference, &subject.digest), None)
-        .await
-        .map_err(|e| registry_error(reference, e))?;
-    if listed.manifests.iter().any(|m| m.digest == signature.digest) {
+    let listed = referrers(&client, reference, &subject.digest).await?;
+    if listed
+        .manifests
+        .iter()
+        .any(|m| m.digest == signature.digest)
+    {
         return Ok((signature, None));
     }
     let tag = list_referrer(reference, &subject.digest, &signature, SIGNATURE_MEDIA_TYPE).await?;
     Ok((signature, Some(tag)))
+}
+
+/// The artifacts that refer to `digest`: the registry's referrers API, or where it has none
+/// (404, or an answer that is not an index), the referrers tag. An absent tag is an empty list.
+async fn referrers(
+    client: &Client,
+    reference: &Reference,
+    digest: &str,
+) -> Result<OciImageIndex, OciError> {
+    if let Ok(index) = client
+        .pull_referrers(&with_digest(reference, digest), None)
+        .await
+    {
+        return Ok(index);
+    }
+    let tag = referrers_tag(digest);
+    match client
+        .pull_manifest_raw(
+            &with_tag(reference, &tag),
+            &auth(),
+            &[OCI_IMAGE_INDEX_MEDIA_TYPE],
+        )
+        .await
+    {
+        Ok((body, _)) => serde_json::from_slice(&body).map_err(|e| {
+            registry_error(
+                reference,
+                format!("the referrers tag {tag} does not hold an image index: {e}"),
+            )
+        }),
+        Err(e) if not_found(&e) => Ok(empty_index()),
+        Err(e) => Err(registry_error(
+            reference,
+            format!("the referrers tag {tag}: {e}"),
+        )),
+    }
+}
+
+/// The registry says the manifest (or the repository) does not exist.
+fn not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => {
+            !envelope.errors.is_empty()
+                && envelope.errors.iter().all(|e| {
+                    matches!(
+                        e.code,
+                        OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
+                    )
+                })
+        }
+        _ => false,
+    }
+}
+
+fn empty_index() -> OciImageIndex {
+    OciImageIndex {
+        schema_version: 2,
+        media_type: Some(OCI_IMAGE_INDEX_MEDIA_TYPE.to_string()),
+        manifests: vec![],
+        artifact_type: None,
+        annotations: None,
+    }
 }
 
 /// Add `referrer` to the referrers tag of `subject_digest` (an image index, merged with what
@@ -488,13 +555,13 @@ pub async fn list_referrer(
                 format!("the referrers tag {tag} does not hold an image index: {e}"),
             )
         })?,
-        Err(_) => OciImageIndex {
-            schema_version: 2,
-            media_type: Some(OCI_IMAGE_INDEX_MEDIA_TYPE.to_string()),
-            manifests: vec![],
-            artifact_type: None,
-            annotations: None,
-        },
+        Err(e) if not_found(&e) => empty_index(),
+        Err(e) => {
+            return Err(registry_error(
+                reference,
+                format!("the referrers tag {tag}: {e}"),
+            ));
+        }
     };
     if !index.manifests.iter().any(|m| m.digest == referrer.digest) {
         index.manifests.push(ImageIndexEntry {
@@ -541,12 +608,11 @@ async fn pull_manifest(
             message: format!("the registry served {what} whose digest is {digest}, not {expected}"),
         });
     }
-    let manifest = serde_json::from_slice::<OciImageManifest>(&body).map_err(|e| {
-        OciError::Artifact {
+    let manifest =
+        serde_json::from_slice::<OciImageManifest>(&body).map_err(|e| OciError::Artifact {
             reference: reference.whole(),
             message: format!("{what} is not an OCI image manifest: {e}"),
-        }
-    })?;
+        })?;
     Ok((manifest, descriptor(OCI_IMAGE_MEDIA_TYPE, &body)))
 }
 
@@ -602,11 +668,12 @@ pub async fn pull(reference: &Reference) -> Result<Pulled, OciError> {
         .iter()
         .any(|l| l.media_type == SIGNATURE_MEDIA_TYPE)
     {
-        return Err(artifact(format!(
+        return Err(artifact(
             "it carries its signature as a layer of the component's image, a layout this tend \
              no longer reads: push it again with `tend skill push`, which pushes the signature \
              as a separate artifact referring to the component"
-        )));
+                .to_string(),
+        ));
     }
     let layer = match manifest.layers.as_slice() {
         [layer] if layer.media_type == COMPONENT_MEDIA_TYPE => layer,
@@ -624,11 +691,7 @@ pub async fn pull(reference: &Reference) -> Result<Pulled, OciError> {
     let component = pull_blob(&client, reference, layer, MAX_COMPONENT_BYTES).await?;
     let component_sha256 = sha256_hex(&component);
 
-    let subject = with_digest(reference, &manifest_digest);
-    let referrers = client
-        .pull_referrers(&subject, Some(SIGNATURE_MEDIA_TYPE))
-        .await
-        .map_err(|e| registry_error(reference, e))?;
+    let referrers = referrers(&client, reference, &manifest_digest).await?;
     let candidates: Vec<_> = referrers
         .manifests
         .iter()

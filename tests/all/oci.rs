@@ -102,7 +102,9 @@ fn push_and_pull_through_a_real_oci_registry() {
         &oci.host,
         &format!(
             "/v2/acme/acme-echo/blobs/{}",
-            manifest["config"]["digest"].as_str().expect("config digest")
+            manifest["config"]["digest"]
+                .as_str()
+                .expect("config digest")
         ),
         "*/*",
     );
@@ -114,12 +116,18 @@ fn push_and_pull_through_a_real_oci_registry() {
     let names = |field: &str| -> Vec<String> {
         config["component"][field]
             .as_array()
-            .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     assert!(names("exports").contains(&"run".to_string()), "{config}");
     assert!(
-        names("imports").iter().any(|i| i.starts_with("tend:skill/")),
+        names("imports")
+            .iter()
+            .any(|i| i.starts_with("tend:skill/")),
         "{config}"
     );
     assert_eq!(
@@ -247,7 +255,10 @@ fn request(method: &str, host: &str, path: &str, accept: &str) -> (u16, Vec<u8>)
     let (status, body) = o
         .stdout
         .split_at(o.stdout.iter().position(|b| *b == b'\n').expect("status") + 1);
-    let status = String::from_utf8_lossy(status).trim().parse().expect("status");
+    let status = String::from_utf8_lossy(status)
+        .trim()
+        .parse()
+        .expect("status");
     (status, body.to_vec())
 }
 
@@ -296,7 +307,12 @@ fn wkg_ok(w: &World, args: &[&str]) -> std::process::Output {
 /// The manifest digest a tag resolves to.
 fn manifest_digest(host: &str, repo: &str, tag: &str) -> (String, Vec<u8>) {
     let (status, body) = get(host, &format!("/v2/{repo}/manifests/{tag}"), OCI_MANIFEST);
-    assert_eq!(status, 200, "{repo}:{tag}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        200,
+        "{repo}:{tag}: {}",
+        String::from_utf8_lossy(&body)
+    );
     (
         format!("sha256:{}", tend_registry::envelope::sha256_hex(&body)),
         body,
@@ -443,7 +459,11 @@ async fn a_signature_about_another_manifest_or_other_bytes_is_refused() {
         .await
         .expect("push signature");
     // The referrers tag kept the first entry and added this one (merged, not replaced).
-    let (status, index) = get(&host, &format!("/v2/acme/acme-echo/manifests/{tag}"), OCI_INDEX);
+    let (status, index) = get(
+        &host,
+        &format!("/v2/acme/acme-echo/manifests/{tag}"),
+        OCI_INDEX,
+    );
     assert_eq!(status, 200);
     let index: Value = serde_json::from_slice(&index).expect("index");
     let listed: Vec<&str> = index["manifests"]
@@ -452,7 +472,10 @@ async fn a_signature_about_another_manifest_or_other_bytes_is_refused() {
         .iter()
         .filter_map(|m| m["digest"].as_str())
         .collect();
-    assert_eq!(listed, [genuine.signature.digest.as_str(), forged.digest.as_str()]);
+    assert_eq!(
+        listed,
+        [genuine.signature.digest.as_str(), forged.digest.as_str()]
+    );
     let o = w.tend(&["skill", "pull", &reference]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(
@@ -480,10 +503,7 @@ fn on_a_registry_without_the_referrers_api_the_referrers_tag_carries_the_signatu
     let (digest, _) = manifest_digest(&oci.host, "acme/acme-echo", "1.2.0");
     let tag = digest.replacen(':', "-", 1);
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        stdout.contains(&format!("referrers tag {tag}")),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("referrers tag {tag}")), "{stdout}");
 
     let (status, _) = get(
         &oci.host,
@@ -549,7 +569,11 @@ fn on_a_registry_without_the_referrers_api_the_referrers_tag_carries_the_signatu
         OCI_INDEX,
     );
     let index: Value = serde_json::from_slice(&index).expect("index");
-    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(1), "{index}");
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(1),
+        "{index}"
+    );
     let o = w.ok(&["skill", "pull", &reference, "--json"]);
     let pulled: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(pulled["name"], "acme-echo");

@@ -209,7 +209,9 @@ pub async fn pull(
         let reference = oci::parse_reference(what).map_err(Failure::bad_input)?;
         let (name, version) = oci::named_skill(&reference).map_err(Failure::bad_input)?;
         let pulled = oci::pull(&reference).await.map_err(Failure::bad_input)?;
-        let policy = store.with_seen_floors(&policy).map_err(Failure::bad_input)?;
+        let policy = store
+            .with_seen_floors(&policy)
+            .map_err(Failure::bad_input)?;
         // Several signatures may refer to one component (e.g. a key rotation): the first one
         // the trust policy accepts wins; nothing is compiled or stored before that.
         let mut refusals = Vec::new();
