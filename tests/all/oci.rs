@@ -578,3 +578,74 @@ fn on_a_registry_without_the_referrers_api_the_referrers_tag_carries_the_signatu
     let pulled: Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(pulled["name"], "acme-echo");
 }
+
+/// Anyone who can write to the repository can add signatures. One by a key the host does not
+/// trust, listed before the publisher's, changes nothing: the pull installs the skill as the
+/// trusted publisher's. Alone, it is refused as untrusted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_signature_listed_first_is_passed_over_and_alone_refused() {
+    use tend_registry::envelope::Envelope;
+    use tend_registry::oci;
+    let w = World::new();
+    let oci_registry = OciRegistry::start(w.dir.path());
+    let host = oci_registry.host.clone();
+    let wasm = w.signed("echo", &guest("trivial"), "acme-echo", "1.2.0");
+    // The same bytes and manifest, signed by a stranger's key.
+    w.ok(&["key", "gen", "--out", "stranger.key"]);
+    std::fs::copy(w.path(&wasm), w.path("stranger.wasm")).expect("copy");
+    w.ok(&[
+        "skill",
+        "sign",
+        "stranger.wasm",
+        "--manifest",
+        "echo.toml",
+        "--key",
+        "stranger.key",
+    ]);
+    let read = |file: &str| {
+        Envelope::parse(&std::fs::read(w.path(file)).expect("signature")).expect("envelope")
+    };
+    let (genuine, stranger) = (read(&format!("{wasm}.sig")), read("stranger.wasm.sig"));
+    let component = std::fs::read(w.path(&wasm)).expect("component");
+
+    // Only the stranger's signature: refused, nothing installed.
+    let alone = format!("oci://{host}/acme/acme-echo:1.2.0");
+    let parsed = oci::parse_reference(&alone).expect("reference");
+    oci::push(&parsed, component.clone(), &stranger)
+        .await
+        .expect("push");
+    let o = w.tend(&["skill", "pull", &alone]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("not trusted") && err(&o).contains("not a trusted publisher key"),
+        "{}",
+        err(&o)
+    );
+    assert!(!w.path("host-data/skills/acme-echo").exists());
+
+    // The publisher's signature added after it: the pull passes the stranger's over.
+    let pushed = oci::push(&parsed, component, &genuine).await.expect("push");
+    assert!(pushed.referrers_tag.is_some());
+    let (_, index) = get(
+        &host,
+        &format!(
+            "/v2/acme/acme-echo/manifests/{}",
+            oci::referrers_tag(&pushed.manifest.digest)
+        ),
+        OCI_INDEX,
+    );
+    let index: Value = serde_json::from_slice(&index).expect("index");
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(2),
+        "{index}"
+    );
+    assert_eq!(
+        index["manifests"][1]["digest"],
+        pushed.signature.digest.as_str()
+    );
+    let o = w.ok(&["skill", "pull", &alone, "--json"]);
+    let pulled: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(pulled["publisher"], "acme");
+    drop(oci_registry);
+}
