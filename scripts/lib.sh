@@ -225,3 +225,18 @@ start_orchestrator() {
     done
     ORCH_ADMIN="$(sed -n 's/.*keep it secret): //p' "$S/orch-$label.log")"
 }
+
+WKG_VERSION=0.16.1
+
+# wkg, the Bytecode Alliance's wasm package client (crates.io), pinned and installed once into a
+# cache outside the tree: the OCI tests check that any wasm client pulls what Tend pushes, and
+# that Tend refuses what such a client pushes unsigned. Exports TEND_TEST_WKG (the binary).
+ensure_wkg() {
+    local root="${TEND_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tend/tools}/wkg-$WKG_VERSION"
+    export TEND_TEST_WKG="$root/bin/wkg"
+    if ! "$TEND_TEST_WKG" --version >/dev/null 2>&1; then
+        step "installing wkg $WKG_VERSION from crates.io into $root"
+        # Its own scratch target dir: the workspace's target dir keeps the workspace's features.
+        env -u CARGO_TARGET_DIR cargo install --locked --root "$root" wkg --version "$WKG_VERSION"
+    fi
+}

@@ -208,15 +208,36 @@ pub async fn pull(
     if what.starts_with("oci://") {
         let reference = oci::parse_reference(what).map_err(Failure::bad_input)?;
         let (name, version) = oci::named_skill(&reference).map_err(Failure::bad_input)?;
-        let (component, envelope) = oci::pull(&reference).await.map_err(Failure::bad_input)?;
-        let verified = store
+        let pulled = oci::pull(&reference).await.map_err(Failure::bad_input)?;
+        let policy = store
             .with_seen_floors(&policy)
-            .map_err(Failure::bad_input)?
-            .verify(&component, &envelope, trust.options())
-            .and_then(|v| v.ensure_requested(&name, &version).map(|()| v))
-            .map_err(|e| Failure::bad_input(format!("not trusted: {what}: {e}")))?;
+            .map_err(Failure::bad_input)?;
+        // Several signatures may refer to one component (e.g. a key rotation): the first one
+        // the trust policy accepts wins; nothing is compiled or stored before that.
+        let mut refusals = Vec::new();
+        let mut accepted = None;
+        for (digest, envelope) in &pulled.signatures {
+            match policy
+                .verify(&pulled.component, envelope, trust.options())
+                .and_then(|v| v.ensure_requested(&name, &version).map(|()| v))
+            {
+                Ok(verified) => {
+                    accepted = Some((envelope, verified));
+                    break;
+                }
+                Err(e) if pulled.signatures.len() == 1 => refusals.push(e.to_string()),
+                Err(e) => refusals.push(format!("signature {digest}: {e}")),
+            }
+        }
+        let Some((envelope, verified)) = accepted else {
+            return Err(Failure::bad_input(format!(
+                "not trusted: {what}: {}",
+                refusals.join("; ")
+            )));
+        };
+        let component = pulled.component;
         store
-            .install(&component, &envelope, &verified)
+            .install(&component, envelope, &verified)
             .map_err(Failure::host)?;
         return finish_pull(&verified, &component, started, Instant::now(), cache, json);
     }
@@ -265,12 +286,18 @@ pub async fn push(
         )));
     }
     let digest = sha256_hex(&bytes);
-    let url = oci::push(&parsed, bytes, &envelope)
+    let pushed = oci::push(&parsed, bytes, &envelope)
         .await
         .map_err(Failure::host)?;
     crate::out(&format!(
-        "pushed {name} {version} (sha256:{digest}) with its signature to {reference}\nmanifest: {url}"
+        "pushed {name} {version} (sha256:{digest}) to {reference} as a wasm artifact\nmanifest: {}\nsignature: {} (an artifact whose subject is the manifest)",
+        pushed.manifest.digest, pushed.signature.digest
     ));
+    if let Some(tag) = &pushed.referrers_tag {
+        crate::out(&format!(
+            "the registry has no referrers API: the signature is listed in the referrers tag {tag}"
+        ));
+    }
     Ok(0)
 }
 
