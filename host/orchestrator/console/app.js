@@ -337,7 +337,7 @@ const main = () => document.getElementById('main');
 let timer = null;
 
 function show(...nodes) {
-  main().replaceChildren(...nodes.flat());
+  main().replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function failure(e) {
@@ -374,7 +374,7 @@ function signIn(message) {
 }
 
 function invRow(i) {
-  return [link('inv', i.id), `${i.skill}@${i.version}`, i.target, badge(i.state), `L${i.level}`, i.requester, i.created_at];
+  return [link('inv', i.id), `${i.skill}@${i.version}`, i.target, badge(i.state), `L${i.level}`, i.requester, i.reason, i.created_at];
 }
 
 async function dashboard() {
@@ -395,7 +395,7 @@ async function dashboard() {
         agents.map((a) => [a.name, badge(a.state), String(a.health), (a.pools || []).join(', '),
           Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`).join(', '), `${a.running}/${a.capacity}`, a.last_seen]))),
     el('section', { id: 'recent' }, el('h2', {}, 'Recent invocations'),
-      table(['Invocation', 'Skill', 'Target', 'State', 'Level', 'Requester', 'Created'], recent.invocations.map(invRow))),
+      table(['Invocation', 'Skill', 'Target', 'State', 'Level', 'Requester', 'Reason', 'Created'], recent.invocations.map(invRow))),
     el('section', { id: 'incidents' }, el('h2', {}, 'Recent incidents'), incidentTable(incidents)),
   );
   timer = setTimeout(refresh, 5000);
@@ -559,8 +559,9 @@ async function approvePage(id) {
       el('div', { class: 'actions' },
         el('button', { type: 'button', id: 'approve', class: 'primary', disabled: Boolean(refusal) || !digest, onclick: approve }, 'Approve and sign'),
       ),
-      el('label', { for: 'comment' }, 'Comment'), comment,
-      el('div', { class: 'actions' }, el('button', { type: 'button', id: 'reject', class: 'danger', onclick: reject }, 'Reject')),
+      el('div', { class: 'stack' },
+        el('label', { for: 'comment' }, 'Or reject it, saying why:'), comment,
+        el('div', { class: 'actions' }, el('button', { type: 'button', id: 'reject', class: 'danger', onclick: reject }, 'Reject'))),
       status) : (pending ? el('p', { class: 'muted', id: 'cannot-approve' }, `Signed in as ${whoami ? whoami.role : '?'}: only approvers and admins can approve or reject.`) : null),
   );
 }

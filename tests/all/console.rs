@@ -1,0 +1,256 @@
+//! The web console in a real browser: Debian's headless Chromium driven by playwright-core
+//! (tests/browser/console.cjs), against a real orchestrator, registry and agent on loopback.
+//!
+//! An approver signs in, makes an Ed25519 key in the browser (its private half never leaves
+//! it), which an admin registers and the agent's trust policy lists; the approver sees a pending
+//! L2 repair with its plan, approves it (signed in the page over the digest the page computed),
+//! watches it succeed and finds the approval in the audit trail; rejects another with a comment;
+//! a viewer cannot approve (no button, and the API refuses even a valid signature); a page
+//! shown a tampered invocation refuses to sign, and signatures over another digest are refused.
+//! Hostile strings (markup, `</script>`, terminal escapes, direction overrides, very long text)
+//! in input, skill output, reasons, comments and alert labels go through every page and must
+//! show as text: no script runs, no element is injected, no CSP violation happens.
+//! Screenshots go to `$CARGO_TARGET_DIR/console-screenshots/`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::agent::{AgentProc, enroll};
+use crate::orchestrator::{Api, Backend, Orch, setup};
+use crate::registry::{Registry, World};
+use crate::support::*;
+
+/// Markup, a script end tag, terminal escapes (colour, window title), a right-to-left override
+/// and zero-width characters: what a hostile skill, alert or requester would send.
+const HOSTILE: &str = "<img src=x onerror=window.__pwned=1></script><script>window.__pwned=2</script>\u{1b}[31mred\u{1b}]0;title\u{7}\u{202e}evil.exe\u{200b}\"'&amp;";
+
+/// The same without control characters, for a reason (which the API keeps to one line of text).
+const HOSTILE_LINE: &str = "<img src=x onerror=window.__pwned=1></script><script>window.__pwned=2</script>\u{202e}evil.exe\u{200b}\"'&amp;";
+
+/// A repair (L2: it may run /bin/echo) whose plan shows the command it would run.
+fn publish_fix(w: &World, reg: &Registry) {
+    let token = w.token("ci-fix", "publisher");
+    let wasm = w.signed_with(
+        "acme-fix",
+        &guest("repair-exec"),
+        "[skill]\nname = \"acme-fix\"\nversion = \"1.0.0\"\nkind = \"repair\"\nlevel = 2\ndescription = \"Runs echo\"\n[capabilities]\nexec = [{ program = \"/bin/echo\", args = [\"{word}\"] }]\n",
+    );
+    w.published(&reg.url, &wasm, &token);
+}
+
+/// Chromium and playwright-core as `scripts/test` installs them (`ensure_console_browser`).
+fn browser() -> (PathBuf, PathBuf) {
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    let modules = target_dir().join("console-node/node_modules");
+    assert!(
+        chromium.exists() && modules.join("playwright-core").exists(),
+        "the console tests need Debian's chromium and playwright-core in {}: run scripts/test (ensure_console_browser in scripts/lib.sh)",
+        modules.display()
+    );
+    (chromium, modules)
+}
+
+/// Run one phase of tests/browser/console.cjs; its last stdout line is its JSON answer.
+fn drive(w: &World, phase: &str, scene: &Value) -> Value {
+    let (chromium, modules) = browser();
+    let shots = target_dir().join("console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots dir");
+    let out = Command::new("node")
+        .arg(repo_root().join("tests/browser/console.cjs"))
+        .arg(phase)
+        .env("NODE_PATH", &modules)
+        .env("TEND_CHROMIUM", &chromium)
+        .env("TEND_CONSOLE_PROFILE", w.path("browser-profile"))
+        .env("TEND_CONSOLE_SHOTS", &shots)
+        .env(
+            "TEND_CONSOLE_VECTORS",
+            repo_root().join("tests/browser/digest-vectors.json"),
+        )
+        .env("TEND_CONSOLE_SCENE", scene.to_string())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser phase {phase} failed:\n{stderr}\n{stdout}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!("browser phase {phase} answered no JSON ({e}):\n{stdout}\n{stderr}")
+    })
+}
+
+async fn pending(api: &Api, alice: &str, input: Value, reason: &str) -> Value {
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/invocations",
+            Some(alice),
+            Some(json!({ "skill": "acme-fix", "target": "agent:web-1", "input": input, "reason": reason })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    api.wait_for(alice, v["id"].as_str().expect("id"), "pending_approval")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approver_signs_a_planned_repair_in_the_browser_and_hostile_text_stays_text() {
+    let (w, reg) = setup();
+    publish_fix(&w, &reg);
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let alice = orch.token(&w, "alice", "operator");
+    // Not one of the test approvers with fixed keys: pat's only key is the browser's.
+    let pat = orch.token(&w, "pat", "approver");
+    let vera = orch.token(&w, "vera", "viewer");
+    let admin = orch.admin.clone();
+    let base = json!({ "url": orch.url, "approver": pat, "viewer": vera, "admin": admin });
+
+    // The page serves with its security headers.
+    let resp = reqwest::get(format!("{}/", orch.url)).await.expect("GET /");
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+
+    // 1. The approver makes a key in the browser; an admin registers it, and the agent's
+    // trust policy lists it before the agent starts.
+    let key = drive(&w, "key", &base);
+    let public_key = key["public_key"].as_str().expect("public key").to_string();
+    assert!(
+        tend_protocol::parse_public_key(&public_key).is_some(),
+        "{key}"
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/approvers",
+            Some(&admin),
+            Some(json!({ "name": "pat", "public_key": public_key })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let trust = w.path("trust-web.toml");
+    std::fs::write(
+        &trust,
+        std::fs::read_to_string(w.path("trust.toml")).expect("trust")
+            + &format!("\n[[approvers]]\nname = \"pat\"\nkey = \"{public_key}\"\n"),
+    )
+    .expect("agent trust");
+    enroll(
+        &w,
+        &orch,
+        &reg,
+        "web-1",
+        trust.to_str().expect("trust"),
+        &[
+            "--max-level",
+            "2",
+            "--allow-capability",
+            "exec",
+            "--label",
+            "role=web",
+        ],
+    );
+    let _agent = AgentProc::start(&w, "web-1");
+
+    // 2. Three planned L2 repairs wait for a person; an alert with hostile labels opens an
+    // incident.
+    let long = "x".repeat(6000);
+    let good = pending(
+        &api,
+        &alice,
+        json!({"program": "/bin/echo", "args": ["hello"], "note": HOSTILE}),
+        &format!("disk full {HOSTILE_LINE}"),
+    )
+    .await;
+    let doomed = pending(
+        &api,
+        &alice,
+        json!({"program": "/bin/echo", "args": ["bye"], "plan_shows": [HOSTILE, long]}),
+        HOSTILE_LINE,
+    )
+    .await;
+    let guarded = pending(
+        &api,
+        &alice,
+        json!({"program": "/bin/echo", "args": ["tamper-me"]}),
+        "tamper target",
+    )
+    .await;
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/alerts/alertmanager",
+            Some(&alice),
+            Some(json!({
+                "version": "4", "status": "firing", "receiver": "tend", "groupKey": "{}:hostile",
+                "alerts": [{
+                    "status": "firing",
+                    "labels": { "alertname": "DiskFull", "instance": "web-1:9100", "summary": HOSTILE },
+                    "annotations": { "description": HOSTILE },
+                    "startsAt": crate::alerts::now_rfc3339(-2),
+                    "fingerprint": "00000000000c0de5",
+                }],
+            })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let incident = v["incidents"][0]["id"]
+        .as_str()
+        .expect("incident")
+        .to_string();
+
+    // 3. The browser: approve, watch, audit, reject, a viewer, tampering, every page.
+    let mut scene = base.clone();
+    scene["good"] = good["id"].clone();
+    scene["good_digest"] = good["invocation_digest"].clone();
+    scene["doomed"] = doomed["id"].clone();
+    scene["doomed_plan"] = doomed["plan"]["invocation"].clone();
+    scene["guarded"] = guarded["id"].clone();
+    scene["guarded_digest"] = guarded["invocation_digest"].clone();
+    scene["incident"] = json!(incident);
+    scene["hostile"] = json!(HOSTILE);
+    scene["hostile_line"] = json!(HOSTILE_LINE);
+    let report = drive(&w, "main", &scene);
+
+    // What the browser did, as the orchestrator saw it.
+    let good = api.get(&alice, good["id"].as_str().expect("id")).await;
+    assert_eq!(good["state"], "succeeded", "{good}");
+    assert_eq!(good["result"]["output"]["stdout"], "hello\n", "{good}");
+    let approval = &good["approvals"][0];
+    assert_eq!(approval["approver"], "pat", "{good}");
+    assert_eq!(approval["public_key"], public_key.as_str(), "{good}");
+    let key = tend_protocol::parse_public_key(&public_key).expect("key");
+    assert!(tend_protocol::approval_verifies(
+        &key,
+        approval["signature"].as_str().expect("signature"),
+        good["invocation_digest"].as_str().expect("digest"),
+    ));
+    let doomed = api.get(&alice, doomed["id"].as_str().expect("id")).await;
+    assert_eq!(doomed["state"], "rejected", "{doomed}");
+    assert_eq!(doomed["comment"], format!("not now {HOSTILE}"), "{doomed}");
+    let guarded = api.get(&alice, guarded["id"].as_str().expect("id")).await;
+    assert_eq!(guarded["state"], "pending_approval", "{guarded}");
+    assert_eq!(guarded["approvals"], json!([]), "{guarded}");
+    let (_, verify) = api
+        .call("GET", "/api/v1/audit/verify", Some(&vera), None)
+        .await;
+    assert_eq!(verify["ok"], true, "{verify}");
+
+    eprintln!(
+        "console: page weight {} bytes (HTML+JS+CSS), time to interactive {} ms (DOM interactive {} ms) in Chromium; screenshots in {}",
+        tend_orchestrator::console::page_weight(),
+        report["tti_ms"],
+        report["dom_interactive_ms"],
+        target_dir().join("console-screenshots").display()
+    );
+}

@@ -1,0 +1,301 @@
+// Drives the Tend console in Debian's headless Chromium with playwright-core (no browser
+// download). Run by tests/all/console.rs, one phase at a time, with the same browser profile
+// (so the approver key made in the `key` phase is in IndexedDB for the `main` phase):
+//
+//   node console.cjs key    -> {"public_key": "ed25519:..."}
+//   node console.cjs main   -> {"tti_ms": ..., "dom_interactive_ms": ..., "screenshots": [...]}
+//
+// Environment: TEND_CHROMIUM, TEND_CONSOLE_PROFILE, TEND_CONSOLE_SHOTS, TEND_CONSOLE_VECTORS,
+// TEND_CONSOLE_SCENE (JSON: url, tokens, invocation ids). Any failed check throws: the process
+// exits non-zero with the reason on stderr.
+'use strict';
+
+const fs = require('node:fs');
+const path = require('node:path');
+const assert = require('node:assert/strict');
+const { chromium } = require('playwright-core');
+
+const scene = JSON.parse(process.env.TEND_CONSOLE_SCENE);
+const shots = process.env.TEND_CONSOLE_SHOTS;
+const taken = [];
+
+/** What the page shows for a string with hidden characters (the console's `oneLine`). */
+function visible(s) {
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/gu,
+    (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+}
+
+async function launch() {
+  return chromium.launchPersistentContext(process.env.TEND_CONSOLE_PROFILE, {
+    executablePath: process.env.TEND_CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu'],
+    viewport: { width: 1280, height: 900 },
+  });
+}
+
+/** A page that records anything a successful injection would do. */
+async function watchedPage(context) {
+  const page = await context.newPage();
+  page.dialogs = [];
+  page.on('dialog', (d) => { page.dialogs.push(d.message()); d.dismiss(); });
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(String(e)));
+  await page.addInitScript(() => {
+    window.__csp = [];
+    document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+  });
+  return page;
+}
+
+async function ready(page) {
+  await page.waitForSelector('body[data-ready]', { timeout: 30000 });
+  const r = await page.getAttribute('body', 'data-ready');
+  if (r === 'error') throw new Error(`the page failed: ${await page.textContent('main')}`);
+}
+
+async function go(page, hash) {
+  await page.evaluate((h) => {
+    delete document.body.dataset.ready;
+    if (location.hash === h) window.dispatchEvent(new HashChangeEvent('hashchange'));
+    else location.hash = h;
+  }, hash);
+  await ready(page);
+}
+
+async function signIn(page, token) {
+  await page.goto(`${scene.url}/`);
+  await page.waitForSelector('#signin');
+  await page.fill('#token', token);
+  await page.click('#signin button[type=submit]');
+  await ready(page);
+}
+
+async function signOut(page) {
+  await page.click('#signout');
+  await page.waitForSelector('#signin');
+}
+
+async function shot(page, name) {
+  const file = path.join(shots, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  taken.push(file);
+}
+
+/** Nothing injected ran or was added: no dialog, no flag, no CSP violation, no element that
+ * markup in the data would have made. */
+async function clean(page, where) {
+  const state = await page.evaluate(() => ({
+    pwned: window.__pwned,
+    csp: window.__csp,
+    scripts: document.querySelectorAll('script').length,
+    injected: [...document.querySelectorAll('img, iframe, object, embed, svg, math, video, audio, link:not([rel=stylesheet]), meta[http-equiv], base, [onerror], [onload], [onclick], [style]')].map((e) => e.outerHTML.slice(0, 80)),
+  }));
+  assert.equal(state.pwned, undefined, `${where}: an injected script ran`);
+  assert.deepEqual(page.dialogs, [], `${where}: a dialog opened`);
+  assert.deepEqual(state.csp, [], `${where}: CSP violations`);
+  assert.equal(state.scripts, 1, `${where}: a script element was added`);
+  assert.deepEqual(state.injected, [], `${where}: elements were injected`);
+  assert.deepEqual(page.errors, [], `${where}: page errors`);
+}
+
+async function bodyText(page) {
+  return page.evaluate(() => document.body.innerText);
+}
+
+async function keyPhase() {
+  const context = await launch();
+  const page = await watchedPage(context);
+  await signIn(page, scene.approver);
+  await go(page, '#/key');
+  await page.click('#generate');
+  await page.waitForSelector('#public-key');
+  const publicKey = (await page.textContent('#public-key')).trim();
+  // The private key cannot be exported, even by the page itself.
+  const exportable = await page.evaluate(async () => {
+    const m = await import('/console/app.js');
+    const key = await m.loadKey();
+    try { await crypto.subtle.exportKey('pkcs8', key.privateKey); return true; } catch { return false; }
+  });
+  assert.equal(exportable, false, 'the private key is extractable');
+  await clean(page, 'key page');
+  await shot(page, 'key');
+  await context.close();
+  return { public_key: publicKey };
+}
+
+async function mainPhase() {
+  const context = await launch();
+  const page = await watchedPage(context);
+  const hostile = visible(scene.hostile);
+  const hostileLine = visible(scene.hostile_line);
+  // Where a page shows JSON (input, plan, output, audit detail), control characters appear as
+  // JSON escapes; the markup must still be text.
+  const markup = '<img src=x onerror=window.__pwned=1></script><script>window.__pwned=2</script>';
+
+  // Signing in with a wrong token is refused.
+  await page.goto(`${scene.url}/`);
+  await page.fill('#token', 'tend_not-a-token');
+  await page.click('#signin button[type=submit]');
+  await page.waitForSelector('#signin-error');
+
+  await signIn(page, scene.approver);
+  // Time to interactive: a reload of the dashboard until it has rendered its data.
+  await page.reload();
+  await ready(page);
+  const timing = await page.evaluate(() => {
+    const nav = performance.getEntriesByType('navigation')[0];
+    return { dom_interactive_ms: Math.round(nav.domInteractive), now: Math.round(performance.now()) };
+  });
+  const weight = await page.evaluate(() => performance.getEntriesByType('resource')
+    .concat(performance.getEntriesByType('navigation'))
+    .filter((r) => !r.name.includes('/api/'))
+    .reduce((n, r) => n + (r.decodedBodySize || 0), 0));
+
+  // The dashboard lists the three pending repairs.
+  const pending = await page.textContent('#pending');
+  for (const id of [scene.good, scene.doomed, scene.guarded]) assert.ok(pending.includes(id), `dashboard misses ${id}`);
+  assert.ok((await page.textContent('#agents')).includes('web-1'));
+  await clean(page, 'dashboard');
+  await shot(page, 'dashboard');
+
+  // The script computes the protocol's digests for the fixed vectors (also checked in Rust).
+  const vectors = fs.readFileSync(process.env.TEND_CONSOLE_VECTORS, 'utf8');
+  const mismatches = await page.evaluate(async (text) => {
+    const m = await import('/console/app.js');
+    const bad = [];
+    for (const v of m.parseJson(text)) {
+      const canonical = m.canonical(v.get('bound'));
+      const digest = await m.invocationDigest(v.get('bound'));
+      if (canonical !== v.get('canonical') || digest !== v.get('digest')) bad.push(`${v.get('name')}: ${canonical} ${digest}`);
+    }
+    return bad;
+  }, vectors);
+  assert.deepEqual(mismatches, [], 'the script disagrees with the fixed digest vectors');
+
+  // Approve the good repair: its plan is shown, the page's digest is the server's.
+  await go(page, `#/approve/${scene.good}`);
+  assert.equal((await page.textContent('#digest')).trim(), scene.good_digest);
+  assert.equal(await page.$('#refusal'), null);
+  const plan = await page.textContent('#plan');
+  assert.ok(plan.includes('/bin/echo') && plan.includes('hello'), plan);
+  const bound = await page.textContent('#bound');
+  assert.ok(bound.includes(markup) && bound.includes('\\u{202e}evil.exe'), `the input is not shown as text: ${bound}`);
+  assert.ok((await page.textContent('#context')).includes(`disk full ${hostileLine}`), 'the reason is not shown as text');
+  await clean(page, 'approval page');
+  await shot(page, 'approval');
+  await page.click('#approve');
+  await page.waitForFunction((id) => location.hash === `#/inv/${id}`, scene.good);
+  await page.waitForFunction(() => document.querySelector('#summary .state')?.textContent === 'succeeded', null, { timeout: 60000 });
+  assert.ok((await page.textContent('#outcome')).includes('hello'));
+  await clean(page, 'invocation page');
+  await shot(page, 'succeeded');
+
+  // The audit trail verifies and holds the approval.
+  await go(page, '#/audit');
+  assert.ok((await page.textContent('#chain')).includes('The chain verifies'));
+  const rows = await page.$$eval('#events tr', (trs) => trs.map((tr) => tr.innerText));
+  assert.ok(rows.some((r) => r.includes('approval.grant') && r.includes(scene.good) && r.includes('pat')), 'no approval in the audit page');
+  await clean(page, 'audit page');
+  await shot(page, 'audit');
+
+  // Reject another, with a comment.
+  await go(page, `#/approve/${scene.doomed}`);
+  assert.ok((await page.textContent('#plan')).includes(markup), 'the plan output is not shown as text');
+  await page.fill('#comment', `not now ${scene.hostile}`);
+  await page.click('#reject');
+  await page.waitForFunction((id) => location.hash === `#/inv/${id}`, scene.doomed);
+  await page.waitForFunction(() => document.querySelector('#summary .state')?.textContent === 'rejected');
+  assert.ok((await page.textContent('#summary')).includes(`not now ${hostile}`));
+  await clean(page, 'rejected invocation');
+
+  // A tampered invocation: one bound field changed on the way to the page. It refuses to sign.
+  const guardedUrl = `${scene.url}/api/v1/invocations/${scene.guarded}`;
+  await page.route(guardedUrl, async (route) => {
+    const response = await route.fetch();
+    const body = (await response.text()).replace('"tamper-me"', '"tampered"');
+    await route.fulfill({ response, body });
+  });
+  await go(page, `#/approve/${scene.guarded}`);
+  const refusal = await page.textContent('#refusal');
+  assert.ok(refusal.includes('Refusing to sign') && refusal.includes(scene.guarded_digest), refusal);
+  assert.equal(await page.isDisabled('#approve'), true);
+  await clean(page, 'tampered approval page');
+  await shot(page, 'tampered');
+  await page.unroute(guardedUrl);
+  // Signatures over another digest are refused by the orchestrator, whichever digest is named.
+  const refused = await page.evaluate(async ({ id, digest, token }) => {
+    const m = await import('/console/app.js');
+    const key = await m.loadKey();
+    const other = digest.replace(/^./, (c) => (c === '0' ? '1' : '0'));
+    const sign = async (d) => btoa(String.fromCharCode(...new Uint8Array(
+      await crypto.subtle.sign({ name: 'Ed25519' }, key.privateKey, m.approvalMessage(d)))));
+    const post = async (body) => (await fetch(`/api/v1/invocations/${id}/approve`, {
+      method: 'POST', headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+    })).status;
+    return [
+      await post({ invocation_digest: digest, signature: await sign(other) }),
+      await post({ invocation_digest: other, signature: await sign(other) }),
+    ];
+  }, { id: scene.guarded, digest: scene.guarded_digest, token: scene.approver });
+  for (const status of refused) assert.ok(status >= 400 && status < 500, `a signature over another digest got ${status}`);
+
+  // A viewer sees what an approval binds but has no button, and the API refuses them even
+  // with a valid signature by a registered key.
+  await signOut(page);
+  await signIn(page, scene.viewer);
+  await go(page, `#/approve/${scene.guarded}`);
+  assert.equal(await page.$('#approve'), null, 'a viewer sees the approve button');
+  await page.waitForSelector('#cannot-approve');
+  await clean(page, 'viewer approval page');
+  await shot(page, 'viewer');
+  const viewerStatus = await page.evaluate(async ({ id, digest, token }) => {
+    const m = await import('/console/app.js');
+    const key = await m.loadKey();
+    const sig = btoa(String.fromCharCode(...new Uint8Array(
+      await crypto.subtle.sign({ name: 'Ed25519' }, key.privateKey, m.approvalMessage(digest)))));
+    return (await fetch(`/api/v1/invocations/${id}/approve`, {
+      method: 'POST', headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ invocation_digest: digest, signature: sig }),
+    })).status;
+  }, { id: scene.guarded, digest: scene.guarded_digest, token: scene.viewer });
+  assert.equal(viewerStatus, 403, 'a viewer approved');
+
+  // Every page with the hostile strings in it: they show as text, and nothing ran.
+  const pages = [
+    ['#/', 'dashboard-hostile', hostileLine],
+    [`#/inv/${scene.good}`, 'invocation-good', hostileLine],
+    [`#/inv/${scene.doomed}`, 'invocation-rejected', hostile],
+    [`#/inv/${scene.doomed_plan}`, 'plan-job', markup],
+    [`#/approve/${scene.doomed}`, 'approval-rejected', hostileLine],
+    ['#/incidents', 'incidents', 'DiskFull'],
+    [`#/incident/${scene.incident}`, 'incident', hostile],
+    ['#/skills', 'skills', 'acme-fix'],
+    ['#/audit', 'audit-hostile', markup],
+    ['#/key', 'key-viewer', 'Approver key'],
+  ];
+  for (const [hash, name, expect] of pages) {
+    await go(page, hash);
+    const txt = await bodyText(page);
+    assert.ok(txt.includes(expect), `${hash} does not show ${JSON.stringify(expect)}`);
+    await clean(page, hash);
+    await shot(page, name);
+  }
+  await context.close();
+  return {
+    tti_ms: timing.now,
+    dom_interactive_ms: timing.dom_interactive_ms,
+    page_bytes: weight,
+    screenshots: taken,
+  };
+}
+
+(async () => {
+  const phase = process.argv[2];
+  const result = phase === 'key' ? await keyPhase() : phase === 'main' ? await mainPhase() : null;
+  if (!result) throw new Error(`unknown phase ${phase}`);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+})().catch((e) => {
+  process.stderr.write(`${e.stack || e}\n`);
+  process.exit(1);
+});
