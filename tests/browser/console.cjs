@@ -223,6 +223,18 @@ async function mainPhase() {
   await clean(page, 'tampered approval page');
   await shot(page, 'tampered');
   await page.unroute(guardedUrl);
+  // The level is not bound but the grants are: a server that shows this exec repair as L1
+  // (and the digest unchanged) gets no signature either.
+  await page.route(guardedUrl, async (route) => {
+    const response = await route.fetch();
+    const body = (await response.text()).replaceAll('"level":2', '"level":1');
+    await route.fulfill({ response, body });
+  });
+  await go(page, `#/approve/${scene.guarded}`);
+  const understated = await page.textContent('#refusal');
+  assert.ok(understated.includes('shown as L1') && understated.includes('at least L2'), understated);
+  assert.equal(await page.isDisabled('#approve'), true);
+  await page.unroute(guardedUrl);
   // Signatures over another digest are refused by the orchestrator, whichever digest is named.
   const refused = await page.evaluate(async ({ id, digest, token }) => {
     const m = await import('/console/app.js');

@@ -67,7 +67,8 @@ function badge(state) {
 }
 
 function fields(rows) {
-  return el('dl', { class: 'fields' }, rows.filter(Boolean).map(([k, v, cls]) => [
+  const shown = (v) => v !== null && v !== undefined && v !== '' && !(Array.isArray(v) && !v.length);
+  return el('dl', { class: 'fields' }, rows.filter((r) => r && shown(r[1])).map(([k, v, cls]) => [
     el('dt', {}, k),
     el('dd', { class: cls }, v instanceof Node || Array.isArray(v) ? v : String(v ?? '')),
   ]));
@@ -238,6 +239,22 @@ export function boundOf(inv) {
     ['plan', field('plan', null)],
     ['expires_ms', expires],
   ]);
+}
+
+/** Why the level or approvals shown are below what the bound grants imply, if they are (the
+ * level is the orchestrator's word, the grants are bound). A lower bound of the policy's
+ * capability floors: running a program or restarting a service is at least L2. */
+export function understated(bound, level, approvalsRequired) {
+  const grants = bound.get('grants');
+  const runs = bound.get('export') !== 'plan';
+  let floor = 0;
+  let because = '';
+  if (runs && (grants.get('exec') || []).length) [floor, because] = [2, 'it may run programs'];
+  else if (runs && (grants.get('service_restart') || []).length) [floor, because] = [2, 'it may restart services'];
+  if (!(level >= 0 && level <= 3) || level < floor) return `it is shown as L${level}, but ${because}, which makes it at least L${floor}`;
+  const needed = [0, 1, 1, 2][level];
+  if (approvalsRequired < needed) return `it is shown as L${level} needing ${approvalsRequired} approval(s), but L${level} needs ${needed}`;
+  return null;
 }
 
 const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
@@ -444,16 +461,25 @@ async function invocation(id) {
       ['Plan of', i.plan_for ? link('inv', i.plan_for) : null], ['Part of', i.part_of ? link('inv', i.part_of) : null],
     ])),
     el('h2', {}, 'Outcome'),
-    el('section', { id: 'outcome' }, r ? fields([
-      ['Outcome', badge(r.outcome)], ['Error', r.error ? JSON.stringify(r.error) : ''],
-      ['Duration', r.duration_ms === undefined ? '' : `${r.duration_ms} ms`],
-    ]) : el('p', { class: 'muted' }, 'not run yet'),
-    r && r.output !== undefined ? [el('h2', {}, 'Output'), pre(JSON.stringify(r.output, null, 2))] : null),
+    el('section', { id: 'outcome' }, r ? [fields([
+      ['Outcome', badge(r.outcome)],
+      r.error ? ['Error', `${r.error.code ?? ''}: ${r.error.message ?? ''}`] : null,
+      r.duration_us !== undefined ? ['Duration', `${(r.duration_us / 1000).toFixed(1)} ms`] : null,
+      r.fuel_consumed !== undefined ? ['Fuel', String(r.fuel_consumed)] : null,
+      r.peak_memory_bytes !== undefined ? ['Peak memory', `${Math.ceil(r.peak_memory_bytes / 1024)} KiB`] : null,
+      (r.notes || []).length ? ['Notes', el('ul', {}, r.notes.map((n) => el('li', {}, n)))] : null,
+    ]),
+    r.output !== undefined && r.output !== null ? [el('h2', {}, 'Output'), pre(JSON.stringify(r.output, null, 2))] : null,
+    (r.exec || []).length ? [el('h2', {}, 'Programs run'), table(['Program', 'Arguments', 'Status', 'Refused'],
+      r.exec.map((x) => [x.program, (x.args || []).join(' '), x.status === null || x.status === undefined ? '' : String(x.status), x.denied ?? '']))] : null]
+      : el('p', { class: 'muted' }, 'not run yet')),
     (i.parts || []).length ? [el('h2', {}, 'Per host'), el('section', { id: 'parts' },
       table(['Host', 'Part', 'State', 'Outcome'], i.parts.map((p) => [p.host, link('inv', p.id), badge(p.state), p.outcome ?? ''])))] : null,
-    r && r.logs ? [el('h2', {}, 'Logs'), el('section', { id: 'logs' }, pre(Array.isArray(r.logs)
-      ? r.logs.map((l) => (typeof l === 'string' ? l : `${l.level ?? ''} ${l.message ?? JSON.stringify(l)}`)).join('\n')
-      : JSON.stringify(r.logs, null, 2)))] : null,
+    r ? [el('h2', {}, 'Logs'), el('section', { id: 'logs' },
+      (r.logs || []).length ? table(['Level', 'Message'], r.logs.map((l) => [l.level, pre(l.message)])) : el('p', { class: 'muted' }, 'no log lines'),
+      r.logs_dropped ? el('p', { class: 'muted' }, `${r.logs_dropped} more dropped`) : null,
+      r.stdout ? [el('h2', {}, 'stdout'), pre(r.stdout)] : null,
+      r.stderr ? [el('h2', {}, 'stderr'), pre(r.stderr)] : null)] : null,
     i.plan ? [el('h2', {}, 'Plan'), el('section', { id: 'plan' }, pre(JSON.stringify(i.plan, null, 2)))] : null,
     i.plan_check ? [el('h2', {}, 'Plan check'), el('section', {}, pre(JSON.stringify(i.plan_check, null, 2)))] : null,
     r ? [el('h2', {}, 'Report'), el('section', { id: 'report' }, pre(JSON.stringify(r, null, 2)))] : null,
@@ -478,6 +504,9 @@ async function approvePage(id) {
       refusal = `Refusing to sign: the orchestrator says this invocation's digest is ${i.invocation_digest}, but the fields shown here hash to ${digest}. What is shown is not what would be approved; report this to whoever runs the orchestrator.`;
     } else if (!['run', 'plan'].includes(bound.get('export'))) {
       refusal = `Refusing to sign: export ${bound.get('export')} is not one a runner runs.`;
+    } else {
+      const why = understated(bound, i.level, i.approvals_required);
+      if (why) refusal = `Refusing to sign: ${why}. What is shown is not what would be approved; report this to whoever runs the orchestrator.`;
     }
   } catch (e) {
     refusal = `Refusing to sign: ${e.message}`;
