@@ -246,11 +246,106 @@ async fn an_approver_signs_a_planned_repair_in_the_browser_and_hostile_text_stay
         .await;
     assert_eq!(verify["ok"], true, "{verify}");
 
+    // Someone rewrites the approval's audit event in the database: the audit page says so.
+    let altered = crate::agent::audit_events(&api, &vera)
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "approval.grant")
+        .expect("the approval is audited")["index"]
+        .clone();
+    crate::orchestrator::tamper(
+        &orch.database,
+        &format!("UPDATE audit SET actor = 'mallory' WHERE idx = {altered}"),
+    );
+    scene["altered"] = altered;
+    drive(&w, "broken-audit", &scene);
+
     eprintln!(
         "console: page weight {} bytes (HTML+JS+CSS), time to interactive {} ms (DOM interactive {} ms) in Chromium; screenshots in {}",
         tend_orchestrator::console::page_weight(),
         report["tti_ms"],
         report["dom_interactive_ms"],
         target_dir().join("console-screenshots").display()
+    );
+}
+
+/// The console's page and APIs without a browser: the page is public and carries its
+/// security headers, its data is not; `whoami`, `skills` and `audit/verify` say what the
+/// pages show, and a rewritten audit event is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_apis_say_what_the_pages_show() {
+    let (w, reg) = setup();
+    let orch = Orch::start(&w, &reg, Backend::Sqlite, &[]);
+    let api = Api::new(&orch);
+    let vera = orch.token(&w, "vera", "viewer");
+
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+    ] {
+        let r = reqwest::get(format!("{}{path}", orch.url))
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(h["content-type"].to_str().expect("ct").starts_with(kind));
+        assert_eq!(
+            h["content-security-policy"],
+            tend_orchestrator::console::CSP,
+            "{path}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
+
+    for path in ["/api/v1/whoami", "/api/v1/skills", "/api/v1/audit/verify"] {
+        let (s, _) = api.call("GET", path, None, None).await;
+        assert_eq!(s, 401, "{path} without a token");
+    }
+    let (s, me) = api.call("GET", "/api/v1/whoami", Some(&vera), None).await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me, json!({"name": "vera", "role": "viewer"}));
+
+    let (s, list) = api.call("GET", "/api/v1/skills", Some(&vera), None).await;
+    assert_eq!(s, 200, "{list}");
+    let skills = list["skills"].as_array().expect("skills");
+    let critical = skills
+        .iter()
+        .find(|s| s["name"] == "acme-critical")
+        .expect("acme-critical listed");
+    assert_eq!(critical["trusted"], true, "{critical}");
+    assert_eq!(critical["publisher"], "acme", "{critical}");
+    assert_eq!(critical["declared_level"], 3, "{critical}");
+    assert!(
+        critical["trust"]
+            .as_str()
+            .expect("trust")
+            .contains("trusts as publisher acme for names starting with acme-"),
+        "{critical}"
+    );
+    assert_eq!(critical["versions"], json!(["1.0.0"]), "{critical}");
+    assert!(critical["grants"].is_object(), "{critical}");
+
+    let (_, ok) = api
+        .call("GET", "/api/v1/audit/verify", Some(&vera), None)
+        .await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert!(ok["events"].as_i64().expect("events") >= 2, "{ok}");
+    crate::orchestrator::tamper(
+        &orch.database,
+        "UPDATE audit SET actor = 'mallory' WHERE idx = 2",
+    );
+    let (_, bad) = api
+        .call("GET", "/api/v1/audit/verify", Some(&vera), None)
+        .await;
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert!(
+        bad["problem"]
+            .as_str()
+            .expect("problem")
+            .contains("audit event 2"),
+        "{bad}"
     );
 }

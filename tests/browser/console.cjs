@@ -302,9 +302,24 @@ async function mainPhase() {
   };
 }
 
+/** After the test rewrote an audit event: the audit page says the chain is broken, and where. */
+async function brokenAuditPhase() {
+  const context = await launch();
+  const page = await watchedPage(context);
+  await signIn(page, scene.viewer);
+  await go(page, '#/audit');
+  const chain = await page.textContent('#chain');
+  assert.ok(chain.includes('does not verify') && chain.includes(`audit event ${scene.altered}`), chain);
+  await clean(page, 'broken audit');
+  await shot(page, 'audit-broken');
+  await context.close();
+  return { chain };
+}
+
 (async () => {
   const phase = process.argv[2];
-  const result = phase === 'key' ? await keyPhase() : phase === 'main' ? await mainPhase() : null;
+  const phases = { key: keyPhase, main: mainPhase, 'broken-audit': brokenAuditPhase };
+  const result = phases[phase] ? await phases[phase]() : null;
   if (!result) throw new Error(`unknown phase ${phase}`);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 })().catch((e) => {

@@ -132,9 +132,10 @@ pub struct SkillView {
     /// from), with the reasons.
     pub effective_level: u8,
     pub level_reasons: Vec<String>,
-    #[schema(value_type = Object)]
+    /// What its signed manifest grants (absent when it does not verify here).
+    #[schema(value_type = Option<Object>)]
     pub grants: Option<tend_policy::Grants>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub limits: Option<tend_manifest::ManifestLimits>,
 }
 
