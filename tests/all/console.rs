@@ -182,8 +182,8 @@ async fn an_approver_signs_a_planned_repair_in_the_browser_and_hostile_text_stay
     let guarded = pending(
         &api,
         &alice,
-        json!({"program": "/bin/echo", "args": ["tamper-me"]}),
-        "tamper target",
+        json!({"program": "/bin/echo", "args": ["reload-workers"]}),
+        "web-1 answers 502 since the deploy: reload its workers",
     )
     .await;
     let (s, v) = api
@@ -327,6 +327,17 @@ async fn the_console_apis_say_what_the_pages_show() {
     );
     assert_eq!(critical["versions"], json!(["1.0.0"]), "{critical}");
     assert!(critical["grants"].is_object(), "{critical}");
+
+    let (_, one) = api
+        .call("GET", "/api/v1/skills?name=acme-echo", Some(&vera), None)
+        .await;
+    let names: Vec<&Value> = one["skills"]
+        .as_array()
+        .expect("skills")
+        .iter()
+        .map(|s| &s["name"])
+        .collect();
+    assert_eq!(names, [&json!("acme-echo")], "{one}");
 
     let (_, ok) = api
         .call("GET", "/api/v1/audit/verify", Some(&vera), None)

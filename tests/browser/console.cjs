@@ -210,10 +210,17 @@ async function mainPhase() {
   await clean(page, 'rejected invocation');
 
   // A tampered invocation: one bound field changed on the way to the page. It refuses to sign.
+  // The approval page as an approver sees it (the picture in the README).
+  await go(page, `#/approve/${scene.guarded}`);
+  assert.equal((await page.textContent('#digest')).trim(), scene.guarded_digest);
+  await page.setViewportSize({ width: 1200, height: 1560 });
+  await page.screenshot({ path: path.join(shots, 'approval-page.png') });
+  await page.setViewportSize({ width: 1280, height: 900 });
+  taken.push(path.join(shots, 'approval-page.png'));
   const guardedUrl = `${scene.url}/api/v1/invocations/${scene.guarded}`;
   await page.route(guardedUrl, async (route) => {
     const response = await route.fetch();
-    const body = (await response.text()).replace('"tamper-me"', '"tampered"');
+    const body = (await response.text()).replace('"reload-workers"', '"tampered"');
     await route.fulfill({ response, body });
   });
   await go(page, `#/approve/${scene.guarded}`);

@@ -513,7 +513,7 @@ async function approvePage(id) {
   }
   const [incidentsOf, skills] = await Promise.all([
     api('GET', `/api/v1/incidents?invocation=${encodeURIComponent(i.id)}`).catch(() => []),
-    api('GET', '/api/v1/skills').catch(() => ({ skills: [] })),
+    api('GET', `/api/v1/skills?name=${encodeURIComponent(i.skill)}`).catch(() => ({ skills: [] })),
   ]);
   const skill = skills.skills.find((s) => s.name === i.skill && s.key_id === i.publisher_key);
   const narrowing = i.narrowing || {};
@@ -693,6 +693,10 @@ if (typeof document !== 'undefined') {
     location.hash = '#/';
     signIn();
   });
-  window.addEventListener('hashchange', () => { delete document.body.dataset.ready; route(); });
+  window.addEventListener('hashchange', () => {
+    delete document.body.dataset.ready;
+    window.scrollTo(0, 0);
+    route();
+  });
   route();
 }

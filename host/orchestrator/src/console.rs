@@ -20,7 +20,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -144,14 +144,22 @@ pub struct SkillList {
     pub skills: Vec<SkillView>,
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SkillsQuery {
+    /// Only the skill of this exact name (the approval page asks for one)
+    name: Option<String>,
+}
+
 /// The registry's skills, each latest release pulled and verified against this orchestrator's
 /// trust policy as a submission would be (and then cached), with its publisher, level and
 /// grants. One that does not verify is listed as untrusted, with why.
-#[utoipa::path(get, path = "/api/v1/skills", tag = "console", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/skills", tag = "console", security(("bearer" = [])), params(SkillsQuery),
     responses((status = 200, body = SkillList), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn skills(
     State(state): State<AppState>,
     _: Caller<Viewer>,
+    Query(q): Query<SkillsQuery>,
 ) -> ApiResult<Json<SkillList>> {
     let (latest, log) = state.catalog.listing().await.map_err(|e| {
         ApiError::new(
@@ -161,7 +169,10 @@ pub async fn skills(
         )
     })?;
     let mut skills = Vec::with_capacity(latest.len());
-    for entry in latest {
+    for entry in latest
+        .into_iter()
+        .filter(|e| q.name.as_ref().is_none_or(|n| *n == e.name))
+    {
         let versions = log
             .iter()
             .filter(|(n, _)| *n == entry.name)
