@@ -121,23 +121,26 @@ async fn an_approver_signs_a_planned_repair_in_the_browser_and_hostile_text_stay
     );
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
 
-    // 1. The approver makes a key in the browser; an admin registers it, and the agent's
-    // trust policy lists it before the agent starts.
+    // 1. The approver makes a key in the browser; an admin registers it in the console, and
+    // the agent's trust policy lists it before the agent starts.
     let key = drive(&w, "key", &base);
     let public_key = key["public_key"].as_str().expect("public key").to_string();
     assert!(
         tend_protocol::parse_public_key(&public_key).is_some(),
         "{key}"
     );
+    // The admin registered it on the console's key page.
     let (s, v) = api
-        .call(
-            "POST",
-            "/api/v1/approvers",
-            Some(&admin),
-            Some(json!({ "name": "pat", "public_key": public_key })),
-        )
+        .call("GET", "/api/v1/approvers", Some(&admin), None)
         .await;
-    assert_eq!(s, 201, "{v}");
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v.as_array()
+            .expect("approvers")
+            .iter()
+            .any(|a| a["name"] == "pat" && a["public_key"] == public_key.as_str()),
+        "{v}"
+    );
     let trust = w.path("trust-web.toml");
     std::fs::write(
         &trust,

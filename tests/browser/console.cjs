@@ -120,6 +120,17 @@ async function keyPhase() {
   assert.equal(exportable, false, 'the private key is extractable');
   await clean(page, 'key page');
   await shot(page, 'key');
+  // Only an admin is offered to register it; the admin registers it for the approver.
+  assert.equal(await page.$('#register'), null, 'an approver is offered to register keys');
+  await signOut(page);
+  await signIn(page, scene.admin);
+  await go(page, '#/key');
+  assert.equal((await page.textContent('#public-key')).trim(), publicKey);
+  await page.fill('#approver-name', 'pat');
+  await page.click('#register');
+  await page.waitForFunction(() => /Registered for pat/.test(document.querySelector('#key-status')?.textContent || ''));
+  await clean(page, 'admin key page');
+  await shot(page, 'key-registered');
   await context.close();
   return { public_key: publicKey };
 }
