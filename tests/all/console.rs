@@ -198,7 +198,7 @@ async fn an_approver_signs_a_planned_repair_in_the_browser_and_hostile_text_stay
                 "version": "4", "status": "firing", "receiver": "tend", "groupKey": "{}:hostile",
                 "alerts": [{
                     "status": "firing",
-                    "labels": { "alertname": "DiskFull", "instance": "web-1:9100", "summary": HOSTILE },
+                    "labels": { "alertname": format!("DiskFull {HOSTILE}"), "instance": "web-1:9100", "summary": HOSTILE },
                     "annotations": { "description": HOSTILE },
                     "startsAt": crate::alerts::now_rfc3339(-2),
                     "fingerprint": "00000000000c0de5",
@@ -211,6 +211,14 @@ async fn an_approver_signs_a_planned_repair_in_the_browser_and_hostile_text_stay
         .as_str()
         .expect("incident")
         .to_string();
+    // A diagnosis that ran at once (L0, the local worker): its output echoes hostile input.
+    let (s, v) = api
+        .submit(&alice, "acme-echo", json!({"x": 1, "note": HOSTILE}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let echo = api
+        .wait_for(&alice, v["id"].as_str().expect("id"), "succeeded")
+        .await;
 
     // 3. The browser: approve, watch, audit, reject, a viewer, tampering, every page.
     let mut scene = base.clone();
@@ -221,6 +229,7 @@ async fn an_approver_signs_a_planned_repair_in_the_browser_and_hostile_text_stay
     scene["guarded"] = guarded["id"].clone();
     scene["guarded_digest"] = guarded["invocation_digest"].clone();
     scene["incident"] = json!(incident);
+    scene["echo"] = echo["id"].clone();
     scene["hostile"] = json!(HOSTILE);
     scene["hostile_line"] = json!(HOSTILE_LINE);
     let report = drive(&w, "main", &scene);
