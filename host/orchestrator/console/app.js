@@ -66,11 +66,13 @@ function badge(state) {
   return el('span', { class: `state ${/^[a-z_]+$/.test(s) ? s : ''}` }, s);
 }
 
-function fields(rows) {
+/** A definition list; rows with nothing to show are left out unless `all` (the fields an
+ * approval binds are shown even when empty). */
+function fields(rows, all = false) {
   const shown = (v) => v !== null && v !== undefined && v !== '' && !(Array.isArray(v) && !v.length);
-  return el('dl', { class: 'fields' }, rows.filter((r) => r && shown(r[1])).map(([k, v, cls]) => [
+  return el('dl', { class: 'fields' }, rows.filter((r) => r && (all || shown(r[1]))).map(([k, v, cls]) => [
     el('dt', {}, k),
-    el('dd', { class: cls }, v instanceof Node || Array.isArray(v) ? v : String(v ?? '')),
+    el('dd', { class: cls }, shown(v) ? (v instanceof Node || Array.isArray(v) ? v : String(v)) : el('span', { class: 'muted' }, '(empty)')),
   ]));
 }
 
@@ -573,7 +575,7 @@ async function approvePage(id) {
       ['Plan', b('plan') === null ? el('span', { class: 'muted' }, 'no plan') : el('div', { id: 'plan' }, pre(pretty(b('plan'))))],
       ['Digest (computed here)', el('span', { id: 'digest', class: 'digest' }, digest || 'not computed')],
       ['Digest (orchestrator)', el('span', { class: 'digest' }, i.invocation_digest)],
-    ])),
+    ], true)),
     el('section', { id: 'context' }, el('h2', {}, 'Context (not signed)'), fields([
       ['Level', `L${i.level}: ${i.approvals_required} approval(s) by someone other than the requester`],
       ['Why this level', el('ul', {}, (i.reasons || []).map((r) => el('li', {}, r)))],
