@@ -372,3 +372,66 @@ async fn the_console_apis_say_what_the_pages_show() {
         "{bad}"
     );
 }
+
+/// A repair the healing loop submitted for an incident and that waits for a person: its
+/// approval page names the incident it belongs to (with the alert's labels), and the
+/// incident's page tells its story up to the approval.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_approval_page_names_the_incident_a_repair_belongs_to() {
+    let (w, reg) = setup();
+    crate::healing::publish_catalog(&w, &reg);
+    std::fs::write(
+        w.path("healing.toml"),
+        r#"
+[[policy]]
+name = "disk-full"
+match = { alertname = "DiskFull" }
+diagnose = [{ skill = "acme-disk-usage", input = { warn_percent = 1, critical_percent = 2 } }]
+repair = { skill = "acme-clean-old-logs", input = { dir = "{{labels.dir}}", older_than_days = 7 } }
+auto_heal = true
+"#,
+    )
+    .expect("policies");
+    let orch = Orch::start(
+        &w,
+        &reg,
+        Backend::Sqlite,
+        &["--healing-policies", "healing.toml"],
+    );
+    let api = Api::new(&orch);
+    let admin = orch.admin.clone();
+    let am = orch.token(&w, "alertmanager", "operator");
+    let vera = orch.token(&w, "vera", "viewer");
+    // This agent does not let clean-old-logs heal on its own: a person must approve.
+    let _agents = crate::healing::agents(&w, &orch, &reg, &[("web-2", false)]);
+    let dir = crate::healing::logs(&w, "web-2");
+    let mut fired = crate::healing::alert("DiskFull", "web-2", &dir, json!({ "summary": HOSTILE }));
+    fired["status"] = json!("firing");
+    fired["fingerprint"] = json!("00000000000d15c0");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/alerts/alertmanager",
+            Some(&am),
+            Some(json!({
+                "version": "4", "status": "firing", "receiver": "tend", "groupKey": "{}:disk",
+                "alerts": [fired],
+            })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let waiting = crate::alerts::until_incident(&api, &admin, "DiskFull", |i| {
+        crate::healing::steps(i).contains(&"approval".to_string())
+    })
+    .await;
+    let repair = api
+        .get(&admin, waiting["repair"].as_str().expect("repair"))
+        .await;
+    assert_eq!(repair["state"], "pending_approval", "{repair}");
+
+    let scene = json!({
+        "url": orch.url, "viewer": vera, "repair": repair["id"], "incident": waiting["id"],
+        "digest": repair["invocation_digest"], "hostile": HOSTILE,
+    });
+    drive(&w, "incident", &scene);
+}

@@ -335,9 +335,33 @@ async function brokenAuditPhase() {
   return { chain };
 }
 
+/** A repair the healing loop submitted: the approval page names its incident, and the
+ * incident's timeline reaches the approval. */
+async function incidentPhase() {
+  const context = await launch();
+  const page = await watchedPage(context);
+  const hostile = visible(scene.hostile);
+  await signIn(page, scene.viewer);
+  await go(page, `#/approve/${scene.repair}`);
+  assert.equal((await page.textContent('#digest')).trim(), scene.digest);
+  assert.equal(await page.$('#refusal'), null);
+  const ctx = await page.textContent('#context');
+  assert.ok(ctx.includes(scene.incident) && ctx.includes('DiskFull') && ctx.includes(hostile), ctx);
+  await clean(page, 'approval of an incident repair');
+  await shot(page, 'incident-approval');
+  await page.click(`#context a[href="#/incident/${scene.incident}"]`);
+  await ready(page);
+  const timeline = await page.textContent('#timeline');
+  for (const step of ['diagnos', 'approval']) assert.ok(timeline.includes(step), `timeline misses ${step}: ${timeline}`);
+  await clean(page, 'incident timeline');
+  await shot(page, 'incident-timeline');
+  await context.close();
+  return {};
+}
+
 (async () => {
   const phase = process.argv[2];
-  const phases = { key: keyPhase, main: mainPhase, 'broken-audit': brokenAuditPhase };
+  const phases = { key: keyPhase, main: mainPhase, 'broken-audit': brokenAuditPhase, incident: incidentPhase };
   const result = phases[phase] ? await phases[phase]() : null;
   if (!result) throw new Error(`unknown phase ${phase}`);
   process.stdout.write(`${JSON.stringify(result)}\n`);

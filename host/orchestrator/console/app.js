@@ -49,9 +49,10 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-/** Multi-line untrusted text in a <pre>. */
-function pre(s) {
+/** Multi-line untrusted text in a <pre> (`full`: never cut to a scrolling box). */
+function pre(s, full = false) {
   const node = document.createElement('pre');
+  if (full) node.className = 'full';
   node.append(document.createTextNode(visible(s)));
   return node;
 }
@@ -439,11 +440,15 @@ async function incident(id) {
       ['Episode', String(x.episode)], ['First seen', x.first_seen_at], ['Last seen', x.last_seen_at], ['Resolved', x.resolved_at ?? ''],
       ['Invocations', (x.invocations || []).map((i) => [link('inv', i), ' '])],
     ])),
-    el('h2', {}, 'Labels'), el('section', {}, table(['Label', 'Value'], Object.entries(x.labels || {}))),
-    el('h2', {}, 'Annotations'), el('section', {}, table(['Annotation', 'Value'], Object.entries(x.annotations || {}))),
+    el('h2', {}, 'Labels'), el('section', { class: 'kv' }, table(['Label', 'Value'], Object.entries(x.labels || {}))),
+    el('h2', {}, 'Annotations'), el('section', { class: 'kv' }, table(['Annotation', 'Value'], Object.entries(x.annotations || {}))),
     el('h2', {}, 'Timeline'),
-    el('section', { id: 'timeline' }, table(['At', 'Step', 'What happened', 'Data'],
-      (x.story || []).map((s) => [s.at, s.step, s.text, s.data === undefined || s.data === null ? '' : pre(JSON.stringify(s.data, null, 2))]))),
+    el('section', { id: 'timeline' }, (x.story || []).length
+      ? el('ol', { class: 'timeline' }, x.story.map((s) => el('li', {},
+        el('div', { class: 'when' }, el('span', { class: 'mono' }, s.at), ' ', el('strong', {}, s.step)),
+        el('div', {}, s.text),
+        s.data === undefined || s.data === null ? null : pre(JSON.stringify(s.data, null, 2)))))
+      : el('p', { class: 'muted' }, 'nothing yet')),
     (x.messages || []).length ? [el('h2', {}, 'Messages'), el('section', {}, pre(JSON.stringify(x.messages, null, 2)))] : null,
   );
 }
@@ -565,14 +570,14 @@ async function approvePage(id) {
       ['Hosts', (b('hosts') || []).length ? b('hosts').join(', ') : 'one runner of the target, chosen when it runs'],
       ['Requester', b('requester')],
       ['Expires', Number.isFinite(expires) ? `${new Date(expires).toISOString()} (${b('expires_ms')} ms)` : String(b('expires_ms'))],
-      ['Input', pre(pretty(b('input')))],
+      ['Input', pre(pretty(b('input')), true)],
       ['Grants', el('div', { id: 'grants' }, [...grants].map(([k, v]) => el('div', {},
         el('code', {}, k), isNarrowed(k) ? el('span', { class: 'narrowed' }, ' (narrowed)') : null, ': ',
         Array.isArray(v) && !v.length ? el('span', { class: 'muted' }, 'none') : canonical(v))))],
       ['Limits', el('div', { id: 'limits' }, [...limits].map(([k, v]) => el('div', {},
         el('code', {}, k), limitNarrowed(k) ? el('span', { class: 'narrowed' }, ' (narrowed)') : null, ': ',
         v === null ? el('span', { class: 'muted' }, 'default') : canonical(v))))],
-      ['Plan', b('plan') === null ? el('span', { class: 'muted' }, 'no plan') : el('div', { id: 'plan' }, pre(pretty(b('plan'))))],
+      ['Plan', b('plan') === null ? el('span', { class: 'muted' }, 'no plan') : el('div', { id: 'plan' }, pre(pretty(b('plan')), true))],
       ['Digest (computed here)', el('span', { id: 'digest', class: 'digest' }, digest || 'not computed')],
       ['Digest (orchestrator)', el('span', { class: 'digest' }, i.invocation_digest)],
     ], true)),
