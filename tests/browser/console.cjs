@@ -183,6 +183,20 @@ async function mainPhase() {
     return bad;
   }, vectors);
   assert.deepEqual(mismatches, [], 'the script disagrees with the fixed digest vectors');
+  // The parser refuses what two readers could take differently, and `__proto__` is a key.
+  const parsing = await page.evaluate(async () => {
+    const m = await import('/console/app.js');
+    const refuses = (t) => { try { m.parseJson(t); return false; } catch { return true; } };
+    const proto = m.parseJson('{"__proto__":{"x":1},"n":12345678901234567890}');
+    return {
+      duplicate: refuses('{"a":1,"a":2}'),
+      trailing: refuses('{"a":1} x'),
+      raw_control: refuses('"a\u0001b"'),
+      proto: proto.has('__proto__') && Object.getPrototypeOf({}) === Object.prototype,
+      big: m.canonical(proto.get('n')),
+    };
+  });
+  assert.deepEqual(parsing, { duplicate: true, trailing: true, raw_control: true, proto: true, big: '12345678901234567890' });
 
   // Approve the good repair: its plan is shown, the page's digest is the server's.
   await go(page, `#/approve/${scene.good}`);
