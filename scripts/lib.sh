@@ -240,3 +240,18 @@ ensure_wkg() {
         env -u CARGO_TARGET_DIR cargo install --locked --root "$root" wkg --version "$WKG_VERSION"
     fi
 }
+
+# The console's browser tests: Debian's chromium, driven by playwright-core from npm (pinned),
+# installed into $CARGO_TARGET_DIR/console-node (no browser download: Debian's is used).
+PLAYWRIGHT_CORE_VERSION=1.65.1
+ensure_console_browser() {
+    ensure_debian_packages chromium
+    local dir="$CARGO_TARGET_DIR/console-node"
+    if ! [ -f "$dir/node_modules/playwright-core/package.json" ] ||
+        ! grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" "$dir/node_modules/playwright-core/package.json"; then
+        step "installing playwright-core $PLAYWRIGHT_CORE_VERSION into $dir"
+        mkdir -p "$dir"
+        npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
+            "playwright-core@$PLAYWRIGHT_CORE_VERSION"
+    fi
+}

@@ -12,6 +12,7 @@ mod capabilities;
 mod catalog;
 mod cli;
 mod client;
+mod console;
 mod dns;
 mod early_refusal;
 mod facts;

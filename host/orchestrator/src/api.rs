@@ -140,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::approvers::api::routes())
         .merge(crate::token_api::routes())
         .merge(crate::incidents::routes())
+        .merge(crate::console::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -155,7 +156,8 @@ pub fn router(state: AppState) -> Router {
         crate::approvers::api::register, crate::approvers::api::list, crate::approvers::api::remove,
         crate::token_api::create, crate::token_api::list, crate::token_api::revoke, crate::token_api::rotate,
         crate::incidents::alertmanager, crate::incidents::list_incidents, crate::incidents::show_incident,
-        crate::incidents::show_policies, crate::incidents::set_policies),
+        crate::incidents::show_policies, crate::incidents::set_policies,
+        crate::console::whoami, crate::console::skills, crate::console::audit_verify),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -28,6 +28,7 @@ pub mod api;
 pub mod approvers;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod db;
 pub mod extract;
 pub mod fit;

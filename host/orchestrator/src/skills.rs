@@ -163,6 +163,26 @@ impl Catalog {
         Ok(resolved)
     }
 
+    /// The orchestrator's own trust policy (the console says why a publisher is trusted).
+    pub fn trust(&self) -> &TrustPolicy {
+        &self.trust
+    }
+
+    /// The registry's skills (latest release of each) and every published (name, version),
+    /// oldest first, as the registry lists them: nothing here is verified yet.
+    pub async fn listing(
+        &self,
+    ) -> Result<(Vec<tend_registry::wire::Entry>, Vec<(String, String)>), ResolveError> {
+        let latest = self.client.list(None).await.map_err(map_client)?;
+        let log = self.client.log().await.map_err(map_client)?;
+        let versions = log
+            .entries
+            .into_iter()
+            .map(|e| (e.name, e.version))
+            .collect();
+        Ok((latest, versions))
+    }
+
     /// A cached artifact, if the trust policy and the versions seen since still accept it.
     fn recheck(&self, r: Arc<Resolved>) -> Result<Arc<Resolved>, ResolveError> {
         self.store
