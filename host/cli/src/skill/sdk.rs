@@ -1,0 +1,287 @@
+//! The files a skill is built against — the `tend:skill` WIT package and the Rust, Python and
+//! JavaScript SDKs — embedded in the binary, so `tend skill new` and `tend skill build` need
+//! no Tend checkout.
+//!
+//! They are unpacked, laid out as in a checkout (`wit/skill`, `sdk/rust`, `sdk/python`,
+//! `sdk/js`), into `$XDG_CACHE_HOME/tend/sdk/<tend version>-<hash>/` (else
+//! `~/.cache/tend/sdk/...`). The hash covers every embedded byte, so a Tend built from other
+//! sources never shares a directory with this one, and a directory, once there, is never
+//! rewritten: it is written in a temporary directory beside it and renamed into place whole,
+//! so two builds at once never see half a tree. The JavaScript toolchain (componentize-js and
+//! rolldown, pinned by the embedded `package-lock.json`) is installed with npm into the same
+//! directory the first time a JavaScript skill is built.
+//!
+//! `TEND_HOME` (a Tend checkout) overrides all of this, for Tend's own developers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::Failure;
+
+/// Every embedded file, by its path in a checkout. A unit test checks that this is every file
+/// of `wit/skill` and `sdk/` that a build uses.
+const FILES: &[(&str, &str)] = &[
+    (
+        "wit/skill/skill.wit",
+        include_str!("../../../../wit/skill/skill.wit"),
+    ),
+    (
+        "sdk/rust/Cargo.toml",
+        include_str!("../../../../sdk/rust/Cargo.toml"),
+    ),
+    (
+        "sdk/rust/src/lib.rs",
+        include_str!("../../../../sdk/rust/src/lib.rs"),
+    ),
+    (
+        "sdk/python/tend_skill.py",
+        include_str!("../../../../sdk/python/tend_skill.py"),
+    ),
+    (
+        "sdk/js/tend-skill.js",
+        include_str!("../../../../sdk/js/tend-skill.js"),
+    ),
+    (
+        "sdk/js/build.mjs",
+        include_str!("../../../../sdk/js/build.mjs"),
+    ),
+    (
+        "sdk/js/wasi-wit/io.wit",
+        include_str!("../../../../sdk/js/wasi-wit/io.wit"),
+    ),
+    (
+        "sdk/js/wasi-wit/clocks.wit",
+        include_str!("../../../../sdk/js/wasi-wit/clocks.wit"),
+    ),
+    (
+        "sdk/js/wasi-wit/filesystem.wit",
+        include_str!("../../../../sdk/js/wasi-wit/filesystem.wit"),
+    ),
+    (
+        "sdk/js/package.json",
+        include_str!("../../../../sdk/js/package.json"),
+    ),
+    (
+        "sdk/js/package-lock.json",
+        include_str!("../../../../sdk/js/package-lock.json"),
+    ),
+];
+
+/// `<tend version>-<16 hex of the sha256 over every embedded path and file>`.
+pub fn version_dir_name() -> String {
+    let mut all = Vec::new();
+    for (path, text) in FILES {
+        // Length-prefixed, so no two different sets of files hash alike.
+        for part in [path.as_bytes(), text.as_bytes()] {
+            all.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            all.extend_from_slice(part);
+        }
+    }
+    let hash = tend_registry::envelope::sha256_hex(&all);
+    format!("{}-{}", env!("CARGO_PKG_VERSION"), &hash[..16])
+}
+
+/// `$XDG_CACHE_HOME/tend`, else `~/.cache/tend`.
+pub fn cache_root() -> Result<PathBuf, Failure> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .map(|c| c.join("tend"))
+        .ok_or_else(|| {
+            Failure::bad_input(
+                "neither XDG_CACHE_HOME nor HOME is set: Tend has nowhere to unpack its skill SDK",
+            )
+        })
+}
+
+/// The embedded files, unpacked (once) under [`cache_root`]; returns the directory that holds
+/// `wit/skill` and `sdk/`.
+pub fn unpacked() -> Result<PathBuf, Failure> {
+    let parent = cache_root()?.join("sdk");
+    let dir = parent.join(version_dir_name());
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let cannot = |what: &str, p: &Path, e: std::io::Error| {
+        Failure::host(format!("cannot {what} {}: {e}", p.display()))
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| cannot("create", &parent, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".unpacking-")
+        .tempdir_in(&parent)
+        .map_err(|e| cannot("write in", &parent, e))?;
+    for (path, text) in FILES {
+        let file = staging.path().join(path);
+        if let Some(p) = file.parent() {
+            std::fs::create_dir_all(p).map_err(|e| cannot("create", p, e))?;
+        }
+        std::fs::write(&file, text).map_err(|e| cannot("write", &file, e))?;
+    }
+    match std::fs::rename(staging.path(), &dir) {
+        Ok(()) => {
+            // Renamed away: nothing left for the TempDir to remove.
+            let _ = staging.keep();
+            Ok(dir)
+        }
+        // Another build unpacked the same files first: theirs are as good as ours.
+        Err(_) if dir.is_dir() => Ok(dir),
+        Err(e) => Err(cannot("write", &dir, e)),
+    }
+}
+
+/// Where a build finds `wit/skill` and `sdk/`: `$TEND_HOME` (a Tend checkout, for Tend's own
+/// developers) if set, else the embedded files, unpacked.
+pub fn home() -> Result<PathBuf, Failure> {
+    match std::env::var_os("TEND_HOME").filter(|v| !v.is_empty()) {
+        Some(_) => super::build::tend_home(Path::new(".")),
+        None => unpacked(),
+    }
+}
+
+/// The pinned versions of the JavaScript toolchain, for progress lines.
+fn js_versions() -> String {
+    let package = FILES
+        .iter()
+        .find(|(p, _)| *p == "sdk/js/package.json")
+        .map(|(_, t)| *t)
+        .unwrap_or_default();
+    let deps = serde_json::from_str::<serde_json::Value>(package)
+        .ok()
+        .and_then(|v| v.get("dependencies").cloned())
+        .and_then(|d| d.as_object().cloned())
+        .unwrap_or_default();
+    deps.iter()
+        .map(|(name, v)| format!("{name} {}", v.as_str().unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const COMPONENTIZE_JS: &str = "node_modules/@bytecodealliance/componentize-js";
+
+/// The `sdk/js` directory to build JavaScript skills with, its toolchain installed: `home`'s if
+/// it has one (a developer's checkout after `npm ci`), else the unpacked copy's, installing
+/// the pinned toolchain there with `npm ci` the first time. Progress goes to stderr.
+pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
+    let own = home.join("sdk/js");
+    if own.join(COMPONENTIZE_JS).is_dir() {
+        return Ok(own);
+    }
+    let js = unpacked()?.join("sdk/js");
+    if js.join(COMPONENTIZE_JS).is_dir() {
+        return Ok(js);
+    }
+    if !super::build::have("npm", "--version") {
+        return Err(Failure::bad_input(
+            "npm not found: building a JavaScript skill installs componentize-js with npm the first time; install it with `apt-get install npm`",
+        ));
+    }
+    eprintln!(
+        "installing the JavaScript skill toolchain ({}) with npm into {} (first JavaScript build only) ...",
+        js_versions(),
+        js.display()
+    );
+    let started = Instant::now();
+    // npm works in a staging directory; only a complete node_modules is renamed into place.
+    let staging = tempfile::Builder::new()
+        .prefix(".npm-")
+        .tempdir_in(&js)
+        .map_err(|e| Failure::host(format!("cannot write in {}: {e}", js.display())))?;
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(js.join(f), staging.path().join(f))
+            .map_err(|e| Failure::host(format!("cannot copy {f}: {e}")))?;
+    }
+    let status = Command::new("npm")
+        .args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--update-notifier=false",
+            "--loglevel=error",
+        ])
+        .current_dir(staging.path())
+        .stdin(Stdio::null())
+        // npm's summary is progress, not the command's output.
+        .stdout(std::io::stderr())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| Failure::host(format!("cannot run npm: {e}")))?;
+    if !status.success() {
+        return Err(Failure::bad_input(format!(
+            "npm ci of the JavaScript skill toolchain failed ({status}); nothing was installed in {}",
+            js.display()
+        )));
+    }
+    match std::fs::rename(staging.path().join("node_modules"), js.join("node_modules")) {
+        Ok(()) => {}
+        // Another build installed it first.
+        Err(_) if js.join(COMPONENTIZE_JS).is_dir() => {}
+        Err(e) => {
+            return Err(Failure::host(format!(
+                "cannot move node_modules into {}: {e}",
+                js.display()
+            )));
+        }
+    }
+    eprintln!(
+        "installed the JavaScript skill toolchain in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(js)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of `wit/skill` and the SDKs that a build reads is embedded (a new SDK file
+    /// that is not would build in a checkout and fail with only the binary).
+    #[test]
+    fn every_sdk_file_is_embedded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut on_disk = Vec::new();
+        let mut stack = vec![root.join("wit/skill"), root.join("sdk")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if matches!(name.as_str(), "node_modules" | "__pycache__" | "target")
+                    || name.starts_with('.')
+                {
+                    continue;
+                }
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(&root).expect("under root");
+                    on_disk.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = FILES.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+        for (p, text) in FILES {
+            assert_eq!(
+                std::fs::read_to_string(root.join(p)).expect("read"),
+                *text,
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_directory_name_carries_the_version_and_a_content_hash() {
+        let name = version_dir_name();
+        let (version, hash) = name.rsplit_once('-').expect("version-hash");
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(hash.len(), 16);
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}
