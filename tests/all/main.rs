@@ -35,3 +35,4 @@ mod support;
 mod tokens;
 mod transitions;
 mod up;
+mod authoring_binary;
