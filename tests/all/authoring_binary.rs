@@ -5,9 +5,10 @@
 //! manifest that understates its level is called out, the same bytes under another signed
 //! manifest are not "nothing changed", and a JavaScript skill reads granted files only.
 //!
-//! The JavaScript test installs componentize-js with npm the first time; its cache
-//! (`XDG_CACHE_HOME`) is shared across test runs in `<target>/authoring-binary-cache`, so only
-//! the first run in a target directory downloads it.
+//! The JavaScript and Python tests install componentize-js (npm) and componentize-py (pip)
+//! the first time; their cache (`XDG_CACHE_HOME`) is shared across test runs in
+//! `<target>/authoring-binary-cache`, so only the first run in a target directory downloads
+//! them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,14 +21,24 @@ use crate::support::*;
 /// Where cargo and rustup live for the real user: a skill's `cargo build` keeps using them
 /// when `HOME` is a temp directory.
 fn real_home_dir(var: &str, under_home: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(under_home)
-    })
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(under_home))
 }
 
-/// `tend` as someone with only the binary: in `work`, no `TEND_HOME`, `HOME=home`, and
-/// `XDG_CACHE_HOME` only if given.
+/// `tend` as someone with only the binary: in `work`, no `TEND_HOME`, `HOME=home`,
+/// `XDG_CACHE_HOME` only if given, and the caller's `PATH` unless one is given.
 fn bare(work: &Path, home: &Path, xdg: Option<&Path>, args: &[&str]) -> Output {
+    bare_with_path(work, home, xdg, None, args)
+}
+
+fn bare_with_path(
+    work: &Path,
+    home: &Path,
+    xdg: Option<&Path>,
+    path: Option<&str>,
+    args: &[&str],
+) -> Output {
     let mut cmd: Command = tend();
     cmd.current_dir(work)
         .env_remove("TEND_HOME")
@@ -41,7 +52,22 @@ fn bare(work: &Path, home: &Path, xdg: Option<&Path>, args: &[&str]) -> Output {
     if let Some(x) = xdg {
         cmd.env("XDG_CACHE_HOME", x);
     }
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
     cmd.args(args).output().expect("run tend")
+}
+
+/// The caller's PATH without the directories that hold `program`.
+fn path_without(program: &str) -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|d| !d.join(program).exists())
+        .collect();
+    std::env::join_paths(kept)
+        .expect("PATH")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn ok(o: &Output, what: &str) {
@@ -96,7 +122,12 @@ fn a_rust_skill_from_the_binary_alone_and_a_failed_build_leaves_no_component() {
     );
 
     ok(
-        &bare(w, h, None, &["skill", "new", "uptime-note", "--lang", "rust"]),
+        &bare(
+            w,
+            h,
+            None,
+            &["skill", "new", "uptime-note", "--lang", "rust"],
+        ),
         "new",
     );
     // The scaffold depends on the SDK unpacked from the binary into HOME's cache, never on a
@@ -125,7 +156,11 @@ fn a_rust_skill_from_the_binary_alone_and_a_failed_build_leaves_no_component() {
         .map(|e| e.path())
         .collect();
     assert_eq!(unpacked.len(), 1, "one tree, no leftovers: {unpacked:?}");
-    for f in ["wit/skill/skill.wit", "sdk/rust/src/lib.rs", "sdk/python/tend_skill.py"] {
+    for f in [
+        "wit/skill/skill.wit",
+        "sdk/rust/src/lib.rs",
+        "sdk/python/tend_skill.py",
+    ] {
         assert!(unpacked[0].join(f).is_file(), "{f}");
     }
 
@@ -140,8 +175,11 @@ fn a_rust_skill_from_the_binary_alone_and_a_failed_build_leaves_no_component() {
     // `tend run` cannot run stale code as if it were this source's.
     let src = w.join("uptime-note/src/lib.rs");
     let text = std::fs::read_to_string(&src).expect("src");
-    std::fs::write(&src, format!("{text}\ncompile_error!(\"broken on purpose\");\n"))
-        .expect("write");
+    std::fs::write(
+        &src,
+        format!("{text}\ncompile_error!(\"broken on purpose\");\n"),
+    )
+    .expect("write");
     let o = bare(w, h, None, &["skill", "build", "uptime-note"]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("cargo build failed"), "{}", err(&o));
@@ -180,7 +218,15 @@ fn a_python_repair_from_the_binary_alone_declares_the_level_its_grants_imply() {
             w,
             h,
             None,
-            &["skill", "new", "restart-it", "--lang", "python", "--kind", "repair"],
+            &[
+                "skill",
+                "new",
+                "restart-it",
+                "--lang",
+                "python",
+                "--kind",
+                "repair",
+            ],
         ),
         "new",
     );
@@ -189,16 +235,40 @@ fn a_python_repair_from_the_binary_alone_declares_the_level_its_grants_imply() {
     // Its exec grant makes it L2 (tend-policy's floor for running a program).
     assert!(manifest.contains("\nlevel = 2\n"), "{manifest}");
 
-    let built = build_json(w, h, None, "restart-it");
+    // Built with no componentize-py on PATH: the pinned one is installed into the cache with
+    // pip (shared across test runs, like the JavaScript toolchain).
+    let xdg = target_dir().join("authoring-binary-cache");
+    let path = path_without("componentize-py");
+    let build = || {
+        let o = bare_with_path(
+            w,
+            h,
+            Some(&xdg),
+            Some(&path),
+            &["skill", "build", "restart-it", "--json"],
+        );
+        ok(&o, "build");
+        serde_json::from_slice::<Value>(&o.stdout).expect("build report")
+    };
+    let built = build();
+    assert!(
+        xdg.join("tend/python/componentize-py-0.25.1/componentize_py")
+            .is_dir(),
+        "componentize-py installed under {}",
+        xdg.display()
+    );
     assert!(level_warnings(&built).is_empty(), "{built}");
     let report = run_json(w, h, None, "restart-it", "{}");
     assert_eq!(report["outcome"], "ok", "{report}");
     assert_eq!(report["output"]["done"], true, "{report}");
 
     // Understated by hand: the build says so (and still builds: every runner computes L2).
-    std::fs::write(&manifest_path, manifest.replace("\nlevel = 2\n", "\nlevel = 1\n"))
-        .expect("write");
-    let built = build_json(w, h, None, "restart-it");
+    std::fs::write(
+        &manifest_path,
+        manifest.replace("\nlevel = 2\n", "\nlevel = 1\n"),
+    )
+    .expect("write");
+    let built = build();
     let warned = level_warnings(&built);
     assert_eq!(warned.len(), 1, "{built}");
     assert!(
@@ -285,7 +355,13 @@ fn the_same_bytes_under_another_signed_manifest_are_not_nothing_changed() {
     let other_token = other.token("ci", "publisher");
     let other_reg = Registry::start(&other);
     other.published(&other_reg.url, &wider_wasm, &other_token);
-    w.ok(&["skill", "pull", "acme-echo@1.0.0", "--registry", &other_reg.url]);
+    w.ok(&[
+        "skill",
+        "pull",
+        "acme-echo@1.0.0",
+        "--registry",
+        &other_reg.url,
+    ]);
     let installed = std::fs::read_to_string(&sig).expect("installed envelope");
     assert!(installed.contains("fs_read"), "{installed}");
 }
@@ -341,7 +417,10 @@ fn a_js_skill_from_the_binary_alone_reads_granted_files_only() {
     let js = std::fs::read_dir(xdg.join("tend/sdk"))
         .expect("sdk cache")
         .flatten()
-        .map(|e| e.path().join("sdk/js/node_modules/@bytecodealliance/componentize-js"))
+        .map(|e| {
+            e.path()
+                .join("sdk/js/node_modules/@bytecodealliance/componentize-js")
+        })
         .any(|p| p.is_dir());
     assert!(js, "componentize-js installed under {}", xdg.display());
 
@@ -367,13 +446,7 @@ fn a_js_skill_from_the_binary_alone_reads_granted_files_only() {
     );
 
     // Climbing out of the granted directory, through the SDK or around it: the host refuses.
-    let report = run_json(
-        w,
-        h,
-        x,
-        "reader",
-        &input(&granted.join("../secret.txt")),
-    );
+    let report = run_json(w, h, x, "reader", &input(&granted.join("../secret.txt")));
     assert_eq!(report["outcome"], "skill_error", "{report}");
     assert!(
         report["error"]["message"]

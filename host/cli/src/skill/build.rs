@@ -158,15 +158,14 @@ fn build_rust(dir: &Path) -> Result<PathBuf, Failure> {
 }
 
 fn build_python(dir: &Path, home: &Path, world: &str, out: &Path) -> Result<(), Failure> {
-    if !have("componentize-py", "--version") {
-        return Err(missing(
-            "componentize-py",
-            "pip install componentize-py==0.25.1",
-        ));
-    }
-    run_tool(
+    // componentize-py on PATH, else the pinned one installed into the cache with pip.
+    let mut cmd = if have("componentize-py", "--version") {
         Command::new("componentize-py")
-            .arg("-d")
+    } else {
+        super::sdk::componentize_py()?
+    };
+    run_tool(
+        cmd.arg("-d")
             .arg(home.join("wit/skill"))
             .args(["-w", world, "componentize", "app", "-p"])
             .arg(dir)

@@ -235,6 +235,93 @@ pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
     Ok(js)
 }
 
+/// The componentize-py release Python skills are built with (as in scripts/lib.sh).
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// A command that runs the pinned componentize-py from `<cache>/python/componentize-py-<v>/`,
+/// installing it there with `python3 -m pip install --target` the first time (progress on
+/// stderr). Without a `python3` that has pip, the error names the command to run instead.
+pub fn componentize_py() -> Result<Command, Failure> {
+    let parent = cache_root()?.join("python");
+    let dir = parent.join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
+    let command = |dir: &Path| {
+        let mut cmd = Command::new("python3");
+        cmd.env("PYTHONPATH", dir).args([
+            "-c",
+            "import sys; from componentize_py import script; sys.exit(script())",
+        ]);
+        cmd
+    };
+    if dir.join("componentize_py").is_dir() {
+        return Ok(command(&dir));
+    }
+    let install = format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}");
+    if !Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Err(Failure::bad_input(format!(
+            "componentize-py not found, and no python3 with pip to install it into {}: install it with `{install}`",
+            dir.display()
+        )));
+    }
+    eprintln!(
+        "installing componentize-py {COMPONENTIZE_PY_VERSION} with pip into {} (first Python build only) ...",
+        dir.display()
+    );
+    let started = Instant::now();
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| Failure::host(format!("cannot create {}: {e}", parent.display())))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".pip-")
+        .tempdir_in(&parent)
+        .map_err(|e| Failure::host(format!("cannot write in {}: {e}", parent.display())))?;
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--target",
+        ])
+        .arg(staging.path())
+        .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}"))
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| Failure::host(format!("cannot run python3 -m pip: {e}")))?;
+    if !status.success() {
+        return Err(Failure::bad_input(format!(
+            "pip could not install componentize-py ({status}); nothing was installed in {}; install it yourself with `{install}`",
+            dir.display()
+        )));
+    }
+    match std::fs::rename(staging.path(), &dir) {
+        Ok(()) => {
+            let _ = staging.keep();
+        }
+        Err(_) if dir.join("componentize_py").is_dir() => {}
+        Err(e) => {
+            return Err(Failure::host(format!(
+                "cannot write {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    eprintln!(
+        "installed componentize-py in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(command(&dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
