@@ -171,6 +171,13 @@ fn a_rust_skill_from_the_binary_alone_and_a_failed_build_leaves_no_component() {
     assert_eq!(report["outcome"], "ok", "{report}");
     assert!(report["output"]["hostname"].is_string(), "{report}");
 
+    // Someone edits the unpacked SDK, or the disk loses part of it: the next build notices
+    // (the directory's name promises its content) and unpacks it again.
+    let wit = unpacked[0].join("wit/skill/skill.wit");
+    let pristine = std::fs::read_to_string(&wit).expect("wit");
+    std::fs::write(&wit, format!("{pristine}\n// edited\n")).expect("edit");
+    std::fs::remove_file(unpacked[0].join("sdk/python/tend_skill.py")).expect("remove");
+
     // Break the source: the build fails, and the previous component is gone with it, so
     // `tend run` cannot run stale code as if it were this source's.
     let src = w.join("uptime-note/src/lib.rs");
@@ -183,6 +190,9 @@ fn a_rust_skill_from_the_binary_alone_and_a_failed_build_leaves_no_component() {
     let o = bare(w, h, None, &["skill", "build", "uptime-note"]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("cargo build failed"), "{}", err(&o));
+    assert!(err(&o).contains("unpacking it again"), "{}", err(&o));
+    assert_eq!(std::fs::read_to_string(&wit).expect("wit"), pristine);
+    assert!(unpacked[0].join("sdk/python/tend_skill.py").is_file());
     let dist: Vec<String> = std::fs::read_dir(w.join("uptime-note/dist"))
         .expect("dist")
         .flatten()

@@ -105,12 +105,33 @@ pub fn cache_root() -> Result<PathBuf, Failure> {
 pub fn unpacked() -> Result<PathBuf, Failure> {
     let parent = cache_root()?.join("sdk");
     let dir = parent.join(version_dir_name());
-    if dir.is_dir() {
-        return Ok(dir);
-    }
     let cannot = |what: &str, p: &Path, e: std::io::Error| {
         Failure::host(format!("cannot {what} {}: {e}", p.display()))
     };
+    // The directory's name promises its content; check it (a few small files) rather than
+    // build against an SDK someone edited or a disk that lost part of it.
+    let intact = |dir: &Path| {
+        FILES.iter().all(|(path, text)| {
+            std::fs::read(dir.join(path)).is_ok_and(|b| b.as_slice() == text.as_bytes())
+        })
+    };
+    let _aside;
+    if dir.is_dir() {
+        if intact(&dir) {
+            return Ok(dir);
+        }
+        eprintln!(
+            "{} differs from the SDK embedded in this tend: unpacking it again",
+            dir.display()
+        );
+        let aside = tempfile::Builder::new()
+            .prefix(".replaced-")
+            .tempdir_in(&parent)
+            .map_err(|e| cannot("write in", &parent, e))?;
+        std::fs::rename(&dir, aside.path().join("old")).map_err(|e| cannot("replace", &dir, e))?;
+        // Removed (with any toolchain installed in it) once the new tree is in place.
+        _aside = aside;
+    }
     std::fs::create_dir_all(&parent).map_err(|e| cannot("create", &parent, e))?;
     let staging = tempfile::Builder::new()
         .prefix(".unpacking-")
@@ -130,7 +151,7 @@ pub fn unpacked() -> Result<PathBuf, Failure> {
             Ok(dir)
         }
         // Another build unpacked the same files first: theirs are as good as ours.
-        Err(_) if dir.is_dir() => Ok(dir),
+        Err(_) if dir.is_dir() && intact(&dir) => Ok(dir),
         Err(e) => Err(cannot("write", &dir, e)),
     }
 }
