@@ -476,3 +476,43 @@ fn a_js_skill_from_the_binary_alone_reads_granted_files_only() {
         "{report}"
     );
 }
+
+/// With node but no npm, the first JavaScript build says what to install, and leaves no
+/// half-installed toolchain behind.
+#[test]
+fn a_js_build_without_npm_names_what_to_install() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let (w, h) = (work.path(), home.path());
+    let bin = w.join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let node = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("node"))
+        .find(|p| p.is_file())
+        .expect("node on PATH");
+    std::os::unix::fs::symlink(node, bin.join("node")).expect("symlink");
+    let path = bin.display().to_string();
+
+    ok(
+        &bare(w, h, None, &["skill", "new", "no-npm", "--lang", "js"]),
+        "new",
+    );
+    let o = bare_with_path(w, h, None, Some(&path), &["skill", "build", "no-npm"]);
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("npm not found") && e.contains("apt-get install npm"),
+        "{e}"
+    );
+    let sdk = std::fs::read_dir(h.join(".cache/tend/sdk"))
+        .expect("sdk cache")
+        .flatten()
+        .map(|d| d.path())
+        .find(|d| {
+            !d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .expect("unpacked");
+    assert!(!sdk.join("sdk/js/node_modules").exists());
+    assert!(!w.join("no-npm/dist/no-npm-0.1.0.wasm").exists());
+}

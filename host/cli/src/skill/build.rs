@@ -294,7 +294,6 @@ pub fn level_warning(manifest: &Manifest) -> Option<String> {
 pub fn build(dir: &Path, json: bool, cache: &CacheArgs) -> Result<u8, Failure> {
     let manifest_path = dir.join("skill.toml");
     let manifest = Manifest::from_file(&manifest_path).map_err(Failure::bad_input)?;
-    let lang = Lang::detect(dir)?;
     let world = manifest.skill.kind.to_string();
     let dist = dir.join("dist");
     let out = dist.join(format!(
@@ -314,6 +313,7 @@ pub fn build(dir: &Path, json: bool, cache: &CacheArgs) -> Result<u8, Failure> {
             )));
         }
     }
+    let lang = Lang::detect(dir)?;
     let home = super::sdk::home()?;
     std::fs::create_dir_all(&dist)
         .map_err(|e| Failure::host(format!("cannot create {}: {e}", dist.display())))?;
