@@ -423,16 +423,17 @@ fn a_js_skill_from_the_binary_alone_reads_granted_files_only() {
 
     let built = build_json(w, h, x, "reader");
     assert_eq!(built["lang"], "js");
-    // The toolchain went into the cache, not into a checkout.
-    let js = std::fs::read_dir(xdg.join("tend/sdk"))
+    // The toolchain went into the cache (keyed by its lock, linked into the unpacked SDK), not
+    // into a checkout.
+    let linked = std::fs::read_dir(xdg.join("tend/sdk"))
         .expect("sdk cache")
         .flatten()
-        .map(|e| {
-            e.path()
-                .join("sdk/js/node_modules/@bytecodealliance/componentize-js")
-        })
-        .any(|p| p.is_dir());
-    assert!(js, "componentize-js installed under {}", xdg.display());
+        .filter_map(|e| std::fs::read_link(e.path().join("sdk/js/node_modules")).ok())
+        .any(|target| {
+            target.starts_with(xdg.join("tend/js"))
+                && target.join("@bytecodealliance/componentize-js").is_dir()
+        });
+    assert!(linked, "componentize-js installed under {}", xdg.display());
 
     let input = |path: &Path| format!(r#"{{"path":"{}"}}"#, path.display());
     let report = run_json(w, h, x, "reader", &input(&granted.join("note.txt")));
@@ -514,5 +515,9 @@ fn a_js_build_without_npm_names_what_to_install() {
         })
         .expect("unpacked");
     assert!(!sdk.join("sdk/js/node_modules").exists());
+    let installed: Vec<_> = std::fs::read_dir(h.join(".cache/tend/js"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(installed.is_empty(), "{installed:?}");
     assert!(!w.join("no-npm/dist/no-npm-0.1.0.wasm").exists());
 }

@@ -8,8 +8,9 @@
 //! sources never shares a directory with this one, and a directory, once there, is never
 //! rewritten: it is written in a temporary directory beside it and renamed into place whole,
 //! so two builds at once never see half a tree. The JavaScript toolchain (componentize-js and
-//! rolldown, pinned by the embedded `package-lock.json`) is installed with npm into the same
-//! directory the first time a JavaScript skill is built.
+//! rolldown, pinned by the embedded `package-lock.json`) is installed with npm into
+//! `<cache>/tend/js/<hash of the lock>/` the first time a JavaScript skill is built, and
+//! linked in as the unpacked `sdk/js/node_modules`.
 //!
 //! `TEND_HOME` (a Tend checkout) overrides all of this, for Tend's own developers.
 
@@ -185,9 +186,23 @@ fn js_versions() -> String {
 
 const COMPONENTIZE_JS: &str = "node_modules/@bytecodealliance/componentize-js";
 
+/// `<16 hex>` of the embedded `package.json` and `package-lock.json`: the toolchain's identity.
+fn js_lock_hash() -> String {
+    let mut all = Vec::new();
+    for (path, text) in FILES {
+        if matches!(*path, "sdk/js/package.json" | "sdk/js/package-lock.json") {
+            all.extend_from_slice(&(text.len() as u64).to_be_bytes());
+            all.extend_from_slice(text.as_bytes());
+        }
+    }
+    tend_registry::envelope::sha256_hex(&all)[..16].to_string()
+}
+
 /// The `sdk/js` directory to build JavaScript skills with, its toolchain installed: `home`'s if
-/// it has one (a developer's checkout after `npm ci`), else the unpacked copy's, installing
-/// the pinned toolchain there with `npm ci` the first time. Progress goes to stderr.
+/// it has one (a developer's checkout after `npm ci`), else the unpacked copy's. That one's
+/// `node_modules` is a link to `<cache>/js/<hash of package.json and the lock>/node_modules`,
+/// installed there with `npm ci` the first time (progress on stderr), so a Tend upgrade that
+/// keeps the same pinned toolchain reuses it instead of downloading it again.
 pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
     let own = home.join("sdk/js");
     if own.join(COMPONENTIZE_JS).is_dir() {
@@ -197,6 +212,33 @@ pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
     if js.join(COMPONENTIZE_JS).is_dir() {
         return Ok(js);
     }
+    let parent = cache_root()?.join("js");
+    let tool = parent.join(js_lock_hash());
+    if !tool.join(COMPONENTIZE_JS).is_dir() {
+        install_js_toolchain(&js, &parent, &tool)?;
+    }
+    // Link it in: a link made under a temporary name, then renamed over whatever is there.
+    let link = js.join("node_modules");
+    let tmp = js.join(format!(".node_modules-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(tool.join("node_modules"), &tmp)
+        .and_then(|()| std::fs::rename(&tmp, &link))
+        .or_else(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            // Another build linked it first.
+            if js.join(COMPONENTIZE_JS).is_dir() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| Failure::host(format!("cannot link {}: {e}", link.display())))?;
+    Ok(js)
+}
+
+/// `npm ci` of the embedded lock in a staging directory under `parent`, renamed to `tool`
+/// only when complete.
+fn install_js_toolchain(js: &Path, parent: &Path, tool: &Path) -> Result<(), Failure> {
     if !super::build::have("npm", "--version") {
         return Err(Failure::bad_input(
             "npm not found: building a JavaScript skill installs componentize-js with npm the first time; install it with `apt-get install npm`",
@@ -205,14 +247,15 @@ pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
     eprintln!(
         "installing the JavaScript skill toolchain ({}) with npm into {} (first JavaScript build only) ...",
         js_versions(),
-        js.display()
+        tool.display()
     );
     let started = Instant::now();
-    // npm works in a staging directory; only a complete node_modules is renamed into place.
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Failure::host(format!("cannot create {}: {e}", parent.display())))?;
     let staging = tempfile::Builder::new()
         .prefix(".npm-")
-        .tempdir_in(&js)
-        .map_err(|e| Failure::host(format!("cannot write in {}: {e}", js.display())))?;
+        .tempdir_in(parent)
+        .map_err(|e| Failure::host(format!("cannot write in {}: {e}", parent.display())))?;
     for f in ["package.json", "package-lock.json"] {
         std::fs::copy(js.join(f), staging.path().join(f))
             .map_err(|e| Failure::host(format!("cannot copy {f}: {e}")))?;
@@ -235,17 +278,19 @@ pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
     if !status.success() {
         return Err(Failure::bad_input(format!(
             "npm ci of the JavaScript skill toolchain failed ({status}); nothing was installed in {}",
-            js.display()
+            tool.display()
         )));
     }
-    match std::fs::rename(staging.path().join("node_modules"), js.join("node_modules")) {
-        Ok(()) => {}
+    match std::fs::rename(staging.path(), tool) {
+        Ok(()) => {
+            let _ = staging.keep();
+        }
         // Another build installed it first.
-        Err(_) if js.join(COMPONENTIZE_JS).is_dir() => {}
+        Err(_) if tool.join(COMPONENTIZE_JS).is_dir() => {}
         Err(e) => {
             return Err(Failure::host(format!(
-                "cannot move node_modules into {}: {e}",
-                js.display()
+                "cannot write {}: {e}",
+                tool.display()
             )));
         }
     }
@@ -253,7 +298,7 @@ pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
         "installed the JavaScript skill toolchain in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(js)
+    Ok(())
 }
 
 /// The componentize-py release Python skills are built with (as in scripts/lib.sh).
