@@ -354,3 +354,32 @@ pub fn new(name: &str, lang: Lang, kind: SkillKind, parent: &Path) -> Result<u8,
     ));
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every scaffold declares exactly the level its grants imply (computed by tend-policy),
+    /// so a fresh skill never builds or signs with a level warning.
+    #[test]
+    fn every_scaffold_declares_the_level_its_grants_imply() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        for (lang, kind, level) in [
+            (Lang::Python, SkillKind::Diagnose, 0),
+            (Lang::Python, SkillKind::Repair, 2),
+            (Lang::Js, SkillKind::Diagnose, 0),
+            (Lang::Js, SkillKind::Repair, 2),
+        ] {
+            let name = format!("s-{lang:?}-{kind}").to_lowercase();
+            new(&name, lang, kind, parent.path()).expect("scaffold");
+            let path = parent.path().join(&name).join("skill.toml");
+            let manifest = Manifest::from_file(&path).expect("manifest");
+            assert_eq!(manifest.skill.level, level, "{name}");
+            assert_eq!(
+                super::super::build::level_warning(&manifest),
+                None,
+                "{name}"
+            );
+        }
+    }
+}
