@@ -58,11 +58,18 @@ fn bare_with_path(
     cmd.args(args).output().expect("run tend")
 }
 
-/// The caller's PATH without the directories that hold `program`.
-fn path_without(program: &str) -> String {
+/// The caller's PATH without the directories that hold `program`, after `first` (a directory
+/// with a link to the caller's real `python3`, so pip stays reachable wherever it lives).
+fn path_without(program: &str, first: &Path) -> String {
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 on PATH");
+    let python = String::from_utf8(python.stdout).expect("utf8");
+    std::os::unix::fs::symlink(python.trim(), first.join("python3")).expect("link python3");
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let kept: Vec<PathBuf> = std::env::split_paths(&path)
-        .filter(|d| !d.join(program).exists())
+    let kept: Vec<PathBuf> = std::iter::once(first.to_path_buf())
+        .chain(std::env::split_paths(&path).filter(|d| !d.join(program).exists()))
         .collect();
     std::env::join_paths(kept)
         .expect("PATH")
@@ -248,7 +255,9 @@ fn a_python_repair_from_the_binary_alone_declares_the_level_its_grants_imply() {
     // Built with no componentize-py on PATH: the pinned one is installed into the cache with
     // pip (shared across test runs, like the JavaScript toolchain).
     let xdg = target_dir().join("authoring-binary-cache");
-    let path = path_without("componentize-py");
+    let bin = w.join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let path = path_without("componentize-py", &bin);
     let build = || {
         let o = bare_with_path(
             w,
