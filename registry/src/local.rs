@@ -183,9 +183,12 @@ impl LocalStore {
             envelope.to_json().as_bytes(),
         )?;
         let dest = parent.join(version);
+        // What is installed is the component *and* the manifest it was verified under: the same
+        // bytes under another signed manifest (other grants, another level) replace it whole.
         let same = std::fs::read(dest.join("component.wasm")).is_ok_and(|old| {
             crate::envelope::sha256_hex(&old) == crate::envelope::sha256_hex(component)
-        });
+        }) && std::fs::read(dest.join("component.wasm.sig"))
+            .is_ok_and(|old| old == envelope.to_json().as_bytes());
         if !same {
             // Swap in the new directory whole: move any old one aside first, then rename.
             if dest.exists() {

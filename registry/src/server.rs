@@ -50,6 +50,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "version_immutable", e.to_string())
             }
+            StoreError::ManifestDiffers { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "manifest_differs", e.to_string())
+            }
             e => {
                 tracing::error!(error = %e, "registry storage failed");
                 ApiError::new(

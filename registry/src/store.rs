@@ -18,7 +18,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::sync::Mutex;
 
-use crate::envelope::sha256_hex;
+use crate::envelope::{Envelope, sha256_hex};
 use crate::publog::{GENESIS, LogEntry};
 use crate::trust::Verified;
 pub use crate::wire::Entry;
@@ -46,6 +46,14 @@ pub enum StoreError {
         name: String,
         version: String,
         existing: String,
+    },
+    #[error(
+        "{name} {version} is already published with these bytes ({digest}) but a different signed manifest; a published version is immutable, its manifest included (publish a new version)"
+    )]
+    ManifestDiffers {
+        name: String,
+        version: String,
+        digest: String,
     },
 }
 
@@ -353,6 +361,18 @@ impl Store {
         let name = &verified.manifest.skill.name;
         let version = &verified.manifest.skill.version;
         if let Some(existing) = self.resolve(name, Some(version)).await? {
+            // The same bytes are the same publication only under the same signed manifest: the
+            // manifest holds the grants and the level, so a "re-publish" that changes them is a
+            // new version, never a no-op that leaves the caller believing it was accepted.
+            let same_manifest = Envelope::parse(existing.envelope.as_bytes())
+                .is_ok_and(|old| old.manifest == verified.manifest_text);
+            if existing.digest == verified.digest && !same_manifest {
+                return Err(StoreError::ManifestDiffers {
+                    name: name.to_string(),
+                    version: version.clone(),
+                    digest: existing.digest,
+                });
+            }
             if existing.digest == verified.digest {
                 return Ok(Published {
                     entry: existing,

@@ -12,6 +12,7 @@
 // componentize-js against wit/skill).
 
 import { log as wasmLog } from 'tend:skill/log@0.1.0';
+import { getDirectories } from 'wasi:filesystem/preopens@0.2.12';
 
 export * as host from 'tend:skill/host@0.1.0';
 
@@ -27,6 +28,82 @@ export const log = {
   info: (m) => wasmLog('info', String(m)),
   warn: (m) => wasmLog('warn', String(m)),
   error: (m) => wasmLog('error', String(m)),
+};
+
+// Files under the manifest's `fs_read` / `fs_write` grants. The engine has no `node:fs`; the
+// host preopens each granted directory at its own path, and these helpers read through those
+// preopens (WASI `wasi:filesystem`, which `tend skill build` adds to the world). A path under
+// no granted directory, or one that leads out of it (`..`, a symlink), is refused by the host.
+const MAX_READ = 1024 * 1024;
+
+function failure(code, message, e) {
+  // A refused WASI call carries the error code (e.g. `not-permitted`) as its payload.
+  const why = e && e.payload !== undefined ? String(e.payload) : e && e.message ? e.message : String(e);
+  return new SkillFailure(code, `${message}: ${why}`);
+}
+
+function preopenFor(path) {
+  if (typeof path !== 'string' || !path.startsWith('/')) {
+    throw new SkillFailure('invalid-input', `${JSON.stringify(path)} is not an absolute path`);
+  }
+  let best = null;
+  for (const [descriptor, root] of getDirectories()) {
+    const base = root.endsWith('/') ? root : `${root}/`;
+    if ((path === root || path.startsWith(base)) && (!best || root.length > best[1].length)) {
+      best = [descriptor, root];
+    }
+  }
+  if (!best) {
+    throw new SkillFailure(
+      'denied',
+      `${path} is not under a directory this skill is granted (capabilities.fs_read); the sandbox cannot see it`,
+    );
+  }
+  const rel = path.slice(best[1].length).replace(/^\/+/, '') || '.';
+  return [best[0], rel];
+}
+
+export const files = {
+  /** The directories this run may read (the granted ones that exist). */
+  granted() {
+    return getDirectories().map(([, root]) => root);
+  },
+
+  /** The bytes of the file at `path` (absolute), at most `maxBytes` (default 1 MiB). */
+  readBytes(path, maxBytes = MAX_READ) {
+    const [dir, rel] = preopenFor(path);
+    let file;
+    try {
+      file = dir.openAt({ symlinkFollow: true }, rel, {}, { read: true });
+    } catch (e) {
+      const code = e && e.payload === 'no-entry' ? 'not-found' : 'denied';
+      throw failure(code, `cannot open ${path}`, e);
+    }
+    const chunks = [];
+    let total = 0;
+    try {
+      while (total < maxBytes) {
+        const [chunk, end] = file.read(BigInt(Math.min(65536, maxBytes - total)), BigInt(total));
+        chunks.push(chunk);
+        total += chunk.length;
+        if (end || chunk.length === 0) break;
+      }
+    } catch (e) {
+      throw failure('unavailable', `cannot read ${path}`, e);
+    }
+    const out = new Uint8Array(total);
+    let at = 0;
+    for (const c of chunks) {
+      out.set(c, at);
+      at += c.length;
+    }
+    return out;
+  },
+
+  /** The file at `path` as UTF-8 text, at most `maxBytes` (default 1 MiB). */
+  readText(path, maxBytes = MAX_READ) {
+    return new TextDecoder().decode(files.readBytes(path, maxBytes));
+  },
 };
 
 // componentize-js turns a thrown `{ code, message }` into the WIT `skill-error`.

@@ -192,11 +192,13 @@ fn build_names_the_missing_toolchain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = tend_in(dir.path(), &["skill", "new", "py", "--lang", "python"]);
     assert_eq!(o.status.code(), Some(0));
-    // A PATH without componentize-py (but with the basics).
+    // A PATH without componentize-py, and without a python3 that could install it into the
+    // cache (`tend skill build` does that when it can).
+    let empty = tempfile::tempdir().expect("tempdir");
     let o = tend()
         .current_dir(dir.path())
         .env("TEND_HOME", repo_root())
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", empty.path())
         .args(["skill", "build", "py"])
         .output()
         .expect("run");

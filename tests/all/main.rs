@@ -7,6 +7,7 @@ mod agent_hardening;
 mod alerts;
 mod attacks_14;
 mod authoring;
+mod authoring_binary;
 mod cache;
 mod capabilities;
 mod catalog;

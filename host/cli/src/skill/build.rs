@@ -44,8 +44,10 @@ impl Lang {
     }
 }
 
-/// Where Tend's `wit/skill` and `sdk/` live: `$TEND_HOME`, else the nearest ancestor of `start`
-/// or of the `tend` binary that has both.
+/// A Tend checkout: `$TEND_HOME`, else the nearest ancestor of `start` or of the `tend` binary
+/// that has `wit/skill` and `sdk/`. Building and scaffolding skills do not need one (they use
+/// the files embedded in the binary, see [`super::sdk`]); `tend up` uses it to find the
+/// checkout's `skills/` catalog.
 pub fn tend_home(start: &Path) -> Result<PathBuf, Failure> {
     let is_home = |p: &Path| p.join("wit/skill").is_dir() && p.join("sdk").is_dir();
     if let Some(home) = std::env::var_os("TEND_HOME") {
@@ -77,7 +79,7 @@ fn missing(tool: &str, install: &str) -> Failure {
     Failure::bad_input(format!("{tool} not found: install it with `{install}`"))
 }
 
-fn have(program: &str, arg: &str) -> bool {
+pub(crate) fn have(program: &str, arg: &str) -> bool {
     Command::new(program)
         .arg(arg)
         .stdout(Stdio::null())
@@ -156,15 +158,14 @@ fn build_rust(dir: &Path) -> Result<PathBuf, Failure> {
 }
 
 fn build_python(dir: &Path, home: &Path, world: &str, out: &Path) -> Result<(), Failure> {
-    if !have("componentize-py", "--version") {
-        return Err(missing(
-            "componentize-py",
-            "pip install componentize-py==0.25.1",
-        ));
-    }
-    run_tool(
+    // componentize-py on PATH, else the pinned one installed into the cache with pip.
+    let mut cmd = if have("componentize-py", "--version") {
         Command::new("componentize-py")
-            .arg("-d")
+    } else {
+        super::sdk::componentize_py()?
+    };
+    run_tool(
+        cmd.arg("-d")
             .arg(home.join("wit/skill"))
             .args(["-w", world, "componentize", "app", "-p"])
             .arg(dir)
@@ -188,16 +189,7 @@ fn build_js(
     if !have("node", "--version") {
         return Err(missing("node", "apt-get install nodejs"));
     }
-    let sdk = home.join("sdk/js");
-    if !sdk
-        .join("node_modules/@bytecodealliance/componentize-js")
-        .is_dir()
-    {
-        return Err(missing(
-            "componentize-js",
-            &format!("npm ci --prefix {}", sdk.display()),
-        ));
-    }
+    let sdk = super::sdk::js_toolchain(home)?;
     let mut cmd = Command::new("node");
     cmd.arg(sdk.join("build.mjs"))
         .arg("--entry")
@@ -256,19 +248,75 @@ fn ungranted_imports(world: &inspect::ComponentWorld, manifest: &Manifest) -> Ve
         .collect()
 }
 
+/// The level the manifest's grants imply, with the grants that imply more than `declared`.
+/// The computation is tend-policy's, the one every runner uses.
+pub fn implied_level(manifest: &Manifest) -> (tend_policy::Level, Vec<String>) {
+    let grants = manifest.grants();
+    let declared = manifest.declared_level();
+    let (level, reasons) = tend_policy::admit::effective_level(
+        &tend_policy::admit::Verified {
+            declared,
+            grants: &grants,
+        },
+        &tend_policy::admit::Local {
+            name: "",
+            environment: "",
+            floor: tend_policy::Level::L0,
+            ceiling: tend_policy::Level::L3,
+        },
+    );
+    let above = reasons
+        .iter()
+        .filter(|r| {
+            matches!(r, tend_policy::Reason::CapabilityFloor { level, .. } if *level > declared)
+        })
+        .map(ToString::to_string)
+        .collect();
+    (level, above)
+}
+
+/// A warning when the declared `skill.level` is below what the grants make it: every runner
+/// runs it (and asks for approvals) at the higher level anyway, but whoever reads the manifest
+/// is told less than the truth.
+pub fn level_warning(manifest: &Manifest) -> Option<String> {
+    let declared = manifest.declared_level();
+    let (level, why) = implied_level(manifest);
+    (level > declared).then(|| {
+        format!(
+            "skill.level is {} but the grants make it {level} ({}): it runs, and needs approvals, as {level}; declare `level = {}`",
+            declared as u8,
+            why.join("; "),
+            level as u8
+        )
+    })
+}
+
 pub fn build(dir: &Path, json: bool, cache: &CacheArgs) -> Result<u8, Failure> {
     let manifest_path = dir.join("skill.toml");
     let manifest = Manifest::from_file(&manifest_path).map_err(Failure::bad_input)?;
-    let lang = Lang::detect(dir)?;
-    let home = tend_home(dir)?;
     let world = manifest.skill.kind.to_string();
     let dist = dir.join("dist");
-    std::fs::create_dir_all(&dist)
-        .map_err(|e| Failure::host(format!("cannot create {}: {e}", dist.display())))?;
     let out = dist.join(format!(
         "{}-{}.wasm",
         manifest.skill.name, manifest.skill.version
     ));
+    // A build that fails must not leave the previous build's component for `tend run` (or a
+    // publish) to pick up as if it were this source's: the old one goes before anything else
+    // can fail, and only a checked component is renamed into its place.
+    match std::fs::remove_file(&out) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Failure::host(format!(
+                "cannot remove the previous build {}: {e}",
+                out.display()
+            )));
+        }
+    }
+    let lang = Lang::detect(dir)?;
+    let home = super::sdk::home()?;
+    std::fs::create_dir_all(&dist)
+        .map_err(|e| Failure::host(format!("cannot create {}: {e}", dist.display())))?;
     let staging = dist.join(format!(".{}.building.wasm", manifest.skill.name));
     if !json {
         eprintln!(
@@ -278,14 +326,18 @@ pub fn build(dir: &Path, json: bool, cache: &CacheArgs) -> Result<u8, Failure> {
     }
 
     let started = Instant::now();
-    match lang {
-        Lang::Rust => {
-            let artifact = build_rust(dir)?;
+    let built = match lang {
+        Lang::Rust => build_rust(dir).and_then(|artifact| {
             std::fs::copy(&artifact, &staging)
-                .map_err(|e| Failure::host(format!("cannot copy {}: {e}", artifact.display())))?;
-        }
-        Lang::Python => build_python(dir, &home, &world, &staging)?,
-        Lang::Js => build_js(dir, &home, &world, &manifest, &staging)?,
+                .map(drop)
+                .map_err(|e| Failure::host(format!("cannot copy {}: {e}", artifact.display())))
+        }),
+        Lang::Python => build_python(dir, &home, &world, &staging),
+        Lang::Js => build_js(dir, &home, &world, &manifest, &staging),
+    };
+    if let Err(e) = built {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
     }
     let build_ms = started.elapsed().as_millis() as u64;
     let bytes = std::fs::read(&staging)
@@ -315,7 +367,10 @@ pub fn build(dir: &Path, json: bool, cache: &CacheArgs) -> Result<u8, Failure> {
         size_bytes: bytes.len(),
         build_ms,
         precompile_ms,
-        warnings: ungranted_imports(&world_info, &manifest),
+        warnings: level_warning(&manifest)
+            .into_iter()
+            .chain(ungranted_imports(&world_info, &manifest))
+            .collect(),
     };
     if json {
         crate::out(&serde_json::to_string_pretty(&report).map_err(Failure::host)?);

@@ -5,6 +5,8 @@ pub mod build;
 #[cfg(feature = "authoring")]
 mod new;
 mod remote;
+#[cfg(feature = "authoring")]
+pub mod sdk;
 mod sign;
 
 use std::path::PathBuf;

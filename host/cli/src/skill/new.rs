@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tend_runtime::{Manifest, SkillKind};
 
-use super::build::{Lang, tend_home};
+use super::build::{Lang, implied_level};
 use crate::Failure;
 
 const MANIFEST: &str = r#"[skill]
@@ -281,31 +281,39 @@ pub fn new(name: &str, lang: Lang, kind: SkillKind, parent: &Path) -> Result<u8,
         ("", "\"hostname\", \"uptime_seconds\", \"load_per_cpu\"")
     };
     let kind_text = kind.to_string();
-    let manifest = fill(
-        MANIFEST,
-        &[
-            ("name", name),
-            ("kind", &kind_text),
-            ("level", if repair { "1" } else { "0" }),
-            (
-                "verb",
-                if repair {
-                    "changes"
-                } else {
-                    "reads and reports"
-                },
-            ),
-            ("grants", grants),
-            ("required", required),
-        ],
-    );
+    let manifest_at = |level: &str| {
+        fill(
+            MANIFEST,
+            &[
+                ("name", name),
+                ("kind", &kind_text),
+                ("level", level),
+                (
+                    "verb",
+                    if repair {
+                        "changes"
+                    } else {
+                        "reads and reports"
+                    },
+                ),
+                ("grants", grants),
+                ("required", required),
+            ],
+        )
+    };
     // Validate the name (and the whole template) the way every manifest is validated, before
-    // anything is written.
-    Manifest::parse(&manifest, &format!("{name}/skill.toml")).map_err(Failure::bad_input)?;
+    // anything is written. The declared level is the one the grants imply (computed by
+    // tend-policy, as every runner does), so the manifest tells its reader the truth.
+    let path = format!("{name}/skill.toml");
+    let draft = Manifest::parse(&manifest_at("0"), &path).map_err(Failure::bad_input)?;
+    let level = (implied_level(&draft).0 as u8).to_string();
+    let manifest = manifest_at(&level);
+    Manifest::parse(&manifest, &path).map_err(Failure::bad_input)?;
 
-    // Only a Rust skill refers to Tend's files (the SDK by path); find them before writing.
+    // Only a Rust skill refers to Tend's files (the SDK by path, unpacked from the binary into
+    // a versioned cache directory, or $TEND_HOME's); find them before writing.
     let home = match lang {
-        Lang::Rust => Some(tend_home(parent)?),
+        Lang::Rust => Some(super::sdk::home()?),
         Lang::Python | Lang::Js => None,
     };
     std::fs::create_dir_all(&dir)
@@ -345,4 +353,33 @@ pub fn new(name: &str, lang: Lang, kind: SkillKind, parent: &Path) -> Result<u8,
         plan = if repair { " --plan" } else { "" }
     ));
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every scaffold declares exactly the level its grants imply (computed by tend-policy),
+    /// so a fresh skill never builds or signs with a level warning.
+    #[test]
+    fn every_scaffold_declares_the_level_its_grants_imply() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        for (lang, kind, level) in [
+            (Lang::Python, SkillKind::Diagnose, 0),
+            (Lang::Python, SkillKind::Repair, 2),
+            (Lang::Js, SkillKind::Diagnose, 0),
+            (Lang::Js, SkillKind::Repair, 2),
+        ] {
+            let name = format!("s-{lang:?}-{kind}").to_lowercase();
+            new(&name, lang, kind, parent.path()).expect("scaffold");
+            let path = parent.path().join(&name).join("skill.toml");
+            let manifest = Manifest::from_file(&path).expect("manifest");
+            assert_eq!(manifest.skill.level, level, "{name}");
+            assert_eq!(
+                super::super::build::level_warning(&manifest),
+                None,
+                "{name}"
+            );
+        }
+    }
 }

@@ -30,6 +30,14 @@ pub fn sign(
     let key = keys::read_private_key(key).map_err(Failure::bad_input)?;
     let env = envelope::sign(&bytes, &manifest_text, &key)
         .map_err(|e| Failure::bad_input(format!("{}: {e}", manifest.display())))?;
+    // Signing is the last moment the publisher can still fix what readers of the manifest see.
+    if let Some(w) = tend_runtime::Manifest::parse(&manifest_text, &manifest.display().to_string())
+        .ok()
+        .as_ref()
+        .and_then(super::build::level_warning)
+    {
+        eprintln!("warning: {}: {w}", manifest.display());
+    }
     let out = out.unwrap_or_else(|| default_signature_path(component));
     let dir = out
         .parent()
