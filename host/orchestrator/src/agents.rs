@@ -223,7 +223,7 @@ pub async fn create_enroll_token(
     let prefix = hex::encode(prefix);
     let token = format!("tendenroll_{prefix}_{}", B64URL.encode(secret));
     let expires = now_ms() + ttl.as_millis() as i64;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "INSERT INTO enroll_tokens (prefix, hash, uses_left, expires_ms, created_by, pools, labels, max_level) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -267,7 +267,7 @@ pub async fn enroll(db: &Db, req: &Enroll) -> Result<crate::protocol::Enrolled, 
     if req.public_key.parse::<PublicKey>().is_err() {
         return Err(FlowError::Conflict("public_key is not an ed25519:<base64> key".into()).into());
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     // Spend one use atomically: only a matching, unexpired token with uses left.
     let spent = sqlx::query(
         "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE prefix = $1 AND hash = $2 AND uses_left > 0 AND expires_ms > $3",
@@ -722,7 +722,7 @@ pub async fn report(
 
 /// Delete an agent; its queued and unstarted jobs go back to the queue.
 pub async fn delete(db: &Db, id: &str, by: &str) -> Result<usize, FlowError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let gone = sqlx::query("DELETE FROM agents WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

@@ -38,7 +38,7 @@ pub async fn register(
         ));
     };
     let public_key = tend_protocol::public_key_text(&key);
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let taken = sqlx::query("SELECT name FROM approver_keys WHERE name = $1 OR public_key = $2")
         .bind(name)
         .bind(&public_key)
@@ -98,7 +98,7 @@ pub async fn list(db: &Db) -> Result<Vec<ApproverKey>, FlowError> {
 /// Remove `name`'s key: approvals they give from now on are refused. (Approvals already given
 /// stand on the orchestrator; agents decide by their own trust policy.)
 pub async fn remove(db: &Db, admin: &Actor, name: &str) -> Result<(), FlowError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let gone = sqlx::query("DELETE FROM approver_keys WHERE name = $1")
         .bind(name)
         .execute(&mut *tx)

@@ -418,7 +418,7 @@ pub async fn append(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<Head, DbError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let head = append_tx(&mut tx, actor, action, subject, detail).await?;
     tx.commit().await?;
     Ok(head)

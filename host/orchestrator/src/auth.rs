@@ -78,7 +78,7 @@ pub async fn create_token(
     role: Role,
     expires_ms: Option<i64>,
 ) -> Result<String, DbError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let created = insert(&mut tx, name, role, expires_ms).await?;
     tx.commit().await?;
     Ok(created.token)
@@ -92,7 +92,7 @@ pub async fn issue(
     role: Role,
     expires_ms: Option<i64>,
 ) -> Result<CreatedToken, DbError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let created = insert(&mut tx, name, role, expires_ms).await?;
     audit::append_tx(
         &mut tx,
@@ -186,7 +186,7 @@ async fn revoke_in(
 /// Revoke the token `prefix` (by `by`), audited with the change. Returns its record and
 /// whether it had been revoked already (then nothing changes and nothing is audited).
 pub async fn revoke(db: &Db, prefix: &str, by: &str) -> Result<(TokenInfo, bool), FlowError> {
-    let mut tx = db.pool.begin().await.map_err(DbError::from)?;
+    let mut tx = db.begin_write().await.map_err(DbError::from)?;
     let (token, newly) = revoke_in(&mut tx, prefix, by).await?;
     if !newly {
         return Ok((token, true));
@@ -212,7 +212,7 @@ pub async fn rotate(
     by: &str,
     expires_ms: Option<i64>,
 ) -> Result<CreatedToken, FlowError> {
-    let mut tx = db.pool.begin().await.map_err(DbError::from)?;
+    let mut tx = db.begin_write().await.map_err(DbError::from)?;
     let (old, newly) = revoke_in(&mut tx, prefix, by).await?;
     if !newly {
         return Err(FlowError::Conflict(format!(

@@ -336,7 +336,7 @@ async fn save(
     c: &Case,
     lease: i64,
 ) -> Result<(), FlowError> {
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin_write().await?;
     let saved = sqlx::query(
         "UPDATE incidents SET state = $1, stage = $2, outcome = $3, escalation = $4, attempts = $5, repair_id = $6, round = $7, due_ms = $8, story = $9, silence_id = $10, invocations = $11, lease_until_ms = NULL, resolved_ms = CASE WHEN $1 = 'resolved' AND resolved_ms IS NULL THEN $12 ELSE resolved_ms END, verify_until_ms = $15 WHERE id = $13 AND lease_until_ms = $14",
     )

@@ -406,7 +406,7 @@ pub async fn store(
     source: &str,
     by: &str,
 ) -> Result<(), crate::invocation::FlowError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let inserted = sqlx::query(
         "INSERT INTO healing_policies (version, text, source, created_by, created_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
     )

@@ -77,7 +77,7 @@ pub struct NewInvocation<'a> {
 }
 
 pub async fn create(db: &Db, new: NewInvocation<'_>) -> Result<Invocation, FlowError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let inv = insert(&mut tx, random_id("inv"), new).await?;
     tx.commit().await?;
     Ok(inv)
@@ -91,7 +91,7 @@ pub async fn create_planned(
     plan: NewInvocation<'_>,
 ) -> Result<(Invocation, Invocation), FlowError> {
     let repair_id = random_id("inv");
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let repair = insert(&mut tx, repair_id.clone(), repair).await?;
     let plan = insert(
         &mut tx,
@@ -674,7 +674,7 @@ pub async fn approve(
         )))
         .await;
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     // Lock the invocation first (a row lock on PostgreSQL, the writer lock on SQLite), so two
     // approvers finishing the count together serialise and the second sees the first.
     // (A transition to the state it is in, with nothing to write or record.)
@@ -723,7 +723,7 @@ pub async fn approve(
 async fn approve_again(db: &Db, id: &str, approver: &Actor) -> Result<Invocation, FlowError> {
     let inv = get(db, id).await?;
     if inv.state == State::PendingApproval && sufficiently_approved(db, &inv).await? {
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         queue_if_approved(&mut tx, id, &approver.name, true).await?;
         tx.commit().await?;
         return get(db, id).await;
@@ -867,7 +867,7 @@ pub async fn cancel(db: &Db, id: &str, actor: &Actor) -> Result<Invocation, Flow
             }],
         )
     };
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     if inv.state == State::Running && !inv.parts.is_empty() {
         // A run across a pool: its parts not yet claimed are cancelled; those running finish,
         // and the run ends with them.
@@ -961,7 +961,7 @@ pub async fn claim(
             detail: serde_json::json!({ "state": State::Running.as_str(), "lease_ms": lease_ms }),
         }],
     };
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let row = match apply_in(&mut tx, &claim).await {
         Ok(Some(row)) => row,
         other => {
@@ -1065,7 +1065,7 @@ pub async fn record_result(
         set: &[Set::Result(outcome.result), Set::FinishedNow, Set::NoLease],
         audit,
     };
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     if let Err(e) = apply_in(&mut tx, &recorded).await {
         tx.rollback().await?;
         return Err(e);

@@ -237,7 +237,7 @@ fn update<'a>(
 /// Run `t` and commit, or answer a conflict naming the state the invocation is in (and
 /// write nothing).
 pub async fn apply(db: &Db, t: &Transition<'_>) -> Result<(), FlowError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     match apply_in(&mut tx, t).await {
         Ok(Some(_)) => {
             tx.commit().await?;
