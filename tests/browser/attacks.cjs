@@ -111,6 +111,24 @@ const phases = {
     await go(page, '#/inv/..%2f..%2fagents');
     assert.match(await page.textContent('main'), /not_found/);
 
+    // An invocation page shows output, plan and report with numbers as sent (the response is
+    // rewritten on its way to the page: no skill needs to print such numbers).
+    const fake = '{"id":"inv_00000000000000aa","state":"succeeded","skill":"acme-fix","version":"1.0.0","export":"run",'
+      + '"target":"agent:web-1","level":2,"approvals_required":1,"requester":"alice","reason":"r","created_at":"now",'
+      + '"plan":{"free_bytes":9007199254740993,"ratio":10.0},'
+      + '"result":{"outcome":"ok","output":{"free_bytes":18446744073709551615,"age_days":10.0,"tiny":1e-7},"logs":[]}}';
+    await page.route('**/api/v1/invocations/inv_00000000000000aa', (route) => route.fulfill({
+      status: 200, contentType: 'application/json', body: fake,
+    }));
+    assert.equal(await go(page, '#/inv/inv_00000000000000aa'), '#/inv/inv_00000000000000aa');
+    const output = await page.textContent('#output');
+    assert.match(output, /"free_bytes": 18446744073709551615/, output);
+    assert.match(output, /"age_days": 10\.0/, output);
+    assert.match(await page.textContent('#plan'), /"free_bytes": 9007199254740993/);
+    assert.match(await page.textContent('#report'), /"age_days": 10\.0/);
+    await clean(page, 'invocation page');
+    await page.unroute('**/api/v1/invocations/inv_00000000000000aa');
+
     // A token revoked while the dashboard is open: its next refresh signs out.
     await page.evaluate(() => sessionStorage.clear());
     const doomed = scene.doomed;

@@ -460,7 +460,12 @@ async function incident(id) {
 }
 
 async function invocation(id) {
-  const i = await api('GET', `/api/v1/invocations/${encodeURIComponent(id)}`);
+  const raw = await api('GET', `/api/v1/invocations/${encodeURIComponent(id)}`, undefined, true);
+  const i = JSON.parse(raw);
+  // Output, plan and report as sent: a JavaScript number would round integers past 2^53 and
+  // print `10.0` as `10`.
+  const exact = parseJson(raw);
+  const er = exact.get('result') instanceof Map ? exact.get('result') : new Map();
   const r = i.result;
   show(
     el('h1', {}, 'Invocation ', i.id),
@@ -482,7 +487,7 @@ async function invocation(id) {
       r.peak_memory_bytes !== undefined ? ['Peak memory', `${Math.ceil(r.peak_memory_bytes / 1024)} KiB`] : null,
       (r.notes || []).length ? ['Notes', el('ul', {}, r.notes.map((n) => el('li', {}, n)))] : null,
     ]),
-    r.output !== undefined && r.output !== null ? [el('h2', {}, 'Output'), pre(JSON.stringify(r.output, null, 2))] : null,
+    r.output !== undefined && r.output !== null ? [el('h2', {}, 'Output'), el('section', { id: 'output' }, pre(pretty(er.get('output'))))] : null,
     (r.exec || []).length ? [el('h2', {}, 'Programs run'), table(['Program', 'Arguments', 'Status', 'Refused'],
       r.exec.map((x) => [x.program, (x.args || []).join(' '), x.status === null || x.status === undefined ? '' : String(x.status), x.denied ?? '']))] : null]
       : el('p', { class: 'muted' }, 'not run yet')),
@@ -493,9 +498,9 @@ async function invocation(id) {
       r.logs_dropped ? el('p', { class: 'muted' }, `${r.logs_dropped} more dropped`) : null,
       r.stdout ? [el('h2', {}, 'stdout'), pre(r.stdout)] : null,
       r.stderr ? [el('h2', {}, 'stderr'), pre(r.stderr)] : null)] : null,
-    i.plan ? [el('h2', {}, 'Plan'), el('section', { id: 'plan' }, pre(JSON.stringify(i.plan, null, 2)))] : null,
-    i.plan_check ? [el('h2', {}, 'Plan check'), el('section', {}, pre(JSON.stringify(i.plan_check, null, 2)))] : null,
-    r ? [el('h2', {}, 'Report'), el('section', { id: 'report' }, pre(JSON.stringify(r, null, 2)))] : null,
+    i.plan ? [el('h2', {}, 'Plan'), el('section', { id: 'plan' }, pre(pretty(exact.get('plan'))))] : null,
+    i.plan_check ? [el('h2', {}, 'Plan check'), el('section', {}, pre(pretty(exact.get('plan_check'))))] : null,
+    r ? [el('h2', {}, 'Report'), el('section', { id: 'report' }, pre(pretty(er)))] : null,
   );
   if (!['succeeded', 'failed', 'rejected', 'expired', 'cancelled', 'unknown'].includes(i.state)) timer = setTimeout(refresh, 1000);
 }
