@@ -205,7 +205,8 @@ async fn every_orchestrator_response_forbids_sniffing_framing_and_caching() {
 /// address (`#/inv/%E0%A4%A`) left the page loading for ever with an uncaught error, and a
 /// token revoked while the dashboard was open left an error on the dashboard instead of going
 /// back to sign-in, and the invocation page printed output, plan and report through JavaScript
-/// numbers (an output of 18446744073709551615 showed as 18446744073709552000, 10.0 as 10).
+/// numbers (an output of 18446744073709551615 showed as 18446744073709552000, 10.0 as 10), and
+/// an approval whose window had closed was offered for signing as if it were open.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_routes_and_a_revoked_token_in_the_browser() {
     let (w, reg) = setup();

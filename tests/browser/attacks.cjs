@@ -8,7 +8,9 @@
 //   console, no page error;
 // - a token revoked mid-session, on the dashboard: the next refresh goes back to sign-in and
 //   the token is gone from the tab; it is never in the address, the history or localStorage;
-// - sign out clears the token.
+// - sign out clears the token;
+// - rewritten responses: an invocation page shows numbers as sent, and an approval whose
+//   window has closed is not offered for signing.
 //
 // Environment: TEND_CHROMIUM, TEND_CONSOLE_PROFILE, TEND_CONSOLE_SCENE (JSON: url, viewer,
 // doomed, admin). Any failed check throws: the process exits non-zero with the reason.
@@ -128,6 +130,29 @@ const phases = {
     assert.match(await page.textContent('#report'), /"age_days": 10\.0/);
     await clean(page, 'invocation page');
     await page.unroute('**/api/v1/invocations/inv_00000000000000aa');
+
+    // An approval whose window has closed is not offered for signing, even when everything
+    // else agrees (the response is rewritten, with the digest the page itself computes).
+    for (const [expires, closed] of [[1000, true], [Date.now() + 3600000, false]]) {
+      const inv = `{"id":"inv_00000000000000bb","state":"pending_approval","skill":"acme-echo","version":"1.0.0","export":"run",`
+        + `"digest":"sha256:00","manifest_digest":"sha256:11","publisher":"acme","publisher_key":"k1","target":"agent:web-1","hosts":[],`
+        + `"requester":"alice","input":{"n":1},"plan":null,"expires_ms":${expires},`
+        + '"level":1,"approvals_required":1,"reasons":[],"reason":"r","trigger":"api","created_at":"now","approvals":[]}';
+      const digest = await page.evaluate(async (text) => {
+        const app = await import('/console/app.js');
+        return app.invocationDigest(app.boundOf(app.parseJson(text)));
+      }, inv);
+      const body = `${inv.slice(0, -1)},"invocation_digest":"${digest}"}`;
+      await page.route('**/api/v1/invocations/inv_00000000000000bb', (route) => route.fulfill({
+        status: 200, contentType: 'application/json', body,
+      }));
+      assert.equal(await go(page, '#/approve/inv_00000000000000bb'), '#/approve/inv_00000000000000bb');
+      assert.equal(await page.textContent('#digest'), digest);
+      const refusal = await page.$('#refusal');
+      if (closed) assert.match(await refusal.textContent(), /approval window closed at 1970-01-01T00:00:01/);
+      else assert.equal(refusal, null, 'an open window is not refused');
+      await page.unroute('**/api/v1/invocations/inv_00000000000000bb');
+    }
 
     // A token revoked while the dashboard is open: its next refresh signs out.
     await page.evaluate(() => sessionStorage.clear());
