@@ -15,14 +15,14 @@ use serde_json::Value;
 use crate::support::{repo_root, tend};
 
 /// A running `tend up` and what it printed until it was ready.
-struct Up {
+pub(crate) struct Up {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    pub(crate) lines: mpsc::Receiver<String>,
     printed: Vec<String>,
 }
 
 impl Up {
-    fn value(&self, key: &str) -> String {
+    pub(crate) fn value(&self, key: &str) -> String {
         self.printed
             .iter()
             .find_map(|l| {
@@ -33,12 +33,12 @@ impl Up {
             .unwrap_or_else(|| panic!("no {key:?} in {:#?}", self.printed))
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.value("console").trim_end_matches('/').to_string()
     }
 
     /// Ctrl-C: everything stops cleanly; returns the rest of what it printed.
-    fn stop(mut self) -> Vec<String> {
+    pub(crate) fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-INT", &pid])
@@ -59,10 +59,10 @@ impl Drop for Up {
     }
 }
 
-struct Place {
+pub(crate) struct Place {
     _tmp: tempfile::TempDir,
-    home: PathBuf,
-    dir: PathBuf,
+    pub(crate) home: PathBuf,
+    pub(crate) dir: PathBuf,
     catalog: PathBuf,
 }
 
@@ -83,7 +83,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// A data directory, a HOME, and a catalog of disk-usage and clean-old-logs (sources first,
 /// then the built components, so they are newer and not rebuilt).
-fn place() -> Place {
+pub(crate) fn place() -> Place {
     let tmp = tempfile::tempdir().expect("tempdir");
     let home = tmp.path().join("home");
     let catalog = tmp.path().join("catalog");
@@ -101,7 +101,12 @@ fn place() -> Place {
     }
 }
 
-fn command(p: &Place, extra: &[&str]) -> Command {
+pub(crate) fn command(p: &Place, extra: &[&str]) -> Command {
+    command_in(p, &p.dir, extra)
+}
+
+/// `tend up` as the place's person, with another `--dir`.
+pub(crate) fn command_in(p: &Place, dir: &Path, extra: &[&str]) -> Command {
     let mut c = tend();
     c.env("HOME", &p.home)
         .env_remove("XDG_CONFIG_HOME")
@@ -111,11 +116,15 @@ fn command(p: &Place, extra: &[&str]) -> Command {
         .env_remove("TEND_TOKEN")
         .env_remove("TEND_CACHE_DIR")
         .args(["up", "--dir"])
-        .arg(&p.dir)
-        .arg("--catalog")
-        .arg(&p.catalog)
-        .args(["--listen", "127.0.0.1:0", "--agent-name", "up-agent"])
+        .arg(dir)
+        .args(["--agent-name", "up-agent"])
         .args(extra);
+    if !extra.contains(&"--catalog") {
+        c.arg("--catalog").arg(&p.catalog);
+    }
+    if !extra.contains(&"--listen") {
+        c.args(["--listen", "127.0.0.1:0"]);
+    }
     if !extra.contains(&"--registry-listen") {
         c.args(["--registry-listen", "127.0.0.1:0"]);
     }
@@ -123,7 +132,7 @@ fn command(p: &Place, extra: &[&str]) -> Command {
 }
 
 /// Start `tend up` and read what it says until it is ready (or panic with all of it).
-fn start(p: &Place) -> Up {
+pub(crate) fn start(p: &Place) -> Up {
     let mut child = command(p, &[])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -86,12 +86,8 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
         .dir
         .clone()
         .unwrap_or_else(|| tend_registry::local::LocalStore::default_root().join("up"));
-    if args.reset && dir.exists() {
-        confirm_reset(&dir, args.yes)?;
-        std::fs::remove_dir_all(&dir).map_err(|e| io_error("remove", &dir, e))?;
-        step(&format!("removed {}", dir.display()));
-    }
-    // Both addresses first: a port in use is said before anything is made.
+    // Both addresses first: a port in use is said before anything is made or deleted (a
+    // `--reset` aimed at the directory of a `tend up` still running must not delete its data).
     let registry_listener = bind(&args.registry_listen).await?;
     let listener = bind(&args.listen).await?;
     for l in [&registry_listener, &listener] {
@@ -103,7 +99,15 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
             );
         }
     }
+    check_path_is_ours(&dir)?;
+    if args.reset && (dir.exists() || dir.is_symlink()) {
+        confirm_reset(&dir, args.yes)?;
+        // Removes a symlink itself, never what it points to.
+        std::fs::remove_dir_all(&dir).map_err(|e| io_error("remove", &dir, e))?;
+        step(&format!("removed {}", dir.display()));
+    }
     make_private_dir(&dir)?;
+    check_path_is_ours(&dir)?;
     let layout = Layout { dir };
     let first_run = !layout.path("orchestrator.db").exists();
     if first_run {
@@ -235,7 +239,12 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
         &trust_path,
     )
     .await?;
-    sync_approvers(&db, &trust_path).await?;
+    if let Some(change) = sync_approvers(&db, &trust_path).await? {
+        step(&format!(
+            "the local agent's approvers follow those registered with the orchestrator: {change} ({} rewritten)",
+            trust_path.display()
+        ));
+    }
     let agent_task = tokio::spawn(supervise_agent(
         tend_agent::RunOptions {
             dir: agent_dir.clone(),
@@ -341,6 +350,53 @@ fn make_private_dir(dir: &Path) -> Result<(), Failure> {
     }
     #[cfg(not(unix))]
     std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+    Ok(())
+}
+
+/// Refuse a directory another local user could read, swap or fill: the directory (when it
+/// exists), every directory above it and every symlink on the way must belong to this user or
+/// root, and none may be writable by others — unless it is sticky, as `/tmp` is, and what is
+/// in it on the way is ours. Otherwise a `--dir` made in advance by someone else (or a symlink
+/// they can point elsewhere later) would hand them the keys, the trust policy the local agent
+/// obeys and the database.
+fn check_path_is_ours(dir: &Path) -> Result<(), Failure> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let uid = rustix::process::geteuid().as_raw();
+        let absolute = std::path::absolute(dir).map_err(|e| io_error("resolve", dir, e))?;
+        let refuse = |p: &Path, why: String| {
+            Failure::bad_input(format!(
+                "refusing to use {} for `tend up`: {} {why}; another user could read or replace its keys and trust policy. Pass --dir with a directory of your own",
+                dir.display(),
+                p.display()
+            ))
+        };
+        // Each prefix of the path as given, then each of the place it resolves to.
+        let mut paths: Vec<PathBuf> = absolute.ancestors().map(Path::to_path_buf).collect();
+        if let Ok(real) = std::fs::canonicalize(&absolute) {
+            paths.extend(real.ancestors().map(Path::to_path_buf));
+        }
+        for p in paths {
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue; // not made yet: make_private_dir makes it ours
+            };
+            if m.uid() != uid && m.uid() != 0 {
+                return Err(refuse(&p, format!("belongs to uid {}", m.uid())));
+            }
+            if m.file_type().is_symlink() {
+                continue;
+            }
+            // A sticky shared directory (like /tmp) is fine: nobody else can rename or remove
+            // what is ours in it, and what is in it on the way was checked above.
+            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+                return Err(refuse(
+                    &p,
+                    format!("is writable by others (mode {:o})", m.mode() & 0o7777),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -683,11 +739,12 @@ const APPROVER_SYNC: Duration = Duration::from_secs(2);
 /// Make the local agent's trust policy count exactly the approver keys registered with this
 /// orchestrator (`tend approver add`, or the console). `tend up` runs both for one person, so
 /// registering an approver as its admin is trusting them on its agent too; agents of a real
-/// fleet keep trust policies of their own (docs/agent.md). Returns whether it changed.
+/// fleet keep trust policies of their own (docs/agent.md). An approver added to or removed from
+/// trust.toml by hand is put back as registered, and said so. Returns what changed, if anything.
 async fn sync_approvers(
     db: &tend_orchestrator::db::Db,
     trust_path: &Path,
-) -> Result<bool, Failure> {
+) -> Result<Option<String>, Failure> {
     let registered = tend_orchestrator::approvers::list(db)
         .await
         .map_err(Failure::host)?;
@@ -707,7 +764,27 @@ async fn sync_approvers(
                 .any(|t| t.name == w.name && t.key == w.key)
         });
     if same {
-        return Ok(false);
+        return Ok(None);
+    }
+    // Said out loud: a hand edit of trust.toml's approvers is replaced, not kept.
+    let entry = |a: &tend_registry::trust::Approver| {
+        format!("{} ({})", a.name, a.key.get(..20).unwrap_or(&a.key))
+    };
+    let mut change = Vec::new();
+    for a in want.iter().filter(|w| {
+        !trust
+            .approvers
+            .iter()
+            .any(|t| t.name == w.name && t.key == w.key)
+    }) {
+        change.push(format!("trusting {}", entry(a)));
+    }
+    for a in trust
+        .approvers
+        .iter()
+        .filter(|t| !want.iter().any(|w| t.name == w.name && t.key == w.key))
+    {
+        change.push(format!("no longer trusting {}", entry(a)));
     }
     trust.approvers = want;
     let text = toml::to_string(&trust).map_err(Failure::host)?;
@@ -717,7 +794,7 @@ async fn sync_approvers(
             "# Written by `tend up`: the approvers are those registered with its orchestrator.\n{text}"
         ),
     )?;
-    Ok(true)
+    Ok(Some(change.join(", ")))
 }
 
 /// Run the local agent until `stop`; restart it when the registered approvers change (it reads
@@ -743,13 +820,13 @@ async fn supervise_agent(
                 ended = &mut handle => return ended.unwrap_or(Ok(())),
                 () = tokio::time::sleep(APPROVER_SYNC) => {
                     match sync_approvers(&db, &trust_path).await {
-                        Ok(true) => {
-                            eprintln!("==> the registered approvers changed: restarting the local agent so that it counts them");
+                        Ok(Some(change)) => {
+                            eprintln!("==> the local agent's approvers now follow those registered with the orchestrator ({change}; {} is rewritten to match them, so edit approvers with `tend approver add|remove`): restarting the local agent so that it counts them", trust_path.display());
                             let _ = agent_stop.send(true);
                             let _ = (&mut handle).await;
                             break;
                         }
-                        Ok(false) => {}
+                        Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e.message, "cannot compare the agent's approvers"),
                     }
                 }

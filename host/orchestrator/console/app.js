@@ -13,8 +13,15 @@ const TOKEN = 'tend.token';
 
 // ---------------------------------------------------------------- untrusted text
 
-const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/gu;
-const HIDDEN_BUT_NEWLINE = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/gu;
+// Besides C0/C1 controls and the direction marks and overrides: every other character that
+// draws nothing or moves text — the Arabic letter mark (a direction mark too), soft hyphen,
+// combining grapheme joiner, Hangul fillers, Mongolian vowel separator and variation
+// selectors, line and paragraph separators, deprecated format characters, interlinear
+// annotations, musical formatting and tag characters — so that `"dry_run\u{ad}": false` cannot
+// pass for `"dry_run"`, nor a hidden tag spell anything.
+const INVISIBLE = '\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}';
+const HIDDEN = new RegExp(`[\\u0000-\\u001f\\u007f-\\u009f${INVISIBLE}]`, 'gu');
+const HIDDEN_BUT_NEWLINE = new RegExp(`[\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f${INVISIBLE}]`, 'gu');
 const shown = (c) => `\\u{${c.codePointAt(0).toString(16)}}`;
 
 /** `s` on one line with every control, invisible or direction character made visible. */
@@ -339,7 +346,6 @@ async function api(method, path, body, raw = false) {
   if (res.status === 401 && path !== '/api/v1/whoami') {
     sessionStorage.removeItem(TOKEN);
     whoami = null;
-    location.hash = '#/';
   }
   if (!res.ok) {
     let parsed = null;
@@ -454,7 +460,12 @@ async function incident(id) {
 }
 
 async function invocation(id) {
-  const i = await api('GET', `/api/v1/invocations/${encodeURIComponent(id)}`);
+  const raw = await api('GET', `/api/v1/invocations/${encodeURIComponent(id)}`, undefined, true);
+  const i = JSON.parse(raw);
+  // Output, plan and report as sent: a JavaScript number would round integers past 2^53 and
+  // print `10.0` as `10`.
+  const exact = parseJson(raw);
+  const er = exact.get('result') instanceof Map ? exact.get('result') : new Map();
   const r = i.result;
   show(
     el('h1', {}, 'Invocation ', i.id),
@@ -476,7 +487,7 @@ async function invocation(id) {
       r.peak_memory_bytes !== undefined ? ['Peak memory', `${Math.ceil(r.peak_memory_bytes / 1024)} KiB`] : null,
       (r.notes || []).length ? ['Notes', el('ul', {}, r.notes.map((n) => el('li', {}, n)))] : null,
     ]),
-    r.output !== undefined && r.output !== null ? [el('h2', {}, 'Output'), pre(JSON.stringify(r.output, null, 2))] : null,
+    r.output !== undefined && r.output !== null ? [el('h2', {}, 'Output'), el('section', { id: 'output' }, pre(pretty(er.get('output'))))] : null,
     (r.exec || []).length ? [el('h2', {}, 'Programs run'), table(['Program', 'Arguments', 'Status', 'Refused'],
       r.exec.map((x) => [x.program, (x.args || []).join(' '), x.status === null || x.status === undefined ? '' : String(x.status), x.denied ?? '']))] : null]
       : el('p', { class: 'muted' }, 'not run yet')),
@@ -487,9 +498,9 @@ async function invocation(id) {
       r.logs_dropped ? el('p', { class: 'muted' }, `${r.logs_dropped} more dropped`) : null,
       r.stdout ? [el('h2', {}, 'stdout'), pre(r.stdout)] : null,
       r.stderr ? [el('h2', {}, 'stderr'), pre(r.stderr)] : null)] : null,
-    i.plan ? [el('h2', {}, 'Plan'), el('section', { id: 'plan' }, pre(JSON.stringify(i.plan, null, 2)))] : null,
-    i.plan_check ? [el('h2', {}, 'Plan check'), el('section', {}, pre(JSON.stringify(i.plan_check, null, 2)))] : null,
-    r ? [el('h2', {}, 'Report'), el('section', { id: 'report' }, pre(JSON.stringify(r, null, 2)))] : null,
+    i.plan ? [el('h2', {}, 'Plan'), el('section', { id: 'plan' }, pre(pretty(exact.get('plan'))))] : null,
+    i.plan_check ? [el('h2', {}, 'Plan check'), el('section', {}, pre(pretty(exact.get('plan_check'))))] : null,
+    r ? [el('h2', {}, 'Report'), el('section', { id: 'report' }, pre(pretty(er)))] : null,
   );
   if (!['succeeded', 'failed', 'rejected', 'expired', 'cancelled', 'unknown'].includes(i.state)) timer = setTimeout(refresh, 1000);
 }
@@ -511,6 +522,8 @@ async function approvePage(id) {
       refusal = `Refusing to sign: the orchestrator says this invocation's digest is ${i.invocation_digest}, but the fields shown here hash to ${digest}. What is shown is not what would be approved; report this to whoever runs the orchestrator.`;
     } else if (!['run', 'plan'].includes(bound.get('export'))) {
       refusal = `Refusing to sign: export ${bound.get('export')} is not one a runner runs.`;
+    } else if (Number(bound.get('expires_ms').literal) <= Date.now()) {
+      refusal = `Refusing to sign: the approval window closed at ${new Date(Number(bound.get('expires_ms').literal)).toISOString()}; the orchestrator would refuse it too.`;
     } else {
       const why = understated(bound, i.level, i.approvals_required);
       if (why) refusal = `Refusing to sign: ${why}. What is shown is not what would be approved; report this to whoever runs the orchestrator.`;
@@ -673,15 +686,25 @@ async function route() {
   document.getElementById('signout').hidden = false;
   document.getElementById('who').replaceChildren(text(`${whoami.name} (${whoami.role})`));
   const [, page, arg] = (location.hash.match(/^#\/([a-z]*)\/?(.*)$/) || [null, '', '']);
-  const id = decodeURIComponent(arg || '');
   const pages = {
-    '': dashboard, inv: () => invocation(id), approve: () => approvePage(id), incidents, incident: () => incident(id),
+    '': dashboard, inv: (id) => invocation(id), approve: (id) => approvePage(id), incidents, incident: (id) => incident(id),
     skills: skillsPage, audit, key: keyPage,
   };
   try {
-    await (pages[page] || dashboard)();
+    // Inside the try: a malformed escape in the address (`#/inv/%E0%A4%A`) is said, not left
+    // as a page that never loads.
+    const id = decodeURIComponent(arg || '');
+    await (Object.hasOwn(pages, page) ? pages[page] : dashboard)(id);
     document.body.dataset.ready = location.hash || '#/';
   } catch (e) {
+    if (e.status === 401) {
+      // The token died mid-session (revoked, expired): back to sign-in, whatever the page.
+      sessionStorage.removeItem(TOKEN);
+      whoami = null;
+      signIn('Signed out: the token is no longer valid.');
+      document.body.dataset.ready = 'signin';
+      return;
+    }
     show(failure(e));
     document.body.dataset.ready = 'error';
   }

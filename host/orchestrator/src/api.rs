@@ -144,6 +144,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .layer(axum::middleware::map_response(
+            crate::console::every_response,
+        ))
         .with_state(state)
 }
 

@@ -82,6 +82,31 @@ fn with_headers(mut response: Response) -> Response {
     response
 }
 
+/// The policy of every response that is not a console page (API answers, errors, 404s):
+/// nothing the API returns is a page, so nothing in it may load, run or be framed.
+pub const API_CSP: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Headers for every response the orchestrator sends, added where a handler did not set its
+/// own: no MIME sniffing (an error that echoes a hostile id stays text), no framing, no
+/// referrer, a CSP that allows nothing, and `Cache-Control: no-store` — API answers hold
+/// tokens (`token create`), approvals and audit data, which no browser or proxy cache keeps.
+pub async fn every_response(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, API_CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    response
+}
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     with_headers(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
