@@ -577,8 +577,7 @@ async function approvePage(id) {
       ['Export', b('export')],
       ['Component digest', b('digest'), 'digest'],
       ['Manifest digest', b('manifest_digest'), 'digest'],
-      ['Publisher', `${i.publisher} (key ${b('publisher_key')})`],
-      ['Why it is trusted', skill ? skill.trust : `the orchestrator verified key ${b('publisher_key')} against its trust policy when it resolved this skill; every runner verifies it again against its own`],
+      ['Publisher key', b('publisher_key')],
       ['Target', b('target')],
       ['Hosts', (b('hosts') || []).length ? b('hosts').join(', ') : 'one runner of the target, chosen when it runs'],
       ['Requester', b('requester')],
@@ -595,6 +594,8 @@ async function approvePage(id) {
       ['Digest (orchestrator)', el('span', { class: 'digest' }, i.invocation_digest)],
     ], true)),
     el('section', { id: 'context' }, el('h2', {}, 'Context (not signed)'), fields([
+      ['Publisher', `${i.publisher} (key ${b('publisher_key')})`],
+      ['Why it is trusted', skill ? skill.trust : `the orchestrator verified key ${b('publisher_key')} against its trust policy when it resolved this skill; every runner verifies it again against its own`],
       ['Level', `L${i.level}: ${i.approvals_required} approval(s) by someone other than the requester`],
       ['Why this level', el('ul', {}, (i.reasons || []).map((r) => el('li', {}, r)))],
       ['Reason given', i.reason],
