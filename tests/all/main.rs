@@ -6,6 +6,7 @@ mod agent;
 mod agent_hardening;
 mod alerts;
 mod attacks_14;
+mod attacks_16_supply;
 mod authoring;
 mod authoring_binary;
 mod cache;
