@@ -475,3 +475,221 @@ fn oci_index(host: &str, tag: &str) -> Value {
     assert_eq!(status, 200);
     serde_json::from_slice(&body).expect("index json")
 }
+
+/// `tend skill new|build` with only the binary: HOME a temp dir, the cache where told.
+fn bare_new(work: &std::path::Path, xdg: &std::path::Path, name: &str) -> std::process::Output {
+    tend()
+        .current_dir(work)
+        .env_remove("TEND_HOME")
+        .env("HOME", work.join("home"))
+        .env("XDG_CACHE_HOME", xdg)
+        .args(["skill", "new", name, "--lang", "rust"])
+        .output()
+        .expect("run tend")
+}
+
+/// The SDK cache holds what every build runs (WIT, helpers, the npm and pip toolchains). It is
+/// created 0700; one that is a symbolic link, owned by another user or writable by others
+/// (another local user pre-creating it under a shared XDG_CACHE_HOME) is refused before
+/// anything is unpacked or scaffolded.
+#[test]
+fn the_sdk_cache_is_private_and_a_planted_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+
+    let xdg = work.join("xdg-fresh");
+    let o = bare_new(work, &xdg, "fresh");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(mode(&xdg.join("tend")), 0o700);
+    assert_eq!(mode(&xdg.join("tend/sdk")), 0o700);
+
+    // An older Tend left it 0755: narrowed, not refused.
+    let xdg = work.join("xdg-older");
+    std::fs::create_dir_all(xdg.join("tend/sdk")).expect("mkdir");
+    std::fs::set_permissions(xdg.join("tend"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let o = bare_new(work, &xdg, "older");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(mode(&xdg.join("tend")), 0o700);
+
+    let planted = work.join("planted");
+    std::fs::create_dir_all(&planted).expect("mkdir");
+    type Plant<'a> = Box<dyn Fn(&std::path::Path) + 'a>;
+    let mut cases: Vec<(&str, String, Plant)> = vec![
+        (
+            "link",
+            "is a symbolic link".into(),
+            Box::new(|xdg: &std::path::Path| {
+                std::os::unix::fs::symlink(&planted, xdg.join("tend")).expect("link");
+            }),
+        ),
+        (
+            "shared",
+            "other users can write to it".into(),
+            Box::new(|xdg: &std::path::Path| {
+                std::fs::create_dir(xdg.join("tend")).expect("mkdir");
+                std::fs::set_permissions(xdg.join("tend"), std::fs::Permissions::from_mode(0o777))
+                    .expect("chmod");
+            }),
+        ),
+        (
+            "sdk-link",
+            "is a symbolic link".into(),
+            Box::new(|xdg: &std::path::Path| {
+                std::fs::create_dir(xdg.join("tend")).expect("mkdir");
+                std::os::unix::fs::symlink(&planted, xdg.join("tend/sdk")).expect("link");
+            }),
+        ),
+    ];
+    if rustix::process::geteuid().is_root() {
+        cases.push((
+            "other-owner",
+            "is owned by uid 65534".into(),
+            Box::new(|xdg: &std::path::Path| {
+                std::fs::create_dir(xdg.join("tend")).expect("mkdir");
+                std::os::unix::fs::chown(xdg.join("tend"), Some(65534), Some(65534))
+                    .expect("chown");
+            }),
+        ));
+    }
+    for (case, says, plant) in cases {
+        let xdg = work.join(format!("xdg-{case}"));
+        std::fs::create_dir_all(&xdg).expect("mkdir");
+        plant(&xdg);
+        let o = bare_new(work, &xdg, case);
+        assert_eq!(o.status.code(), Some(2), "{case}: {}", err(&o));
+        assert!(err(&o).contains(&says), "{case}: {}", err(&o));
+        assert!(!work.join(case).exists(), "{case}: scaffolded anyway");
+        assert_eq!(
+            std::fs::read_dir(&planted).expect("planted").count(),
+            0,
+            "{case}: unpacked into the planted directory"
+        );
+    }
+}
+
+/// componentize-py is installed on demand with pip, pinned by version and by the hash of each
+/// wheel: an index, mirror or `--find-links` directory that serves other bytes under its name
+/// (here a well-formed wheel that would run the attacker's code at every Python build) installs
+/// nothing, and the build fails saying so.
+#[test]
+fn pip_refuses_a_componentize_py_wheel_that_is_not_the_pinned_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let wheels = work.join("wheels");
+    std::fs::create_dir_all(&wheels).expect("mkdir");
+    let made = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\n\
+             d = 'componentize_py-0.25.1.dist-info/'\n\
+             files = {'componentize_py/__init__.py': 'open(%r, \"w\").close()\\n' % sys.argv[2],\n\
+                      d + 'METADATA': 'Metadata-Version: 2.1\\nName: componentize-py\\nVersion: 0.25.1\\n',\n\
+                      d + 'WHEEL': 'Wheel-Version: 1.0\\nGenerator: x\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n'}\n\
+             files[d + 'RECORD'] = ''.join(n + ',,\\n' for n in list(files) + [d + 'RECORD'])\n\
+             with zipfile.ZipFile(sys.argv[1], 'w') as z:\n\
+             \x20   [z.writestr(n, t) for n, t in files.items()]",
+        ])
+        .arg(wheels.join("componentize_py-0.25.1-py3-none-any.whl"))
+        .arg(work.join("owned"))
+        .status()
+        .expect("python3");
+    assert!(made.success());
+    let xdg = work.join("xdg");
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let path = crate::authoring_binary::path_without("componentize-py", &bin);
+    let run = |args: &[&str]| {
+        tend()
+            .current_dir(work)
+            .env_remove("TEND_HOME")
+            .env("HOME", work.join("home"))
+            .env("XDG_CACHE_HOME", &xdg)
+            .env("PATH", &path)
+            .env("TEND_CACHE_DIR", work.join("precompiled"))
+            // Only the hostile wheels: no index.
+            .env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", &wheels)
+            .args(args)
+            .output()
+            .expect("run tend")
+    };
+    let o = run(&["skill", "new", "py-skill", "--lang", "python"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = run(&["skill", "build", "py-skill"]);
+    assert_ne!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains("pip could not install componentize-py"),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        !xdg.join("tend/python/componentize-py-0.25.1").exists(),
+        "the hostile wheel was installed"
+    );
+    assert!(!work.join("py-skill/dist/py-skill-0.1.0.wasm").exists());
+    assert!(!work.join("owned").exists(), "the hostile wheel's code ran");
+}
+
+/// The unpacked SDK's `node_modules` is a link to the cache's toolchain. A link pointing
+/// anywhere else (planted, or a cache copied from another checkout) is replaced by the right
+/// one, never followed: the JavaScript build runs only the toolchain npm installed from the
+/// embedded lock. (No npm here: the planted toolchain is simply never run.)
+#[test]
+fn a_node_modules_link_to_elsewhere_is_not_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let xdg = work.join("xdg");
+    let o = bare_new(work, &xdg, "seed");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // A toolchain elsewhere that "works": componentize-js that records it ran.
+    let evil = work.join("evil/node_modules");
+    std::fs::create_dir_all(evil.join("@bytecodealliance/componentize-js")).expect("mkdir");
+    let sdk = std::fs::read_dir(xdg.join("tend/sdk"))
+        .expect("sdk")
+        .flatten()
+        .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .expect("unpacked")
+        .path();
+    std::os::unix::fs::symlink(&evil, sdk.join("sdk/js/node_modules")).expect("plant");
+    // node, but no npm.
+    let bin = work.join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let node = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("node"))
+        .find(|p| p.is_file())
+        .expect("node on PATH");
+    std::os::unix::fs::symlink(node, bin.join("node")).expect("symlink");
+    let o = tend()
+        .current_dir(work)
+        .env_remove("TEND_HOME")
+        .env("HOME", work.join("home"))
+        .env("XDG_CACHE_HOME", &xdg)
+        .env("PATH", &bin)
+        .env("TEND_CACHE_DIR", work.join("precompiled"))
+        .args(["skill", "new", "js-skill", "--lang", "js"])
+        .output()
+        .expect("tend");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = tend()
+        .current_dir(work)
+        .env_remove("TEND_HOME")
+        .env("HOME", work.join("home"))
+        .env("XDG_CACHE_HOME", &xdg)
+        // No npm: the build must fail asking for npm, not run the planted toolchain.
+        .env("PATH", &bin)
+        .env("TEND_CACHE_DIR", work.join("precompiled"))
+        .args(["skill", "build", "js-skill"])
+        .output()
+        .expect("tend");
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err(&o).contains("npm not found"), "{}", err(&o));
+    assert_eq!(
+        std::fs::read_link(sdk.join("sdk/js/node_modules")).expect("link"),
+        evil,
+        "left as it was: nothing was installed to link to"
+    );
+}
