@@ -693,3 +693,27 @@ fn a_node_modules_link_to_elsewhere_is_not_followed() {
         "left as it was: nothing was installed to link to"
     );
 }
+
+/// An OCI registry keeps every signature pushed for a component: the same bytes signed as the
+/// same version under a second, wider manifest (a re-sign with more grants, or an old
+/// signature replayed) would be installed or not depending on the listing order. A pull that
+/// finds two trusted signatures with different manifests refuses, and installs nothing.
+#[test]
+fn the_same_bytes_under_two_signed_manifests_through_oci_are_refused() {
+    let w = World::new();
+    let oci = OciRegistry::start(w.dir.path());
+    let narrow = w.signed("echo", &guest("trivial"), "acme-echo", "1.0.0");
+    let reference = format!("oci://{}/acme/acme-echo:1.0.0", oci.host);
+    w.ok(&["skill", "push", &reference, &narrow]);
+    let wider = "[skill]\nname = \"acme-echo\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\ndescription = \"Echo for acme-echo\"\n[capabilities]\nfs_read = [\"/var/log\"]\n";
+    let wide = w.signed_with("echo-wider", &guest("trivial"), wider);
+    w.ok(&["skill", "push", &reference, &wide]);
+    let o = w.tend(&["skill", "pull", &reference]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("under a different manifest"),
+        "{}",
+        err(&o)
+    );
+    assert!(!w.path("host-data/skills/acme-echo/1.0.0").exists());
+}
