@@ -15,7 +15,7 @@ use tend_registry::envelope::sha256_hex;
 use tend_registry::oci;
 
 use crate::oci::OciRegistry;
-use crate::registry::{World, err};
+use crate::registry::{Registry, World, err};
 use crate::support::*;
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -716,4 +716,66 @@ fn the_same_bytes_under_two_signed_manifests_through_oci_are_refused() {
         err(&o)
     );
     assert!(!w.path("host-data/skills/acme-echo/1.0.0").exists());
+}
+
+/// The publication log of a Tend registry: (number of entries, number of blobs stored).
+fn registry_state(w: &World, url: &str) -> (usize, usize) {
+    let o = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys,urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1]).read().decode())",
+        ])
+        .arg(format!("{url}/api/v1/log"))
+        .output()
+        .expect("python3");
+    let log: Value = serde_json::from_slice(&o.stdout).expect("log json");
+    let entries = log["entries"].as_array().map_or(0, Vec::len);
+    let blobs = std::fs::read_dir(w.path("registry/blobs/sha256"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0);
+    (entries, blobs)
+}
+
+/// A signed manifest is its bytes: one that differs from the published one only in whitespace
+/// or a comment is a different signed manifest (its digest differs, and so does the cache key
+/// of every host that loaded it), refused like any other (409), not "nothing changed". Other
+/// bytes under the same manifest are a version conflict. Neither refusal adds a log entry or
+/// a blob.
+#[test]
+fn a_refused_publish_changes_nothing_even_for_a_whitespace_only_manifest() {
+    let w = World::new();
+    let publisher = w.token("ci", "publisher");
+    let reg = Registry::start(&w);
+    let manifest = "[skill]\nname = \"acme-echo\"\nversion = \"1.0.0\"\nkind = \"diagnose\"\ndescription = \"Echo for acme-echo\"\n";
+    let first = w.signed_with("echo", &guest("trivial"), manifest);
+    w.published(&reg.url, &first, &publisher);
+    let before = registry_state(&w, &reg.url);
+    assert!(before.0 >= 1 && before.1 == 1, "{before:?}");
+
+    let spaced = w.signed_with(
+        "echo-spaced",
+        &guest("trivial"),
+        &format!(
+            "# the same, with a comment\n{}\n\n",
+            manifest.replace(" = ", "   =   ")
+        ),
+    );
+    let o = w.publish(&reg.url, &spaced, &publisher);
+    assert_ne!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains("409") && err(&o).contains("different signed manifest"),
+        "{}",
+        err(&o)
+    );
+
+    let other = w.signed_with("echo-other", &guest("hostile"), manifest);
+    let o = w.publish(&reg.url, &other, &publisher);
+    assert_ne!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(err(&o).contains("409"), "{}", err(&o));
+
+    assert_eq!(registry_state(&w, &reg.url), before);
 }
