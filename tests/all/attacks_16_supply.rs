@@ -779,3 +779,33 @@ fn a_refused_publish_changes_nothing_even_for_a_whitespace_only_manifest() {
 
     assert_eq!(registry_state(&w, &reg.url), before);
 }
+
+/// `tend skill new` with hostile names and places: a name that is a path is refused by the
+/// manifest's name rules before anything is written, and an existing directory or a link
+/// (dangling or not) at the skill's place is refused without writing through it.
+#[test]
+fn skill_new_writes_only_into_a_directory_it_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let xdg = work.join("xdg");
+    for name in ["../escape", "a/b", "/tmp/abs", ".hidden", "UPPER"] {
+        let o = bare_new(work, &xdg, name);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", err(&o));
+    }
+    assert!(!work.parent().expect("parent").join("escape").exists());
+    let elsewhere = work.join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    std::os::unix::fs::symlink(&elsewhere, work.join("linked")).expect("link");
+    std::os::unix::fs::symlink(elsewhere.join("not-yet"), work.join("dangling")).expect("link");
+    std::fs::create_dir(work.join("taken")).expect("mkdir");
+    for name in ["linked", "dangling", "taken"] {
+        let o = bare_new(work, &xdg, name);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", err(&o));
+        assert!(err(&o).contains("already exists"), "{name}: {}", err(&o));
+    }
+    assert_eq!(std::fs::read_dir(&elsewhere).expect("dir").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(work.join("taken")).expect("dir").count(),
+        0
+    );
+}
