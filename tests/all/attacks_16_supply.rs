@@ -40,6 +40,9 @@ type Seen = Vec<(String, Option<String>)>;
 struct Hostile {
     routes: Arc<Mutex<HashMap<String, Answer>>>,
     seen: Arc<Mutex<Seen>>,
+    /// When set, /v2/ paths need `Authorization: Bearer <.0>` and answer 401 with the
+    /// challenge `.1` otherwise.
+    bearer: Arc<Mutex<Option<(String, String)>>>,
 }
 
 impl Hostile {
@@ -65,7 +68,20 @@ impl Hostile {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        self.seen.lock().expect("seen").push((path.clone(), auth));
+        self.seen
+            .lock()
+            .expect("seen")
+            .push((path.clone(), auth.clone()));
+        if let Some((token, challenge)) = self.bearer.lock().expect("bearer").clone()
+            && path.starts_with("/v2/")
+            && auth != Some(format!("Bearer {token}"))
+        {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("www-authenticate", challenge)
+                .body(Body::empty())
+                .expect("response");
+        }
         let answer = self.routes.lock().expect("routes").get(&path).cloned();
         let built = match answer {
             Some(Answer::Body(content_type, body)) => Response::builder()
@@ -807,5 +823,46 @@ fn skill_new_writes_only_into_a_directory_it_created() {
     assert_eq!(
         std::fs::read_dir(work.join("taken")).expect("dir").count(),
         0
+    );
+}
+
+/// A registry that answers with a bearer challenge: the pull fetches a token from the realm
+/// (with the basic credentials, if any) and uses it; a realm on an internal address is refused
+/// before it is asked, like a redirect.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_challenge_is_answered_but_its_realm_cannot_be_internal() {
+    let (h, host) = Hostile::start().await;
+    serve_artifact(&h, COMPONENT, |_| {});
+    h.route(
+        "/token",
+        Answer::Body("application/json", br#"{"token":"t0ken"}"#.to_vec()),
+    );
+    *h.bearer.lock().expect("bearer") = Some((
+        "t0ken".into(),
+        format!(
+            r#"Bearer realm="http://{host}/token",service="test",scope="repository:{REPO}:pull""#
+        ),
+    ));
+    let e = pull(&host).await;
+    // Past the manifest and the blob: only the signature is missing.
+    assert!(e.contains("no Tend signature"), "{e}");
+    let seen = h.seen();
+    assert!(seen.iter().any(|(p, _)| p == "/token"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(p, a)| p.contains("/blobs/") && a.as_deref() == Some("Bearer t0ken")),
+        "{seen:?}"
+    );
+
+    let (h, host) = Hostile::start().await;
+    serve_artifact(&h, COMPONENT, |_| {});
+    *h.bearer.lock().expect("bearer") = Some((
+        "t0ken".into(),
+        r#"Bearer realm="http://169.254.169.254/latest/meta-data/",service="x""#.into(),
+    ));
+    let e = pull(&host).await;
+    assert!(
+        e.contains("refused its token realm") && e.contains("169.254.169.254"),
+        "{e}"
     );
 }
