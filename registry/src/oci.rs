@@ -17,7 +17,9 @@
 //! Pull checks every manifest and blob against its digest, accepts only signatures whose
 //! subject is the component's manifest and whose envelope signs the component's bytes, and
 //! returns them for the caller's local trust policy to decide, as for the HTTP registry. An
-//! artifact without a signature is refused. Loopback registries (`localhost`, `127.0.0.1`,
+//! artifact without a signature is refused. Every read (pull's, and push's of what a tag
+//! already holds) goes through [`Reader`], which bounds bodies, redirects and token realms
+//! (see its doc and docs/registry.md). Loopback registries (`localhost`, `127.0.0.1`,
 //! `[::1]`) are spoken to over plain HTTP; every other host over HTTPS.
 
 use std::collections::BTreeMap;
