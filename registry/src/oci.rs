@@ -17,13 +17,14 @@
 //! Pull checks every manifest and blob against its digest, accepts only signatures whose
 //! subject is the component's manifest and whose envelope signs the component's bytes, and
 //! returns them for the caller's local trust policy to decide, as for the HTTP registry. An
-//! artifact without a signature is refused. Loopback registries (`localhost`, `127.0.0.1`,
+//! artifact without a signature is refused. Every read (pull's, and push's of what a tag
+//! already holds) goes through [`Reader`], which bounds bodies, redirects and token realms
+//! (see its doc and docs/registry.md). Loopback registries (`localhost`, `127.0.0.1`,
 //! `[::1]`) are spoken to over plain HTTP; every other host over HTTPS.
 
 use std::collections::BTreeMap;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciImageIndex,
     OciImageManifest,
@@ -134,6 +135,319 @@ fn auth() -> RegistryAuth {
     ) {
         (Ok(u), Ok(p)) => RegistryAuth::Basic(u, p),
         _ => RegistryAuth::Anonymous,
+    }
+}
+
+/// Bounds on what a registry may make a pull read into memory: a manifest, an index or a
+/// referrers list (4 MiB, as containerd and distribution bound manifests), and a token answer.
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+const MAX_TOKEN_BYTES: u64 = 64 << 10;
+/// An Accept header for any manifest or index, OCI or Docker.
+const ANY_MANIFEST: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+/// At most this many redirects are followed for one read.
+const MAX_REDIRECTS: usize = 5;
+
+/// Reads from a registry within bounds a hostile registry cannot lift. oci-client reads whole
+/// bodies whatever their size, follows any redirect (to 169.254.169.254 as readily as to a CDN)
+/// and, when a blob is missing, fetches the URLs a manifest's descriptor lists; so every read a
+/// pull or push makes goes through here instead: bodies are capped while they stream, a
+/// redirect or token realm may not lead to an internal address (nor from a remote registry to
+/// loopback, nor off loopback over plain HTTP), descriptor URLs are never fetched, and a
+/// digest is checked to be one before it becomes part of a URL. Credentials go to the
+/// registry's own origin only (reqwest drops them on a redirect to another origin).
+struct Reader {
+    http: reqwest::Client,
+    origin: String,
+    repository: String,
+    registry: String,
+    loopback: bool,
+    basic: Option<(String, String)>,
+    bearer: std::sync::Mutex<Option<String>>,
+}
+
+/// A digest that may become part of a URL: `sha256:` and 64 lower-case hex digits.
+fn is_digest(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Whether an address is on the public internet (not loopback, private, link-local, shared,
+/// documentation, benchmarking, multicast, reserved or unspecified).
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [x, y, ..] = a.octets();
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || a.is_multicast()
+                || x == 0
+                || x >= 240
+                || (x == 100 && (64..128).contains(&y))
+                || (x == 198 && (18..20).contains(&y)))
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let s = a.segments()[0];
+                !(a.is_loopback()
+                    || a.is_unspecified()
+                    || a.is_multicast()
+                    || (s & 0xfe00) == 0xfc00
+                    || (s & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// Why a registry may not send this client to `url` (by a redirect or as its token realm), if
+/// it may not. Hosts named by DNS are judged by name only (see docs/registry.md).
+fn refused_destination(url: &reqwest::Url, registry_is_loopback: bool) -> Option<&'static str> {
+    use std::net::{IpAddr, Ipv4Addr};
+    // The URL parser has normalised the host (`2852039166` is `169.254.169.254`).
+    let Some(host) = url.host_str() else {
+        return Some("it names no host");
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let ip = match host.parse::<IpAddr>() {
+        Ok(ip) => Some(ip),
+        Err(_) if name == "localhost" || name.ends_with(".localhost") => {
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        }
+        Err(_) => None,
+    };
+    let loopback = ip.is_some_and(|ip| match ip {
+        IpAddr::V4(a) => a.is_loopback(),
+        IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    });
+    if loopback {
+        return (!registry_is_loopback).then_some("a remote registry may not send it to loopback");
+    }
+    if ip.is_some_and(|ip| !is_public(ip)) {
+        return Some("it is a private, link-local or otherwise internal address");
+    }
+    if url.scheme() != "https" {
+        return Some("off loopback only HTTPS is followed");
+    }
+    None
+}
+
+/// The parameters of a `WWW-Authenticate: Bearer k="v",…` challenge.
+fn bearer_challenge(header: &str) -> Option<BTreeMap<String, String>> {
+    let (scheme, mut rest) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"')?,
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        params.insert(key.trim().to_ascii_lowercase(), value.to_string());
+        rest = after;
+    }
+    Some(params)
+}
+
+/// Read a response's body, refusing it as soon as it is longer than `max`.
+async fn read_capped(
+    mut response: reqwest::Response,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let too_big = || format!("{what} is more than the {max} bytes a pull accepts");
+    if response.content_length().is_some_and(|len| len > max) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("{what}: {e}"))? {
+        if body.len() as u64 + chunk.len() as u64 > max {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+impl Reader {
+    fn new(reference: &Reference) -> Result<Reader, OciError> {
+        let registry = reference.resolve_registry().to_string();
+        let loopback = is_loopback(&registry);
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match refused_destination(attempt.url(), loopback) {
+                Some(why) => {
+                    let message = format!("refused a redirect to {}: {why}", attempt.url());
+                    attempt.error(message)
+                }
+                None => attempt.follow(),
+            }
+        });
+        let http = reqwest::Client::builder()
+            .redirect(policy)
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .user_agent(concat!("tend/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| registry_error(reference, e))?;
+        let basic = match auth() {
+            RegistryAuth::Basic(u, p) => Some((u, p)),
+            _ => None,
+        };
+        Ok(Reader {
+            http,
+            origin: format!("{}://{registry}", if loopback { "http" } else { "https" }),
+            repository: reference.repository().to_string(),
+            registry,
+            loopback,
+            basic,
+            bearer: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> OciError {
+        OciError::Registry {
+            registry: self.registry.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    async fn send(&self, url: &str, accept: &str) -> Result<reqwest::Response, OciError> {
+        let mut request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
+        let bearer = self.bearer.lock().ok().and_then(|t| t.clone());
+        request = match (bearer, &self.basic) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, Some((user, password))) => request.basic_auth(user, Some(password)),
+            (None, None) => request,
+        };
+        // reqwest's error names the URL, and a refused redirect says why.
+        request.send().await.map_err(|e| {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message = format!("{message}: {s}");
+                source = s.source();
+            }
+            self.error(message)
+        })
+    }
+
+    /// Answer a bearer challenge: fetch a token from its realm (with the basic credentials, if
+    /// any), within the same bounds as every other read.
+    async fn login(&self, challenge: &BTreeMap<String, String>) -> Result<(), OciError> {
+        let realm = challenge
+            .get("realm")
+            .ok_or_else(|| self.error("its bearer challenge names no realm"))?;
+        let url = reqwest::Url::parse(realm)
+            .map_err(|e| self.error(format!("its token realm {realm:?}: {e}")))?;
+        if let Some(why) = refused_destination(&url, self.loopback) {
+            return Err(self.error(format!("refused its token realm {url}: {why}")));
+        }
+        let scope = challenge
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(service) = challenge.get("service") {
+            query.push(("service", service.as_str()));
+        }
+        let mut request = self.http.get(url).query(&query);
+        if let Some((user, password)) = &self.basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| self.error(e))?;
+        if !response.status().is_success() {
+            return Err(self.error(format!("its token realm answered {}", response.status())));
+        }
+        let body = read_capped(response, MAX_TOKEN_BYTES, "its token answer")
+            .await
+            .map_err(|e| self.error(e))?;
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| self.error(format!("its token answer is not JSON: {e}")))?;
+        let token = answer
+            .get("token")
+            .or_else(|| answer.get("access_token"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| self.error("its token answer holds no token"))?;
+        if let Ok(mut held) = self.bearer.lock() {
+            *held = Some(token.to_string());
+        }
+        Ok(())
+    }
+
+    /// GET `/v2/<repository>/<path>`, at most `max` bytes of it; `None` if the registry has
+    /// no such thing (404).
+    async fn get(
+        &self,
+        path: &str,
+        accept: &str,
+        max: u64,
+        what: &str,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let url = format!("{}/v2/{}/{path}", self.origin, self.repository);
+        let mut response = self.send(&url, accept).await?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && let Some(challenge) = response
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|h| h.to_str().ok())
+                .and_then(bearer_challenge)
+        {
+            self.login(&challenge).await?;
+            response = self.send(&url, accept).await?;
+        }
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let body = read_capped(response, 512, "its error")
+                .await
+                .unwrap_or_default();
+            return Err(self.error(format!(
+                "{what}: {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
+        read_capped(response, max, what)
+            .await
+            .map(Some)
+            .map_err(|e| self.error(e))
+    }
+
+    /// A manifest or index by the reference's tag or digest, at most MAX_MANIFEST_BYTES.
+    async fn manifest(
+        &self,
+        reference: &Reference,
+        accept: &str,
+        what: &str,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let at = match (reference.digest(), reference.tag()) {
+            (Some(digest), _) if is_digest(digest) => digest,
+            (Some(digest), _) => {
+                return Err(self.error(format!("{what}: {digest:?} is not a sha256 digest")));
+            }
+            (None, Some(tag)) => tag,
+            (None, None) => "latest",
+        };
+        self.get(&format!("manifests/{at}"), accept, MAX_MANIFEST_BYTES, what)
+            .await
     }
 }
 
@@ -369,8 +683,8 @@ pub async fn push(
     }
     // Pushing the same bytes again keeps the manifest the tag holds (its `created` time, its
     // digest and so the signatures that refer to it).
-    let client = client(reference).await;
-    let kept = match pull_manifest(&client, reference, "its manifest").await {
+    let reader = Reader::new(reference)?;
+    let kept = match pull_manifest(&reader, reference, "its manifest").await {
         Ok((m, held))
             if m.config.media_type == CONFIG_MEDIA_TYPE
                 && matches!(m.layers.as_slice(), [l] if l.media_type == COMPONENT_MEDIA_TYPE
@@ -458,7 +772,7 @@ pub async fn push_signature(
     .await?;
     // A registry with the referrers API lists the new artifact at once; one without it answers
     // 404 and the client reads the referrers tag instead, which does not list it yet.
-    let listed = referrers(&client, reference, &subject.digest).await?;
+    let listed = referrers(&Reader::new(reference)?, reference, &subject.digest).await?;
     if listed
         .manifests
         .iter()
@@ -473,55 +787,64 @@ pub async fn push_signature(
 /// The artifacts that refer to `digest`: the registry's referrers API, or where it has none
 /// (404, or an answer that is not an index), the referrers tag. An absent tag is an empty list.
 async fn referrers(
-    client: &Client,
+    reader: &Reader,
     reference: &Reference,
     digest: &str,
 ) -> Result<OciImageIndex, OciError> {
-    if let Ok(index) = client
-        .pull_referrers(&with_digest(reference, digest), None)
-        .await
+    if !is_digest(digest) {
+        return Err(reader.error(format!("{digest:?} is not a sha256 digest")));
+    }
+    if let Some(body) = reader
+        .get(
+            &format!("referrers/{digest}"),
+            OCI_IMAGE_INDEX_MEDIA_TYPE,
+            MAX_MANIFEST_BYTES,
+            "its referrers list",
+        )
+        .await?
+        && let Ok(index) = parse_index(&body)
     {
         return Ok(index);
     }
+    referrers_by_tag(reader, reference, digest).await
+}
+
+/// The referrers tag of `digest`, read as an image index; an absent tag is an empty list.
+async fn referrers_by_tag(
+    reader: &Reader,
+    reference: &Reference,
+    digest: &str,
+) -> Result<OciImageIndex, OciError> {
     let tag = referrers_tag(digest);
-    match client
-        .pull_manifest_raw(
-            &with_tag(reference, &tag),
-            &auth(),
-            &[OCI_IMAGE_INDEX_MEDIA_TYPE],
-        )
-        .await
+    let what = format!("the referrers tag {tag}");
+    // Accept every manifest type, so that a tag holding something else is seen (and refused)
+    // rather than answered 404 and taken for absent, then overwritten by push.
+    match reader
+        .manifest(&with_tag(reference, &tag), ANY_MANIFEST, &what)
+        .await?
     {
-        Ok((body, _)) => serde_json::from_slice(&body).map_err(|e| {
+        Some(body) => parse_index(&body).map_err(|e| {
             registry_error(
                 reference,
                 format!("the referrers tag {tag} does not hold an image index: {e}"),
             )
         }),
-        Err(e) if not_found(&e) => Ok(empty_index()),
-        Err(e) => Err(registry_error(
-            reference,
-            format!("the referrers tag {tag}: {e}"),
-        )),
+        None => Ok(empty_index()),
     }
 }
 
-/// The registry says the manifest (or the repository) does not exist.
-fn not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code: 404, .. } => true,
-        OciDistributionError::RegistryError { envelope, .. } => {
-            !envelope.errors.is_empty()
-                && envelope.errors.iter().all(|e| {
-                    matches!(
-                        e.code,
-                        OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
-                    )
-                })
-        }
-        _ => false,
+/// An image index, and nothing else: oci-client's type reads an image manifest (or `{}`) as
+/// an empty index, which push would then overwrite with its own.
+fn parse_index(body: &[u8]) -> Result<OciImageIndex, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let media_type = value.get("mediaType").and_then(|m| m.as_str());
+    if media_type.is_some_and(|m| m != OCI_IMAGE_INDEX_MEDIA_TYPE) {
+        return Err(format!("it is a {}", media_type.unwrap_or_default()));
     }
+    if !value.get("manifests").is_some_and(|m| m.is_array()) {
+        return Err("it lists no manifests".into());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 fn empty_index() -> OciImageIndex {
@@ -545,24 +868,9 @@ pub async fn list_referrer(
     let client = client(reference).await;
     let tag = referrers_tag(subject_digest);
     let tagged = with_tag(reference, &tag);
-    let mut index = match client
-        .pull_manifest_raw(&tagged, &auth(), &[OCI_IMAGE_INDEX_MEDIA_TYPE])
-        .await
-    {
-        Ok((body, _)) => serde_json::from_slice::<OciImageIndex>(&body).map_err(|e| {
-            registry_error(
-                reference,
-                format!("the referrers tag {tag} does not hold an image index: {e}"),
-            )
-        })?,
-        Err(e) if not_found(&e) => empty_index(),
-        Err(e) => {
-            return Err(registry_error(
-                reference,
-                format!("the referrers tag {tag}: {e}"),
-            ));
-        }
-    };
+    // A tag that holds something other than an index is an error, not overwritten: it may be
+    // someone else's, and what it lists is kept.
+    let mut index = referrers_by_tag(&Reader::new(reference)?, reference, subject_digest).await?;
     if !index.manifests.iter().any(|m| m.digest == referrer.digest) {
         index.manifests.push(ImageIndexEntry {
             media_type: referrer.media_type.clone(),
@@ -591,14 +899,17 @@ pub struct Pulled {
 }
 
 async fn pull_manifest(
-    client: &Client,
+    reader: &Reader,
     reference: &Reference,
     what: &str,
 ) -> Result<(OciImageManifest, OciDescriptor), OciError> {
-    let (body, _) = client
-        .pull_manifest_raw(reference, &auth(), &[OCI_IMAGE_MEDIA_TYPE])
-        .await
-        .map_err(|e| registry_error(reference, e))?;
+    let body = reader
+        .manifest(reference, OCI_IMAGE_MEDIA_TYPE, what)
+        .await?
+        .ok_or_else(|| OciError::Artifact {
+            reference: reference.whole(),
+            message: format!("the registry has no {what} (404)"),
+        })?;
     let digest = sha256_digest(&body);
     if let Some(expected) = reference.digest()
         && expected != digest
@@ -617,7 +928,7 @@ async fn pull_manifest(
 }
 
 async fn pull_blob(
-    client: &Client,
+    reader: &Reader,
     reference: &Reference,
     layer: &OciDescriptor,
     max: i64,
@@ -632,11 +943,36 @@ async fn pull_blob(
             layer.media_type, layer.size
         )));
     }
-    let mut data = Vec::new();
-    client
-        .pull_blob(reference, layer, &mut data)
-        .await
-        .map_err(|e| registry_error(reference, e))?;
+    if !is_digest(&layer.digest) {
+        return Err(artifact(format!(
+            "its {} layer's digest {:?} is not a sha256 digest",
+            layer.media_type, layer.digest
+        )));
+    }
+    // Read no more than the descriptor says (the digest check below would catch a longer
+    // body, but only after it had all been read). The descriptor's `urls` are never fetched.
+    let what = format!("its {} blob", layer.media_type);
+    let data = reader
+        .get(
+            &format!("blobs/{}", layer.digest),
+            "*/*",
+            layer.size.unsigned_abs(),
+            &what,
+        )
+        .await?
+        .ok_or_else(|| {
+            artifact(format!(
+                "the registry has no {} blob {}",
+                layer.media_type, layer.digest
+            ))
+        })?;
+    if data.len() as u64 != layer.size.unsigned_abs() {
+        return Err(artifact(format!(
+            "the registry served {} bytes of {what}, not the {} its manifest says",
+            data.len(),
+            layer.size
+        )));
+    }
     let actual = sha256_digest(&data);
     if actual != layer.digest {
         return Err(artifact(format!(
@@ -650,12 +986,12 @@ async fn pull_blob(
 /// Pull a component and the signatures that refer to it. Every manifest and blob is checked
 /// against its digest; a component with no signature about it is refused.
 pub async fn pull(reference: &Reference) -> Result<Pulled, OciError> {
-    let client = client(reference).await;
+    let reader = Reader::new(reference)?;
     let artifact = |message: String| OciError::Artifact {
         reference: reference.whole(),
         message,
     };
-    let (manifest, held) = pull_manifest(&client, reference, "its manifest").await?;
+    let (manifest, held) = pull_manifest(&reader, reference, "its manifest").await?;
     let manifest_digest = held.digest;
     if manifest.config.media_type != CONFIG_MEDIA_TYPE {
         return Err(artifact(format!(
@@ -688,10 +1024,10 @@ pub async fn pull(reference: &Reference) -> Result<Pulled, OciError> {
             )));
         }
     };
-    let component = pull_blob(&client, reference, layer, MAX_COMPONENT_BYTES).await?;
+    let component = pull_blob(&reader, reference, layer, MAX_COMPONENT_BYTES).await?;
     let component_sha256 = sha256_hex(&component);
 
-    let referrers = referrers(&client, reference, &manifest_digest).await?;
+    let referrers = referrers(&reader, reference, &manifest_digest).await?;
     let candidates: Vec<_> = referrers
         .manifests
         .iter()
@@ -714,7 +1050,7 @@ pub async fn pull(reference: &Reference) -> Result<Pulled, OciError> {
     for candidate in candidates {
         let at = with_digest(reference, &candidate.digest);
         let checked = async {
-            let (sig, _) = pull_manifest(&client, &at, "a signature artifact").await?;
+            let (sig, _) = pull_manifest(&reader, &at, "a signature artifact").await?;
             let points_at = sig.subject.as_ref().map(|s| s.digest.as_str());
             if points_at != Some(manifest_digest.as_str()) {
                 return Err(artifact(format!(
@@ -732,7 +1068,7 @@ pub async fn pull(reference: &Reference) -> Result<Pulled, OciError> {
                     )));
                 }
             };
-            let bytes = pull_blob(&client, &at, layer, MAX_ENVELOPE_BYTES).await?;
+            let bytes = pull_blob(&reader, &at, layer, MAX_ENVELOPE_BYTES).await?;
             let envelope = Envelope::parse(&bytes)
                 .map_err(|e| artifact(format!("signature artifact {}: {e}", candidate.digest)))?;
             if envelope.component_sha256 != component_sha256 {

@@ -60,7 +60,7 @@ fn bare_with_path(
 
 /// The caller's PATH without the directories that hold `program`, after `first` (a directory
 /// with a link to the caller's real `python3`, so pip stays reachable wherever it lives).
-fn path_without(program: &str, first: &Path) -> String {
+pub(crate) fn path_without(program: &str, first: &Path) -> String {
     let python = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()

@@ -7,6 +7,7 @@ mod agent_hardening;
 mod alerts;
 mod attacks_14;
 mod attacks_16_console;
+mod attacks_16_supply;
 mod authoring;
 mod authoring_binary;
 mod cache;

@@ -10,13 +10,13 @@ use serde_json::Value;
 use crate::registry::{World, err};
 use crate::support::*;
 
-struct OciRegistry {
+pub(crate) struct OciRegistry {
     child: Child,
-    host: String,
+    pub(crate) host: String,
 }
 
 impl OciRegistry {
-    fn start(dir: &Path) -> OciRegistry {
+    pub(crate) fn start(dir: &Path) -> OciRegistry {
         let binary = Path::new("/usr/bin/docker-registry");
         assert!(
             binary.exists(),

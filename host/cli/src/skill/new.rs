@@ -316,8 +316,21 @@ pub fn new(name: &str, lang: Lang, kind: SkillKind, parent: &Path) -> Result<u8,
         Lang::Rust => Some(super::sdk::home()?),
         Lang::Python | Lang::Js => None,
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::host(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Failure::host(format!("cannot create {}: {e}", parent.display())))?;
+    // Created here or not at all: a directory (or a link) that appeared since the check above,
+    // in a shared parent such as /tmp, is someone else's, and writing the scaffold into it
+    // would follow whatever links they left there.
+    std::fs::create_dir(&dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::bad_input(format!(
+                "{} already exists; choose another name or remove it",
+                dir.display()
+            ))
+        } else {
+            Failure::host(format!("cannot create {}: {e}", dir.display()))
+        }
+    })?;
     write(&dir.join("skill.toml"), &manifest)?;
     write(&dir.join("input.example.json"), "{ \"verbose\": true }\n")?;
     let vars = [("name", name)];

@@ -213,18 +213,30 @@ pub async fn pull(
             .with_seen_floors(&policy)
             .map_err(Failure::bad_input)?;
         // Several signatures may refer to one component (e.g. a key rotation): the first one
-        // the trust policy accepts wins; nothing is compiled or stored before that.
+        // the trust policy accepts wins; nothing is compiled or stored before that. An OCI
+        // registry keeps every signature pushed, so the same bytes may also be listed under
+        // two different signed manifests (other grants, another level): which one a pull
+        // would take then depends on the registry's listing order, so such a pull is refused,
+        // as a Tend registry refuses to publish the second.
         let mut refusals = Vec::new();
-        let mut accepted = None;
+        let mut accepted: Option<(&Envelope, Verified)> = None;
         for (digest, envelope) in &pulled.signatures {
             match policy
                 .verify(&pulled.component, envelope, trust.options())
                 .and_then(|v| v.ensure_requested(&name, &version).map(|()| v))
             {
-                Ok(verified) => {
-                    accepted = Some((envelope, verified));
-                    break;
-                }
+                Ok(verified) => match &accepted {
+                    None => accepted = Some((envelope, verified)),
+                    Some((first, _)) if first.manifest != envelope.manifest => {
+                        return Err(Failure::bad_input(format!(
+                            "not trusted: {what}: signature {digest} signs {name} {version} \
+                             (these same bytes) under a different manifest than an earlier \
+                             signature does; a version has one signed manifest, so Tend will \
+                             not pick one: push it again as a new version"
+                        )));
+                    }
+                    Some(_) => {}
+                },
                 Err(e) if pulled.signatures.len() == 1 => refusals.push(e.to_string()),
                 Err(e) => refusals.push(format!("signature {digest}: {e}")),
             }

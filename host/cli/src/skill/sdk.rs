@@ -12,6 +12,12 @@
 //! `<cache>/tend/js/<hash of the lock>/` the first time a JavaScript skill is built, and
 //! linked in as the unpacked `sdk/js/node_modules`.
 //!
+//! Every build runs what is in these directories (the WIT, the helpers, the npm and pip
+//! toolchains), so they are the user's alone: `tend` creates `<cache>/tend` and its `sdk`, `js`
+//! and `python` directories with mode 0700, and refuses one that is a symbolic link, is owned
+//! by another user or is writable by others (a shared `XDG_CACHE_HOME` such as `/tmp/cache`
+//! would otherwise let another local user plant a toolchain that the next build runs).
+//!
 //! `TEND_HOME` (a Tend checkout) overrides all of this, for Tend's own developers.
 
 use std::path::{Path, PathBuf};
@@ -83,8 +89,74 @@ pub fn version_dir_name() -> String {
     format!("{}-{}", env!("CARGO_PKG_VERSION"), &hash[..16])
 }
 
-/// `$XDG_CACHE_HOME/tend`, else `~/.cache/tend`.
+/// `$XDG_CACHE_HOME/tend`, else `~/.cache/tend`: created (or checked) private to the user.
 pub fn cache_root() -> Result<PathBuf, Failure> {
+    let root = cache_root_path()?;
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Failure::host(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    private_dir(&root)?;
+    Ok(root)
+}
+
+/// `<cache root>/<name>`, created (or checked) private to the user.
+fn cache_dir(name: &str) -> Result<PathBuf, Failure> {
+    let dir = cache_root()?.join(name);
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Create `dir` with mode 0700, or check the one there: a real directory (not a symbolic
+/// link), owned by this user and writable by no one else. One that is only readable by others
+/// (an older Tend created them 0755) is narrowed to 0700.
+fn private_dir(dir: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |why: String| {
+        Failure::bad_input(format!(
+            "{}: {why}; Tend runs what it unpacks and installs there, so it must be yours alone              (remove it, or set XDG_CACHE_HOME to a directory of your own)",
+            dir.display()
+        ))
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Failure::host(format!(
+                "cannot create {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| Failure::host(format!("cannot read {}: {e}", dir.display())))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "it is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "other users can write to it (mode {:o})",
+            meta.mode() & 0o777
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Failure::host(format!("cannot chmod {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+fn cache_root_path() -> Result<PathBuf, Failure> {
     std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -104,7 +176,7 @@ pub fn cache_root() -> Result<PathBuf, Failure> {
 /// The embedded files, unpacked (once) under [`cache_root`]; returns the directory that holds
 /// `wit/skill` and `sdk/`.
 pub fn unpacked() -> Result<PathBuf, Failure> {
-    let parent = cache_root()?.join("sdk");
+    let parent = cache_dir("sdk")?;
     let dir = parent.join(version_dir_name());
     let cannot = |what: &str, p: &Path, e: std::io::Error| {
         Failure::host(format!("cannot {what} {}: {e}", p.display()))
@@ -133,7 +205,6 @@ pub fn unpacked() -> Result<PathBuf, Failure> {
         // Removed (with any toolchain installed in it) once the new tree is in place.
         _aside = aside;
     }
-    std::fs::create_dir_all(&parent).map_err(|e| cannot("create", &parent, e))?;
     let staging = tempfile::Builder::new()
         .prefix(".unpacking-")
         .tempdir_in(&parent)
@@ -204,33 +275,35 @@ fn js_lock_hash() -> String {
 /// installed there with `npm ci` the first time (progress on stderr), so a Tend upgrade that
 /// keeps the same pinned toolchain reuses it instead of downloading it again.
 pub fn js_toolchain(home: &Path) -> Result<PathBuf, Failure> {
+    let js = unpacked()?.join("sdk/js");
     let own = home.join("sdk/js");
-    if own.join(COMPONENTIZE_JS).is_dir() {
+    // A checkout's own toolchain (TEND_HOME); the unpacked copy's is checked below.
+    if own != js && own.join(COMPONENTIZE_JS).is_dir() {
         return Ok(own);
     }
-    let js = unpacked()?.join("sdk/js");
-    if js.join(COMPONENTIZE_JS).is_dir() {
+    let parent = cache_dir("js")?;
+    let tool = parent.join(js_lock_hash());
+    // The unpacked copy's `node_modules` is used only if it is a link to this cache's
+    // toolchain for this lock: a link elsewhere (planted, or a cache copied from another
+    // machine or checkout) is replaced, never followed.
+    let expected = tool.join("node_modules");
+    let link = js.join("node_modules");
+    let linked = || std::fs::read_link(&link).is_ok_and(|t| t == expected);
+    if linked() && tool.join(COMPONENTIZE_JS).is_dir() {
         return Ok(js);
     }
-    let parent = cache_root()?.join("js");
-    let tool = parent.join(js_lock_hash());
     if !tool.join(COMPONENTIZE_JS).is_dir() {
         install_js_toolchain(&js, &parent, &tool)?;
     }
     // Link it in: a link made under a temporary name, then renamed over whatever is there.
-    let link = js.join("node_modules");
     let tmp = js.join(format!(".node_modules-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(tool.join("node_modules"), &tmp)
+    std::os::unix::fs::symlink(&expected, &tmp)
         .and_then(|()| std::fs::rename(&tmp, &link))
         .or_else(|e| {
             let _ = std::fs::remove_file(&tmp);
             // Another build linked it first.
-            if js.join(COMPONENTIZE_JS).is_dir() {
-                Ok(())
-            } else {
-                Err(e)
-            }
+            if linked() { Ok(()) } else { Err(e) }
         })
         .map_err(|e| Failure::host(format!("cannot link {}: {e}", link.display())))?;
     Ok(js)
@@ -250,8 +323,6 @@ fn install_js_toolchain(js: &Path, parent: &Path, tool: &Path) -> Result<(), Fai
         tool.display()
     );
     let started = Instant::now();
-    std::fs::create_dir_all(parent)
-        .map_err(|e| Failure::host(format!("cannot create {}: {e}", parent.display())))?;
     let staging = tempfile::Builder::new()
         .prefix(".npm-")
         .tempdir_in(parent)
@@ -304,11 +375,48 @@ fn install_js_toolchain(js: &Path, parent: &Path, tool: &Path) -> Result<(), Fai
 /// The componentize-py release Python skills are built with (as in scripts/lib.sh).
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
+/// The sha256 of every wheel of that release on PyPI (it has no dependencies): pip installs it
+/// with `--require-hashes`, so an index, mirror or `--find-links` directory that serves other
+/// bytes under its name installs nothing. Platforms without a wheel here (musl) install it
+/// themselves and put it on PATH.
+const COMPONENTIZE_PY_WHEELS: &[(&str, &str)] = &[
+    (
+        "manylinux_2_28_x86_64",
+        "8623cd8cab8453cb0cd8bf03f3c7103420d06f2f3d360186a280a70a1ca5e89f",
+    ),
+    (
+        "manylinux_2_28_aarch64",
+        "7b6a87c520358166843af0daa86d2312d7af4cbcbbf1e598951085cf7f2991ca",
+    ),
+    (
+        "macosx_11_0_arm64",
+        "a556991534cc496207a9d2ca733c4b0f17ed38ef56a8d6b5f1847fdf1225dd1b",
+    ),
+    (
+        "macosx_10_12_x86_64",
+        "65fbc4a94df1de8acf7da50a1f5ed1711230188844e53e6332d99029be4e0afa",
+    ),
+    (
+        "win_amd64",
+        "c7fd552fb0849858b0c1e8981543ed5dff4b0cc1597a8ea0bc26a495786dc0c6",
+    ),
+];
+
+/// The pip requirements file that pins componentize-py by version and by hash.
+fn componentize_py_requirements() -> String {
+    let mut text = format!("componentize-py=={COMPONENTIZE_PY_VERSION}");
+    for (_, hash) in COMPONENTIZE_PY_WHEELS {
+        text.push_str(&format!(" \\\n    --hash=sha256:{hash}"));
+    }
+    text.push('\n');
+    text
+}
+
 /// A command that runs the pinned componentize-py from `<cache>/python/componentize-py-<v>/`,
 /// installing it there with `python3 -m pip install --target` the first time (progress on
 /// stderr). Without a `python3` that has pip, the error names the command to run instead.
 pub fn componentize_py() -> Result<Command, Failure> {
-    let parent = cache_root()?.join("python");
+    let parent = cache_dir("python")?;
     let dir = parent.join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
     let command = |dir: &Path| {
         let mut cmd = Command::new("python3");
@@ -339,12 +447,13 @@ pub fn componentize_py() -> Result<Command, Failure> {
         dir.display()
     );
     let started = Instant::now();
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| Failure::host(format!("cannot create {}: {e}", parent.display())))?;
     let staging = tempfile::Builder::new()
         .prefix(".pip-")
         .tempdir_in(&parent)
         .map_err(|e| Failure::host(format!("cannot write in {}: {e}", parent.display())))?;
+    let requirements = parent.join(format!(".requirements-{}.txt", std::process::id()));
+    std::fs::write(&requirements, componentize_py_requirements())
+        .map_err(|e| Failure::host(format!("cannot write {}: {e}", requirements.display())))?;
     let status = Command::new("python3")
         .args([
             "-m",
@@ -353,16 +462,22 @@ pub fn componentize_py() -> Result<Command, Failure> {
             "--quiet",
             "--disable-pip-version-check",
             "--no-input",
+            // Wheels only, each checked against its hash (no source build runs a setup.py).
+            "--require-hashes",
+            "--only-binary=:all:",
             "--target",
         ])
         .arg(staging.path())
-        .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}"))
+        .arg("--requirement")
+        .arg(&requirements)
         .env("PIP_ROOT_USER_ACTION", "ignore")
         .stdin(Stdio::null())
         .stdout(std::io::stderr())
         .stderr(Stdio::inherit())
         .status()
-        .map_err(|e| Failure::host(format!("cannot run python3 -m pip: {e}")))?;
+        .map_err(|e| Failure::host(format!("cannot run python3 -m pip: {e}")));
+    let _ = std::fs::remove_file(&requirements);
+    let status = status?;
     if !status.success() {
         return Err(Failure::bad_input(format!(
             "pip could not install componentize-py ({status}); nothing was installed in {}; install it yourself with `{install}`",
