@@ -395,7 +395,9 @@ impl Store {
             tmp.persist(&path).map_err(|e| io(&path, e.error))?;
         }
 
-        let mut tx = self.pool.begin().await?;
+        // The writer lock from the start: this transaction reads the log's head and then
+        // appends, and SQLite cannot make a reader wait for the lock it upgrades to.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let last = sqlx::query("SELECT idx, hash FROM publication_log ORDER BY idx DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
