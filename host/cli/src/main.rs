@@ -387,6 +387,47 @@ pub fn out(line: &str) {
     let _ = writeln!(stdout, "{line}");
 }
 
+/// A directory only its owner may enter: made (with its parents) 0700, and tightened to 0700
+/// if it exists more open. For Tend's own state: keys, databases, trust policies.
+pub fn private_dir(dir: &std::path::Path) -> Result<(), Failure> {
+    let cannot = |e: std::io::Error| Failure::host(format!("cannot secure {}: {e}", dir.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(cannot)?;
+        let mode = std::fs::metadata(dir).map_err(cannot)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(cannot)?;
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(cannot)?;
+    Ok(())
+}
+
+/// Ask on the terminal; anything but `y`/`yes` is a no (`declined`). Without a terminal
+/// nobody can confirm, so the answer is no (`no_terminal`, which says which flag to pass).
+pub fn confirm(question: &str, no_terminal: &str, declined: &str) -> Result<(), Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Failure::bad_input(no_terminal));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = stdin.lock().read_line(&mut line);
+    match line.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(Failure::bad_input(declined)),
+    }
+}
+
 /// Read a component file, naming it in the error.
 pub fn read_component(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path)

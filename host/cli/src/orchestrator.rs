@@ -63,30 +63,7 @@ impl DatabaseArgs {
 /// `$TEND_DATA_DIR` holds the orchestrator's database (inputs, results, the audit trail) and
 /// pulled skills: created 0700, and tightened to 0700 at start if it is more open.
 pub fn secure_data_dir() -> Result<(), Failure> {
-    let dir = tend_registry::local::LocalStore::default_root();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let cannot =
-            |e: std::io::Error| Failure::host(format!("cannot secure {}: {e}", dir.display()));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(cannot)?;
-        let mode = std::fs::metadata(&dir)
-            .map_err(cannot)?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(cannot)?;
-        }
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::host(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(())
+    crate::private_dir(&tend_registry::local::LocalStore::default_root())
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {

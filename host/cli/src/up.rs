@@ -12,7 +12,7 @@
 //! in about a second. `--reset` starts over, after a confirmation.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -106,7 +106,7 @@ pub async fn up(args: UpArgs) -> Result<u8, Failure> {
         std::fs::remove_dir_all(&dir).map_err(|e| io_error("remove", &dir, e))?;
         step(&format!("removed {}", dir.display()));
     }
-    make_private_dir(&dir)?;
+    crate::private_dir(&dir)?;
     check_path_is_ours(&dir)?;
     let layout = Layout { dir };
     let first_run = !layout.path("orchestrator.db").exists();
@@ -316,41 +316,17 @@ fn confirm_reset(dir: &Path, yes: bool) -> Result<(), Failure> {
     if yes {
         return Ok(());
     }
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(Failure::bad_input(format!(
+    crate::confirm(
+        &format!(
+            "Delete {} — its database, audit trail, registry, keys and agent — and start over?",
+            dir.display()
+        ),
+        &format!(
             "not resetting: stdin is not a terminal, so nobody confirmed. Pass --yes to delete {} from a script",
             dir.display()
-        )));
-    }
-    eprint!(
-        "Delete {} — its database, audit trail, registry, keys and agent — and start over? [y/N] ",
-        dir.display()
-    );
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    let _ = stdin.lock().read_line(&mut line);
-    match line.trim().to_ascii_lowercase().as_str() {
-        "y" | "yes" => Ok(()),
-        _ => Err(Failure::bad_input("not reset: nothing was deleted")),
-    }
-}
-
-fn make_private_dir(dir: &Path) -> Result<(), Failure> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io_error("create", dir, e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io_error("secure", dir, e))?;
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
-    Ok(())
+        ),
+        "not reset: nothing was deleted",
+    )
 }
 
 /// Refuse a directory another local user could read, swap or fill: the directory (when it
@@ -379,7 +355,7 @@ fn check_path_is_ours(dir: &Path) -> Result<(), Failure> {
         }
         for p in paths {
             let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue; // not made yet: make_private_dir makes it ours
+                continue; // not made yet: private_dir makes it ours
             };
             if m.uid() != uid && m.uid() != 0 {
                 return Err(refuse(&p, format!("belongs to uid {}", m.uid())));
@@ -406,7 +382,7 @@ fn key_at(path: &Path, what: &str) -> Result<keys::SigningKey, Failure> {
         return keys::read_private_key(path).map_err(Failure::bad_input);
     }
     if let Some(parent) = path.parent() {
-        make_private_dir(parent)?;
+        crate::private_dir(parent)?;
     }
     let key = keys::generate().map_err(Failure::host)?;
     keys::write_private_key(path, &key).map_err(Failure::bad_input)?;

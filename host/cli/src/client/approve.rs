@@ -7,7 +7,6 @@
 //! the signature. The orchestrator checks it against the key an admin registered with
 //! `tend approver add`; every runner checks it again against its own trust policy.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -200,22 +199,13 @@ fn understated(inv: &tend_protocol::Invocation) -> Option<String> {
     })
 }
 
-/// Ask on the terminal; anything but `y`/`yes` is a no. Without a terminal, `--yes` is needed.
+/// Ask on the terminal; without one, `--yes` is needed.
 fn confirm(question: &str) -> Result<(), Failure> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(Failure::bad_input(
-            "not approving: stdin is not a terminal, so nobody confirmed. Read `tend status ID` and pass --yes to approve from a script",
-        ));
-    }
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    let _ = stdin.lock().read_line(&mut line);
-    match line.trim().to_ascii_lowercase().as_str() {
-        "y" | "yes" => Ok(()),
-        _ => Err(Failure::bad_input("not approved: nothing was sent")),
-    }
+    crate::confirm(
+        question,
+        "not approving: stdin is not a terminal, so nobody confirmed. Read `tend status ID` and pass --yes to approve from a script",
+        "not approved: nothing was sent",
+    )
 }
 
 pub async fn approver(cmd: ApproverCommand) -> Result<u8, Failure> {
