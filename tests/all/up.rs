@@ -317,8 +317,24 @@ fn tend_up_starts_everything_once_and_reuses_it_after() {
 
     // Again: nothing is made or published twice, the token is not shown again, and what was
     // done before is still there.
+    // A skill whose manifest changed without a new version: said, and the published one stays.
+    let manifest = p.catalog.join("disk-usage/skill.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, format!("{text}\n# edited\n")).expect("edit");
+    let wasm = p.catalog.join("disk-usage/dist/disk-usage-0.1.0.wasm");
+    std::fs::File::options()
+        .write(true)
+        .open(&wasm)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .expect("the component stays newer than its sources");
+
     let again = start(&p);
     let said = again.printed.join("\n");
+    assert!(
+        said.contains("warning: disk-usage 0.1.0's manifest changed")
+            && said.contains("raise the version"),
+        "{said}"
+    );
     for unwanted in ["first run:", "made ", "published", "enrolled", "tend_"] {
         assert!(!said.contains(unwanted), "{unwanted:?} in {said}");
     }

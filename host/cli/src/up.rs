@@ -536,8 +536,14 @@ async fn publish_catalog(
                     .map_err(|e| Failure::host(format!("{name}: {e}")))?;
             }
             Ok(_) => {}
+            // Versions are immutable: a skill changed without a new version is said, and the
+            // published one stays.
             Err(StoreError::Conflict { existing, .. }) => eprintln!(
                 "warning: {name} {version} changed, but this registry already has {version} as {existing}: raise the version in {} to publish it",
+                manifest_path.display()
+            ),
+            Err(StoreError::ManifestDiffers { .. }) => eprintln!(
+                "warning: {name} {version}'s manifest changed, but this registry already has {version} with another: raise the version in {} to publish it",
                 manifest_path.display()
             ),
             Err(e) => return Err(Failure::host(e)),
