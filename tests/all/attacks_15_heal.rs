@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::alerts::until_incident;
-use crate::healing::{Scene, Served, alert, logs, policy, steps};
+use crate::healing::{Scene, Served, alert, logs, policy, remaining, steps};
 
 /// Killed after the repair was submitted but before it was counted: on restart the loop
 /// follows the repair (not submitting it again) and counts it, so the circuit breaker (one
@@ -60,5 +60,54 @@ async fn a_repair_found_after_a_lost_step_still_counts_for_the_circuit_breaker()
             .as_str()
             .is_some_and(|e| e.contains("circuit breaker")),
         "{second}"
+    );
+}
+
+/// An alert whose label climbs out of the directory the repair may write to: the filled
+/// input is still held to the skill's grant, so nothing outside it is deleted, even under
+/// auto_heal with no person asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_label_cannot_point_a_repair_outside_its_grant() {
+    let scene = Scene::new().await;
+    let w = &scene.w;
+    let text = format!(
+        "{}{}",
+        scene.channels(),
+        policy("disk-full", "DiskFull", "")
+    );
+    let Served {
+        orch: _orch,
+        api,
+        admin,
+        am,
+        agents: _agents,
+        ..
+    } = scene.serve(&text, &[("web-1", true)]).await;
+    // Old logs outside the grant (the scratch log root), reached through `..`.
+    let victim = logs(w, "web-1").join("..").join("..").join("victim");
+    std::fs::create_dir_all(&victim).expect("victim");
+    for file in ["app.log.1", "app.log.2.gz"] {
+        let path = victim.join(file);
+        std::fs::write(&path, b"precious").expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(86_400 * 30),
+            )
+            .expect("mtime");
+    }
+    let fired = alert("DiskFull", "web-1", &victim, json!({}));
+    am.post(json!([fired])).await;
+    let inc = until_incident(&api, &admin, "DiskFull", |i| {
+        i["stage"] == "done" || i["stage"] == "verifying"
+    })
+    .await;
+    assert_ne!(inc["outcome"], "healed", "{inc}");
+    assert_eq!(
+        remaining(&victim),
+        vec!["app.log.1".to_string(), "app.log.2.gz".to_string()],
+        "nothing outside the grant is deleted: {inc}"
     );
 }
