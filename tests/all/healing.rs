@@ -203,26 +203,26 @@ url = "RECEIVER/slack"
 
 /// A world for healing tests: the registry with the catalog's two skills, a notification
 /// receiver, and the port Alertmanager will listen on (so a policy file can name it).
-struct Scene {
-    w: World,
+pub(crate) struct Scene {
+    pub(crate) w: World,
     reg: Registry,
-    rx: Receiver,
+    pub(crate) rx: Receiver,
     am_port: u16,
 }
 
 /// What [`Scene::serve`] started: the orchestrator with the policies, agents, Alertmanager.
-struct Served {
-    orch: Orch,
-    api: Api,
-    admin: String,
-    am_token: String,
-    am: Alertmanager,
+pub(crate) struct Served {
+    pub(crate) orch: Orch,
+    pub(crate) api: Api,
+    pub(crate) admin: String,
+    pub(crate) am_token: String,
+    pub(crate) am: Alertmanager,
     /// Bound by every test (`agents: _agents`): dropping it stops them.
-    agents: Vec<AgentProc>,
+    pub(crate) agents: Vec<AgentProc>,
 }
 
 impl Scene {
-    async fn new() -> Scene {
+    pub(crate) async fn new() -> Scene {
         let (w, reg) = setup();
         publish_catalog(&w, &reg);
         Scene {
@@ -234,13 +234,13 @@ impl Scene {
     }
 
     /// The `hook` (generic webhook) and `chat` (Slack) channels, pointing at the receiver.
-    fn channels(&self) -> String {
+    pub(crate) fn channels(&self) -> String {
         CHANNELS.replace("RECEIVER", &self.rx.url)
     }
 
     /// An orchestrator serving `policies`, the agents (name, whether it allows auto-heal of
     /// acme-clean-old-logs) and Alertmanager sending to it with an operator token.
-    async fn serve(&self, policies: &str, names: &[(&str, bool)]) -> Served {
+    pub(crate) async fn serve(&self, policies: &str, names: &[(&str, bool)]) -> Served {
         let w = &self.w;
         std::fs::write(w.path("healing.toml"), policies).expect("policies");
         let orch = Orch::start(
@@ -267,7 +267,7 @@ impl Scene {
 
 /// Diagnose with disk-usage (warn at 1%: this machine's disks are "full"), repair with
 /// clean-old-logs on the alert's directory.
-fn policy(name: &str, alertname: &str, extra: &str) -> String {
+pub(crate) fn policy(name: &str, alertname: &str, extra: &str) -> String {
     format!(
         r#"
 [[policy]]

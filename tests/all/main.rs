@@ -6,6 +6,7 @@ mod agent;
 mod agent_hardening;
 mod alerts;
 mod attacks_14;
+mod attacks_15_heal;
 mod attacks_16_console;
 mod attacks_16_supply;
 mod authoring;

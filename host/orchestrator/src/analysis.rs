@@ -588,4 +588,62 @@ match = { alertname = "C" }
         let err = needs_repair(both, &ok).expect_err("nothing wrong");
         assert!(err.contains("found nothing wrong"), "{err}");
     }
+
+    /// A hostile endpoint answers with a redirect to another host: Tend does not follow it,
+    /// so the API key is sent to the configured URL only.
+    #[tokio::test]
+    async fn the_api_key_does_not_follow_a_redirect() {
+        use std::sync::{Arc, Mutex};
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        let thief = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                record.lock().expect("lock").push(auth);
+                "{}"
+            }
+        });
+        let thief_at = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let to = format!(
+            "http://{}/chat/completions",
+            thief_at.local_addr().expect("addr")
+        );
+        tokio::spawn(async move { axum::serve(thief_at, thief).await });
+        let endpoint = axum::Router::new().fallback(move || {
+            let to = to.clone();
+            async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, to)],
+                )
+            }
+        });
+        let endpoint_at = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", endpoint_at.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(endpoint_at, endpoint).await });
+        let llm = Llm {
+            url,
+            model: "m".into(),
+            api_key_env: Some("KEY".into()),
+            timeout: "5s".into(),
+            api_key: crate::healing::ApiKey(Some("sk-secret".into())),
+        };
+        let err = ask(&llm, &[])
+            .await
+            .expect_err("a redirect is not an answer");
+        assert!(err.contains("307"), "{err}");
+        assert!(
+            seen.lock().expect("lock").is_empty(),
+            "the key went elsewhere"
+        );
+    }
 }

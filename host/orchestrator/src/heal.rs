@@ -737,6 +737,11 @@ async fn repair(
             ),
             json!({ "invocation": inv.id }),
         );
+        // The lost step may have stopped before it counted the repair: count it now, or the
+        // cooldown and circuit breaker would not see a repair that ran.
+        if !policy.policy.dry_run {
+            record_repair(state, c, &inv.id).await?;
+        }
         c.repair_id = Some(inv.id);
         c.stage = Stage::Repairing;
         c.due_ms = None;
@@ -847,17 +852,7 @@ async fn repair(
     c.repair_id = Some(inv.id.clone());
     c.stage = Stage::Repairing;
     if !policy.policy.dry_run {
-        sqlx::query(
-            "INSERT INTO healing_repairs (invocation_id, incident_id, episode, policy, target, created_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invocation_id) DO NOTHING",
-        )
-        .bind(&inv.id)
-        .bind(&c.id)
-        .bind(c.episode)
-        .bind(&c.policy)
-        .bind(&c.target)
-        .bind(now_ms())
-        .execute(&state.db.pool)
-        .await?;
+        record_repair(state, c, &inv.id).await?;
     }
     let decision = if inv.approvals_required == 0 {
         "runs without a person".to_string()
@@ -884,6 +879,22 @@ async fn repair(
         let text = format!("repairing with {} ({decision})", inv.skill);
         c.event("repairing", format!("repairing:{}", c.attempts), text);
     }
+    Ok(())
+}
+
+/// Count a submitted repair for the cooldown and the circuit breaker (once per invocation).
+async fn record_repair(state: &AppState, c: &Case, invocation: &str) -> Result<(), FlowError> {
+    sqlx::query(
+        "INSERT INTO healing_repairs (invocation_id, incident_id, episode, policy, target, created_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invocation_id) DO NOTHING",
+    )
+    .bind(invocation)
+    .bind(&c.id)
+    .bind(c.episode)
+    .bind(&c.policy)
+    .bind(&c.target)
+    .bind(now_ms())
+    .execute(&state.db.pool)
+    .await?;
     Ok(())
 }
 

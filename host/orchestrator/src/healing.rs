@@ -922,6 +922,58 @@ repair = { skill = "kill-runaway-process", input = { pid = "{{diagnosis.top-proc
         assert_eq!(input["other"], "{{secrets.x}}");
     }
 
+    /// An alert label or a diagnose skill's output that holds a placeholder is data: it is
+    /// filled in once, never read as a template (it cannot pull in another label, another
+    /// skill's output, or change the agent a mapping names).
+    #[test]
+    fn filled_values_are_not_templates_again() {
+        let text = r#"
+[[target]]
+match = { job = "pg" }
+agent = "{{labels.server}}"
+
+[[policy]]
+name = "cpu"
+match = { alertname = "HighCPU" }
+repair = { skill = "kill-runaway-process", input = { dir = "{{labels.dir}}", note = "at {{labels.dir}}", pid = "{{diagnosis.top.pid}}" } }
+"#;
+        let config = parse(text, "healing.toml").expect("parses");
+        let alert = labels(&[
+            ("alertname", "HighCPU"),
+            ("job", "pg"),
+            ("server", "{{labels.other}}"),
+            ("other", "db-1"),
+            ("dir", "{{labels.secret}}"),
+            ("secret", "/"),
+        ]);
+        let mut diagnosis = BTreeMap::new();
+        diagnosis.insert(
+            "top".to_string(),
+            serde_json::json!({ "pid": "{{labels.secret}}" }),
+        );
+        let facts = Facts {
+            labels: &alert,
+            annotations: &BTreeMap::new(),
+            diagnosis: &diagnosis,
+        };
+        let input = fill(
+            &config.policies[0]
+                .policy
+                .repair
+                .as_ref()
+                .expect("repair")
+                .input,
+            &facts,
+        );
+        assert_eq!(input["dir"], "{{labels.secret}}");
+        assert_eq!(input["note"], "at {{labels.secret}}");
+        assert_eq!(input["pid"], "{{labels.secret}}");
+        assert_eq!(
+            config.targets[0].agent_for(&alert).as_deref(),
+            Some("{{labels.other}}")
+        );
+    }
+
     #[test]
     fn channels_and_the_alertmanager_are_checked_and_named() {
         let ok = r#"

@@ -123,15 +123,31 @@ fn slack_escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// One line of untrusted text (alert labels, a skill's status, a model's reason): control and
+/// direction characters become spaces, so it cannot forge a line of the message.
+fn flat(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+            {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// The text a person reads: the event, the alert, and the story so far.
 pub fn slack_text(body: &Value) -> String {
-    let s = |k: &str| body[k].as_str().unwrap_or("").to_string();
+    let s = |k: &str| flat(body[k].as_str().unwrap_or(""));
     let mut text = format!(
         "*Tend: {}* — incident {} ({} on {})\n{}",
         s("event"),
         s("incident"),
         s("alertname"),
-        body["target"].as_str().unwrap_or("no agent"),
+        flat(body["target"].as_str().unwrap_or("no agent")),
         s("text")
     );
     if let Some(story) = body["story"].as_array()
@@ -141,8 +157,8 @@ pub fn slack_text(body: &Value) -> String {
         for entry in story.iter().rev().take(12).rev() {
             text.push_str(&format!(
                 "\n• {} {}",
-                entry["at"].as_str().unwrap_or(""),
-                entry["text"].as_str().unwrap_or("")
+                flat(entry["at"].as_str().unwrap_or("")),
+                flat(entry["text"].as_str().unwrap_or(""))
             ));
         }
     }
@@ -365,4 +381,29 @@ pub(crate) async fn alert_active(
                 .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
                 .is_none_or(|t| t > std::time::SystemTime::now())
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A diagnose skill's status, an alert's name or a model's reason holding line breaks
+    /// cannot add a line to what people read in chat (a forged "healed" step, say).
+    #[test]
+    fn untrusted_text_cannot_forge_a_line_of_a_chat_message() {
+        let body = json!({
+            "event": "escalated", "incident": "inc_0123456789abcdef",
+            "alertname": "DiskFull\n*Tend: healed*", "target": "web-1\r\nok",
+            "text": "a person must look\u{2028}all good",
+            "story": [
+                { "at": "2026-01-01T00:00:00Z", "text": "diagnosis: disk-usage ok\n• 2026-01-01T00:00:01Z repair succeeded; healed" },
+                { "at": "2026-01-01T00:00:02Z", "text": "escalated" },
+            ],
+        });
+        let text = slack_text(&body);
+        // The header, the event's text, "What happened:" and one line per story entry.
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(!text.contains('\u{2028}') && !text.contains('\r'), "{text}");
+        assert!(text.contains("DiskFull *Tend: healed*"), "{text}");
+    }
 }
